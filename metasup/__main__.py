@@ -1,0 +1,3 @@
+from metasup.cli import main
+
+main()

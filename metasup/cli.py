@@ -1,0 +1,258 @@
+"""`metasup`: thin commands over the pipelines. Parse, call, print.
+
+User mistakes (bad config, no repository, a busy repository) print one line and exit 2; a
+traceback appears only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from metasup import __version__
+from metasup.errors import UserError
+
+app = typer.Typer(
+    name="metasup",
+    help=(
+        "An immutable outer loop for self-modifying agents: snapshot the working tree, launch the "
+        "agent, mark commits good after min_runtime, roll back quick failures."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_DEBUG = False
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (default: metasup.yaml, then config/metasup.yaml at the repo root).",
+        dir_okay=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"metasup {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    global _DEBUG
+    _DEBUG = debug
+
+
+def _repo(start: Path | None = None) -> Any:
+    from metasup.gitrepo import GitRepo
+
+    return GitRepo(start or Path.cwd())
+
+
+def _config(repo_root: Path, explicit: Path | None) -> Any:
+    from metasup.config import find_config, load_config
+
+    return load_config(find_config(repo_root, explicit))
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    max_cycles: Annotated[
+        int | None,
+        typer.Option("--max-cycles", min=1, help="End after this many launches of the agent."),
+    ] = None,
+) -> None:
+    """Supervise the agent of the repository in the current directory, in the foreground.
+
+    Exits 0 when stopped (Ctrl-C, SIGTERM, --max-cycles), 3 on an emergency stop.
+    """
+    from metasup.supervisor import Supervisor
+
+    repo = _repo()
+    cfg = _config(repo.workdir, config)
+    code = Supervisor(repo, cfg, max_cycles=max_cycles).run()
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    as_json: JsonOpt = False,
+) -> None:
+    """The running supervisor's status, or the last one recorded. Exits 0 running, 1 not."""
+    from metasup.journal import StateDir, holder_pid, read_json
+
+    repo = _repo()
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    doc = read_json(dirs.state)
+    holder = holder_pid(dirs.lock)
+    if doc is None:
+        doc = {"status": "stopped", "run": 0, "note": "no supervisor has run in this repository"}
+    elif holder is None and doc.get("status") == "running":
+        # It was killed without a chance to record its end.
+        doc["status"] = "stopped"
+        doc["note"] = "the supervisor ended without recording it (killed?)"
+    running = holder is not None
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        _print_status(doc, running)
+    raise typer.Exit(0 if running else 1)
+
+
+def _print_status(doc: dict[str, Any], running: bool) -> None:
+    agent = doc.get("agent") or {}
+    lines = [
+        f"status:   {doc.get('status')}" + ("" if running else " (no supervisor running)"),
+        f"run:      {doc.get('run')}   phase: {doc.get('phase', '-')}",
+        f"commit:   {(doc.get('current_commit') or '-')[:12]}   good: "
+        f"{(doc.get('good_commit') or '-')[:12]}",
+        f"failures: {doc.get('consecutive_failures', 0)} in a row "
+        f"(max {doc.get('max_failures', '-')})",
+    ]
+    if agent.get("pid"):
+        lines.append(
+            f"agent:    pid {agent['pid']}  rss {agent.get('rss_mb')} MB  "
+            f"cpu {agent.get('cpu_percent')}%"
+        )
+    if doc.get("uptime"):
+        lines.append(f"uptime:   {doc['uptime']}")
+    if doc.get("last_archive"):
+        lines.append(f"archive:  {doc['last_archive']}")
+    if doc.get("note"):
+        lines.append(f"note:     {doc['note']}")
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def log(
+    as_json: JsonOpt = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the hash chain; exit 1 if it is broken.")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
+) -> None:
+    """The event log (events.jsonl)."""
+    from metasup.journal import StateDir, read_events, verify_chain
+
+    repo = _repo()
+    path = StateDir.for_git_dir(repo.git_dir).events
+    if verify:
+        problems = verify_chain(path)
+        count = sum(1 for _ in read_events(path))
+        if as_json:
+            typer.echo(json.dumps({"ok": not problems, "events": count, "problems": problems}))
+        elif problems:
+            for p in problems:
+                typer.echo(f"broken: {p}", err=True)
+        else:
+            typer.echo(f"ok: {count} events, chain intact")
+        raise typer.Exit(1 if problems else 0)
+    events = list(read_events(path))
+    if as_json and not follow:
+        typer.echo(json.dumps(events))
+        return
+    for record in events:
+        typer.echo(json.dumps(record) if as_json else _event_line(record))
+    if follow:
+        _follow(path, as_json, len(events))
+
+
+def _event_line(record: dict[str, Any]) -> str:
+    skip = {"ts", "seq", "event", "prev"}
+    fields = " ".join(f"{k}={v}" for k, v in record.items() if k not in skip)
+    return f"{record.get('ts', '')} #{record.get('seq')} {record.get('event')} {fields}"
+
+
+def _follow(path: Path, as_json: bool, seen: int) -> None:
+    from metasup.journal import read_events
+
+    try:
+        while True:
+            time.sleep(0.25)  # a tail -f: polling the file is what it is for
+            events = list(read_events(path))
+            for record in events[seen:]:
+                typer.echo(json.dumps(record) if as_json else _event_line(record))
+            seen = len(events)
+    except KeyboardInterrupt:
+        return
+
+
+@app.command("config")
+def config_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective configuration after defaults, or the first error (exit 2)."""
+    import yaml
+
+    from metasup.config import format_duration
+
+    try:
+        root = _repo().workdir
+    except UserError:
+        root = Path.cwd()
+    cfg = _config(root, config)
+    doc = cfg.to_dict()
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    s = doc["supervisor"]
+    for key in ("min_runtime",):
+        s[key] = format_duration(s[key])
+    a = s["agent"]
+    a["stop_timeout"] = format_duration(a["stop_timeout"])
+    a["restart_backoff"] = {k: format_duration(v) for k, v in a["restart_backoff"].items()}
+    h = s["health_checks"]
+    for key in ("interval", "heartbeat_timeout"):
+        if h[key] is not None:
+            h[key] = format_duration(h[key])
+    typer.echo(f"# {doc['path']}")
+    typer.echo(yaml.safe_dump({"supervisor": s}, sort_keys=False, default_flow_style=False))
+    if doc["inactive"]:
+        typer.echo(
+            "# not active yet (accepted, no effect in this version): " + ", ".join(doc["inactive"])
+        )
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Where to make the scratch repo (default: a new temp dir)."),
+    ] = None,
+    cycles: Annotated[int, typer.Option("--cycles", min=2, help="Launches of the agent.")] = 9,
+) -> None:
+    """The whole loop on a scratch repo with the bundled demo agent, then a summary."""
+    from metasup.demo.scenario import run_demo
+
+    raise typer.Exit(run_demo(directory, cycles))
+
+
+def main() -> None:
+    try:
+        app(prog_name="metasup")
+    except UserError as e:
+        if _DEBUG:
+            raise
+        print(f"metasup: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

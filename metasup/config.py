@@ -1,0 +1,483 @@
+"""The configuration: YAML in, validated and frozen settings out.
+
+Everything lives under a top-level `supervisor:` key. The JSON schema shipped in
+`protected/schemas/config.schema.json` is the single description of what is allowed; this module
+adds what a schema cannot say well (line numbers in errors, durations, shell-split commands).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shlex
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from metasup.errors import ConfigError
+from metasup.resources import schema_path
+
+CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
+
+# Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
+# the ones a file sets so nobody believes they are in force.
+INACTIVE_KEYS = (
+    "protected_paths",
+    "mcp_servers",
+    "mcpServers",
+    "proposals",
+    "experiments",
+    "api",
+    "rollback.keep_commits",
+    "rollback.backup_interval",
+)
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+Path_ = tuple[str | int, ...]
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `500ms`, `10s`, `5m`, `1h` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration (use 500ms, 10s, 5m, 1h or seconds)")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0s"
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if seconds < 1 and (seconds * 1000).is_integer():
+        return f"{int(seconds * 1000)}ms"
+    return f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 1.0
+    max: float = 30.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 5.0
+    backoff: Backoff = Backoff()
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval: float = 5.0
+    max_memory_mb: float | None = None
+    max_cpu_percent: float | None = None
+    heartbeat_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class RollbackConfig:
+    enabled: bool = True
+    keep_commits: int = 10
+    backup_interval: float | None = None
+    preserve: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class McpServerConfig:
+    name: str
+    command: str | None
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    restart_on_failure: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    agent: AgentConfig
+    min_runtime: float = 10.0
+    max_failures: int = 5
+    health: HealthConfig = HealthConfig()
+    rollback: RollbackConfig = RollbackConfig()
+    protected_paths: tuple[str, ...] = ()
+    mcp_servers: tuple[McpServerConfig, ...] = ()
+    proposals_mode: str = "direct"
+    experiments: Mapping[str, Any] = field(default_factory=dict)
+    api_listen: str | None = None
+    inactive: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration, durations in seconds, as `metasup config --json` shows."""
+        a, h, r = self.agent, self.health, self.rollback
+        return {
+            "path": str(self.path),
+            "supervisor": {
+                "min_runtime": self.min_runtime,
+                "max_failures": self.max_failures,
+                "agent": {
+                    "command": list(a.command),
+                    "env": dict(a.env),
+                    "stop_signal": a.stop_signal.name.removeprefix("SIG"),
+                    "stop_timeout": a.stop_timeout,
+                    "restart_backoff": {"initial": a.backoff.initial, "max": a.backoff.max},
+                },
+                "protected_paths": list(self.protected_paths),
+                "health_checks": {
+                    "interval": h.interval,
+                    "max_memory_mb": h.max_memory_mb,
+                    "max_cpu_percent": h.max_cpu_percent,
+                    "heartbeat_timeout": h.heartbeat_timeout,
+                },
+                "rollback": {
+                    "enabled": r.enabled,
+                    "keep_commits": r.keep_commits,
+                    "backup_interval": r.backup_interval,
+                    "preserve": list(r.preserve),
+                },
+                "mcp_servers": [
+                    {
+                        "name": s.name,
+                        "command": s.command,
+                        "args": list(s.args),
+                        "env": dict(s.env),
+                        "cwd": s.cwd,
+                        "url": s.url,
+                        "restart_on_failure": s.restart_on_failure,
+                    }
+                    for s in self.mcp_servers
+                ],
+                "proposals": {"mode": self.proposals_mode},
+                "experiments": dict(self.experiments),
+                "api": {"listen": self.api_listen},
+            },
+            "inactive": list(self.inactive),
+        }
+
+
+def find_config(root: Path, explicit: Path | None = None) -> Path:
+    """The config file in use: `--config`, else `metasup.yaml`, else `config/metasup.yaml`."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: no such config file")
+        return explicit
+    for name in CONFIG_CANDIDATES:
+        candidate = root / name
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no {' or '.join(CONFIG_CANDIDATES)} in {root}; create one or pass --config FILE"
+    )
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Validate `text` (the content of `path`) and build the frozen settings."""
+    doc, lines = _load_yaml(text, path.name)
+    _validate(doc, lines, path.name)
+    return _build(doc, lines, path)
+
+
+# --- YAML with line numbers -------------------------------------------------------------------
+
+
+def _load_yaml(text: str, name: str) -> tuple[Any, dict[Path_, int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[Path_, int] = {}
+        doc = _construct(loader, node, (), lines, name) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{name}:{mark.line + 1}" if mark else name
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name}: invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
+    return doc, lines
+
+
+def _construct(
+    loader: yaml.SafeLoader, node: yaml.Node, at: Path_, lines: dict[Path_, int], name: str
+) -> Any:
+    lines.setdefault(at, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                raise ConfigError(
+                    f"{name}:{key_node.start_mark.line + 1}: {_dotted(at) or '(top)'}: "
+                    "keys must be plain strings"
+                )
+            if key in out:
+                raise ConfigError(
+                    f"{name}:{key_node.start_mark.line + 1}: {_dotted((*at, str(key)))}: "
+                    "duplicate key"
+                )
+            lines[(*at, str(key))] = key_node.start_mark.line + 1
+            out[str(key) if not isinstance(key, str) else key] = _construct(
+                loader, value_node, (*at, str(key)), lines, name
+            )
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(loader, item, (*at, i), lines, name) for i, item in enumerate(node.value)
+        ]
+    return loader.construct_object(node, deep=True)
+
+
+def _dotted(at: Path_) -> str:
+    out = ""
+    for part in at:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line(lines: dict[Path_, int], at: Path_) -> int | None:
+    for n in range(len(at), -1, -1):
+        if at[:n] in lines:
+            return lines[at[:n]]
+    return None
+
+
+def _fail(name: str, lines: dict[Path_, int], at: Path_, message: str) -> ConfigError:
+    line = _line(lines, at)
+    where = f"{name}:{line}" if line else name
+    key = _dotted(at)
+    return ConfigError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+# --- schema validation ------------------------------------------------------------------------
+
+
+@functools.cache
+def _validator() -> Any:
+    import jsonschema
+
+    schema = json.loads(schema_path("config").read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _validate(doc: Any, lines: dict[Path_, int], name: str) -> None:
+    if doc is None:
+        raise ConfigError(f"{name}: the file is empty; everything goes under `supervisor:`")
+    errors = list(_validator().iter_errors(doc))
+    if not errors:
+        return
+    located = [_explain(e, doc) for e in errors]
+    located.sort(key=lambda item: (_line(lines, item[0]) or 0, len(item[0])))
+    at, message = located[0]
+    raise _fail(name, lines, at, message)
+
+
+def _explain(error: Any, doc: Any) -> tuple[Path_, str]:
+    """The path and a plain message for one jsonschema error."""
+    import jsonschema
+
+    at: Path_ = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        allowed = set(schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        key = extra[0] if extra else "?"
+        hint = f" (known: {', '.join(sorted(allowed))})" if allowed else ""
+        return (*at, key), f"unknown key{hint}"
+    if error.validator == "required":
+        return at, error.message.replace("is a required property", "is required")
+    if error.validator in ("oneOf", "anyOf", "allOf"):
+        if "description" in schema:
+            return at, f"{error.instance!r} is not valid: expected {schema['description']}"
+        if error.context:
+            deepest = jsonschema.exceptions.best_match(error.context)
+            if deepest is not None:
+                return _explain(deepest, doc)
+    if error.validator == "not":
+        return at, f"{error.instance!r} is not allowed here (must be more than 0)"
+    if error.validator == "pattern" and "supervisor" in at[:1]:
+        return at, f"{error.instance!r} does not match {schema.get('pattern', '')!r}"
+    return at, error.message
+
+
+# --- building the settings --------------------------------------------------------------------
+
+
+def _env(raw: Mapping[str, Any] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in (raw or {}).items():
+        out[str(k)] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+    return out
+
+
+def _command(value: str | list[str]) -> tuple[str, ...]:
+    return tuple(shlex.split(value)) if isinstance(value, str) else tuple(value)
+
+
+def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
+    name = path.name
+    s: dict[str, Any] = doc["supervisor"]
+
+    def dur(at: Path_, value: Any, default: float | None) -> float | None:
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise _fail(name, lines, at, str(e)) from None
+
+    a = s["agent"]
+    try:
+        command = _command(a["command"])
+    except ValueError as e:
+        raise _fail(name, lines, ("supervisor", "agent", "command"), f"cannot split: {e}") from None
+    if not command or not command[0]:
+        raise _fail(name, lines, ("supervisor", "agent", "command"), "the command is empty")
+    b = a.get("restart_backoff", {})
+    backoff = Backoff(
+        initial=dur(("supervisor", "agent", "restart_backoff", "initial"), b.get("initial"), 1.0)
+        or 0.0,
+        max=dur(("supervisor", "agent", "restart_backoff", "max"), b.get("max"), 30.0) or 0.0,
+    )
+    if backoff.initial > backoff.max:
+        raise _fail(
+            name,
+            lines,
+            ("supervisor", "agent", "restart_backoff", "initial"),
+            f"initial ({format_duration(backoff.initial)}) is larger than max "
+            f"({format_duration(backoff.max)})",
+        )
+    sig_name = a.get("stop_signal", "TERM")
+    agent = AgentConfig(
+        command=command,
+        env=_env(a.get("env")),
+        stop_signal=signal.Signals["SIG" + sig_name.removeprefix("SIG")],
+        stop_timeout=dur(("supervisor", "agent", "stop_timeout"), a.get("stop_timeout"), 5.0)
+        or 0.0,
+        backoff=backoff,
+    )
+
+    h = s.get("health_checks", {})
+    health = HealthConfig(
+        interval=dur(("supervisor", "health_checks", "interval"), h.get("interval"), 5.0) or 5.0,
+        max_memory_mb=h.get("max_memory_mb"),
+        max_cpu_percent=h.get("max_cpu_percent"),
+        heartbeat_timeout=dur(
+            ("supervisor", "health_checks", "heartbeat_timeout"), h.get("heartbeat_timeout"), None
+        ),
+    )
+
+    r = s.get("rollback", {})
+    preserve = tuple(
+        _repo_relative(name, lines, ("supervisor", "rollback", "preserve", i), p)
+        for i, p in enumerate(r.get("preserve", []))
+    )
+    rollback = RollbackConfig(
+        enabled=r.get("enabled", True),
+        keep_commits=r.get("keep_commits", 10),
+        backup_interval=dur(
+            ("supervisor", "rollback", "backup_interval"), r.get("backup_interval"), None
+        ),
+        preserve=preserve,
+    )
+
+    experiments = dict(s.get("experiments", {}))
+    for key in ("shadow_runtime", "timeout"):
+        if key in experiments:
+            experiments[key] = dur(("supervisor", "experiments", key), experiments[key], None)
+    for crit in ("success_criteria", "failure_criteria"):
+        if "max_response_time" in experiments.get(crit, {}):
+            experiments[crit] = dict(experiments[crit])
+            experiments[crit]["max_response_time"] = dur(
+                ("supervisor", "experiments", crit, "max_response_time"),
+                experiments[crit]["max_response_time"],
+                None,
+            )
+
+    inactive = tuple(k for k in INACTIVE_KEYS if _has(s, k.split(".")))
+    return Config(
+        path=path,
+        agent=agent,
+        min_runtime=dur(("supervisor", "min_runtime"), s.get("min_runtime"), 10.0) or 0.0,
+        max_failures=s.get("max_failures", 5),
+        health=health,
+        rollback=rollback,
+        protected_paths=tuple(s.get("protected_paths", [])),
+        mcp_servers=_mcp_servers(s),
+        proposals_mode=s.get("proposals", {}).get("mode", "direct"),
+        experiments=experiments,
+        api_listen=s.get("api", {}).get("listen"),
+        inactive=inactive,
+    )
+
+
+def _has(d: Mapping[str, Any], keys: list[str]) -> bool:
+    for k in keys:
+        if not isinstance(d, Mapping) or k not in d:
+            return False
+        d = d[k]
+    return True
+
+
+def _repo_relative(name: str, lines: dict[Path_, int], at: Path_, raw: str) -> str:
+    """A path inside the working tree, `/`-separated, without a trailing slash."""
+    p = PurePosixPath(raw)
+    parts = p.parts
+    if p.is_absolute() or "\\" in raw:
+        raise _fail(name, lines, at, f"{raw!r} must be relative to the repository")
+    if any(part == ".." for part in parts):
+        raise _fail(name, lines, at, f"{raw!r} must not leave the repository ('..')")
+    if not parts or parts == (".",):
+        raise _fail(name, lines, at, f"{raw!r} would preserve the whole working tree")
+    if parts[0].lower() == ".git":
+        raise _fail(name, lines, at, f"{raw!r} is inside .git")
+    return "/".join(part for part in parts if part != ".")
+
+
+def _mcp_servers(s: Mapping[str, Any]) -> tuple[McpServerConfig, ...]:
+    entries: list[tuple[str, Mapping[str, Any]]] = []
+    raw = s.get("mcp_servers")
+    if isinstance(raw, list):
+        entries += [(item["name"], item) for item in raw]
+    elif isinstance(raw, Mapping):
+        entries += list(raw.items())
+    entries += list(s.get("mcpServers", {}).items())
+    return tuple(
+        McpServerConfig(
+            name=n,
+            command=e.get("command"),
+            args=tuple(e.get("args", [])),
+            env=_env(e.get("env")),
+            cwd=e.get("cwd"),
+            url=e.get("url"),
+            restart_on_failure=e.get("restart_on_failure", True),
+        )
+        for n, e in entries
+    )

@@ -1,0 +1,15 @@
+"""Errors a user can cause and fix. The CLI prints them as one line and exits 2."""
+
+
+class UserError(Exception):
+    """A mistake in input or setup: printed without a traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class RepoBusyError(UserError):
+    """Another supervisor holds this repository."""

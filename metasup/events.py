@@ -1,0 +1,30 @@
+"""The event names of `events.jsonl` (SPEC, "Events")."""
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    SUPERVISOR_START = "supervisor_start"
+    SUPERVISOR_STOP = "supervisor_stop"
+    SNAPSHOT = "snapshot"
+    LAUNCH = "launch"
+    EXIT = "exit"
+    MARK_GOOD = "mark_good"
+    ROLLBACK = "rollback"
+    ARCHIVE = "archive"
+    EMERGENCY_STOP = "emergency_stop"
+    HEALTH_KILL = "health_kill"
+    TAMPER_RESTORED = "tamper_restored"
+    PROPOSAL_RECEIVED = "proposal_received"
+    PROPOSAL_REJECTED = "proposal_rejected"
+    PROPOSAL_APPLIED = "proposal_applied"
+    EXPERIMENT_STARTED = "experiment_started"
+    EXPERIMENT_PASSED = "experiment_passed"
+    EXPERIMENT_FAILED = "experiment_failed"
+    MERGED = "merged"
+    MCP_STARTED = "mcp_started"
+    MCP_UNHEALTHY = "mcp_unhealthy"
+    MCP_RESTARTED = "mcp_restarted"
+    MCP_FAILED = "mcp_failed"
+    APPROVED = "approved"
+    RECOVERED = "recovered"

@@ -1,0 +1,322 @@
+"""Everything metasup does to git, through pygit2, with one long-lived Repository.
+
+The traps measured in the project notes shape this module:
+- a stale `index.lock` makes a reset rewrite the tree and then fail, so every step that writes
+  checks for locks first and removes only stale ones (no live git process on this repository);
+- `add_all` fails on an untracked nested repository, so staging walks `status()` instead and
+  leaves nested repositories alone (a reset keeps them too: nothing of theirs is lost);
+- the archive is built in the index in memory and never written, so HEAD, the index file and the
+  working tree stay as they were;
+- ref updates are compare-and-swap: a commit whose parent moved is retried on the new tip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pygit2
+from pygit2.enums import CheckoutStrategy, FileStatus
+
+from metasup.errors import UserError
+
+GOOD_REF = "refs/metasup/good"
+ARCHIVE_PREFIX = "refs/metasup/archive/"
+AUTHOR = ("metasup", "metasup@localhost")
+INBOX = ".metasup/inbox"
+
+_WT_CHANGED = FileStatus.WT_NEW | FileStatus.WT_MODIFIED | FileStatus.WT_TYPECHANGE
+_WT_RENAMED = FileStatus.WT_RENAMED
+_LOCK_WAIT_S = 5.0
+_REF_RETRIES = 5
+
+
+class GitError(UserError):
+    """A git step that cannot go ahead; nothing was changed."""
+
+
+class RollbackRefused(GitError):
+    """The rollback target failed its check: nothing was reset."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    commit: str | None  # None: the tree was clean, no commit was made
+    head: str | None
+    changed: int
+
+
+@dataclass(frozen=True)
+class Archive:
+    ref: str
+    commit: str
+    dirty: bool  # False: nothing uncommitted, the ref keeps the failed commit itself
+
+
+def _signature() -> pygit2.Signature:
+    return pygit2.Signature(*AUTHOR)
+
+
+def archive_ref_name(reason: str, when: datetime | None = None) -> str:
+    """`refs/metasup/archive/<UTC time>-<reason>`, sortable by time, always a valid ref."""
+    stamp = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%fZ")
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", reason).strip("-") or "state"
+    return f"{ARCHIVE_PREFIX}{stamp}-{clean[:60]}"
+
+
+class GitRepo:
+    """The supervised repository and the branch HEAD was on when metasup started."""
+
+    def __init__(self, start: Path) -> None:
+        found = pygit2.discover_repository(str(start))
+        if found is None:
+            raise UserError(f"{start} is not inside a git repository (run `git init` first)")
+        repo = pygit2.Repository(found)
+        if repo.is_bare or repo.workdir is None:
+            raise UserError(f"{found} is a bare repository; metasup needs a working tree")
+        self.repo = repo
+        self.workdir = Path(repo.workdir).resolve()
+        self.git_dir = Path(repo.path).resolve()
+        head = repo.references.get("HEAD")
+        if head is None or head.type != pygit2.enums.ReferenceType.SYMBOLIC:
+            raise UserError(
+                f"HEAD is detached in {self.workdir}; check out the branch metasup should "
+                "supervise (git switch BRANCH)"
+            )
+        self.branch: str = str(head.target)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def head(self) -> str | None:
+        ref = self.repo.references.get(self.branch)
+        return str(ref.target) if ref is not None else None
+
+    def good(self) -> str | None:
+        ref = self.repo.references.get(GOOD_REF)
+        if ref is None:
+            return None
+        return str(ref.target)
+
+    def commit_exists(self, sha: str) -> bool:
+        try:
+            obj = self.repo.get(sha)
+        except (ValueError, pygit2.GitError):
+            return False
+        return isinstance(obj, pygit2.Commit)
+
+    def resolve(self, rev: str) -> str:
+        try:
+            obj = self.repo.revparse_single(rev)
+        except (KeyError, ValueError, pygit2.GitError):
+            raise GitError(f"{rev!r} is not a revision in this repository") from None
+        commit = obj.peel(pygit2.Commit)
+        return str(commit.id)
+
+    def archives(self) -> list[tuple[str, str]]:
+        """(ref, commit) of every archived state, oldest first."""
+        refs = [r for r in self.repo.references if r.startswith(ARCHIVE_PREFIX)]
+        return [(r, str(self.repo.references[r].target)) for r in sorted(refs)]
+
+    def is_clean(self) -> bool:
+        return not any(not path.endswith("/") for path in self.repo.status(untracked_files="all"))
+
+    # --- setup --------------------------------------------------------------------------------
+
+    def ensure_excluded(self, pattern: str) -> None:
+        """Add `pattern` to `<git-dir>/info/exclude` (local to this clone, never committed)."""
+        exclude = self.git_dir / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+        if pattern in text.splitlines():
+            return
+        sep = "" if not text or text.endswith("\n") else "\n"
+        with exclude.open("a", encoding="utf-8") as f:
+            f.write(f"{sep}# metasup\n{pattern}\n")
+
+    def stale_locks(self) -> list[Path]:
+        """Lock files git or libgit2 left behind in this repository."""
+        candidates = [self.git_dir / n for n in ("index.lock", "HEAD.lock", "packed-refs.lock")]
+        refs = self.git_dir / "refs"
+        if refs.is_dir():
+            candidates += refs.rglob("*.lock")
+        return [p for p in candidates if p.exists()]
+
+    def clear_stale_locks(self) -> list[Path]:
+        """Remove locks that no live git process holds; wait a little for live ones.
+
+        Raises GitError when a running git keeps a lock past the wait: going ahead would be
+        exactly the lost-edit trap.
+        """
+        locks = self.stale_locks()
+        if not locks:
+            return []
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            holders = _git_processes_in(self.workdir, self.git_dir)
+            if not holders:
+                break
+            locks = self.stale_locks()
+            if not locks:
+                return []
+            if time.monotonic() >= deadline:
+                names = ", ".join(str(p.relative_to(self.git_dir)) for p in locks)
+                raise GitError(
+                    f"{names} held by a running git (pid {holders[0]}); "
+                    "let it finish, then start again"
+                )
+            time.sleep(0.05)  # poll: another program's git has no event to wait on
+        removed = []
+        for lock in locks:
+            try:
+                lock.unlink()
+                removed.append(lock)
+            except FileNotFoundError:
+                pass
+        return removed
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _stage_worktree(self, index: pygit2.Index) -> int:
+        """Stage every change of the working tree into `index` (in memory); count them."""
+        changed = 0
+        for path, flags in self.repo.status(untracked_files="all").items():
+            if path.endswith("/"):
+                continue  # a nested repository: its history is its own, and a reset keeps it
+            if flags & FileStatus.WT_DELETED:
+                index.remove(path)
+                changed += 1
+            elif flags & (_WT_CHANGED | _WT_RENAMED):
+                index.add(path)
+                changed += 1
+        return changed
+
+    def _commit_on_branch(self, tree: pygit2.Oid, message: str) -> str:
+        """Commit `tree` on the supervised branch; CAS on the branch tip, retried if it moved."""
+        for _ in range(_REF_RETRIES):
+            head = self.head()
+            parents = [pygit2.Oid(hex=head)] if head else []
+            try:
+                oid = self.repo.create_commit(
+                    self.branch, _signature(), _signature(), message, tree, parents
+                )
+                return str(oid)
+            except pygit2.GitError:
+                if self.head() == head:
+                    raise
+        raise GitError(f"{self.branch} kept moving while metasup committed; try again")
+
+    def snapshot(self, run: int) -> Snapshot:
+        """Commit the whole working tree (honouring .gitignore); no commit when it is clean."""
+        self.clear_stale_locks()
+        index = self.repo.index
+        index.read()
+        changed = self._stage_worktree(index)
+        tree = index.write_tree()
+        head = self.head()
+        if head is not None and self.repo[head].peel(pygit2.Commit).tree_id == tree:
+            if changed:
+                index.write()
+            return Snapshot(commit=None, head=head, changed=0)
+        index.write()
+        message = f"metasup: snapshot\n\nMetasup-Run: {run}\n"
+        commit = self._commit_on_branch(tree, message)
+        return Snapshot(commit=commit, head=commit, changed=changed)
+
+    def archive(self, reason: str, run: int) -> Archive | None:
+        """Save HEAD plus every uncommitted change (untracked too) under an archive ref.
+
+        HEAD, the index file and the working tree are left untouched. None when there is
+        nothing at all (an unborn branch with an empty tree).
+        """
+        index = self.repo.index
+        index.read()
+        try:
+            changed = self._stage_worktree(index)
+            tree = index.write_tree()
+        finally:
+            index.read(force=True)  # drop the in-memory staging; the index file is never written
+        head = self.head()
+        head_tree = self.repo[head].peel(pygit2.Commit).tree_id if head else None
+        if head is not None and tree == head_tree:
+            commit, dirty = head, False
+        elif head is None and changed == 0:
+            return None
+        else:
+            message = (
+                f"metasup: archive ({reason})\n\nMetasup-Run: {run}\nMetasup-Reason: {reason}\n"
+            )
+            parents = [pygit2.Oid(hex=head)] if head else []
+            oid = self.repo.create_commit(None, _signature(), _signature(), message, tree, parents)
+            commit, dirty = str(oid), True
+        name = archive_ref_name(reason)
+        suffix = 1
+        while name in self.repo.references:
+            suffix += 1
+            name = f"{archive_ref_name(reason)}-{suffix}"
+        self.repo.references.create(name, commit)
+        return Archive(ref=name, commit=commit, dirty=dirty)
+
+    def check_rollback_target(self, target: str, failed: str | None) -> str:
+        """The full sha of `target` when it is a safe place to reset to, else RollbackRefused.
+
+        Safe: it exists, it is a commit, and it is not the commit that just failed — unless that
+        commit is the good one itself, where restoring its tree is all a rollback can do.
+        """
+        try:
+            sha = self.resolve(target)
+        except GitError as e:
+            raise RollbackRefused(f"rollback target {target}: {e}") from None
+        if not self.commit_exists(sha):
+            raise RollbackRefused(f"rollback target {target} is not a commit")
+        if failed is not None and sha == failed and sha != self.good():
+            raise RollbackRefused(
+                f"rollback target {sha[:12]} is the commit that just failed; not resetting to it"
+            )
+        return sha
+
+    def reset_to(self, target: str) -> None:
+        """Make HEAD, the index and the working tree exactly `target`.
+
+        Contents and modes are restored and untracked non-ignored files removed; ignored files
+        and nested repositories stay. The caller archives first.
+        """
+        self.clear_stale_locks()
+        commit = self.repo[target].peel(pygit2.Commit)
+        self.repo.checkout_tree(  # type: ignore[no-untyped-call]
+            commit.tree, strategy=CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED
+        )
+        self.repo.references.create(self.branch, commit.id, force=True)
+        head = self.repo.references.get("HEAD")
+        if head is None or head.target != self.branch:
+            self.repo.set_head(self.branch)
+
+    def set_good(self, sha: str) -> None:
+        self.repo.references.create(GOOD_REF, sha, force=True)
+
+    def refresh_index(self) -> None:
+        """Refresh the index stat cache so status stays fast after many mtimes changed."""
+        index = self.repo.index
+        index.read()
+        index.diff_to_workdir(flags=pygit2.enums.DiffOption.UPDATE_INDEX)
+        index.write()
+
+
+def _git_processes_in(*roots: Path) -> list[int]:
+    """Pids of running git programs whose working directory is inside one of `roots`."""
+    import psutil
+
+    me = os.getpid()
+    found = []
+    prefixes = [str(r) for r in roots]
+    for proc in psutil.process_iter(["pid", "name", "cwd"]):
+        info = proc.info
+        if info["pid"] == me or not (info.get("name") or "").startswith("git"):
+            continue
+        cwd = info.get("cwd") or ""
+        if any(cwd == p or cwd.startswith(p + os.sep) for p in prefixes):
+            found.append(info["pid"])
+    return found

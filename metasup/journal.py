@@ -1,0 +1,264 @@
+"""The supervisor's own records, kept in `<git-dir>/metasup/`, out of the working tree.
+
+- `events.jsonl`: append-only, one JSON object a line, each carrying the SHA-256 of the line
+  before it (`prev`), synced to disk before the step it records is reported done.
+- `state.json`: the current status, replaced atomically (write, fsync, rename).
+- `lock`: an flock held for the supervisor's lifetime; the kernel drops it when the process dies,
+  kill -9 included, so a stale lock never blocks a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from metasup.errors import RepoBusyError
+
+GENESIS = "0" * 64
+_TAIL_WINDOW = 1 << 20
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """Where each record lives under `<git-dir>/metasup/`."""
+
+    root: Path
+
+    @classmethod
+    def for_git_dir(cls, git_dir: Path) -> StateDir:
+        return cls(git_dir / "metasup")
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def recovery(self) -> Path:
+        return self.root / "recovery.json"
+
+    @property
+    def intent(self) -> Path:
+        return self.root / "intent.json"
+
+    @property
+    def preserve(self) -> Path:
+        return self.root / "preserve"
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.root / "heartbeat"
+
+    def create(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC with microseconds, as events carry it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+class Journal:
+    """The append side of `events.jsonl`. One writer: the supervisor holding the lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self.seq, self.prev = self._recover_tail()
+
+    def _recover_tail(self) -> tuple[int, str]:
+        """Seq and hash of the last whole record; a torn or garbled tail is cut off.
+
+        A torn line is a crash mid-write: it was never reported done (the sync comes first), so
+        dropping it loses nothing anyone was told happened, and keeps the chain verifiable.
+        """
+        size = os.fstat(self._fd).st_size
+        start = max(0, size - _TAIL_WINDOW)
+        tail = os.pread(self._fd, size - start, start)
+        end = len(tail)
+        while end > 0:
+            line_start = tail.rfind(b"\n", 0, end - 1) + 1
+            if line_start == 0 and start > 0:
+                break  # a line longer than the window; no event is that long
+            line = tail[line_start:end]
+            if line.endswith(b"\n"):
+                try:
+                    record = json.loads(line)
+                    seq = int(record["seq"])
+                except (ValueError, KeyError, TypeError):
+                    pass
+                else:
+                    if end < len(tail):
+                        os.ftruncate(self._fd, start + end)
+                    return seq, line_hash(line)
+            end = line_start
+        if end < len(tail):
+            os.ftruncate(self._fd, start + end)
+        return 0, GENESIS
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "ts": utc_now(),
+            "seq": self.seq + 1,
+            "event": str(event),
+            "prev": self.prev,
+        }
+        record.update(fields)
+        line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+        os.write(self._fd, line)
+        os.fdatasync(self._fd)
+        self.seq += 1
+        self.prev = line_hash(line)
+        return record
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return
+            with contextlib.suppress(ValueError):
+                yield json.loads(raw)
+
+
+def verify_chain(path: Path) -> list[str]:
+    """Problems found in the hash chain; empty when every line links to the one before."""
+    problems: list[str] = []
+    prev = GENESIS
+    expected_seq = 1
+    if not path.exists():
+        return problems
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                problems.append(f"line {n}: not JSON")
+                prev = line_hash(raw)
+                continue
+            if record.get("prev") != prev:
+                problems.append(
+                    f"line {n} (seq {record.get('seq')}): prev does not match line {n - 1}"
+                )
+            if record.get("seq") != expected_seq:
+                problems.append(f"line {n}: seq {record.get('seq')}, expected {expected_seq}")
+            expected_seq = (record.get("seq") or expected_seq) + 1
+            prev = line_hash(raw)
+    return problems
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace `path` so a reader sees the old document or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+            f.flush()
+            os.fdatasync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+
+
+class RepoLock:
+    """One supervisor per repository."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._fd = -1
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                holder = holder_pid(self.path)
+                who = f"pid {holder}" if holder else "another process"
+                raise RepoBusyError(
+                    f"another metasup ({who}) already supervises {self.what}; stop it first"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RepoLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def holder_pid(path: Path) -> int | None:
+    """The pid of the live supervisor holding the lock at `path`, or None when nobody does."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

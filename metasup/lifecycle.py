@@ -1,0 +1,351 @@
+"""The outer loop as a pure state machine: `decide(state, observation) -> (state, actions)`.
+
+No I/O here. The driver (`supervisor.py`) observes the world (exits, timers, signals, results of
+git steps), asks `decide` what to do, and performs the actions. Every transition is a plain
+function of its inputs, so the tests walk all of them.
+
+Named states, after supervisord's process states and OTP's restart intensity:
+STARTING      snapshot the tree, then launch
+RUNNING       launched, not yet `min_runtime` old: an exit now is a quick failure
+GOOD          has run `min_runtime`; its commit is marked good; an exit now is a normal restart
+BACKOFF       waiting before a relaunch after a normal exit
+ROLLING_BACK  archiving the failed state and resetting to the good commit
+STOPPING      a stop was asked for; waiting for the agent's group to exit
+EMERGENCY_STOP  `max_failures` quick failures in a row (or no way back): everything stopped
+STOPPED       ended cleanly
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    GOOD = "good"
+    BACKOFF = "backoff"
+    ROLLING_BACK = "rolling_back"
+    STOPPING = "stopping"
+    EMERGENCY_STOP = "emergency_stop"
+    STOPPED = "stopped"
+
+
+FINAL = (Phase.EMERGENCY_STOP, Phase.STOPPED)
+
+
+@dataclass(frozen=True)
+class Settings:
+    min_runtime: float
+    max_failures: int
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    rollback_enabled: bool = True
+    max_cycles: int | None = None
+
+    @property
+    def stable_after(self) -> float:
+        """A run this long resets the backoff: the agent is no longer flapping."""
+        return self.min_runtime + self.backoff_max
+
+
+@dataclass(frozen=True)
+class LoopState:
+    phase: Phase = Phase.STARTING
+    run: int = 0  # launches so far; the current (or last) run's METASUP_RUN
+    consecutive_failures: int = 0
+    restarts: int = 0  # normal exits in a row of runs shorter than `stable_after`
+    good: str | None = None
+    commit: str | None = None  # the commit the current (or last) run was launched on
+    stop_requested: bool = False
+    kill_reason: str | None = None  # set when the driver killed the agent for its health
+    exit_code: int | None = None  # the process exit code once in a final phase
+
+
+# --- observations -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    good: str | None  # refs/metasup/good when the supervisor starts
+
+
+@dataclass(frozen=True)
+class Snapshotted:
+    commit: str  # HEAD after the snapshot: what is about to run
+
+
+@dataclass(frozen=True)
+class MinRuntimeReached:
+    run: int
+
+
+@dataclass(frozen=True)
+class Exited:
+    code: int
+    runtime: float
+
+
+@dataclass(frozen=True)
+class HealthBreach:
+    reason: str
+
+
+@dataclass(frozen=True)
+class BackoffElapsed:
+    pass
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    pass
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    good: str | None  # the commit the tree now holds; None when rollback is disabled
+
+
+@dataclass(frozen=True)
+class RollbackFailed:
+    reason: str
+
+
+Observation = (
+    Started
+    | Snapshotted
+    | MinRuntimeReached
+    | Exited
+    | HealthBreach
+    | BackoffElapsed
+    | StopRequested
+    | RolledBack
+    | RollbackFailed
+)
+
+
+# --- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    run: int  # the run the snapshot is for
+
+
+@dataclass(frozen=True)
+class MarkGood:
+    commit: str
+    baseline: bool = False  # the first snapshot, marked good because nothing else was
+
+
+@dataclass(frozen=True)
+class Launch:
+    run: int
+    commit: str
+
+
+@dataclass(frozen=True)
+class ArmTimer:
+    name: str  # "min_runtime" or "backoff"
+    delay: float
+
+
+@dataclass(frozen=True)
+class CancelTimers:
+    pass
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """Stop whatever is left of the exited agent's tree before any git step."""
+
+
+@dataclass(frozen=True)
+class StopAgent:
+    pass
+
+
+@dataclass(frozen=True)
+class KillAgent:
+    reason: str
+
+
+@dataclass(frozen=True)
+class QuickFailure:
+    """Record the failure (recovery note) and, when `target` is set, archive and reset to it."""
+
+    run: int
+    failed: str | None
+    target: str | None
+    code: int
+    runtime: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class EmergencyStop:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    code: int
+
+
+Action = (
+    Snapshot
+    | MarkGood
+    | Launch
+    | ArmTimer
+    | CancelTimers
+    | Cleanup
+    | StopAgent
+    | KillAgent
+    | QuickFailure
+    | EmergencyStop
+    | Finish
+)
+
+
+# --- decisions --------------------------------------------------------------------------------
+
+
+def backoff_delay(settings: Settings, restarts: int) -> float:
+    """Exponential, capped: initial, 2x, 4x, ... up to max; none before the first restart."""
+    if restarts <= 0 or settings.backoff_initial <= 0:
+        return 0.0
+    return float(min(settings.backoff_initial * 2 ** (restarts - 1), settings.backoff_max))
+
+
+def strategy(consecutive_failures: int) -> str:
+    """METASUP_STRATEGY: `metamorphic` after more than 3 failures in a row, else `hybrid`."""
+    return "metamorphic" if consecutive_failures > 3 else "hybrid"
+
+
+def _cycles_done(settings: Settings, state: LoopState) -> bool:
+    return settings.max_cycles is not None and state.run >= settings.max_cycles
+
+
+def _finish(state: LoopState, code: int, actions: list[Action]) -> tuple[LoopState, list[Action]]:
+    phase = Phase.EMERGENCY_STOP if code == 3 else Phase.STOPPED
+    return replace(state, phase=phase, exit_code=code), [*actions, Finish(code)]
+
+
+def decide(
+    settings: Settings, state: LoopState, obs: Observation
+) -> tuple[LoopState, list[Action]]:
+    """The next state and what to do, for one observation. Unexpected observations change
+    nothing (a timer that fires after its run ended, a second exit report)."""
+    if state.phase in FINAL:
+        return state, []
+
+    match obs:
+        case Started(good=good):
+            return replace(state, phase=Phase.STARTING, good=good), [Snapshot(state.run + 1)]
+
+        case StopRequested():
+            return _on_stop(state)
+
+        case Snapshotted(commit=commit) if state.phase is Phase.STARTING:
+            if state.stop_requested:
+                return _finish(state, 0, [])
+            actions: list[Action] = []
+            good = state.good
+            if good is None:
+                good = commit
+                actions.append(MarkGood(commit, baseline=True))
+            run = state.run + 1
+            actions += [Launch(run, commit), ArmTimer("min_runtime", settings.min_runtime)]
+            return replace(
+                state, phase=Phase.RUNNING, run=run, commit=commit, good=good, kill_reason=None
+            ), actions
+
+        case MinRuntimeReached(run=run) if state.phase is Phase.RUNNING and run == state.run:
+            assert state.commit is not None
+            marks: list[Action] = [] if state.good == state.commit else [MarkGood(state.commit)]
+            return replace(state, phase=Phase.GOOD, good=state.commit), marks
+
+        case HealthBreach(reason=reason) if state.phase in (Phase.RUNNING, Phase.GOOD):
+            if state.kill_reason is not None:
+                return state, []
+            return replace(state, kill_reason=reason), [KillAgent(reason)]
+
+        case Exited(code=code, runtime=runtime) if state.phase in (
+            Phase.RUNNING,
+            Phase.GOOD,
+            Phase.STOPPING,
+        ):
+            return _on_exit(settings, state, code, runtime)
+
+        case BackoffElapsed() if state.phase is Phase.BACKOFF:
+            return replace(state, phase=Phase.STARTING), [Snapshot(state.run + 1)]
+
+        case RolledBack(good=good) if state.phase is Phase.ROLLING_BACK:
+            return _after_failure(settings, replace(state, good=good or state.good))
+
+        case RollbackFailed(reason=reason) if state.phase is Phase.ROLLING_BACK:
+            return _finish(state, 3, [EmergencyStop(f"rollback impossible: {reason}")])
+
+    return state, []
+
+
+def _on_stop(state: LoopState) -> tuple[LoopState, list[Action]]:
+    if state.phase in (Phase.RUNNING, Phase.GOOD):
+        return replace(state, phase=Phase.STOPPING, stop_requested=True), [
+            CancelTimers(),
+            StopAgent(),
+        ]
+    if state.phase is Phase.STOPPING:
+        # A second request while the agent takes its time to stop: do not wait any longer.
+        return state, [KillAgent("second stop request")]
+    if state.phase is Phase.BACKOFF:
+        return _finish(replace(state, stop_requested=True), 0, [CancelTimers()])
+    # STARTING or ROLLING_BACK: the step under way finishes, then the loop ends.
+    return replace(state, stop_requested=True), []
+
+
+def _on_exit(
+    settings: Settings, state: LoopState, code: int, runtime: float
+) -> tuple[LoopState, list[Action]]:
+    cleanup: list[Action] = [CancelTimers(), Cleanup()]
+    if state.phase is Phase.STOPPING:
+        return _finish(state, 0, cleanup)
+
+    if state.phase is Phase.RUNNING:  # died before min_runtime: a quick failure
+        failures = state.consecutive_failures + 1
+        if state.kill_reason:
+            reason = state.kill_reason
+        elif code >= 0:
+            reason = f"exit {code}"
+        else:
+            reason = f"signal {-code}"
+        target = state.good if settings.rollback_enabled else None
+        failed = replace(state, consecutive_failures=failures, restarts=0)
+        return replace(failed, phase=Phase.ROLLING_BACK), [
+            *cleanup,
+            QuickFailure(state.run, state.commit, target, code, runtime, reason),
+        ]
+
+    # GOOD: it ran its min_runtime; whatever the code, a normal exit.
+    restarts = 0 if runtime >= settings.stable_after else state.restarts + 1
+    after = replace(state, consecutive_failures=0, restarts=restarts)
+    if state.stop_requested or _cycles_done(settings, state):
+        return _finish(after, 0, cleanup)
+    delay = backoff_delay(settings, restarts)
+    if delay <= 0:
+        return replace(after, phase=Phase.STARTING), [*cleanup, Snapshot(state.run + 1)]
+    return replace(after, phase=Phase.BACKOFF), [*cleanup, ArmTimer("backoff", delay)]
+
+
+def _after_failure(settings: Settings, state: LoopState) -> tuple[LoopState, list[Action]]:
+    if state.consecutive_failures >= settings.max_failures:
+        return _finish(
+            state,
+            3,
+            [EmergencyStop(f"{state.consecutive_failures} quick failures in a row")],
+        )
+    if state.stop_requested or _cycles_done(settings, state):
+        return _finish(state, 0, [])
+    # A relaunch right after a rollback needs no backoff: the code changed back.
+    return replace(state, phase=Phase.STARTING), [Snapshot(state.run + 1)]

@@ -1,0 +1,363 @@
+"""The one place metasup starts, watches and stops processes.
+
+Each child runs in its own session and process group and carries a marker in its environment
+(`METASUP_TREE`). metasup is a Linux child subreaper, so a daemon that double-forks and calls
+setsid is re-parented to metasup instead of init: it stays among metasup's descendants, where the
+group id or the marker finds it. Exits are reaped on SIGCHLD (no polling loop), and a tree is
+stopped with its stop signal, then SIGKILL after the timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+TREE_VAR = "METASUP_TREE"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux >= 3.4); False where the kernel does not offer it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def exit_code_of(status: int) -> int:
+    """A waitpid status as Popen reports it: the exit code, or -signal."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+class Reaper:
+    """Collects the exit status of every child of metasup, the adopted orphans included."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+
+    def reap(self) -> dict[int, int]:
+        """Reap every child that has exited; return the ones reaped by this call."""
+        reaped: dict[int, int] = {}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reaped[pid] = exit_code_of(status)
+        self.statuses.update(reaped)
+        return reaped
+
+    def pop(self, pid: int) -> int | None:
+        return self.statuses.pop(pid, None)
+
+
+@dataclass
+class Child:
+    """A started process: the leader of its own session and process group."""
+
+    popen: subprocess.Popen[bytes]
+    token: str
+    started: float  # time.monotonic() just before the spawn
+    argv: tuple[str, ...]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def pgid(self) -> int:
+        return self.popen.pid  # start_new_session makes the child its group leader
+
+
+class SpawnError(Exception):
+    """The command could not be started at all (missing, not executable)."""
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    capture: bool = True,
+) -> Child:
+    token = uuid.uuid4().hex
+    full_env = dict(env)
+    full_env[TREE_VAR] = token
+    started = time.monotonic()
+    pipe = subprocess.PIPE if capture else None
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=pipe,
+            stderr=pipe,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as e:
+        raise SpawnError(f"cannot start {argv[0]!r}: {e.strerror or e}") from None
+    for stream in (popen.stdout, popen.stderr):
+        if stream is not None:
+            os.set_blocking(stream.fileno(), False)
+    return Child(popen=popen, token=token, started=started, argv=tuple(argv))
+
+
+def _marker(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get(TREE_VAR)
+    except (psutil.Error, OSError):
+        return None
+
+
+def tree_members(pgid: int, token: str, adopt_unmarked: bool = False) -> list[psutil.Process]:
+    """The live processes of one tree among metasup's descendants.
+
+    A descendant belongs to the tree when it is in the tree's process group or carries its
+    marker. With `adopt_unmarked` (the supervisor, which spawns nothing but marked trees), an
+    orphan that cleared its environment belongs to it too: nothing else could have made it.
+    """
+    members = []
+    try:
+        descendants = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    for proc in descendants:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+                continue
+        except (psutil.Error, ProcessLookupError):
+            continue
+        mark = _marker(proc)
+        if mark == token or (mark is None and adopt_unmarked):
+            members.append(proc)
+    return members
+
+
+def signal_tree(pgid: int, members: Iterable[psutil.Process], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    for proc in members:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def stop_tree(
+    pgid: int,
+    token: str,
+    sig: int,
+    timeout: float,
+    reaper: Reaper,
+    adopt_unmarked: bool = False,
+) -> int:
+    """Stop every process of a tree: `sig`, wait up to `timeout`, then SIGKILL. Returns how many
+    processes had to be signalled (0: nothing was left)."""
+    members = tree_members(pgid, token, adopt_unmarked)
+    leader_alive = _group_alive(pgid)
+    if not members and not leader_alive:
+        reaper.reap()
+        return 0
+    signal_tree(pgid, members, sig)
+    if sig != signal.SIGKILL:
+        # Stopped processes cannot act on the signal until they run again.
+        signal_tree(pgid, members, signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    while True:
+        reaper.reap()
+        alive = [p for p in members if _alive(p)]
+        if not alive and not _group_alive(pgid):
+            break
+        if time.monotonic() >= deadline:
+            # Late forks are caught here too: look for the tree once more before the kill.
+            late = tree_members(pgid, token, adopt_unmarked)
+            signal_tree(pgid, alive + late, signal.SIGKILL)
+            _wait_gone(pgid, token, adopt_unmarked, reaper, 5.0)
+            break
+        time.sleep(0.002)  # bounded wait for processes we signalled; ends at the deadline
+    return len(members) or 1
+
+
+def _wait_gone(pgid: int, token: str, adopt: bool, reaper: Reaper, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        reaper.reap()
+        rest = tree_members(pgid, token, adopt)
+        if not rest and not _group_alive(pgid):
+            return
+        signal_tree(pgid, rest, signal.SIGKILL)
+        time.sleep(0.002)  # SIGKILL cannot be ignored; this only waits for the kernel
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while the group has a member. Callers reap first: metasup's own zombies are gone
+    then, and any other zombie's parent is itself in the group or about to be adopted."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class TreeSample:
+    rss_mb: float
+    cpu_percent: float
+    processes: int
+
+
+@dataclass
+class TreeSampler:
+    """RSS and CPU of a whole tree; keeps Process objects so CPU% spans samples."""
+
+    procs: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def sample(self, members: Sequence[psutil.Process]) -> TreeSample:
+        rss = 0
+        cpu = 0.0
+        seen = set()
+        for proc in members:
+            kept = self.procs.setdefault(proc.pid, proc)
+            seen.add(proc.pid)
+            try:
+                with kept.oneshot():
+                    rss += kept.memory_info().rss
+                    cpu += kept.cpu_percent(None)
+            except psutil.Error:
+                continue
+        for pid in list(self.procs):
+            if pid not in seen:
+                del self.procs[pid]
+        return TreeSample(rss_mb=rss / (1 << 20), cpu_percent=cpu, processes=len(seen))
+
+
+class LaunchLog:
+    """One launch's output: a log file split on line boundaries, the terminal, and a tail.
+
+    The file is `run-<N>-<commit>.log`; past `max_bytes` it rotates to `.1.log`, `.2.log`, ...
+    (keeping `backups`), cut only between lines. The last lines of stderr stay in memory for the
+    recovery note, so rotation never loses the tail before a crash.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        run: int,
+        commit: str | None,
+        *,
+        echo: bool = True,
+        max_bytes: int = 5 << 20,
+        backups: int = 3,
+        tail_lines: int = 40,
+    ) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"run-{run:06d}-{(commit or 'none')[:12]}.log"
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.echo = echo
+        self._file: IO[bytes] = self.path.open("ab")
+        self._size = self._file.tell()
+        self._partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        self.stderr_tail: deque[str] = deque(maxlen=tail_lines)
+        self.stdout_tail: deque[str] = deque(maxlen=tail_lines)
+
+    def feed(self, stream: str, data: bytes) -> None:
+        if self.echo:
+            target = sys.stderr if stream == "stderr" else sys.stdout
+            with contextlib.suppress(OSError, ValueError):
+                target.buffer.write(data)
+                target.buffer.flush()
+        buf = self._partial[stream] + data
+        cut = buf.rfind(b"\n") + 1
+        whole, self._partial[stream] = buf[:cut], buf[cut:]
+        if len(self._partial[stream]) > 1 << 16:
+            whole, self._partial[stream] = whole + self._partial[stream] + b"\n", b""
+        if whole:
+            self._write_lines(stream, whole)
+
+    def _write_lines(self, stream: str, lines: bytes) -> None:
+        tail = self.stderr_tail if stream == "stderr" else self.stdout_tail
+        for line in lines.splitlines():
+            tail.append(line.decode("utf-8", "replace"))
+        if self._size and self._size + len(lines) > self.max_bytes:
+            self._rotate()
+        self._file.write(lines)
+        self._file.flush()
+        self._size += len(lines)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        stem = self.path.with_suffix("")
+        for n in range(self.backups, 0, -1):
+            src = self.path if n == 1 else Path(f"{stem}.{n - 1}.log")
+            if src.exists():
+                os.replace(src, f"{stem}.{n}.log")
+        self._file = self.path.open("ab")
+        self._size = 0
+
+    def close(self) -> None:
+        for stream, rest in self._partial.items():
+            if rest:
+                self._write_lines(stream, rest + b"\n")
+                self._partial[stream] = b""
+        self._file.close()
+
+
+def drain(child: Child, log: LaunchLog) -> bool:
+    """Read what the child's pipes hold now; True once both are at end of file."""
+    done = True
+    for name, stream in (("stdout", child.popen.stdout), ("stderr", child.popen.stderr)):
+        if stream is None or stream.closed:
+            continue
+        while True:
+            try:
+                data = os.read(stream.fileno(), 1 << 16)
+            except BlockingIOError:
+                done = False
+                break
+            if not data:
+                stream.close()
+                break
+            log.feed(name, data)
+    return done
+
+
+def prune_logs(directory: Path, keep_runs: int) -> None:
+    """Keep the logs of the newest `keep_runs` launches."""
+    runs: dict[str, list[Path]] = {}
+    for path in directory.glob("run-*.log"):
+        runs.setdefault(path.name.split("-")[1], []).append(path)
+    for key in sorted(runs)[:-keep_runs] if keep_runs else sorted(runs):
+        for path in runs[key]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

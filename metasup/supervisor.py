@@ -1,0 +1,665 @@
+"""The outer loop's driver: observe, ask `lifecycle.decide`, perform the actions.
+
+One thread and one selector. The selector watches the agent's output pipes and a wakeup pipe fed
+by signals (SIGCHLD for exits, SIGINT/SIGTERM/SIGHUP for a stop), and its timeout is the nearest
+timer (min_runtime, backoff, health tick). An exit is therefore seen the moment the kernel
+reports it; nothing polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metasup import health, lifecycle, preserve
+from metasup.config import Config
+from metasup.events import Event
+from metasup.faults import crashpoint
+from metasup.gitrepo import INBOX, GitRepo, RollbackRefused
+from metasup.journal import Journal, RepoLock, StateDir, read_json, utc_now, write_json_atomic
+from metasup.lifecycle import Phase
+from metasup.process import (
+    Child,
+    LaunchLog,
+    Reaper,
+    SpawnError,
+    TreeSampler,
+    become_subreaper,
+    drain,
+    prune_logs,
+    signal_tree,
+    spawn,
+    stop_tree,
+    tree_members,
+)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+KEEP_RUN_LOGS = 200
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+def plain_reporter(stream: Any = None) -> Reporter:
+    """One line per event, for a terminal or a pipe."""
+
+    def report(record: dict[str, Any]) -> None:
+        out = stream or sys.stderr
+        skip = {"ts", "seq", "event", "prev"}
+        detail = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in skip)
+        with contextlib.suppress(OSError, ValueError):
+            out.write(f"metasup: {record['event']} {detail}\n")
+            out.flush()
+
+    return report
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]
+    if isinstance(value, list):
+        return f"[{len(value)} lines]"
+    return str(value)
+
+
+@dataclass
+class Counters:
+    cycles: int = 0
+    snapshots: int = 0
+    good_marks: int = 0
+    rollbacks: int = 0
+    quick_failures: int = 0
+    health_kills: int = 0
+    emergency_stops: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Running:
+    """The agent launch in progress."""
+
+    child: Child
+    run: int
+    commit: str
+    log: LaunchLog
+    launched_wall: float
+    sampler: TreeSampler = field(default_factory=TreeSampler)
+    cpu_history: deque[float] = field(default_factory=lambda: deque(maxlen=16))
+    rss_mb: float = 0.0
+    cpu_percent: float = 0.0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        repo: GitRepo,
+        config: Config,
+        *,
+        max_cycles: int | None = None,
+        echo: bool = True,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.repo = repo
+        self.config = config
+        self.dirs = StateDir.for_git_dir(repo.git_dir)
+        self.settings = lifecycle.Settings(
+            min_runtime=config.min_runtime,
+            max_failures=config.max_failures,
+            backoff_initial=config.agent.backoff.initial,
+            backoff_max=config.agent.backoff.max,
+            rollback_enabled=config.rollback.enabled,
+            max_cycles=max_cycles,
+        )
+        self.limits = health.Limits(
+            max_memory_mb=config.health.max_memory_mb,
+            max_cpu_percent=config.health.max_cpu_percent,
+            heartbeat_timeout=config.health.heartbeat_timeout,
+        )
+        self.echo = echo
+        self.report = reporter or plain_reporter()
+        self.state = lifecycle.LoopState()
+        self.counters = Counters()
+        self.running: Running | None = None
+        self.timers: dict[str, float] = {}
+        self.reaper = Reaper()
+        self.started_mono = time.monotonic()
+        self.started_wall = time.time()
+        self.last_archive: str | None = None
+        self.last_exit: dict[str, Any] | None = None
+        self.last_stderr_tail: list[str] = []
+        self._pipe_fds: dict[str, int] = {}
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self._old_handlers: dict[int, Any] = {}
+        self.journal: Journal | None = None
+
+    # --- lifecycle of the supervisor itself ----------------------------------------------------
+
+    def run(self) -> int:
+        self.dirs.create()
+        lock = RepoLock(self.dirs.lock, str(self.repo.workdir))
+        lock.acquire()
+        try:
+            self.journal = Journal(self.dirs.events)
+            self._install_signals()
+            become_subreaper()
+            self.repo.ensure_excluded(f"/{INBOX}/")
+            (self.repo.workdir / INBOX).mkdir(parents=True, exist_ok=True)
+            self._emit(
+                Event.SUPERVISOR_START,
+                pid=os.getpid(),
+                repo=str(self.repo.workdir),
+                branch=self.repo.branch,
+                config=str(self.config.path),
+            )
+            removed = self.repo.clear_stale_locks()
+            if removed:
+                names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
+                self.report({"event": "stale_locks_removed", "locks": ", ".join(names)})
+            self._resume_intent()
+            return self._loop()
+        finally:
+            self._shutdown()
+            lock.release()
+
+    def _shutdown(self) -> None:
+        if self.running is not None:
+            self._stop_running(self.config.agent.stop_signal)
+        status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
+        if self.journal is not None:
+            self._emit(Event.SUPERVISOR_STOP, status=status, exit_code=self.state.exit_code)
+            self._write_state(status)
+            self.journal.close()
+        self._restore_signals()
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "signals")
+        for sig in (signal.SIGCHLD, *STOP_SIGNALS):
+            self._old_handlers[sig] = signal.signal(sig, _noop_handler)
+        self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def _restore_signals(self) -> None:
+        if self._wake_w < 0:
+            return
+        signal.set_wakeup_fd(self._old_wakeup)
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        if self._selector is not None:
+            self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> int:
+        good = self.repo.good()
+        pending: deque[lifecycle.Observation] = deque([lifecycle.Started(good=good)])
+        while True:
+            while pending:
+                self.state, actions = lifecycle.decide(self.settings, self.state, pending.popleft())
+                for action in actions:
+                    follow = self._perform(action)
+                    if follow is not None:
+                        pending.append(follow)
+                if self.state.phase in lifecycle.FINAL:
+                    return self.state.exit_code or 0
+                self._write_state()
+            pending.extend(self._wait())
+
+    def _wait(self) -> list[lifecycle.Observation]:
+        """Block until something happens; return what was observed."""
+        observed: list[lifecycle.Observation] = []
+        assert self._selector is not None
+        exited = self._agent_exit()
+        if exited is not None:
+            return [exited]
+        timeout = None
+        if self.timers:
+            timeout = max(0.0, min(self.timers.values()) - time.monotonic())
+        for key, _ in self._selector.select(timeout):
+            if key.data == "signals":
+                observed += self._read_signals()
+            else:
+                self._pump(key.data)
+        exited = self._agent_exit()
+        if exited is not None:
+            observed.append(exited)
+        now = time.monotonic()
+        for name, due in sorted(self.timers.items(), key=lambda kv: kv[1]):
+            if due > now:
+                continue
+            del self.timers[name]
+            if name == "min_runtime":
+                observed.append(lifecycle.MinRuntimeReached(run=self.state.run))
+            elif name == "backoff":
+                observed.append(lifecycle.BackoffElapsed())
+            elif name == "health":
+                breach = self._health_tick()
+                if breach is not None:
+                    observed.append(lifecycle.HealthBreach(breach))
+        return observed
+
+    def _read_signals(self) -> list[lifecycle.Observation]:
+        observed: list[lifecycle.Observation] = []
+        try:
+            data = os.read(self._wake_r, 512)
+        except BlockingIOError:
+            return observed
+        for signum in data:
+            if signum == signal.SIGCHLD:
+                self.reaper.reap()
+            elif signum in STOP_SIGNALS:
+                self.report({"event": "stop_requested", "signal": signal.Signals(signum).name})
+                observed.append(lifecycle.StopRequested())
+        return observed
+
+    def _pump(self, stream: str) -> None:
+        if self.running is not None:
+            drain(self.running.child, self.running.log)
+            self._unwatch_closed_pipes()
+
+    def _agent_exit(self) -> lifecycle.Exited | None:
+        """The agent's exit, once reaped (by SIGCHLD, or while stopping its tree)."""
+        if self.running is None:
+            return None
+        self.reaper.reap()
+        code = self.reaper.pop(self.running.child.pid)
+        if code is None:
+            return None
+        r = self.running
+        runtime = time.monotonic() - r.child.started
+        r.child.popen.returncode = code
+        drain(r.child, r.log)
+        self.last_exit = {"run": r.run, "code": code, "runtime_s": round(runtime, 3)}
+        self._emit(
+            Event.EXIT,
+            pid=r.child.pid,
+            code=code,
+            runtime_s=round(runtime, 3),
+            run=r.run,
+            commit=r.commit,
+        )
+        return lifecycle.Exited(code=code, runtime=runtime)
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def _perform(self, action: lifecycle.Action) -> lifecycle.Observation | None:
+        match action:
+            case lifecycle.Snapshot(run=run):
+                return self._snapshot(run)
+            case lifecycle.MarkGood(commit=commit, baseline=baseline):
+                self.repo.set_good(commit)
+                self.counters.good_marks += 1
+                self._emit(Event.MARK_GOOD, commit=commit, run=self.state.run, baseline=baseline)
+            case lifecycle.Launch(run=run, commit=commit):
+                return self._launch(run, commit)
+            case lifecycle.ArmTimer(name=name, delay=delay):
+                self.timers[name] = time.monotonic() + delay
+            case lifecycle.CancelTimers():
+                self.timers.clear()
+            case lifecycle.Cleanup():
+                self._cleanup_exited()
+            case lifecycle.StopAgent():
+                if self.running is not None:
+                    stop_tree(
+                        self.running.child.pgid,
+                        self.running.child.token,
+                        self.config.agent.stop_signal,
+                        self.config.agent.stop_timeout,
+                        self.reaper,
+                        adopt_unmarked=True,
+                    )
+            case lifecycle.KillAgent(reason=reason):
+                self._kill(reason)
+            case lifecycle.QuickFailure():
+                return self._quick_failure(action)
+            case lifecycle.EmergencyStop(reason=reason):
+                self.counters.emergency_stops += 1
+                self._emit(
+                    Event.EMERGENCY_STOP,
+                    reason=reason,
+                    consecutive_failures=self.state.consecutive_failures,
+                    good=self.state.good,
+                )
+            case lifecycle.Finish():
+                pass
+        return None
+
+    def _snapshot(self, run: int) -> lifecycle.Observation:
+        t0 = time.perf_counter()
+        snap = self.repo.snapshot(run)
+        crashpoint("snapshot:after-commit")
+        if snap.commit is not None:
+            self.counters.snapshots += 1
+            self._emit(
+                Event.SNAPSHOT,
+                commit=snap.commit,
+                run=run,
+                files=snap.changed,
+                duration_ms=_ms(t0),
+            )
+        assert snap.head is not None
+        return lifecycle.Snapshotted(commit=snap.head)
+
+    def _agent_env(self, run: int, commit: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("METASUP_CRASHPOINT", None)
+        env.update(self.config.agent.env)
+        env.update(
+            {
+                "METASUP_RUN": str(run),
+                "METASUP_COMMIT": commit,
+                "METASUP_INBOX": str(self.repo.workdir / INBOX),
+                "METASUP_RECOVERY": str(self.dirs.recovery),
+                "METASUP_STRATEGY": lifecycle.strategy(self.state.consecutive_failures),
+            }
+        )
+        if self.limits.heartbeat_timeout is not None:
+            env["METASUP_HEARTBEAT"] = str(self.dirs.heartbeat)
+        return env
+
+    def _launch(self, run: int, commit: str) -> lifecycle.Observation | None:
+        log = LaunchLog(self.dirs.logs, run, commit, echo=self.echo)
+        if self.limits.heartbeat_timeout is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.dirs.heartbeat.unlink()
+        try:
+            child = spawn(
+                self.config.agent.command,
+                cwd=self.repo.workdir,
+                env=self._agent_env(run, commit),
+            )
+        except SpawnError as e:
+            log.feed("stderr", f"metasup: {e}\n".encode())
+            log.close()
+            self.counters.cycles += 1
+            self._emit(Event.LAUNCH, pid=None, run=run, commit=commit, error=str(e))
+            self.last_exit = {"run": run, "code": 127, "runtime_s": 0.0}
+            self.last_stderr_tail = list(log.stderr_tail)
+            self._emit(Event.EXIT, pid=None, code=127, runtime_s=0.0, run=run, commit=commit)
+            return lifecycle.Exited(code=127, runtime=0.0)
+        self.running = Running(
+            child=child, run=run, commit=commit, log=log, launched_wall=time.time()
+        )
+        assert self._selector is not None
+        for name, stream in (("stdout", child.popen.stdout), ("stderr", child.popen.stderr)):
+            if stream is not None:
+                self._selector.register(stream.fileno(), selectors.EVENT_READ, name)
+                self._pipe_fds[name] = stream.fileno()
+        self.counters.cycles += 1
+        self._emit(Event.LAUNCH, pid=child.pid, run=run, commit=commit, log=log.path.name)
+        self.timers["health"] = time.monotonic() + self.config.health.interval
+        return None
+
+    def _unwatch_closed_pipes(self, everything: bool = False) -> None:
+        """Stop watching pipes that reached end of file (all of them with `everything`)."""
+        assert self._selector is not None
+        r = self.running
+        for name, fd in list(self._pipe_fds.items()):
+            stream = getattr(r.child.popen, name) if r else None
+            if everything or stream is None or stream.closed:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(fd)
+                del self._pipe_fds[name]
+
+    def _cleanup_exited(self) -> None:
+        """What is left of the exited agent's tree is stopped before any git step."""
+        r = self.running
+        if r is None:
+            return
+        left = stop_tree(
+            r.child.pgid,
+            r.child.token,
+            self.config.agent.stop_signal,
+            self.config.agent.stop_timeout,
+            self.reaper,
+            adopt_unmarked=True,
+        )
+        if left:
+            self.report({"event": "stragglers_stopped", "run": r.run, "processes": left})
+        self._finish_running()
+
+    def _finish_running(self) -> None:
+        r = self.running
+        if r is None:
+            return
+        drain(r.child, r.log)
+        self._unwatch_closed_pipes(everything=True)
+        for stream in (r.child.popen.stdout, r.child.popen.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()  # a straggler we could not stop still holds it; read no more
+        r.log.close()
+        self.last_stderr_tail = list(r.log.stderr_tail)
+        self.running = None
+        prune_logs(self.dirs.logs, KEEP_RUN_LOGS)
+
+    def _stop_running(self, sig: int) -> None:
+        r = self.running
+        if r is None:
+            return
+        stop_tree(
+            r.child.pgid,
+            r.child.token,
+            sig,
+            self.config.agent.stop_timeout,
+            self.reaper,
+            adopt_unmarked=True,
+        )
+        self._agent_exit()
+        self._finish_running()
+
+    def _kill(self, reason: str) -> None:
+        r = self.running
+        if r is None:
+            return
+        if reason != "second stop request":
+            self.counters.health_kills += 1
+            self._emit(
+                Event.HEALTH_KILL,
+                pid=r.child.pid,
+                run=r.run,
+                reason=reason,
+                rss_mb=round(r.rss_mb, 1),
+                cpu_percent=round(r.cpu_percent, 1),
+            )
+        signal_tree(r.child.pgid, tree_members(r.child.pgid, r.child.token, True), signal.SIGKILL)
+
+    def _health_tick(self) -> str | None:
+        r = self.running
+        if r is None:
+            return None
+        self.timers["health"] = time.monotonic() + self.config.health.interval
+        sample = r.sampler.sample(tree_members(r.child.pgid, r.child.token, True))
+        r.rss_mb, r.cpu_percent = sample.rss_mb, sample.cpu_percent
+        r.cpu_history.append(sample.cpu_percent)
+        heartbeat_age = None
+        if self.limits.heartbeat_timeout is not None:
+            try:
+                last = self.dirs.heartbeat.stat().st_mtime
+            except FileNotFoundError:
+                last = r.launched_wall
+            heartbeat_age = time.time() - max(last, r.launched_wall)
+        self._write_state()
+        return health.judge(self.limits, sample.rss_mb, list(r.cpu_history), heartbeat_age)
+
+    # --- quick failure: archive, reset, note ---------------------------------------------------
+
+    def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation:
+        self.counters.quick_failures += 1
+        intent: dict[str, Any] = {
+            "op": "rollback",
+            "run": qf.run,
+            "failed": qf.failed,
+            "target": qf.target,
+            "reason": qf.reason,
+            "code": qf.code,
+            "runtime_s": round(qf.runtime, 3),
+            "stderr_tail": self.last_stderr_tail,
+            "staging": str(self.dirs.preserve / f"run-{qf.run}"),
+            "step": "start",
+        }
+        if qf.target is None:
+            self._write_recovery(intent)
+            return lifecycle.RolledBack(good=None)
+        try:
+            intent["target"] = self.repo.check_rollback_target(qf.target, self.repo.head())
+        except RollbackRefused as e:
+            self._write_recovery(intent)
+            return lifecycle.RollbackFailed(str(e))
+        write_json_atomic(self.dirs.intent, intent)
+        return self._finish_rollback(intent)
+
+    def _finish_rollback(self, intent: dict[str, Any]) -> lifecycle.Observation:
+        """Carry a rollback from its recorded step to the end; every step can be repeated."""
+        t0 = time.perf_counter()
+        run, reason = int(intent["run"]), str(intent["reason"])
+        staging = Path(intent["staging"])
+        keep = self.config.rollback.preserve
+        if intent["step"] == "start":
+            a0 = time.perf_counter()
+            archive = self.repo.archive(reason, run)
+            crashpoint("rollback:after-archive")
+            intent.update(
+                step="archived",
+                archive=archive.ref if archive else None,
+                archived_commit=archive.commit if archive else None,
+            )
+            if archive is not None:
+                self.last_archive = archive.ref
+                self._emit(
+                    Event.ARCHIVE,
+                    ref=archive.ref,
+                    commit=archive.commit,
+                    dirty=archive.dirty,
+                    reason=reason,
+                    run=run,
+                    duration_ms=_ms(a0),
+                )
+            write_json_atomic(self.dirs.intent, intent)
+        if intent["step"] == "archived":
+            preserve.stash(self.repo.workdir, keep, staging)
+            crashpoint("rollback:after-stash")
+            intent["step"] = "stashed"
+            write_json_atomic(self.dirs.intent, intent)
+        if intent["step"] == "stashed":
+            self.repo.reset_to(intent["target"])
+            crashpoint("rollback:after-reset")
+            preserve.restore(self.repo.workdir, keep, staging)
+            intent["step"] = "reset"
+            write_json_atomic(self.dirs.intent, intent)
+        self.counters.rollbacks += 1
+        self._emit(
+            Event.ROLLBACK,
+            run=run,
+            failed=intent.get("failed"),
+            to=intent["target"],
+            archive=intent.get("archive"),
+            reason=reason,
+            duration_ms=_ms(t0),
+            **({"resumed": True} if intent.get("resumed") else {}),
+        )
+        self._write_recovery(intent)
+        with contextlib.suppress(FileNotFoundError):
+            self.dirs.intent.unlink()
+        return lifecycle.RolledBack(good=str(intent["target"]))
+
+    def _resume_intent(self) -> None:
+        """Finish a rollback that a previous supervisor was killed in the middle of."""
+        intent = read_json(self.dirs.intent)
+        if not isinstance(intent, dict) or intent.get("op") != "rollback":
+            return
+        self.report(
+            {"event": "resuming_rollback", "step": intent.get("step"), "run": intent.get("run")}
+        )
+        intent["resumed"] = True
+        self._finish_rollback(intent)
+
+    def _write_recovery(self, intent: dict[str, Any]) -> None:
+        note = {
+            "ts": utc_now(),
+            "run": intent["run"],
+            "commit": intent.get("failed"),
+            "exit_code": intent.get("code"),
+            "runtime_s": intent.get("runtime_s"),
+            "reason": intent.get("reason"),
+            "stderr_tail": intent.get("stderr_tail", []),
+            "archive_ref": intent.get("archive"),
+            "rolled_back_to": intent.get("target"),
+            "consecutive_failures": self.state.consecutive_failures,
+        }
+        write_json_atomic(self.dirs.recovery, note)
+
+    # --- records -------------------------------------------------------------------------------
+
+    def _emit(self, event: Event, **fields: Any) -> None:
+        assert self.journal is not None
+        record = self.journal.append(event, **fields)
+        self.report(record)
+
+    def _write_state(self, status: str | None = None) -> None:
+        r = self.running
+        phase = self.state.phase
+        if status is None:
+            status = "emergency_stop" if phase is Phase.EMERGENCY_STOP else "running"
+        uptime = time.monotonic() - self.started_mono
+        doc: dict[str, Any] = {
+            "status": status,
+            "phase": str(phase),
+            "supervisor_pid": os.getpid() if status == "running" else None,
+            "repo": str(self.repo.workdir),
+            "branch": self.repo.branch,
+            "config": str(self.config.path),
+            "started_at": self.started_wall,
+            "updated_at": utc_now(),
+            "current_commit": self.state.commit,
+            "good_commit": self.state.good,
+            "consecutive_failures": self.state.consecutive_failures,
+            "max_failures": self.settings.max_failures,
+            "min_runtime_s": self.settings.min_runtime,
+            "uptime_s": round(uptime, 3),
+            "uptime": _human(uptime),
+            "run": self.state.run,
+            "agent": {
+                "pid": r.child.pid if r else None,
+                "state": str(phase) if r else ("stopped" if status != "running" else str(phase)),
+                "rss_mb": round(r.rss_mb, 1) if r else None,
+                "cpu_percent": round(r.cpu_percent, 1) if r else None,
+                "started_at": r.launched_wall if r else None,
+                "log": str(r.log.path) if r else None,
+            },
+            "last_exit": self.last_exit,
+            "last_archive": self.last_archive,
+            "mcp_servers": {},
+            "experiments": [],
+            "strategy": lifecycle.strategy(self.state.consecutive_failures),
+            "counters": self.counters.as_dict(),
+        }
+        write_json_atomic(self.dirs.state, doc)
+
+
+def _noop_handler(signum: int, frame: object) -> None:
+    """Signals are read from the wakeup pipe; the handler only has to exist."""
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+def _human(seconds: float) -> str:
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
