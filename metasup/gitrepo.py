@@ -68,6 +68,11 @@ def archive_ref_name(reason: str, when: datetime | None = None) -> str:
     return f"{ARCHIVE_PREFIX}{stamp}-{clean[:60]}"
 
 
+def init_repository(path: Path, branch: str = "main") -> None:
+    """`git init -b BRANCH` for a new supervised repo."""
+    pygit2.init_repository(str(path), initial_head=branch)
+
+
 class GitRepo:
     """The supervised repository and the branch HEAD was on when metasup started."""
 

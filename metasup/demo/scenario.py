@@ -1,0 +1,202 @@
+"""`metasup demo`: a scratch repo, the bundled agent, the real loop, then a summary."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from metasup.config import load_config
+from metasup.errors import UserError
+from metasup.gitrepo import GitRepo, init_repository
+from metasup.journal import StateDir, read_events, read_json
+from metasup.supervisor import Supervisor
+
+FILES = Path(__file__).resolve().parent / "files"
+
+DEMO_CONFIG = """\
+# The demo's supervision: quick enough to watch a whole story in a few seconds.
+supervisor:
+  min_runtime: 700ms        # a run this long marks its commit good
+  max_failures: 3           # this many quick failures in a row stop everything
+  agent:
+    command: [{python}, agent.py]
+    env: {{PYTHONDONTWRITEBYTECODE: "1"}}
+    stop_timeout: 2s
+    restart_backoff: {{initial: 0s, max: 1s}}
+  health_checks: {{interval: 250ms, max_memory_mb: 512, heartbeat_timeout: 5s}}
+  rollback:
+    enabled: true
+    preserve: [memory/]     # what the agent learned survives a rollback
+"""
+
+
+def make_scratch_repo(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.iterdir()):
+        raise UserError(f"{directory} is not empty; the demo needs a new or empty directory")
+    for name in ("agent.py", "brain.py", "params.json"):
+        shutil.copy(FILES / name, directory / name)
+    (directory / ".gitignore").write_text("__pycache__/\n")
+    (directory / "metasup.yaml").write_text(DEMO_CONFIG.format(python=_yaml_str(sys.executable)))
+    init_repository(directory)
+    return directory
+
+
+def _yaml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_demo(directory: Path | None, cycles: int) -> int:
+    target = directory or Path(tempfile.mkdtemp(prefix="metasup-demo-"))
+    make_scratch_repo(target)
+    tty = sys.stdout.isatty()
+    out = _Out(tty)
+    out.title(f"metasup demo in {target}")
+    out.line(
+        "The agent works for a second each run, then rewrites its own code. Twice it makes a "
+        "rewrite that kills it at start: watch metasup archive that state and roll back."
+    )
+    repo = GitRepo(target)
+    config = load_config(target / "metasup.yaml")
+    t0 = time.monotonic()
+    code = Supervisor(repo, config, max_cycles=cycles, reporter=out.event).run()
+    elapsed = time.monotonic() - t0
+    summary = summarise(repo)
+    out.summary(summary, elapsed, target)
+    return code
+
+
+def summarise(repo: GitRepo) -> dict[str, Any]:
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    events = list(read_events(dirs.events))
+    kinds = [e["event"] for e in events]
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    memory = read_json(repo.workdir / "memory" / "memory.json") or {}
+    return {
+        "cycles": kinds.count("launch"),
+        "snapshots": kinds.count("snapshot"),
+        "good_marks": kinds.count("mark_good"),
+        "rollbacks": [
+            {"run": e["run"], "reason": e["reason"], "archive": e["archive"], "to": e["to"]}
+            for e in rollbacks
+        ],
+        "emergency_stop": "emergency_stop" in kinds,
+        "good": repo.good(),
+        "head": repo.head(),
+        "lessons": memory.get("lessons", []),
+        "state": read_json(dirs.state) or {},
+    }
+
+
+class _Out:
+    """Rich on a terminal, plain lines in a pipe or a log."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.console: Any = None
+        if tty:
+            from rich.console import Console
+
+            self.console = Console(highlight=False)
+
+    def title(self, text: str) -> None:
+        if self.console:
+            self.console.rule(f"[bold]{text}")
+        else:
+            print(f"== {text}")
+
+    def line(self, text: str) -> None:
+        if self.console:
+            self.console.print(text)
+        else:
+            print(text)
+        sys.stdout.flush()
+
+    _COLOURS = {
+        "mark_good": "green",
+        "rollback": "yellow",
+        "archive": "yellow",
+        "exit": "cyan",
+        "emergency_stop": "bold red",
+        "health_kill": "red",
+        "snapshot": "blue",
+        "launch": "cyan",
+    }
+
+    def event(self, record: dict[str, Any]) -> None:
+        name = record.get("event", "")
+        if name in ("supervisor_start", "supervisor_stop"):
+            return
+        parts = []
+        for key in ("run", "commit", "code", "runtime_s", "reason", "ref", "to", "files"):
+            if key in record and record[key] is not None and record[key] != "":
+                value = record[key]
+                if isinstance(value, str) and len(value) == 40:
+                    value = value[:10]
+                parts.append(f"{key}={value}")
+        text = f"metasup {name:<10} {' '.join(parts)}"
+        if self.console:
+            colour = self._COLOURS.get(name, "white")
+            self.console.print(f"[{colour}]{text}[/]")
+        else:
+            print(text)
+        sys.stdout.flush()
+
+    def summary(self, s: dict[str, Any], elapsed: float, target: Path) -> None:
+        good = (s["good"] or "-")[:12]
+        commands = [
+            f"cd {target}",
+            "git log --oneline --decorate",
+            "git for-each-ref refs/metasup",
+        ]
+        if s["rollbacks"]:
+            commands.append(f"git show --stat {s['rollbacks'][0]['archive']}")
+        commands += ["metasup log", "metasup status"]
+        if self.console:
+            from rich.panel import Panel
+            from rich.table import Table
+
+            table = Table(title="What happened", show_header=False, box=None)
+            table.add_row("cycles", str(s["cycles"]))
+            table.add_row("snapshots", str(s["snapshots"]))
+            table.add_row("good marks", str(s["good_marks"]))
+            table.add_row("rollbacks", str(len(s["rollbacks"])))
+            table.add_row("final good commit", good)
+            table.add_row("time", f"{elapsed:.1f}s")
+            self.console.print(table)
+            rb = Table(title="Rollbacks", show_lines=False)
+            for col in ("run", "reason", "archived as", "reset to"):
+                rb.add_column(col)
+            for r in s["rollbacks"]:
+                rb.add_row(str(r["run"]), r["reason"], r["archive"], (r["to"] or "")[:12])
+            if s["rollbacks"]:
+                self.console.print(rb)
+            for lesson in s["lessons"]:
+                self.console.print(
+                    f"[green]the agent remembers[/] (memory/ survived the rollback): rewrite "
+                    f"{lesson['kind']!r} at generation {lesson['generation']} broke it"
+                )
+            self.console.print(Panel("\n".join(commands), title="Look around"))
+        else:
+            print("== summary")
+            print(f"cycles: {s['cycles']}")
+            print(f"snapshots: {s['snapshots']}")
+            print(f"good marks: {s['good_marks']}")
+            print(f"rollbacks: {len(s['rollbacks'])}")
+            for r in s["rollbacks"]:
+                print(f"  run {r['run']} ({r['reason']}) archived as {r['archive']}")
+            for lesson in s["lessons"]:
+                print(
+                    f"lesson kept in memory/: rewrite {lesson['kind']!r} at generation "
+                    f"{lesson['generation']} broke it"
+                )
+            print(f"final good commit: {good}")
+            print(f"time: {elapsed:.1f}s")
+            print("look around:")
+            for c in commands:
+                print(f"  {c}")
+        sys.stdout.flush()
