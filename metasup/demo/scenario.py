@@ -92,6 +92,18 @@ def summarise(repo: GitRepo) -> dict[str, Any]:
     }
 
 
+COLOURS = {
+    "mark_good": "green",
+    "rollback": "yellow",
+    "archive": "yellow",
+    "exit": "cyan",
+    "emergency_stop": "bold red",
+    "health_kill": "red",
+    "snapshot": "blue",
+    "launch": "cyan",
+}
+
+
 class _Out:
     """Rich on a terminal, plain lines in a pipe or a log."""
 
@@ -116,17 +128,6 @@ class _Out:
             print(text)
         sys.stdout.flush()
 
-    _COLOURS = {
-        "mark_good": "green",
-        "rollback": "yellow",
-        "archive": "yellow",
-        "exit": "cyan",
-        "emergency_stop": "bold red",
-        "health_kill": "red",
-        "snapshot": "blue",
-        "launch": "cyan",
-    }
-
     def event(self, record: dict[str, Any]) -> None:
         name = record.get("event", "")
         if name in ("supervisor_start", "supervisor_stop"):
@@ -140,7 +141,7 @@ class _Out:
                 parts.append(f"{key}={value}")
         text = f"metasup {name:<10} {' '.join(parts)}"
         if self.console:
-            colour = self._COLOURS.get(name, "white")
+            colour = COLOURS.get(name, "white")
             self.console.print(f"[{colour}]{text}[/]")
         else:
             print(text)
