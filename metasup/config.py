@@ -208,10 +208,11 @@ def parse_config(text: str, path: Path) -> Config:
 
 
 def _load_yaml(text: str, name: str) -> tuple[Any, dict[Path_, int]]:
-    loader = yaml.SafeLoader(text)
+    lines: dict[Path_, int] = {}
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
-        lines: dict[Path_, int] = {}
         doc = _construct(loader, node, (), lines, name) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -219,9 +220,11 @@ def _load_yaml(text: str, name: str) -> tuple[Any, dict[Path_, int]]:
         problem = (e.problem or e.context or "invalid YAML").strip()
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{name}: invalid YAML: {e}") from None
+        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        raise ConfigError(f"{name}: invalid YAML: {first}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return doc, lines
 
 

@@ -116,9 +116,11 @@ class GitRepo:
     def resolve(self, rev: str) -> str:
         try:
             obj = self.repo.revparse_single(rev)
+            commit = obj.peel(pygit2.Commit)
         except (KeyError, ValueError, pygit2.GitError):
             raise GitError(f"{rev!r} is not a revision in this repository") from None
-        commit = obj.peel(pygit2.Commit)
+        except pygit2.InvalidSpecError:
+            raise GitError(f"{rev!r} is a {obj.type_str}, not a commit") from None
         return str(commit.id)
 
     def archives(self) -> list[tuple[str, str]]:
@@ -150,7 +152,7 @@ class GitRepo:
             candidates += refs.rglob("*.lock")
         return [p for p in candidates if p.exists()]
 
-    def clear_stale_locks(self) -> list[Path]:
+    def clear_stale_locks(self, wait: float = _LOCK_WAIT_S) -> list[Path]:
         """Remove locks that no live git process holds; wait a little for live ones.
 
         Raises GitError when a running git keeps a lock past the wait: going ahead would be
@@ -159,7 +161,7 @@ class GitRepo:
         locks = self.stale_locks()
         if not locks:
             return []
-        deadline = time.monotonic() + _LOCK_WAIT_S
+        deadline = time.monotonic() + wait
         while True:
             holders = _git_processes_in(self.workdir, self.git_dir)
             if not holders:

@@ -1,0 +1,147 @@
+"""Shared fixtures: real git repositories in temp dirs, real metasup processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    """The git CLI, as a user (and an independent checker) would run it."""
+    out = subprocess.run(["git", *args], cwd=repo, check=check, capture_output=True, text=True)
+    return out.stdout
+
+
+def make_repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", "test")
+    git(path, "config", "user.email", "test@example.com")
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it is truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)  # poll interval of a deadline-bounded wait
+
+
+def events(repo: Path) -> list[dict[str, Any]]:
+    path = repo / ".git" / "metasup" / "events.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+def names(repo: Path) -> list[str]:
+    return [e["event"] for e in events(repo)]
+
+
+def metasup_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "metasup", *args]
+
+
+def run_metasup(
+    repo: Path,
+    *args: str,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        metasup_cmd(*args),
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        input=input,
+    )
+
+
+def start_metasup(
+    repo: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen(
+        metasup_cmd("run", *args),
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )
+
+
+def write_config(repo: Path, body: str) -> None:
+    (repo / "metasup.yaml").write_text(body)
+
+
+def agent_config(
+    min_runtime: str = "300ms",
+    max_failures: int = 3,
+    extra: str = "",
+    agent_extra: str = "",
+) -> str:
+    return f"""\
+supervisor:
+  min_runtime: {min_runtime}
+  max_failures: {max_failures}
+  agent:
+    command: [{json.dumps(sys.executable)}, agent.py]
+    env: {{PYTHONDONTWRITEBYTECODE: "1"}}
+    stop_timeout: 2s
+    restart_backoff: {{initial: 0s, max: 1s}}
+{agent_extra}{extra}"""
+
+
+@pytest.fixture
+def agent_repo(repo: Path) -> Iterator[Callable[..., Path]]:
+    """A repo with `agent.py` (the code given) and a metasup.yaml."""
+
+    def make(code: str, **config: Any) -> Path:
+        (repo / "agent.py").write_text(code)
+        (repo / ".gitignore").write_text("__pycache__/\n")
+        write_config(repo, agent_config(**config))
+        return repo
+
+    yield make
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

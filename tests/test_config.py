@@ -1,0 +1,252 @@
+"""The configuration: the SPEC's shape loads, mistakes name the key and the line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metasup.config import (
+    ConfigError,
+    find_config,
+    format_duration,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from tests.conftest import ROOT, run_metasup
+
+SPEC_EXAMPLE = ROOT / "config" / "supervisor.yaml"
+
+
+def parse(text: str) -> object:
+    return parse_config(text, Path("metasup.yaml"))
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse(text)
+    return str(e.value)
+
+
+def test_meta_supervisor_config_loads_unchanged() -> None:
+    cfg = load_config(SPEC_EXAMPLE)
+    assert cfg.min_runtime == 10 and cfg.max_failures == 5
+    assert cfg.agent.command == ("python", "agent.py")
+    assert cfg.agent.env == {"LOG_LEVEL": "info"}
+    assert cfg.agent.stop_signal is signal.SIGTERM and cfg.agent.stop_timeout == 5
+    assert (cfg.agent.backoff.initial, cfg.agent.backoff.max) == (1, 30)
+    assert cfg.protected_paths == ("backend/supervisor/", "config/safety_rules.yaml")
+    assert cfg.health.interval == 5 and cfg.health.max_memory_mb == 4096
+    assert cfg.health.max_cpu_percent == 90 and cfg.health.heartbeat_timeout == 30
+    assert cfg.rollback.preserve == ("data",) and cfg.rollback.backup_interval == 3600
+    assert [s.name for s in cfg.mcp_servers] == ["dynamic-thinking"]
+    assert cfg.mcp_servers[0].args == ("servers/thinking.py",)
+    assert cfg.proposals_mode == "direct"
+    assert cfg.experiments["timeout"] == 600 and cfg.experiments["repeats"] == 3
+    assert cfg.experiments["success_criteria"]["max_response_time"] == 5
+    assert cfg.api_listen == "127.0.0.1:9000"
+    assert "experiments" in cfg.inactive and "mcp_servers" in cfg.inactive
+
+
+def test_the_default_config_loads() -> None:
+    cfg = load_config(ROOT / "config" / "metasup.yaml")
+    assert cfg.inactive == ()
+    assert cfg.agent.command == ("python3", "agent.py")
+
+
+def test_defaults_fill_what_is_left_out() -> None:
+    cfg = parse("supervisor:\n  agent: {command: ./run.sh --fast 'a b'}\n")
+    assert cfg.agent.command == ("./run.sh", "--fast", "a b")  # type: ignore[attr-defined]
+    assert cfg.min_runtime == 10 and cfg.max_failures == 5  # type: ignore[attr-defined]
+    assert cfg.health.max_memory_mb is None  # type: ignore[attr-defined]
+
+
+def test_mcp_servers_mapping_shape() -> None:
+    cfg = parse(
+        "supervisor:\n  agent: {command: x}\n  mcpServers:\n"
+        "    fs: {command: npx, args: [-y, server], env: {A: 1}}\n"
+    )
+    (server,) = cfg.mcp_servers  # type: ignore[attr-defined]
+    assert (server.name, server.command, server.args, server.env) == (
+        "fs",
+        "npx",
+        ("-y", "server"),
+        {"A": "1"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "supervisor:\n  agent: {command: x}\n  min_runtme: 5s\n",
+            "metasup.yaml:3: supervisor.min_runtme: unknown key",
+        ),
+        (
+            "supervisor:\n  agent:\n    command: x\n    stop_timeout: 5x\n",
+            "metasup.yaml:4: supervisor.agent.stop_timeout: '5x' is not valid: expected 500ms",
+        ),
+        (
+            "supervisor:\n  agent: {command: x}\n  max_failures: many\n",
+            "metasup.yaml:3: supervisor.max_failures: 'many' is not of type 'integer'",
+        ),
+        (
+            "supervisor:\n  agent: {command: x}\n  max_failures: 0\n",
+            "metasup.yaml:3: supervisor.max_failures: 0 is less than the minimum of 1",
+        ),
+        ("supervisor:\n  min_runtime: 1s\n", "metasup.yaml:1: supervisor: 'agent' is required"),
+        ("agent: {command: x}\n", "metasup.yaml:1: 'supervisor' is required"),
+        (
+            "supervisor:\n  agent: {command: x}\n  agent: {command: y}\n",
+            "metasup.yaml:3: supervisor.agent: duplicate key",
+        ),
+        ("supervisor:\n  agent: {command: [x}\n", "metasup.yaml:2: invalid YAML"),
+        ("", "metasup.yaml: the file is empty"),
+        (
+            "supervisor:\n  agent: {command: x, stop_signal: TERMINATE}\n",
+            "supervisor.agent.stop_signal: 'TERMINATE' does not match",
+        ),
+        (
+            "supervisor:\n  agent: {command: x}\n  rollback: {preserve: [../up]}\n",
+            "metasup.yaml:3: supervisor.rollback.preserve[0]: '../up' must not leave",
+        ),
+        (
+            "supervisor:\n  agent: {command: x}\n  rollback: {preserve: [/etc]}\n",
+            "supervisor.rollback.preserve[0]: '/etc' must be relative",
+        ),
+        (
+            "supervisor:\n  agent: {command: x}\n  rollback: {preserve: [.git/hooks]}\n",
+            "is inside .git",
+        ),
+        (
+            "supervisor:\n  agent:\n    command: x\n    restart_backoff: {initial: 1m, max: 5s}\n",
+            "metasup.yaml:4: supervisor.agent.restart_backoff.initial: initial (1m) is larger",
+        ),
+        ('supervisor:\n  agent: {command: "a \'b"}\n', "supervisor.agent.command: cannot split"),
+        ("supervisor:\n  agent: {command: []}\n", "metasup.yaml:2: supervisor.agent.command"),
+        (
+            "supervisor:\n  agent: {command: x}\n  health_checks: {interval: 0}\n",
+            "supervisor.health_checks.interval: 0 is not allowed here",
+        ),
+        (
+            "supervisor:\n  agent: {command: x}\n  api: {listen: nowhere}\n",
+            "supervisor.api.listen: 'nowhere' does not match",
+        ),
+    ],
+)
+def test_errors_name_the_key_and_the_line(text: str, expected: str) -> None:
+    message = error_of(text)
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("10s", 10), ("5m", 300), ("1h", 3600), (7, 7), ("2.5", 2.5), (0, 0)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "5x", "-1s", "1 d", True, None, [], "ms"])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["ms", "s", "m", "h", ""]))
+def test_duration_round_trip(n: int, unit: str) -> None:
+    seconds = parse_duration(f"{n}{unit}")
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "min_runtime",
+                "max_failures",
+                "agent",
+                "health_checks",
+                "rollback",
+                "mcp_servers",
+                "api",
+                "bogus",
+            ]
+        ),
+        _json_values,
+    )
+)
+def test_any_document_loads_or_fails_with_one_clear_line(supervisor: dict[str, object]) -> None:
+    text = yaml.safe_dump({"supervisor": supervisor})
+    try:
+        parse(text)
+    except ConfigError as e:
+        message = str(e)
+        assert message.startswith("metasup.yaml") and "\n" not in message
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200))
+def test_arbitrary_text_never_raises_anything_but_config_error(text: str) -> None:
+    with contextlib.suppress(ConfigError):
+        parse(text)
+
+
+def test_find_config_order(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no metasup\.yaml or config/metasup\.yaml"):
+        find_config(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "metasup.yaml").write_text("x")
+    assert find_config(tmp_path) == tmp_path / "config" / "metasup.yaml"
+    (tmp_path / "metasup.yaml").write_text("x")
+    assert find_config(tmp_path) == tmp_path / "metasup.yaml"
+    with pytest.raises(ConfigError, match="no such config file"):
+        find_config(tmp_path, tmp_path / "other.yaml")
+
+
+def test_cli_config_error_is_one_line_exit_2(repo: Path) -> None:
+    (repo / "metasup.yaml").write_text("supervisor:\n  agent: {command: x}\n  colour: red\n")
+    out = run_metasup(repo, "config")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "metasup: error: metasup.yaml:3: supervisor.colour: unknown key (known: agent, api, "
+        "experiments, health_checks, max_failures, mcpServers, mcp_servers, min_runtime, "
+        "proposals, protected_paths, rollback)"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_config_prints_the_effective_config(repo: Path) -> None:
+    (repo / "config").mkdir()
+    (repo / "config" / "supervisor.yaml").write_text(SPEC_EXAMPLE.read_text())
+    out = run_metasup(repo, "config", "--config", "config/supervisor.yaml", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["supervisor"]["min_runtime"] == 10
+    assert "api" in doc["inactive"]
+    text = run_metasup(repo, "config", "--config", "config/supervisor.yaml")
+    assert "min_runtime: 10s" in text.stdout and "not active yet" in text.stdout
+
+
+def test_cli_debug_shows_the_traceback(repo: Path) -> None:
+    (repo / "metasup.yaml").write_text("supervisor: [\n")
+    out = run_metasup(repo, "--debug", "config")
+    assert out.returncode != 0 and "Traceback" in out.stderr

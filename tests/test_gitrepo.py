@@ -1,0 +1,275 @@
+"""The git engine against real repositories, checked with the git CLI."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metasup.errors import UserError
+from metasup.gitrepo import ARCHIVE_PREFIX, GOOD_REF, GitError, GitRepo, RollbackRefused
+from tests.conftest import git, make_repo
+
+
+def tree_of(repo: Path, rev: str) -> dict[str, tuple[str, str]]:
+    """path -> (mode, content) of a commit, as the git CLI sees it."""
+    out = {}
+    for line in git(repo, "ls-tree", "-r", "-z", rev).split("\0"):
+        if not line:
+            continue
+        meta, path = line.split("\t", 1)
+        mode, _, sha = meta.split()
+        out[path] = (mode, git(repo, "cat-file", "-p", sha))
+    return out
+
+
+def workdir_files(repo: Path) -> dict[str, tuple[str, str]]:
+    out = {}
+    for root, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            p = Path(root, name)
+            rel = p.relative_to(repo).as_posix()
+            if p.is_symlink():
+                out[rel] = ("120000", os.readlink(p))
+            else:
+                mode = "100755" if os.stat(p).st_mode & stat.S_IXUSR else "100644"
+                out[rel] = (mode, p.read_text())
+    return out
+
+
+def test_snapshot_commits_the_whole_tree_and_nothing_when_clean(repo: Path) -> None:
+    (repo / "a.txt").write_text("a\n")
+    (repo / "sub").mkdir()
+    (repo / "sub" / "b.txt").write_text("b\n")
+    (repo / ".gitignore").write_text("*.log\n")
+    (repo / "noise.log").write_text("ignored\n")
+    g = GitRepo(repo)
+    snap = g.snapshot(run=7)
+    assert snap.commit is not None and snap.changed == 3
+    assert set(tree_of(repo, "HEAD")) == {".gitignore", "a.txt", "sub/b.txt"}
+    assert git(repo, "log", "-1", "--format=%an|%s").strip() == "metasup|metasup: snapshot"
+    assert "Metasup-Run: 7" in git(repo, "log", "-1", "--format=%B")
+    assert (
+        git(repo, "status", "--porcelain") == "?? noise.log\n"
+        or git(repo, "status", "--porcelain") == ""
+    )
+    again = g.snapshot(run=8)
+    assert again.commit is None and again.head == snap.commit
+
+
+def test_snapshot_records_deletions_modes_and_symlinks(repo: Path) -> None:
+    g = GitRepo(repo)
+    (repo / "run.sh").write_text("#!/bin/sh\n")
+    (repo / "gone.txt").write_text("x\n")
+    g.snapshot(1)
+    (repo / "run.sh").chmod(0o755)
+    (repo / "gone.txt").unlink()
+    os.symlink("run.sh", repo / "link")
+    g.snapshot(2)
+    tree = tree_of(repo, "HEAD")
+    assert tree["run.sh"][0] == "100755"
+    assert tree["link"] == ("120000", "run.sh")
+    assert "gone.txt" not in tree
+
+
+def test_snapshot_skips_an_untracked_nested_repository(repo: Path) -> None:
+    nested = make_repo(repo / "nested")
+    (nested / "x").write_text("x\n")
+    (repo / "a").write_text("a\n")
+    g = GitRepo(repo)
+    snap = g.snapshot(1)
+    assert snap.commit is not None
+    assert set(tree_of(repo, "HEAD")) == {"a"}
+
+
+def test_snapshot_builds_on_commits_made_outside(repo: Path) -> None:
+    g = GitRepo(repo)
+    (repo / "a").write_text("1\n")
+    g.snapshot(1)
+    (repo / "a").write_text("2\n")
+    git(repo, "commit", "-qam", "by hand")
+    outside = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "a").write_text("3\n")
+    snap = g.snapshot(2)
+    assert git(repo, "rev-parse", f"{snap.commit}^").strip() == outside
+
+
+def test_archive_keeps_everything_and_touches_nothing(repo: Path) -> None:
+    g = GitRepo(repo)
+    (repo / "tracked").write_text("v1\n")
+    head = g.snapshot(1).commit
+    (repo / "tracked").write_text("v2 dirty\n")
+    (repo / "untracked.txt").write_text("new\n")
+    (repo / "deep" / "er").mkdir(parents=True)
+    (repo / "deep" / "er" / "file").write_text("deep\n")
+    index_before = (repo / ".git" / "index").read_bytes()
+    files_before = workdir_files(repo)
+    archive = g.archive("quick exit", run=2)
+    assert archive is not None and archive.dirty
+    assert archive.ref.startswith(ARCHIVE_PREFIX) and archive.ref.endswith("-quick-exit")
+    assert git(repo, "rev-parse", "HEAD").strip() == head
+    assert (repo / ".git" / "index").read_bytes() == index_before
+    assert workdir_files(repo) == files_before
+    assert tree_of(repo, archive.ref) == files_before
+    assert git(repo, "rev-parse", f"{archive.ref}^").strip() == head
+
+
+def test_archive_of_a_clean_tree_points_at_the_failed_commit(repo: Path) -> None:
+    g = GitRepo(repo)
+    (repo / "a").write_text("a\n")
+    head = g.snapshot(1).commit
+    archive = g.archive("exit 1", run=1)
+    assert archive is not None and not archive.dirty and archive.commit == head
+
+
+def test_reset_restores_exact_contents_and_modes(repo: Path) -> None:
+    g = GitRepo(repo)
+    (repo / "run.sh").write_text("#!/bin/sh\necho good\n")
+    (repo / "run.sh").chmod(0o755)
+    (repo / "data.txt").write_text("good\n")
+    (repo / ".gitignore").write_text("cache/\n")
+    good = g.snapshot(1).commit
+    assert good is not None
+    expected = workdir_files(repo)
+    (repo / "run.sh").write_text("broken\n")
+    (repo / "run.sh").chmod(0o644)
+    (repo / "data.txt").unlink()
+    (repo / "stray").mkdir()
+    (repo / "stray" / "x").write_text("x\n")
+    (repo / "cache").mkdir()
+    (repo / "cache" / "keep").write_text("ignored files stay\n")
+    nested = make_repo(repo / "nested")
+    (nested / "n").write_text("nested repos stay\n")
+    g.snapshot(2)
+    g.reset_to(good)
+    assert git(repo, "rev-parse", "HEAD").strip() == good
+    files = workdir_files(repo)
+    assert (repo / "cache" / "keep").read_text() == "ignored files stay\n"
+    assert (nested / "n").read_text() == "nested repos stay\n"
+    files = {k: v for k, v in files.items() if not k.startswith(("cache/", "nested/"))}
+    assert files == expected
+    assert git(repo, "status", "--porcelain", "--ignored=no") == "?? nested/\n"
+
+
+def test_rollback_target_checks(repo: Path) -> None:
+    g = GitRepo(repo)
+    (repo / "a").write_text("a\n")
+    good = g.snapshot(1).commit
+    assert good is not None
+    g.set_good(good)
+    (repo / "a").write_text("b\n")
+    failed = g.snapshot(2).commit
+    assert g.check_rollback_target(GOOD_REF, failed) == good
+    with pytest.raises(RollbackRefused, match="just failed"):
+        g.check_rollback_target(failed or "", failed)
+    with pytest.raises(RollbackRefused, match="not a revision"):
+        g.check_rollback_target("0" * 40, failed)
+    blob = git(repo, "rev-parse", "HEAD:a").strip()
+    with pytest.raises(RollbackRefused):
+        g.check_rollback_target(blob, failed)
+    # The good commit itself failing: restoring its tree is all that is left to do.
+    assert g.check_rollback_target(good, good) == good
+
+
+def test_stale_index_lock_is_removed_before_a_reset(repo: Path) -> None:
+    g = GitRepo(repo)
+    (repo / "a").write_text("a\n")
+    good = g.snapshot(1).commit
+    assert good is not None
+    (repo / "a").write_text("dirty\n")
+    (repo / ".git" / "index.lock").write_text("")
+    g.reset_to(good)
+    assert not (repo / ".git" / "index.lock").exists()
+    assert (repo / "a").read_text() == "a\n"
+
+
+def test_a_lock_held_by_a_live_git_is_respected(repo: Path) -> None:
+    g = GitRepo(repo)
+    (repo / "a").write_text("a\n")
+    g.snapshot(1)
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("")
+    holder = subprocess.Popen(
+        ["git", "cat-file", "--batch"], cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        with pytest.raises(GitError, match=r"index.lock held by a running git"):
+            g.clear_stale_locks(wait=0.2)
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert g.clear_stale_locks(wait=0.2) == [lock]
+
+
+def test_detached_head_is_refused(repo: Path) -> None:
+    (repo / "a").write_text("a\n")
+    git(repo, "add", "a")
+    git(repo, "commit", "-qm", "one")
+    git(repo, "checkout", "-q", "--detach")
+    with pytest.raises(UserError, match="HEAD is detached"):
+        GitRepo(repo)
+
+
+def test_not_a_repository(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not inside a git repository"):
+        GitRepo(tmp_path)
+
+
+_names = st.sampled_from(["a", "b", "c.txt", "d/e", "d/f", "g/h/i", "x y", "ü"])
+_content = st.text(alphabet="abc\n", max_size=20)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    base=st.dictionaries(_names, st.tuples(_content, st.booleans()), max_size=6),
+    edits=st.dictionaries(_names, st.none() | st.tuples(_content, st.booleans()), max_size=6),
+)
+def test_nothing_is_lost_by_archive_then_reset(
+    tmp_path_factory: pytest.TempPathFactory,
+    base: dict[str, tuple[str, bool]],
+    edits: dict[str, tuple[str, bool] | None],
+) -> None:
+    repo = make_repo(tmp_path_factory.mktemp("prop") / "r")
+
+    def put(files: dict[str, tuple[str, bool] | None]) -> None:
+        for name, spec in files.items():
+            p = repo / name
+            if spec is None:
+                if p.exists():
+                    p.unlink()
+                continue
+            # A path that is a file in one tree and a directory in another: make room.
+            for parent in reversed(Path(name).parents[:-1]):
+                q = repo / parent
+                if q.exists() and not q.is_dir():
+                    q.unlink()
+            if p.is_dir():
+                continue
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(spec[0])
+            p.chmod(0o755 if spec[1] else 0o644)
+
+    put(dict(base))
+    g = GitRepo(repo)
+    good = g.snapshot(1).head
+    assert good is not None
+    good_files = workdir_files(repo)
+    put(edits)
+    dirty_files = workdir_files(repo)
+    archive = g.archive("prop", 2)
+    g.reset_to(good)
+    assert workdir_files(repo) == good_files
+    if archive is not None:
+        assert tree_of(repo, archive.ref) == dirty_files
+    else:
+        assert dirty_files == {}
+    assert git(repo, "fsck", "--no-progress", check=False) == ""

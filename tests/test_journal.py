@@ -1,0 +1,119 @@
+"""events.jsonl, state.json and the repo lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from metasup.journal import (
+    GENESIS,
+    Journal,
+    RepoLock,
+    holder_pid,
+    line_hash,
+    read_events,
+    verify_chain,
+    write_json_atomic,
+)
+
+
+def test_events_are_chained(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    j = Journal(path)
+    j.append("launch", pid=1)
+    j.append("exit", pid=1, code=0)
+    j.close()
+    lines = path.read_bytes().splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert first["prev"] == GENESIS and first["seq"] == 1
+    assert second["prev"] == line_hash(lines[0]) and second["seq"] == 2
+    assert first["ts"].endswith("Z") and "T" in first["ts"]
+    assert verify_chain(path) == []
+
+
+def test_reopening_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    Journal(path).append("a")
+    j = Journal(path)
+    record = j.append("b")
+    assert record["seq"] == 2
+    assert verify_chain(path) == []
+
+
+def test_an_edited_line_breaks_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    j = Journal(path)
+    for n in range(3):
+        j.append("exit", code=n)
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"code":1', '"code":0')
+    path.write_text("\n".join(lines) + "\n")
+    problems = verify_chain(path)
+    assert problems and "line 3" in problems[0]
+
+
+def test_a_deleted_line_breaks_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    j = Journal(path)
+    for n in range(3):
+        j.append("exit", code=n)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[2]]) + "\n")
+    assert verify_chain(path)
+
+
+def test_a_torn_last_line_is_cut_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    j = Journal(path)
+    j.append("a")
+    j.append("b")
+    j.close()
+    with path.open("ab") as f:
+        f.write(b'{"ts": "2026-01-01T00:00:00Z", "seq": 3, "ev')
+    j = Journal(path)
+    assert j.seq == 2
+    j.append("c")
+    assert [e["event"] for e in read_events(path)] == ["a", "b", "c"]
+    assert verify_chain(path) == []
+
+
+def test_state_is_replaced_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    write_json_atomic(path, {"status": "running"})
+    write_json_atomic(path, {"status": "stopped"})
+    assert json.loads(path.read_text()) == {"status": "stopped"}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    with RepoLock(path, "the repo"):
+        assert holder_pid(path) == os.getpid()
+        # flock is per open file description: a second process is refused.
+        code = (
+            "import sys; from pathlib import Path; from metasup.journal import RepoLock\n"
+            "try:\n    RepoLock(Path(sys.argv[1]), 'the repo').acquire()\n"
+            "except Exception as e:\n    print(e); sys.exit(2)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True
+        )
+        assert out.returncode == 2
+        assert f"another metasup (pid {os.getpid()}) already supervises the repo" in out.stdout
+    assert holder_pid(path) is None
+
+
+def test_a_killed_holder_leaves_no_lock(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    code = (
+        "import os, signal, sys; from pathlib import Path; from metasup.journal import RepoLock\n"
+        "RepoLock(Path(sys.argv[1]), 'r').acquire(); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)])
+    assert path.exists() and holder_pid(path) is None
+    lock = RepoLock(path, "r")
+    lock.acquire()
+    lock.release()

@@ -1,0 +1,286 @@
+"""Every transition of the outer loop's state machine, without I/O."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metasup.lifecycle import (
+    ArmTimer,
+    BackoffElapsed,
+    CancelTimers,
+    Cleanup,
+    EmergencyStop,
+    Exited,
+    Finish,
+    HealthBreach,
+    KillAgent,
+    Launch,
+    LoopState,
+    MarkGood,
+    MinRuntimeReached,
+    Phase,
+    QuickFailure,
+    RollbackFailed,
+    RolledBack,
+    Settings,
+    Snapshot,
+    Snapshotted,
+    Started,
+    StopAgent,
+    StopRequested,
+    backoff_delay,
+    decide,
+    strategy,
+)
+
+S = Settings(min_runtime=10, max_failures=3, backoff_initial=1, backoff_max=8)
+
+
+def at(phase: Phase, **kw: object) -> LoopState:
+    base = LoopState(phase=phase, run=2, good="g" * 40, commit="c" * 40)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_start_snapshots_for_the_first_run() -> None:
+    state, actions = decide(S, LoopState(), Started(good=None))
+    assert state.phase is Phase.STARTING and state.good is None
+    assert actions == [Snapshot(1)]
+
+
+def test_first_snapshot_without_good_ref_is_the_baseline() -> None:
+    state, actions = decide(S, LoopState(phase=Phase.STARTING), Snapshotted("a" * 40))
+    assert actions == [
+        MarkGood("a" * 40, baseline=True),
+        Launch(1, "a" * 40),
+        ArmTimer("min_runtime", 10),
+    ]
+    assert state.phase is Phase.RUNNING and state.good == "a" * 40 and state.run == 1
+
+
+def test_snapshot_with_a_good_ref_launches_without_marking() -> None:
+    state, actions = decide(S, at(Phase.STARTING), Snapshotted("d" * 40))
+    assert actions == [Launch(3, "d" * 40), ArmTimer("min_runtime", 10)]
+    assert state.good == "g" * 40 and state.commit == "d" * 40
+
+
+def test_min_runtime_marks_the_running_commit_good() -> None:
+    state, actions = decide(S, at(Phase.RUNNING), MinRuntimeReached(run=2))
+    assert state.phase is Phase.GOOD and state.good == "c" * 40
+    assert actions == [MarkGood("c" * 40)]
+
+
+def test_min_runtime_on_an_already_good_commit_marks_nothing() -> None:
+    state, actions = decide(S, at(Phase.RUNNING, good="c" * 40), MinRuntimeReached(run=2))
+    assert state.phase is Phase.GOOD and actions == []
+
+
+def test_a_stale_min_runtime_timer_is_ignored() -> None:
+    state, actions = decide(S, at(Phase.RUNNING), MinRuntimeReached(run=1))
+    assert state == at(Phase.RUNNING) and actions == []
+
+
+def test_quick_exit_rolls_back_to_good() -> None:
+    state, actions = decide(S, at(Phase.RUNNING), Exited(code=1, runtime=0.5))
+    assert state.phase is Phase.ROLLING_BACK and state.consecutive_failures == 1
+    assert actions == [
+        CancelTimers(),
+        Cleanup(),
+        QuickFailure(2, "c" * 40, "g" * 40, 1, 0.5, "exit 1"),
+    ]
+
+
+def test_quick_exit_by_signal_names_the_signal() -> None:
+    _, actions = decide(S, at(Phase.RUNNING), Exited(code=-9, runtime=0.1))
+    qf = actions[-1]
+    assert isinstance(qf, QuickFailure) and qf.reason == "signal 9"
+
+
+def test_quick_exit_with_rollback_disabled_resets_nothing() -> None:
+    s = replace(S, rollback_enabled=False)
+    _, actions = decide(s, at(Phase.RUNNING), Exited(code=1, runtime=0.5))
+    qf = actions[-1]
+    assert isinstance(qf, QuickFailure) and qf.target is None
+
+
+def test_rolled_back_relaunches_at_once() -> None:
+    state, actions = decide(
+        S, at(Phase.ROLLING_BACK, consecutive_failures=1), RolledBack(good="g" * 40)
+    )
+    assert state.phase is Phase.STARTING and actions == [Snapshot(3)]
+
+
+def test_max_failures_quick_failures_is_an_emergency_stop() -> None:
+    state, actions = decide(
+        S, at(Phase.ROLLING_BACK, consecutive_failures=3), RolledBack(good="g" * 40)
+    )
+    assert state.phase is Phase.EMERGENCY_STOP and state.exit_code == 3
+    assert isinstance(actions[0], EmergencyStop) and actions[-1] == Finish(3)
+
+
+def test_the_failure_count_climbs_to_the_emergency_stop() -> None:
+    state = at(Phase.RUNNING)
+    for n in range(1, S.max_failures + 1):
+        state, _ = decide(S, state, Exited(code=2, runtime=0.1))
+        assert state.consecutive_failures == n
+        state, _ = decide(S, state, RolledBack(good="g" * 40))
+        if n < S.max_failures:
+            state, _ = decide(S, state, Snapshotted("g" * 40))
+            assert state.phase is Phase.RUNNING
+    assert state.phase is Phase.EMERGENCY_STOP
+
+
+def test_rollback_failure_is_an_emergency_stop() -> None:
+    state, actions = decide(S, at(Phase.ROLLING_BACK), RollbackFailed("no good commit"))
+    assert state.phase is Phase.EMERGENCY_STOP and state.exit_code == 3
+    assert actions[-1] == Finish(3)
+    assert isinstance(actions[0], EmergencyStop) and "no good commit" in actions[0].reason
+
+
+def test_exit_after_min_runtime_is_normal_whatever_the_code() -> None:
+    for code in (0, 1, -15):
+        state, actions = decide(
+            S, at(Phase.GOOD, consecutive_failures=2), Exited(code=code, runtime=11)
+        )
+        assert state.consecutive_failures == 0 and state.phase is Phase.BACKOFF
+        assert actions == [CancelTimers(), Cleanup(), ArmTimer("backoff", 1)]
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    state = at(Phase.GOOD)
+    delays = []
+    for _ in range(6):
+        state, actions = decide(S, state, Exited(code=0, runtime=11))
+        timer = actions[-1]
+        assert isinstance(timer, ArmTimer)
+        delays.append(timer.delay)
+        state, _ = decide(S, state, BackoffElapsed())
+        state, _ = decide(S, state, Snapshotted("c" * 40))
+        state, _ = decide(S, state, MinRuntimeReached(run=state.run))
+    assert delays == [1, 2, 4, 8, 8, 8]
+
+
+def test_a_long_run_resets_the_backoff() -> None:
+    state, _ = decide(S, at(Phase.GOOD, restarts=4), Exited(code=0, runtime=S.stable_after))
+    assert state.restarts == 0
+
+
+def test_zero_backoff_relaunches_without_a_timer() -> None:
+    s = replace(S, backoff_initial=0)
+    state, actions = decide(s, at(Phase.GOOD), Exited(code=0, runtime=11))
+    assert state.phase is Phase.STARTING
+    assert actions == [CancelTimers(), Cleanup(), Snapshot(3)]
+
+
+def test_backoff_elapsed_snapshots() -> None:
+    state, actions = decide(S, at(Phase.BACKOFF), BackoffElapsed())
+    assert state.phase is Phase.STARTING and actions == [Snapshot(3)]
+
+
+def test_max_cycles_ends_after_the_last_run_exits() -> None:
+    s = replace(S, max_cycles=2)
+    state, actions = decide(s, at(Phase.GOOD), Exited(code=0, runtime=11))
+    assert state.phase is Phase.STOPPED and state.exit_code == 0
+    assert actions == [CancelTimers(), Cleanup(), Finish(0)]
+    state, actions = decide(s, at(Phase.ROLLING_BACK), RolledBack(good="g" * 40))
+    assert state.phase is Phase.STOPPED and actions == [Finish(0)]
+
+
+@pytest.mark.parametrize("phase", [Phase.RUNNING, Phase.GOOD])
+def test_stop_while_running_stops_the_agent_then_finishes(phase: Phase) -> None:
+    state, actions = decide(S, at(phase), StopRequested())
+    assert state.phase is Phase.STOPPING and actions == [CancelTimers(), StopAgent()]
+    state, actions = decide(S, state, Exited(code=-15, runtime=0.1))
+    assert state.phase is Phase.STOPPED and state.exit_code == 0
+    assert state.consecutive_failures == 0, "a requested stop is not a failure"
+    assert actions == [CancelTimers(), Cleanup(), Finish(0)]
+
+
+def test_second_stop_kills() -> None:
+    _, actions = decide(S, at(Phase.STOPPING, stop_requested=True), StopRequested())
+    assert actions == [KillAgent("second stop request")]
+
+
+def test_stop_in_backoff_finishes_at_once() -> None:
+    state, actions = decide(S, at(Phase.BACKOFF), StopRequested())
+    assert state.phase is Phase.STOPPED and actions == [CancelTimers(), Finish(0)]
+
+
+@pytest.mark.parametrize("phase", [Phase.STARTING, Phase.ROLLING_BACK])
+def test_stop_during_a_step_lets_it_finish(phase: Phase) -> None:
+    state, actions = decide(S, at(phase), StopRequested())
+    assert state.stop_requested and state.phase is phase and actions == []
+    if phase is Phase.STARTING:
+        state, actions = decide(S, state, Snapshotted("c" * 40))
+    else:
+        state, actions = decide(S, state, RolledBack(good="g" * 40))
+    assert state.phase is Phase.STOPPED and actions == [Finish(0)]
+
+
+def test_health_breach_kills_once() -> None:
+    state, actions = decide(S, at(Phase.RUNNING), HealthBreach("memory"))
+    assert actions == [KillAgent("memory")] and state.kill_reason == "memory"
+    state, actions = decide(S, state, HealthBreach("memory"))
+    assert actions == []
+    state, actions = decide(S, state, Exited(code=-9, runtime=1))
+    qf = actions[-1]
+    assert isinstance(qf, QuickFailure) and qf.reason == "memory"
+
+
+def test_health_breach_after_min_runtime_is_a_normal_restart() -> None:
+    state, _ = decide(S, at(Phase.GOOD), HealthBreach("cpu"))
+    state, _actions = decide(S, state, Exited(code=-9, runtime=11))
+    assert state.consecutive_failures == 0 and state.phase is Phase.BACKOFF
+
+
+def test_kill_reason_is_cleared_for_the_next_run() -> None:
+    state, _ = decide(S, at(Phase.STARTING, kill_reason="memory"), Snapshotted("c" * 40))
+    assert state.kill_reason is None
+
+
+def test_strategy_turns_metamorphic_after_three_failures() -> None:
+    assert [strategy(n) for n in range(6)] == ["hybrid"] * 4 + ["metamorphic"] * 2
+
+
+def test_backoff_delay_edges() -> None:
+    assert backoff_delay(S, 0) == 0
+    assert backoff_delay(replace(S, backoff_initial=0), 5) == 0
+    assert backoff_delay(S, 60) == 8
+
+
+_observations = st.one_of(
+    st.builds(Started, good=st.none() | st.just("g" * 40)),
+    st.builds(Snapshotted, commit=st.sampled_from(["a" * 40, "g" * 40])),
+    st.builds(MinRuntimeReached, run=st.integers(0, 5)),
+    st.builds(Exited, code=st.integers(-15, 3), runtime=st.floats(0, 30)),
+    st.builds(HealthBreach, reason=st.just("memory")),
+    st.just(BackoffElapsed()),
+    st.just(StopRequested()),
+    st.builds(RolledBack, good=st.just("g" * 40)),
+    st.builds(RollbackFailed, reason=st.just("x")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_observations, max_size=40))
+def test_any_sequence_keeps_the_invariants(observations: list[object]) -> None:
+    state = LoopState()
+    for obs in observations:
+        before = state
+        state, actions = decide(S, state, obs)  # type: ignore[arg-type]
+        if before.phase in (Phase.STOPPED, Phase.EMERGENCY_STOP):
+            assert state == before and actions == [], "final phases absorb everything"
+        assert 0 <= state.consecutive_failures <= S.max_failures
+        if any(isinstance(a, Finish) for a in actions):
+            assert state.phase in (Phase.STOPPED, Phase.EMERGENCY_STOP)
+            assert actions[-1] == Finish(state.exit_code or 0)
+        for a in actions:
+            if isinstance(a, QuickFailure):
+                assert a.target == before.good, "a rollback goes to the good commit only"
+            if isinstance(a, Launch):
+                assert state.phase is Phase.RUNNING and a.run == before.run + 1
+        if state.phase is Phase.EMERGENCY_STOP:
+            assert state.exit_code == 3
