@@ -229,6 +229,36 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def stop_leftover_tree(pgid: int | None, token: str, sig: int, timeout: float) -> int:
+    """Stop a tree a previous supervisor left running when it was killed (kill -9).
+
+    Those processes are no longer metasup's descendants, so the whole process table is searched
+    for the tree's marker. Returns how many were found.
+    """
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        if _marker(proc) == token:
+            found.append(proc)
+    if not found:
+        return 0
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            # Only when the group is still the tree's own (the leader carries the marker).
+            if any(p.pid == pgid for p in found):
+                os.killpg(pgid, sig)
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+    _, alive = psutil.wait_procs(found, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return len(found)
+
+
 @dataclass
 class TreeSample:
     rss_mb: float

@@ -38,6 +38,7 @@ from metasup.process import (
     prune_logs,
     signal_tree,
     spawn,
+    stop_leftover_tree,
     stop_tree,
     tree_members,
 )
@@ -162,6 +163,7 @@ class Supervisor:
                 branch=self.repo.branch,
                 config=str(self.config.path),
             )
+            self._stop_leftovers()
             removed = self.repo.clear_stale_locks()
             if removed:
                 names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
@@ -171,6 +173,21 @@ class Supervisor:
         finally:
             self._shutdown()
             lock.release()
+
+    def _stop_leftovers(self) -> None:
+        """A supervisor killed with -9 could not stop its agent: do it before any git step."""
+        previous = read_json(self.dirs.state)
+        agent = previous.get("agent") if isinstance(previous, dict) else None
+        if not isinstance(agent, dict) or not agent.get("token"):
+            return
+        found = stop_leftover_tree(
+            agent.get("pgid"),
+            str(agent["token"]),
+            self.config.agent.stop_signal,
+            self.config.agent.stop_timeout,
+        )
+        if found:
+            self.report({"event": "leftovers_stopped", "processes": found})
 
     def _shutdown(self) -> None:
         if self.running is not None:
@@ -634,6 +651,8 @@ class Supervisor:
             "run": self.state.run,
             "agent": {
                 "pid": r.child.pid if r else None,
+                "pgid": r.child.pgid if r else None,
+                "token": r.child.token if r else None,
                 "state": str(phase) if r else ("stopped" if status != "running" else str(phase)),
                 "rss_mb": round(r.rss_mb, 1) if r else None,
                 "cpu_percent": round(r.cpu_percent, 1) if r else None,
