@@ -23,6 +23,7 @@ import pygit2
 from pygit2.enums import CheckoutStrategy, FileStatus
 
 from metasup.errors import UserError
+from metasup.faults import crashpoint, is_armed
 
 GOOD_REF = "refs/metasup/good"
 ARCHIVE_PREFIX = "refs/metasup/archive/"
@@ -293,8 +294,11 @@ class GitRepo:
         """
         self.clear_stale_locks()
         commit = self.repo[target].peel(pygit2.Commit)
+        extra = {"callbacks": _CrashMidCheckout()} if is_armed("reset:mid-checkout") else {}
         self.repo.checkout_tree(  # type: ignore[no-untyped-call]
-            commit.tree, strategy=CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED
+            commit.tree,
+            strategy=CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED,
+            **extra,
         )
         self.repo.references.create(self.branch, commit.id, force=True)
         head = self.repo.references.get("HEAD")
@@ -310,6 +314,14 @@ class GitRepo:
         index.read()
         index.diff_to_workdir(flags=pygit2.enums.DiffOption.UPDATE_INDEX)
         index.write()
+
+
+class _CrashMidCheckout(pygit2.CheckoutCallbacks):
+    """Test hook: SIGKILL after the checkout has written some files but not all."""
+
+    def checkout_progress(self, path: str, completed_steps: int, total_steps: int) -> None:
+        if 2 <= completed_steps < total_steps:
+            crashpoint("reset:mid-checkout")
 
 
 def _git_processes_in(*roots: Path) -> list[int]:

@@ -53,7 +53,8 @@ class Settings:
 @dataclass(frozen=True)
 class LoopState:
     phase: Phase = Phase.STARTING
-    run: int = 0  # launches so far; the current (or last) run's METASUP_RUN
+    run: int = 0  # the current (or last) run's METASUP_RUN; goes on across restarts
+    launches: int = 0  # launches by this supervisor, for --max-cycles
     consecutive_failures: int = 0
     restarts: int = 0  # normal exits in a row of runs shorter than `stable_after`
     good: str | None = None
@@ -224,7 +225,7 @@ def strategy(consecutive_failures: int) -> str:
 
 
 def _cycles_done(settings: Settings, state: LoopState) -> bool:
-    return settings.max_cycles is not None and state.run >= settings.max_cycles
+    return settings.max_cycles is not None and state.launches >= settings.max_cycles
 
 
 def _finish(state: LoopState, code: int, actions: list[Action]) -> tuple[LoopState, list[Action]]:
@@ -258,7 +259,13 @@ def decide(
             run = state.run + 1
             actions += [Launch(run, commit), ArmTimer("min_runtime", settings.min_runtime)]
             return replace(
-                state, phase=Phase.RUNNING, run=run, commit=commit, good=good, kill_reason=None
+                state,
+                phase=Phase.RUNNING,
+                run=run,
+                launches=state.launches + 1,
+                commit=commit,
+                good=good,
+                kill_reason=None,
             ), actions
 
         case MinRuntimeReached(run=run) if state.phase is Phase.RUNNING and run == state.run:

@@ -163,7 +163,11 @@ class Supervisor:
                 branch=self.repo.branch,
                 config=str(self.config.path),
             )
-            self._stop_leftovers()
+            previous = read_json(self.dirs.state)
+            previous = previous if isinstance(previous, dict) else {}
+            # Run numbers go on from the last supervisor's: logs and notes stay unambiguous.
+            self.state = lifecycle.LoopState(run=int(previous.get("run") or 0))
+            self._stop_leftovers(previous)
             removed = self.repo.clear_stale_locks()
             if removed:
                 names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
@@ -174,10 +178,9 @@ class Supervisor:
             self._shutdown()
             lock.release()
 
-    def _stop_leftovers(self) -> None:
+    def _stop_leftovers(self, previous: dict[str, Any]) -> None:
         """A supervisor killed with -9 could not stop its agent: do it before any git step."""
-        previous = read_json(self.dirs.state)
-        agent = previous.get("agent") if isinstance(previous, dict) else None
+        agent = previous.get("agent")
         if not isinstance(agent, dict) or not agent.get("token"):
             return
         found = stop_leftover_tree(

@@ -180,12 +180,20 @@ def test_backoff_elapsed_snapshots() -> None:
     assert state.phase is Phase.STARTING and actions == [Snapshot(3)]
 
 
+def test_max_cycles_counts_this_supervisors_launches() -> None:
+    s = replace(S, max_cycles=2)
+    state, _ = decide(s, at(Phase.STARTING, run=40), Snapshotted("c" * 40))
+    assert state.run == 41 and state.launches == 1
+    state, _actions = decide(s, at(Phase.GOOD, run=41, launches=1), Exited(code=0, runtime=11))
+    assert state.phase is Phase.BACKOFF
+
+
 def test_max_cycles_ends_after_the_last_run_exits() -> None:
     s = replace(S, max_cycles=2)
-    state, actions = decide(s, at(Phase.GOOD), Exited(code=0, runtime=11))
+    state, actions = decide(s, at(Phase.GOOD, launches=2), Exited(code=0, runtime=11))
     assert state.phase is Phase.STOPPED and state.exit_code == 0
     assert actions == [CancelTimers(), Cleanup(), Finish(0)]
-    state, actions = decide(s, at(Phase.ROLLING_BACK), RolledBack(good="g" * 40))
+    state, actions = decide(s, at(Phase.ROLLING_BACK, launches=2), RolledBack(good="g" * 40))
     assert state.phase is Phase.STOPPED and actions == [Finish(0)]
 
 
