@@ -85,12 +85,17 @@ def run(
 
     Exits 0 when stopped (Ctrl-C, SIGTERM, --max-cycles), 3 on an emergency stop.
     """
-    from metasup.supervisor import Supervisor
+    from metasup.config import find_config, parse_config
+    from metasup.core import config_digest, exec_core
 
     repo = _repo()
-    cfg = _config(repo.workdir, config)
-    code = Supervisor(repo, cfg, max_cycles=max_cycles).run()
-    raise typer.Exit(code)
+    path = find_config(repo.workdir, config).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+    parse_config(text, path)  # every config error surfaces here, before anything starts
+    exec_core(path, config_digest(text), max_cycles, _DEBUG)
 
 
 @app.command()

@@ -197,10 +197,15 @@ def load_config(path: Path) -> Config:
     return parse_config(text, path)
 
 
-def parse_config(text: str, path: Path) -> Config:
-    """Validate `text` (the content of `path`) and build the frozen settings."""
+def parse_config(text: str, path: Path, *, validate: bool = True) -> Config:
+    """Validate `text` (the content of `path`) and build the frozen settings.
+
+    `validate=False` skips the JSON schema (and the jsonschema import) for text that was
+    validated already, byte for byte; the supervisor core uses it.
+    """
     doc, lines = _load_yaml(text, path.name)
-    _validate(doc, lines, path.name)
+    if validate:
+        _validate(doc, lines, path.name)
     return _build(doc, lines, path)
 
 

@@ -3,7 +3,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
-extras="${1:-}"
+extras="${extras:-}"  # set by the caller before sourcing: "dev" for the test tools
 stamp="$venv/.metasup-installed${extras:+-$extras}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"

@@ -1,0 +1,65 @@
+"""The supervisor's own process image, exec'd by `metasup run` once the config is validated.
+
+The CLI needs typer and jsonschema to parse arguments and validate the config; the supervisor
+does not, and a long-lived process keeps every module it ever imported. So `metasup run`
+validates, then replaces itself (same pid, same terminal, same signals) with this lean entry
+point, which re-reads the config and checks it is byte for byte the file just validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from metasup.errors import ConfigError, UserError
+
+
+def config_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def exec_core(config: Path, digest: str, max_cycles: int | None, debug: bool) -> None:
+    """Replace the current process with the supervisor core. Does not return."""
+    argv = [sys.executable, "-m", "metasup.core", "--config", str(config), "--digest", digest]
+    if max_cycles is not None:
+        argv += ["--max-cycles", str(max_cycles)]
+    if debug:
+        argv.append("--debug")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="metasup run", description="internal: see `metasup run`")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--digest", required=True)
+    parser.add_argument("--max-cycles", type=int)
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        from metasup.config import parse_config
+        from metasup.gitrepo import GitRepo
+        from metasup.supervisor import Supervisor
+
+        repo = GitRepo(Path.cwd())
+        try:
+            text = args.config.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{args.config}: cannot read: {e}") from None
+        if config_digest(text) != args.digest:
+            raise ConfigError(f"{args.config} changed while metasup started; run it again")
+        config = parse_config(text, args.config, validate=False)
+        return Supervisor(repo, config, max_cycles=args.max_cycles).run()
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"metasup: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""metasup benchmarks: medians, and ratios against the git CLI measured in the same run.
+
+    scripts/bench [--sizes 1000,10000,50000] [--repeats 7] [--cycles 15] [--json-out FILE]
+
+1. snapshot after 10 changed files: metasup (pygit2) vs `git add -A && git commit`
+2. archive + reset (10 changed files, 1 untracked): metasup vs the git CLI equivalent
+3. crash-to-relaunch through a real `metasup run`: quick exit -> archived, reset, new process
+4. plain restart latency (exit after min_runtime, zero backoff) to the next process
+5. idle CPU and RSS of the supervisor while the agent runs
+
+The agent for 3-5 is a small C program (built with gcc) that stamps CLOCK_REALTIME as its first
+and last instruction, so the latency is exit-to-exec, without any interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from metasup.gitrepo import GitRepo
+
+AGENT_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void stamp(const char *what) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    FILE *f = fopen(getenv("BENCH_LOG"), "a");
+    fprintf(f, "%s %ld.%09ld\n", what, (long)t.tv_sec, t.tv_nsec);
+    fclose(f);
+}
+
+int main(int argc, char **argv) {
+    stamp("start");
+    const char *mode = argc > 1 ? argv[1] : "quick";
+    if (strcmp(mode, "idle") == 0) { for (;;) pause(); }
+    if (strcmp(mode, "normal") == 0) { usleep(atoi(argv[2]) * 1000); stamp("exit"); return 0; }
+    int dirty = argc > 2 ? atoi(argv[2]) : 0;
+    for (int i = 0; i < dirty; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "d%03d/f%05d.txt", i % 100, i);
+        FILE *f = fopen(path, "a");
+        if (f) { fprintf(f, "changed by a failing run %d\n", getpid()); fclose(f); }
+    }
+    if (dirty) { FILE *f = fopen("untracked-by-agent.txt", "w"); fputs("new\n", f); fclose(f); }
+    stamp("exit");
+    return 1;
+}
+"""
+
+
+def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def make_repo(root: Path, files: int, seed: int = 1) -> Path:
+    repo = root / f"repo-{files}"
+    repo.mkdir(parents=True)
+    rng = random.Random(seed)
+    for i in range(files):
+        d = repo / f"d{i % 100:03d}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i:05d}.txt").write_bytes(rng.randbytes(rng.randint(512, 2048)).hex().encode())
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.name", "bench")
+    git(repo, "config", "user.email", "bench@localhost")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    git(repo, "status", "--porcelain")  # warm the index stat cache, as a live repo has it
+    return repo
+
+
+def change_files(repo: Path, count: int, files: int, tag: str) -> None:
+    for i in range(count):
+        n = (i * 7919) % files
+        path = repo / f"d{n % 100:03d}" / f"f{n:05d}.txt"
+        with path.open("a") as f:
+            f.write(f"edit {tag} {i}\n")
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 2)
+
+
+def bench_snapshot(repo: Path, files: int, repeats: int) -> dict[str, float]:
+    g = GitRepo(repo)
+    ours: list[float] = []
+    cli: list[float] = []
+    for r in range(repeats):  # interleaved, so both see the same machine state
+        change_files(repo, 10, files, f"ms{r}")
+        t = time.perf_counter()
+        g.snapshot(r)
+        ours.append(time.perf_counter() - t)
+        change_files(repo, 10, files, f"cli{r}")
+        t = time.perf_counter()
+        subprocess.run("git add -A && git commit -q -m snapshot", shell=True, cwd=repo, check=True)
+        cli.append(time.perf_counter() - t)
+    return {"metasup_ms": median_ms(ours), "git_cli_ms": median_ms(cli)}
+
+
+def bench_archive_reset(repo: Path, files: int, repeats: int) -> dict[str, float]:
+    g = GitRepo(repo)
+    good = git(repo, "rev-parse", "HEAD")
+    ours: list[float] = []
+    cli: list[float] = []
+    tmp_index = repo / ".git" / "bench-index"
+    for r in range(repeats):
+        change_files(repo, 10, files, f"a{r}")
+        (repo / "untracked.txt").write_text(f"u{r}\n")
+        t = time.perf_counter()
+        g.archive("bench", r)
+        g.reset_to(good)
+        ours.append(time.perf_counter() - t)
+
+        change_files(repo, 10, files, f"b{r}")
+        (repo / "untracked.txt").write_text(f"v{r}\n")
+        t = time.perf_counter()
+        shutil.copy(repo / ".git" / "index", tmp_index)
+        env = {"GIT_INDEX_FILE": str(tmp_index)}
+        git(repo, "add", "-A", env=env)
+        tree = git(repo, "write-tree", env=env)
+        commit = git(repo, "commit-tree", tree, "-p", "HEAD", "-m", "archive")
+        git(repo, "update-ref", f"refs/bench/archive-{r}", commit)
+        git(repo, "reset", "-q", "--hard", good)
+        git(repo, "clean", "-fdq")
+        cli.append(time.perf_counter() - t)
+    return {"metasup_ms": median_ms(ours), "git_cli_ms": median_ms(cli)}
+
+
+def build_agent(root: Path) -> Path:
+    src = root / "agent.c"
+    src.write_text(AGENT_C)
+    exe = root / "bench-agent"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def supervise(
+    repo: Path, agent: Path, args: list[str], cycles: int, min_runtime: str, log: Path
+) -> list[float]:
+    """Run `metasup run` for `cycles` launches; gaps from each exit to the next start (s)."""
+    (repo / "metasup.yaml").write_text(
+        "supervisor:\n"
+        f"  min_runtime: {min_runtime}\n"
+        "  max_failures: 100000\n"
+        "  agent:\n"
+        f"    command: {json.dumps([str(agent), *args])}\n"
+        "    restart_backoff: {initial: 0s, max: 1s}\n"
+    )
+    git(repo, "add", "metasup.yaml")
+    git(repo, "commit", "-q", "-m", "bench config")
+    if log.exists():
+        log.unlink()
+    subprocess.run(
+        [sys.executable, "-m", "metasup", "run", "--max-cycles", str(cycles)],
+        cwd=repo, check=True, env={**os.environ, "BENCH_LOG": str(log)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    gaps = []
+    last_exit = None
+    for line in log.read_text().splitlines():
+        what, ts = line.split()
+        if what == "exit":
+            last_exit = float(ts)
+        elif what == "start" and last_exit is not None:
+            gaps.append(float(ts) - last_exit)
+            last_exit = None
+    return gaps
+
+
+def bench_idle(repo: Path, agent: Path, log: Path, seconds: float) -> dict[str, float]:
+    (repo / "metasup.yaml").write_text(
+        "supervisor:\n  min_runtime: 1s\n  agent:\n"
+        f"    command: {json.dumps([str(agent), 'idle'])}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metasup", "run"], cwd=repo,
+        env={**os.environ, "BENCH_LOG": str(log)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not (log.exists() and "start" in log.read_text()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the idle agent never started")
+        time.sleep(0.05)
+    time.sleep(1.5)  # let min_runtime pass and start-up work settle before measuring
+    sup = psutil.Process(proc.pid)
+    before = sup.cpu_times()
+    t0 = time.monotonic()
+    time.sleep(seconds)  # the measurement window
+    after = sup.cpu_times()
+    wall = time.monotonic() - t0
+    rss = sup.memory_info().rss / (1 << 20)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    cpu = (after.user + after.system - before.user - before.system) / wall * 100
+    return {"cpu_percent": round(cpu, 3), "rss_mib": round(rss, 1), "window_s": seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,50000")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--cycles", type=int, default=15)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: dict[str, Any] = {"sizes": sizes, "repeats": args.repeats, "git": {}, "loop": {}}
+    root = Path(tempfile.mkdtemp(prefix="metasup-bench-"))
+    try:
+        for files in sizes:
+            print(f"[bench] {files} files: generating", file=sys.stderr, flush=True)
+            repo = make_repo(root, files)
+            repeats = args.repeats if files < 50000 else max(3, args.repeats - 2)
+            results["git"][files] = {
+                "snapshot_10_changed": bench_snapshot(repo, files, repeats),
+                "archive_and_reset": bench_archive_reset(repo, files, repeats),
+            }
+            shutil.rmtree(repo)
+
+        agent = build_agent(root)
+        log = root / "agent.log"
+        small = make_repo(root / "small", 100)
+        plain = supervise(small, agent, ["normal", "60"], args.cycles, "50ms", log)
+        results["loop"]["plain_restart_100_files"] = _dist(plain)
+        big = make_repo(root / "big", 10000)
+        results["loop"]["plain_restart_10k_files"] = _dist(
+            supervise(big, agent, ["normal", "60"], args.cycles, "50ms", log)
+        )
+        results["loop"]["crash_to_relaunch_10k_clean"] = _dist(
+            supervise(big, agent, ["quick", "0"], args.cycles, "10s", log)
+        )
+        results["loop"]["crash_to_relaunch_10k_10_changed"] = _dist(
+            supervise(big, agent, ["quick", "10"], args.cycles, "10s", log)
+        )
+        results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print_table(results)
+    out = args.json_out or Path("bench-results") / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nJSON: {out}")
+    return 0
+
+
+def _dist(gaps: list[float]) -> dict[str, float]:
+    ms = sorted(g * 1000 for g in gaps)
+    return {
+        "median_ms": round(statistics.median(ms), 2),
+        "p90_ms": round(ms[int(len(ms) * 0.9) - 1 if len(ms) > 1 else 0], 2),
+        "min_ms": round(ms[0], 2),
+        "samples": len(ms),
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print("\n## git steps (median ms; ratio = metasup / git CLI, below 1 is faster)")
+    print(f"| {'step':<28} | {'files':>6} | {'metasup':>9} | {'git CLI':>9} | {'ratio':>6} |")
+    print(f"|{'-' * 30}|{'-' * 8}|{'-' * 11}|{'-' * 11}|{'-' * 8}|")
+    for files, steps in r["git"].items():
+        for name, m in steps.items():
+            ratio = m["metasup_ms"] / m["git_cli_ms"] if m["git_cli_ms"] else float("nan")
+            print(
+                f"| {name:<28} | {files:>6} | {m['metasup_ms']:>9.2f} | "
+                f"{m['git_cli_ms']:>9.2f} | {ratio:>6.2f} |"
+            )
+    print("\n## the loop, exit to next process start (ms)")
+    print(f"| {'scenario':<34} | {'median':>8} | {'p90':>8} | {'min':>8} | {'n':>3} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 5}|")
+    for name, d in r["loop"].items():
+        print(
+            f"| {name:<34} | {d['median_ms']:>8.2f} | {d['p90_ms']:>8.2f} | "
+            f"{d['min_ms']:>8.2f} | {d['samples']:>3} |"
+        )
+    idle = r["idle"]
+    print(
+        f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "
+        f"rss {idle['rss_mib']} MiB"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

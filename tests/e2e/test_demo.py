@@ -1,0 +1,36 @@
+"""`metasup demo`, as a user runs it: a summary with a rollback and a good mark."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.conftest import git, run_metasup
+
+
+def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
+    target = tmp_path / "demo"
+    out = run_metasup(tmp_path, "demo", "--dir", str(target), timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    # Not a TTY: plain lines, no colour codes.
+    assert "\x1b[" not in text
+    assert "== summary" in text
+    rollbacks = int(re.search(r"^rollbacks: (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    marks = int(re.search(r"^good marks: (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert rollbacks >= 1 and marks >= 1
+    archives = git(target, "for-each-ref", "--format=%(refname)", "refs/metasup/archive").split()
+    assert len(archives) == rollbacks
+    for ref in archives:
+        assert f"archived as {ref}" in text
+    good = git(target, "rev-parse", "refs/metasup/good").strip()
+    assert f"final good commit: {good[:12]}" in text
+    assert "lesson kept in memory/" in text, "memory/ survived the rollback"
+    assert f"cd {target}" in text and "git for-each-ref refs/metasup" in text
+
+
+def test_demo_refuses_a_directory_with_files(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine\n")
+    out = run_metasup(tmp_path, "demo", "--dir", str(tmp_path))
+    assert out.returncode == 2 and "is not empty" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
