@@ -180,8 +180,12 @@ def verify_chain(path: Path) -> list[str]:
     return problems
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace `path` so a reader sees the old document or the new one, never a mix."""
+def write_json_atomic(path: Path, data: Any, *, sync: bool = True) -> None:
+    """Replace `path` so a reader sees the old document or the new one, never a mix.
+
+    `sync=False` skips the fdatasync: still atomic against a crash of the process, not against
+    a power cut. Right for a status view rewritten many times a minute.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -189,7 +193,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, sort_keys=True, default=str)
             f.write("\n")
             f.flush()
-            os.fdatasync(f.fileno())
+            if sync:
+                os.fdatasync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

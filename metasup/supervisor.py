@@ -669,7 +669,7 @@ class Supervisor:
             "strategy": lifecycle.strategy(self.state.consecutive_failures),
             "counters": self.counters.as_dict(),
         }
-        write_json_atomic(self.dirs.state, doc)
+        write_json_atomic(self.dirs.state, doc, sync=False)
 
 
 def _noop_handler(signum: int, frame: object) -> None:
