@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 import tempfile
@@ -68,6 +69,17 @@ def run_demo(directory: Path | None, cycles: int) -> int:
     summary = summarise(repo)
     out.summary(summary, elapsed, target)
     return code
+
+
+def _metasup_command() -> str:
+    """How this user reaches metasup: scripts/demo runs it from the venv, not from PATH."""
+    exe = Path(sys.argv[0])
+    if exe.name != "metasup" or not exe.exists():
+        return "metasup"
+    found = shutil.which("metasup")
+    if found and Path(found).resolve() == exe.resolve():
+        return "metasup"
+    return shlex.quote(str(exe.resolve()))
 
 
 def summarise(repo: GitRepo) -> dict[str, Any]:
@@ -150,13 +162,14 @@ class _Out:
     def summary(self, s: dict[str, Any], elapsed: float, target: Path) -> None:
         good = (s["good"] or "-")[:12]
         commands = [
-            f"cd {target}",
+            f"cd {shlex.quote(str(target))}",
             "git log --oneline --decorate",
             "git for-each-ref refs/metasup",
         ]
         if s["rollbacks"]:
             commands.append(f"git show --stat {s['rollbacks'][0]['archive']}")
-        commands += ["metasup log", "metasup status"]
+        metasup = _metasup_command()
+        commands += [f"{metasup} log", f"{metasup} status"]
         if self.console:
             from rich.panel import Panel
             from rich.table import Table

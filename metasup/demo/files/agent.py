@@ -82,7 +82,7 @@ def main() -> int:
         x = brain.think(x, target)
         if heartbeat:
             Path(heartbeat).touch()
-        time.sleep(0.1)  # the agent's pace of work
+        time.sleep(0.25)  # the agent's pace of work
     params["x"] = round(x, 6)
     PARAMS.write_text(json.dumps(params, indent=2) + "\n")
 
@@ -92,7 +92,7 @@ def main() -> int:
     if (brain.GENERATION, kind) in learned:
         say(f"not trying the {kind!r} rewrite again: it broke me before")
         kind = "safe"
-    scale = round(min(0.9, brain.STEP_SCALE + 0.05), 2)
+    scale = round(min(0.9, brain.STEP_SCALE + 0.04), 2)
     rewrite_brain(generation, scale, kind)
     memory["pending"] = {"generation": brain.GENERATION, "kind": kind}
     memory["runs"] = int(memory.get("runs", 0)) + 1  # type: ignore[call-overload]

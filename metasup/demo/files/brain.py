@@ -1,7 +1,7 @@
 """The demo agent's own code, rewritten by the agent at the end of every run."""
 
 GENERATION = 0
-STEP_SCALE = 0.5
+STEP_SCALE = 0.1
 
 
 def think(x: float, target: float) -> float:
