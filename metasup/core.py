@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"metasup: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        # Ctrl-C before the supervisor took over the signals: nothing was started yet.
+        return 130
 
 
 if __name__ == "__main__":

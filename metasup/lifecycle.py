@@ -170,6 +170,7 @@ class StopAgent:
 @dataclass(frozen=True)
 class KillAgent:
     reason: str
+    health: bool = True  # a health breach (recorded as health_kill), not an operator's stop
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ def _on_stop(state: LoopState) -> tuple[LoopState, list[Action]]:
         ]
     if state.phase is Phase.STOPPING:
         # A second request while the agent takes its time to stop: do not wait any longer.
-        return state, [KillAgent("second stop request")]
+        return state, [KillAgent("second stop request", health=False)]
     if state.phase is Phase.BACKOFF:
         return _finish(replace(state, stop_requested=True), 0, [CancelTimers()])
     # STARTING or ROLLING_BACK: the step under way finishes, then the loop ends.

@@ -142,6 +142,7 @@ class Supervisor:
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
         self._old_handlers: dict[int, Any] = {}
+        self._old_wakeup = -1
         self.journal: Journal | None = None
 
     # --- lifecycle of the supervisor itself ----------------------------------------------------
@@ -194,7 +195,7 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         if self.running is not None:
-            self._stop_running(self.config.agent.stop_signal)
+            self._stop_running()
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
         if self.journal is not None:
             self._emit(Event.SUPERVISOR_STOP, status=status, exit_code=self.state.exit_code)
@@ -333,17 +334,9 @@ class Supervisor:
             case lifecycle.Cleanup():
                 self._cleanup_exited()
             case lifecycle.StopAgent():
-                if self.running is not None:
-                    stop_tree(
-                        self.running.child.pgid,
-                        self.running.child.token,
-                        self.config.agent.stop_signal,
-                        self.config.agent.stop_timeout,
-                        self.reaper,
-                        adopt_unmarked=True,
-                    )
-            case lifecycle.KillAgent(reason=reason):
-                self._kill(reason)
+                self._stop_tree()  # the exit is observed by the loop, like any other
+            case lifecycle.KillAgent(reason=reason, health=health):
+                self._kill(reason, health)
             case lifecycle.QuickFailure():
                 return self._quick_failure(action)
             case lifecycle.EmergencyStop(reason=reason):
@@ -440,14 +433,7 @@ class Supervisor:
         r = self.running
         if r is None:
             return
-        left = stop_tree(
-            r.child.pgid,
-            r.child.token,
-            self.config.agent.stop_signal,
-            self.config.agent.stop_timeout,
-            self.reaper,
-            adopt_unmarked=True,
-        )
+        left = self._stop_tree()
         if left:
             self.report({"event": "stragglers_stopped", "run": r.run, "processes": left})
         self._finish_running()
@@ -466,26 +452,32 @@ class Supervisor:
         self.running = None
         prune_logs(self.dirs.logs, KEEP_RUN_LOGS)
 
-    def _stop_running(self, sig: int) -> None:
+    def _stop_tree(self) -> int:
+        """Stop the agent's tree (stop signal, then SIGKILL); how many processes were left."""
         r = self.running
         if r is None:
-            return
-        stop_tree(
+            return 0
+        return stop_tree(
             r.child.pgid,
             r.child.token,
-            sig,
+            self.config.agent.stop_signal,
             self.config.agent.stop_timeout,
             self.reaper,
             adopt_unmarked=True,
         )
+
+    def _stop_running(self) -> None:
+        if self.running is None:
+            return
+        self._stop_tree()
         self._agent_exit()
         self._finish_running()
 
-    def _kill(self, reason: str) -> None:
+    def _kill(self, reason: str, health: bool) -> None:
         r = self.running
         if r is None:
             return
-        if reason != "second stop request":
+        if health:
             self.counters.health_kills += 1
             self._emit(
                 Event.HEALTH_KILL,

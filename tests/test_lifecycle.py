@@ -209,7 +209,7 @@ def test_stop_while_running_stops_the_agent_then_finishes(phase: Phase) -> None:
 
 def test_second_stop_kills() -> None:
     _, actions = decide(S, at(Phase.STOPPING, stop_requested=True), StopRequested())
-    assert actions == [KillAgent("second stop request")]
+    assert actions == [KillAgent("second stop request", health=False)]
 
 
 def test_stop_in_backoff_finishes_at_once() -> None:
