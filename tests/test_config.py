@@ -250,3 +250,24 @@ def test_cli_debug_shows_the_traceback(repo: Path) -> None:
     (repo / "metasup.yaml").write_text("supervisor: [\n")
     out = run_metasup(repo, "--debug", "config")
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+_path_tokens = st.sampled_from(["a", "b", ".", "/", "\\", "-", " ", ".git", ".GIT", "..", "é"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_path_tokens, max_size=8).map("".join))
+def test_preserve_paths_stay_inside_the_working_tree(raw: str) -> None:
+    text = yaml.safe_dump(
+        {"supervisor": {"agent": {"command": "x"}, "rollback": {"preserve": [raw]}}}
+    )
+    try:
+        cfg = parse(text)
+    except ConfigError as e:
+        assert "supervisor.rollback.preserve[0]" in str(e) or "preserve" in str(e)
+        return
+    (path,) = cfg.rollback.preserve  # type: ignore[attr-defined]
+    parts = path.split("/")
+    assert not path.startswith("/") and "\\" not in path
+    assert ".." not in parts and "." not in parts and "" not in parts
+    assert parts[0].lower() != ".git"
