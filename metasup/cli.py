@@ -203,6 +203,64 @@ def _follow(path: Path, as_json: bool, seen: int) -> None:
         return
 
 
+@app.command("rollback")
+def rollback_cmd(
+    to: Annotated[
+        str | None,
+        typer.Option("--to", metavar="REF", help="Reset to this commit instead of the good one."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Archive the current state, then reset to the good commit (or REF).
+
+    For an operator, with metasup stopped: the working tree, untracked files included, is
+    committed under refs/metasup/archive/ first; rollback.preserve paths are kept.
+    """
+    from metasup import rollback
+    from metasup.errors import ConfigError
+    from metasup.events import Event
+    from metasup.gitrepo import GOOD_REF
+    from metasup.journal import Journal, RepoLock, StateDir, read_json
+
+    repo = _repo()
+    try:
+        keep = _config(repo.workdir, config).rollback.preserve
+    except ConfigError:
+        if config is not None or any(
+            (repo.workdir / name).exists() for name in ("metasup.yaml", "config/metasup.yaml")
+        ):
+            raise
+        keep = ()  # no config at all: nothing to preserve
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    dirs.create()
+    with RepoLock(dirs.lock, str(repo.workdir)):
+        journal = Journal(dirs.events)
+
+        def emit(event: Event, **fields: Any) -> None:
+            journal.append(event, **fields)
+
+        try:
+            left = rollback.pending(dirs.intent)
+            if left is not None:
+                left["resumed"] = True
+                rollback.carry_out(repo, left, keep, dirs.intent, emit)
+                typer.echo(f"finished an interrupted rollback to {left['target'][:12]}")
+            if to is None and repo.good() is None:
+                raise UserError(f"no good commit yet ({GOOD_REF}); pass --to REF")
+            target = repo.check_rollback_target(to or GOOD_REF, failed=None)
+            state = read_json(dirs.state)
+            run = int(state.get("run") or 0) if isinstance(state, dict) else 0
+            intent = rollback.plan(
+                run, repo.head(), target, "manual", dirs.preserve / "manual", by="operator"
+            )
+            done = rollback.carry_out(repo, intent, keep, dirs.intent, emit)
+        finally:
+            journal.close()
+    if done.get("archive"):
+        typer.echo(f"archived the current state as {done['archive']}")
+    typer.echo(f"reset to {target[:12]}")
+
+
 @app.command("config")
 def config_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Print the effective configuration after defaults, or the first error (exit 2)."""

@@ -17,10 +17,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from metasup import health, lifecycle, preserve
+from metasup import health, lifecycle, rollback
 from metasup.config import Config
 from metasup.events import Event
 from metasup.faults import crashpoint
@@ -511,93 +510,46 @@ class Supervisor:
 
     def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation:
         self.counters.quick_failures += 1
-        intent: dict[str, Any] = {
-            "op": "rollback",
-            "run": qf.run,
-            "failed": qf.failed,
-            "target": qf.target,
-            "reason": qf.reason,
+        details = {
             "code": qf.code,
             "runtime_s": round(qf.runtime, 3),
             "stderr_tail": self.last_stderr_tail,
-            "staging": str(self.dirs.preserve / f"run-{qf.run}"),
-            "step": "start",
         }
-        if qf.target is None:
-            self._write_recovery(intent)
+        if qf.target is None:  # rollback disabled: the note is all there is to do
+            self._write_recovery(
+                {"run": qf.run, "failed": qf.failed, "reason": qf.reason, **details}
+            )
             return lifecycle.RolledBack(good=None)
         try:
-            intent["target"] = self.repo.check_rollback_target(qf.target, self.repo.head())
+            target = self.repo.check_rollback_target(qf.target, self.repo.head())
         except RollbackRefused as e:
-            self._write_recovery(intent)
-            return lifecycle.RollbackFailed(str(e))
-        write_json_atomic(self.dirs.intent, intent)
-        return self._finish_rollback(intent)
-
-    def _finish_rollback(self, intent: dict[str, Any]) -> lifecycle.Observation:
-        """Carry a rollback from its recorded step to the end; every step can be repeated."""
-        t0 = time.perf_counter()
-        run, reason = int(intent["run"]), str(intent["reason"])
-        staging = Path(intent["staging"])
-        keep = self.config.rollback.preserve
-        if intent["step"] == "start":
-            a0 = time.perf_counter()
-            archive = self.repo.archive(reason, run)
-            crashpoint("rollback:after-archive")
-            intent.update(
-                step="archived",
-                archive=archive.ref if archive else None,
-                archived_commit=archive.commit if archive else None,
+            self._write_recovery(
+                {"run": qf.run, "failed": qf.failed, "reason": qf.reason, **details}
             )
-            if archive is not None:
-                self.last_archive = archive.ref
-                self._emit(
-                    Event.ARCHIVE,
-                    ref=archive.ref,
-                    commit=archive.commit,
-                    dirty=archive.dirty,
-                    reason=reason,
-                    run=run,
-                    duration_ms=_ms(a0),
-                )
-            write_json_atomic(self.dirs.intent, intent)
-        if intent["step"] == "archived":
-            preserve.stash(self.repo.workdir, keep, staging)
-            crashpoint("rollback:after-stash")
-            intent["step"] = "stashed"
-            write_json_atomic(self.dirs.intent, intent)
-        if intent["step"] == "stashed":
-            self.repo.reset_to(intent["target"])
-            crashpoint("rollback:after-reset")
-            preserve.restore(self.repo.workdir, keep, staging)
-            intent["step"] = "reset"
-            write_json_atomic(self.dirs.intent, intent)
-        self.counters.rollbacks += 1
-        self._emit(
-            Event.ROLLBACK,
-            run=run,
-            failed=intent.get("failed"),
-            to=intent["target"],
-            archive=intent.get("archive"),
-            reason=reason,
-            duration_ms=_ms(t0),
-            **({"resumed": True} if intent.get("resumed") else {}),
+            return lifecycle.RollbackFailed(str(e))
+        staging = self.dirs.preserve / f"run-{qf.run}"
+        intent = rollback.plan(qf.run, qf.failed, target, qf.reason, staging, **details)
+        return self._carry_out(intent)
+
+    def _carry_out(self, intent: dict[str, Any]) -> lifecycle.Observation:
+        done = rollback.carry_out(
+            self.repo, intent, self.config.rollback.preserve, self.dirs.intent, self._emit
         )
-        self._write_recovery(intent)
-        with contextlib.suppress(FileNotFoundError):
-            self.dirs.intent.unlink()
-        return lifecycle.RolledBack(good=str(intent["target"]))
+        self.counters.rollbacks += 1
+        self.last_archive = done.get("archive") or self.last_archive
+        self._write_recovery(done)
+        return lifecycle.RolledBack(good=str(done["target"]))
 
     def _resume_intent(self) -> None:
         """Finish a rollback that a previous supervisor was killed in the middle of."""
-        intent = read_json(self.dirs.intent)
-        if not isinstance(intent, dict) or intent.get("op") != "rollback":
+        intent = rollback.pending(self.dirs.intent)
+        if intent is None:
             return
         self.report(
             {"event": "resuming_rollback", "step": intent.get("step"), "run": intent.get("run")}
         )
         intent["resumed"] = True
-        self._finish_rollback(intent)
+        self._carry_out(intent)
 
     def _write_recovery(self, intent: dict[str, Any]) -> None:
         note = {

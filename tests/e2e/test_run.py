@@ -376,3 +376,49 @@ def test_the_live_supervisor_reports_its_metrics(repo: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
+
+
+def test_manual_rollback_archives_then_resets(repo: Path) -> None:
+    scripted(repo, {"*": {"sleep": 0.4}}, extra="  rollback: {preserve: [notes.txt]}\n")
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+    good = git(repo, "rev-parse", "refs/metasup/good").strip()
+    (repo / "plan.json").write_text("{}\n")
+    (repo / "scratch.txt").write_text("operator's experiment\n")
+    (repo / "notes.txt").write_text("keep me\n")
+    out = run_metasup(repo, "rollback")
+    assert out.returncode == 0, out.stderr
+    (archive,) = by_name(repo, "archive")
+    assert f"archived the current state as {archive['ref']}" in out.stdout
+    assert git(repo, "show", f"{archive['ref']}:scratch.txt") == "operator's experiment\n"
+    assert git(repo, "rev-parse", "HEAD").strip() == good
+    assert not (repo / "scratch.txt").exists()
+    assert (repo / "notes.txt").read_text() == "keep me\n"
+    assert by_name(repo, "rollback")[-1]["reason"] == "manual"
+
+
+def test_manual_rollback_mistakes_change_nothing(repo: Path) -> None:
+    (repo / "a").write_text("a\n")
+    git(repo, "add", "a")
+    git(repo, "commit", "-qm", "one")
+    (repo / "a").write_text("dirty\n")
+    no_good = run_metasup(repo, "rollback")
+    assert no_good.returncode == 2 and "no good commit yet" in no_good.stderr
+    bogus = run_metasup(repo, "rollback", "--to", "nope")
+    assert bogus.returncode == 2 and "'nope' is not a revision" in bogus.stderr
+    assert (repo / "a").read_text() == "dirty\n"
+    assert git(repo, "for-each-ref", "refs/metasup") == ""
+    to_head = run_metasup(repo, "rollback", "--to", "HEAD")
+    assert to_head.returncode == 0, to_head.stderr
+    assert (repo / "a").read_text() == "a\n"
+
+
+def test_manual_rollback_is_refused_while_a_supervisor_runs(agent_repo: Any) -> None:
+    repo = agent_repo("import time\ntime.sleep(60)  # ok: a long-running agent\n")
+    proc = start_metasup(repo)
+    try:
+        wait_for(lambda: "launch" in names(repo))
+        out = run_metasup(repo, "rollback")
+        assert out.returncode == 2 and "already supervises" in out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
