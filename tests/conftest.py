@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -98,6 +99,19 @@ def start_metasup(
         text=True,
         env=full_env,
     )
+
+
+@contextlib.contextmanager
+def supervising(repo: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A `metasup run` that has launched its agent; stopped with SIGTERM afterwards."""
+    proc = start_metasup(repo, *args)
+    try:
+        wait_for(lambda: "launch" in names(repo), what="the first launch")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
 
 
 def write_config(repo: Path, body: str) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from metasup.journal import (
     GENESIS,
     Journal,
@@ -43,11 +45,18 @@ def test_reopening_continues_the_chain(tmp_path: Path) -> None:
     assert verify_chain(path) == []
 
 
-def test_an_edited_line_breaks_the_chain(tmp_path: Path) -> None:
+@pytest.fixture
+def three_events(tmp_path: Path) -> Path:
     path = tmp_path / "events.jsonl"
     j = Journal(path)
     for n in range(3):
         j.append("exit", code=n)
+    j.close()
+    return path
+
+
+def test_an_edited_line_breaks_the_chain(three_events: Path) -> None:
+    path = three_events
     lines = path.read_text().splitlines()
     lines[1] = lines[1].replace('"code":1', '"code":0')
     path.write_text("\n".join(lines) + "\n")
@@ -55,11 +64,8 @@ def test_an_edited_line_breaks_the_chain(tmp_path: Path) -> None:
     assert problems and "line 3" in problems[0]
 
 
-def test_a_deleted_line_breaks_the_chain(tmp_path: Path) -> None:
-    path = tmp_path / "events.jsonl"
-    j = Journal(path)
-    for n in range(3):
-        j.append("exit", code=n)
+def test_a_deleted_line_breaks_the_chain(three_events: Path) -> None:
+    path = three_events
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], lines[2]]) + "\n")
     assert verify_chain(path)

@@ -17,6 +17,7 @@ from tests.conftest import (
     pid_alive,
     run_metasup,
     start_metasup,
+    supervising,
     wait_for,
     write_config,
 )
@@ -223,27 +224,22 @@ def test_sigint_stops_the_whole_tree_and_exits_0(repo: Path) -> None:
 
 def test_sigterm_also_stops_cleanly(agent_repo: Any) -> None:
     repo = agent_repo("import time\ntime.sleep(60)  # ok: a long-running agent\n")
-    proc = start_metasup(repo)
-    wait_for(lambda: "launch" in names(repo))
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
+    with supervising(repo) as proc:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
     (exit_event,) = by_name(repo, "exit")
     assert exit_event["code"] == -signal.SIGTERM
 
 
-def test_a_second_supervisor_is_refused(agent_repo: Any) -> None:
+def test_the_lock_refuses_a_second_supervisor_and_a_manual_rollback(agent_repo: Any) -> None:
     repo = agent_repo("import time\ntime.sleep(60)  # ok: a long-running agent\n")
-    proc = start_metasup(repo)
-    try:
-        wait_for(lambda: "launch" in names(repo))
-        second = run_metasup(repo, "run")
-        assert second.returncode == 2
-        line = second.stderr.strip()
-        assert line.startswith("metasup: error: another metasup (pid ")
-        assert "already supervises" in line and "\n" not in line
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+    with supervising(repo):
+        for command in ("run", "rollback"):
+            out = run_metasup(repo, command)
+            assert out.returncode == 2
+            line = out.stderr.strip()
+            assert line.startswith("metasup: error: another metasup (pid ")
+            assert "already supervises" in line and "\n" not in line
 
 
 def test_agent_environment(repo: Path) -> None:
@@ -358,8 +354,7 @@ def test_run_with_a_bad_config_changes_nothing(repo: Path) -> None:
 
 def test_the_live_supervisor_reports_its_metrics(repo: Path) -> None:
     scripted(repo, {"*": {"sleep": 30}}, extra="  health_checks: {interval: 100ms}\n")
-    proc = start_metasup(repo)
-    try:
+    with supervising(repo) as proc:
 
         def sampled() -> dict[str, Any] | None:
             out = run_metasup(repo, "status", "--json")
@@ -373,7 +368,6 @@ def test_the_live_supervisor_reports_its_metrics(repo: Path) -> None:
         assert doc["uptime_s"] >= 0 and doc["mcp_servers"] == {}
         text = run_metasup(repo, "status")
         assert text.returncode == 0 and "status:   running" in text.stdout
-    finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
 
@@ -410,15 +404,3 @@ def test_manual_rollback_mistakes_change_nothing(repo: Path) -> None:
     to_head = run_metasup(repo, "rollback", "--to", "HEAD")
     assert to_head.returncode == 0, to_head.stderr
     assert (repo / "a").read_text() == "a\n"
-
-
-def test_manual_rollback_is_refused_while_a_supervisor_runs(agent_repo: Any) -> None:
-    repo = agent_repo("import time\ntime.sleep(60)  # ok: a long-running agent\n")
-    proc = start_metasup(repo)
-    try:
-        wait_for(lambda: "launch" in names(repo))
-        out = run_metasup(repo, "rollback")
-        assert out.returncode == 2 and "already supervises" in out.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
