@@ -175,8 +175,7 @@ def stop_tree(
     """Stop every process of a tree: `sig`, wait up to `timeout`, then SIGKILL. Returns how many
     processes had to be signalled (0: nothing was left)."""
     members = tree_members(pgid, token, adopt_unmarked)
-    leader_alive = _group_alive(pgid)
-    if not members and not leader_alive:
+    if not members and not _group_alive(pgid):
         reaper.reap()
         return 0
     signal_tree(pgid, members, sig)
@@ -224,9 +223,7 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return True  # PermissionError too: someone is there
 
 
 def stop_leftover_tree(pgid: int | None, token: str, sig: int, timeout: float) -> int:
