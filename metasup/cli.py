@@ -203,6 +203,53 @@ def _follow(path: Path, as_json: bool, seen: int) -> None:
         return
 
 
+def _policy(repo: Any, config: Path | None) -> Any:
+    """The policy for this repository: shipped rules, its own, and the config's additions."""
+    from metasup.config import find_config, load_config
+    from metasup.errors import ConfigError
+    from metasup.policy import load_policy
+
+    try:
+        path = find_config(repo.workdir, config)
+    except ConfigError:
+        if config is not None:
+            raise
+        return load_policy(repo.workdir)
+    cfg = load_config(path)
+    return load_policy(repo.workdir, cfg.path, cfg.protected_paths)
+
+
+def _read_input(file: str) -> bytes:
+    if file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(file).read_bytes()
+    except OSError as e:
+        raise UserError(f"{file}: cannot read: {e.strerror or e}") from None
+
+
+FileArg = Annotated[str, typer.Argument(metavar="FILE|-", help="The proposal (JSON); - for stdin.")]
+
+
+@app.command()
+def validate(file: FileArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Check a proposal without applying it. Exits 0 valid, 1 rejected."""
+    from metasup import proposals
+
+    repo = _repo()
+    policy = _policy(repo, config)
+    proposal, errors = proposals.validate(_read_input(file), policy, repo.workdir)
+    if as_json:
+        typer.echo(json.dumps({"ok": not errors, "errors": [e.as_dict() for e in errors]}))
+    elif errors:
+        for e in errors:
+            typer.echo(f"rejected [{e.code}] {e.message}", err=True)
+    else:
+        assert proposal is not None
+        typer.echo(f"valid: {len(proposal.changes)} change(s)")
+    raise typer.Exit(1 if errors else 0)
+
+
 @app.command("rollback")
 def rollback_cmd(
     to: Annotated[
