@@ -250,6 +250,30 @@ def validate(file: FileArg, config: ConfigOpt = None, as_json: JsonOpt = False) 
     raise typer.Exit(1 if errors else 0)
 
 
+@app.command()
+def propose(file: FileArg, config: ConfigOpt = None) -> None:
+    """Validate a proposal and queue it for the supervisor; print its id. Exits 0 queued,
+    1 rejected (nothing is queued then).
+
+    A running `metasup run` applies it between cycles: it stops the agent, applies the
+    proposal all or nothing, snapshots, and relaunches the agent on the new code.
+    """
+    from metasup import proposals
+    from metasup.intake import INBOX, ProposalStore
+    from metasup.journal import StateDir
+
+    repo = _repo()
+    raw = _read_input(file)
+    _, errors = proposals.validate(raw, _policy(repo, config), repo.workdir)
+    if errors:
+        for e in errors:
+            typer.echo(f"rejected [{e.code}] {e.message}", err=True)
+        raise typer.Exit(1)
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    store = ProposalStore(repo.workdir / INBOX, dirs.root / "proposals")
+    typer.echo(store.enqueue(raw))
+
+
 @app.command("rollback")
 def rollback_cmd(
     to: Annotated[

@@ -27,10 +27,8 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 # Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
 # the ones a file sets so nobody believes they are in force.
 INACTIVE_KEYS = (
-    "protected_paths",
     "mcp_servers",
     "mcpServers",
-    "proposals",
     "experiments",
     "api",
     "rollback.keep_commits",
@@ -430,6 +428,8 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
             )
 
     inactive = tuple(k for k in INACTIVE_KEYS if _has(s, k.split(".")))
+    if s.get("proposals", {}).get("mode") == "experiment":
+        inactive += ("proposals.mode: experiment",)
     return Config(
         path=path,
         agent=agent,

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +31,6 @@ from metasup.faults import crashpoint, is_armed
 GOOD_REF = "refs/metasup/good"
 ARCHIVE_PREFIX = "refs/metasup/archive/"
 AUTHOR = ("metasup", "metasup@localhost")
-INBOX = ".metasup/inbox"
 
 _WT_CHANGED = FileStatus.WT_NEW | FileStatus.WT_MODIFIED | FileStatus.WT_TYPECHANGE
 _WT_RENAMED = FileStatus.WT_RENAMED
@@ -49,6 +51,7 @@ class Snapshot:
     commit: str | None  # None: the tree was clean, no commit was made
     head: str | None
     changed: int
+    restored: tuple[str, ...] = ()  # protected paths put back from the good commit first
 
 
 @dataclass(frozen=True)
@@ -188,10 +191,12 @@ class GitRepo:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def _stage_worktree(self, index: pygit2.Index) -> int:
+    def _stage_worktree(self, index: pygit2.Index, status: dict[str, int] | None = None) -> int:
         """Stage every change of the working tree into `index` (in memory); count them."""
         changed = 0
-        for path, flags in self.repo.status(untracked_files="all").items():
+        if status is None:
+            status = self.repo.status(untracked_files="all")
+        for path, flags in status.items():
             if path.endswith("/"):
                 continue  # a nested repository: its history is its own, and a reset keeps it
             if flags & FileStatus.WT_DELETED:
@@ -217,22 +222,85 @@ class GitRepo:
                     raise
         raise GitError(f"{self.branch} kept moving while metasup committed; try again")
 
-    def snapshot(self, run: int) -> Snapshot:
-        """Commit the whole working tree (honouring .gitignore); no commit when it is clean."""
+    def snapshot(self, run: int, protect: Callable[[str], bool] | None = None) -> Snapshot:
+        """Commit the whole working tree (honouring .gitignore); no commit when it is clean.
+
+        With `protect`, protected paths that differ from the good commit are first restored
+        from it, so a protected change is never committed.
+        """
         self.clear_stale_locks()
         index = self.repo.index
         index.read()
-        changed = self._stage_worktree(index)
+        status = self.repo.status(untracked_files="all")
+        restored: tuple[str, ...] = ()
+        if protect is not None:
+            restored = self._restore_protected(status, protect)
+            if restored:
+                index.read()
+                status = self.repo.status(untracked_files="all")
+        changed = self._stage_worktree(index, status)
         tree = index.write_tree()
         head = self.head()
         if head is not None and self.repo[head].peel(pygit2.Commit).tree_id == tree:
             if changed:
                 index.write()
-            return Snapshot(commit=None, head=head, changed=0)
+            return Snapshot(commit=None, head=head, changed=0, restored=restored)
         index.write()
         message = f"metasup: snapshot\n\nMetasup-Run: {run}\n"
         commit = self._commit_on_branch(tree, message)
-        return Snapshot(commit=commit, head=commit, changed=changed)
+        return Snapshot(commit=commit, head=commit, changed=changed, restored=restored)
+
+    def _restore_protected(
+        self, status: dict[str, int], protect: Callable[[str], bool]
+    ) -> tuple[str, ...]:
+        good = self.good()
+        if good is None:
+            return ()  # the baseline is the operator's own state
+        candidates = {p.rstrip("/") for p in status}
+        head = self.head()
+        if head is not None and head != good:
+            for delta in self.repo.diff(good, head).deltas:
+                candidates.update((delta.old_file.path, delta.new_file.path))
+        tree = self.repo[good].peel(pygit2.Commit).tree
+        restored = [
+            path
+            for path in sorted(p for p in candidates if protect(p))
+            if self._restore_path(tree, path)
+        ]
+        return tuple(restored)
+
+    def _restore_path(self, tree: pygit2.Tree, path: str) -> bool:
+        """Make `path` in the working tree what it is in `tree`; False when it already was."""
+        try:
+            entry: pygit2.Object | None = tree[path]
+        except KeyError:
+            entry = None
+        target = self.workdir / path
+        present = target.exists() or target.is_symlink()
+        blob = self.repo[entry.id] if entry is not None else None
+        if isinstance(blob, pygit2.Blob):
+            assert entry is not None
+            mode = entry.filemode
+            if _same_file(target, blob.data, mode):
+                return False
+        else:
+            blob = None  # nothing there in the good commit, or a directory: clear the way only
+            if entry is None and not present:
+                return False
+            if entry is not None and target.is_dir() and not target.is_symlink():
+                return False
+        _make_dirs(self.workdir, path)
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        if blob is not None:
+            if mode == pygit2.enums.FileMode.LINK:
+                os.symlink(blob.data.decode("utf-8", "surrogateescape"), target)
+            else:
+                target.write_bytes(blob.data)
+                target.chmod(0o755 if mode == pygit2.enums.FileMode.BLOB_EXECUTABLE else 0o644)
+        return True
 
     def archive(self, reason: str, run: int) -> Archive | None:
         """Save HEAD plus every uncommitted change (untracked too) under an archive ref.
@@ -322,6 +390,37 @@ class _CrashMidCheckout(pygit2.CheckoutCallbacks):
     def checkout_progress(self, path: str, completed_steps: int, total_steps: int) -> None:
         if 2 <= completed_steps < total_steps:
             crashpoint("reset:mid-checkout")
+
+
+def _same_file(path: Path, data: bytes, filemode: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if filemode == pygit2.enums.FileMode.LINK:
+        return stat.S_ISLNK(st.st_mode) and os.readlink(path).encode() == data
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    executable = bool(st.st_mode & stat.S_IXUSR)
+    if executable != (filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE):
+        return False
+    return path.read_bytes() == data
+
+
+def _make_dirs(workdir: Path, path: str) -> None:
+    """The parent directories of `path`, as real directories: whatever stands in their way
+    (a file, a symbolic link pointing anywhere) is removed, never followed."""
+    here = workdir
+    for part in path.split("/")[:-1]:
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            os.mkdir(here)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(here)
+            os.mkdir(here)
 
 
 def _git_processes_in(*roots: Path) -> list[int]:

@@ -10,7 +10,7 @@ RUNNING       launched, not yet `min_runtime` old: an exit now is a quick failur
 GOOD          has run `min_runtime`; its commit is marked good; an exit now is a normal restart
 BACKOFF       waiting before a relaunch after a normal exit
 ROLLING_BACK  archiving the failed state and resetting to the good commit
-STOPPING      a stop was asked for; waiting for the agent's group to exit
+STOPPING      a stop was asked for (or a proposal waits); waiting for the agent's group to exit
 EMERGENCY_STOP  `max_failures` quick failures in a row (or no way back): everything stopped
 STOPPED       ended cleanly
 """
@@ -104,6 +104,11 @@ class StopRequested:
 
 
 @dataclass(frozen=True)
+class ProposalQueued:
+    """A valid proposal waits; the next snapshot applies it."""
+
+
+@dataclass(frozen=True)
 class RolledBack:
     good: str | None  # the commit the tree now holds; None when rollback is disabled
 
@@ -121,6 +126,7 @@ Observation = (
     | HealthBreach
     | BackoffElapsed
     | StopRequested
+    | ProposalQueued
     | RolledBack
     | RollbackFailed
 )
@@ -249,6 +255,9 @@ def decide(
         case StopRequested():
             return _on_stop(state)
 
+        case ProposalQueued():
+            return _on_proposal(state)
+
         case Snapshotted(commit=commit) if state.phase is Phase.STARTING:
             if state.stop_requested:
                 return _finish(state, 0, [])
@@ -305,6 +314,8 @@ def _on_stop(state: LoopState) -> tuple[LoopState, list[Action]]:
             StopAgent(),
         ]
     if state.phase is Phase.STOPPING:
+        if not state.stop_requested:  # stopping to apply a proposal: end instead of relaunching
+            return replace(state, stop_requested=True), []
         # A second request while the agent takes its time to stop: do not wait any longer.
         return state, [KillAgent("second stop request", health=False)]
     if state.phase is Phase.BACKOFF:
@@ -313,12 +324,24 @@ def _on_stop(state: LoopState) -> tuple[LoopState, list[Action]]:
     return replace(state, stop_requested=True), []
 
 
+def _on_proposal(state: LoopState) -> tuple[LoopState, list[Action]]:
+    """Proposals are applied between cycles: stop the agent, or cut a backoff short."""
+    if state.phase in (Phase.RUNNING, Phase.GOOD):
+        return replace(state, phase=Phase.STOPPING), [CancelTimers(), StopAgent()]
+    if state.phase is Phase.BACKOFF:
+        return replace(state, phase=Phase.STARTING), [CancelTimers(), Snapshot(state.run + 1)]
+    return state, []  # STARTING, ROLLING_BACK, STOPPING: the next snapshot applies it anyway
+
+
 def _on_exit(
     settings: Settings, state: LoopState, code: int, runtime: float
 ) -> tuple[LoopState, list[Action]]:
     cleanup: list[Action] = [CancelTimers(), Cleanup()]
     if state.phase is Phase.STOPPING:
-        return _finish(state, 0, cleanup)
+        if state.stop_requested or _cycles_done(settings, state):
+            return _finish(state, 0, cleanup)
+        # Stopped for a proposal: neither a failure nor a normal exit, and no backoff.
+        return replace(state, phase=Phase.STARTING), [*cleanup, Snapshot(state.run + 1)]
 
     if state.phase is Phase.RUNNING:  # died before min_runtime: a quick failure
         failures = state.consecutive_failures + 1

@@ -19,13 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from metasup import health, lifecycle, rollback
+from metasup import health, lifecycle, proposals, rollback
 from metasup.config import Config
 from metasup.events import Event
 from metasup.faults import crashpoint
-from metasup.gitrepo import INBOX, GitRepo, RollbackRefused
+from metasup.gitrepo import GitRepo, RollbackRefused
+from metasup.intake import INBOX, Claimed, InboxWatcher, ProposalStore, WakePipe
 from metasup.journal import Journal, RepoLock, StateDir, read_json, utc_now, write_json_atomic
 from metasup.lifecycle import Phase
+from metasup.policy import Policy, load_policy
 from metasup.process import (
     Child,
     LaunchLog,
@@ -44,6 +46,8 @@ from metasup.process import (
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KEEP_RUN_LOGS = 200
+LOOP_TIMERS = ("min_runtime", "backoff", "health")
+INBOX_GRACE_S = 0.25  # after a bare creation in the inbox, before claiming it
 
 Reporter = Callable[[dict[str, Any]], None]
 
@@ -79,6 +83,10 @@ class Counters:
     quick_failures: int = 0
     health_kills: int = 0
     emergency_stops: int = 0
+    proposals_received: int = 0
+    proposals_rejected: int = 0
+    proposals_applied: int = 0
+    tamper_restored: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -143,6 +151,11 @@ class Supervisor:
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup = -1
         self.journal: Journal | None = None
+        self.policy: Policy = load_policy(repo.workdir, config.path, config.protected_paths)
+        self.store = ProposalStore(repo.workdir / INBOX, self.dirs.root / "proposals")
+        self.queue: list[tuple[Claimed, proposals.Proposal]] = []
+        self._inbox_wake: WakePipe | None = None
+        self._watcher: InboxWatcher | None = None
 
     # --- lifecycle of the supervisor itself ----------------------------------------------------
 
@@ -173,6 +186,8 @@ class Supervisor:
                 names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
                 self.report({"event": "stale_locks_removed", "locks": ", ".join(names)})
             self._resume_intent()
+            if self.config.proposals_mode == "direct":
+                self._start_intake()
             return self._loop()
         finally:
             self._shutdown()
@@ -193,6 +208,10 @@ class Supervisor:
             self.report({"event": "leftovers_stopped", "processes": found})
 
     def _shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._inbox_wake is not None:
+            self._inbox_wake.close()
         if self.running is not None:
             self._stop_running()
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
@@ -227,6 +246,8 @@ class Supervisor:
     def _loop(self) -> int:
         good = self.repo.good()
         pending: deque[lifecycle.Observation] = deque([lifecycle.Started(good=good)])
+        if self._inbox_wake is not None:
+            pending.extend(self._take_proposals())
         while True:
             while pending:
                 self.state, actions = lifecycle.decide(self.settings, self.state, pending.popleft())
@@ -252,6 +273,12 @@ class Supervisor:
         for key, _ in self._selector.select(timeout):
             if key.data == "signals":
                 observed += self._read_signals()
+            elif key.data == "inbox":
+                assert self._inbox_wake is not None
+                if self._inbox_wake.drain():
+                    observed += self._take_proposals()
+                else:  # created, maybe still being written: look once the writer is done
+                    self.timers.setdefault("inbox", time.monotonic() + INBOX_GRACE_S)
             else:
                 self._pump(key.data)
         exited = self._agent_exit()
@@ -266,6 +293,8 @@ class Supervisor:
                 observed.append(lifecycle.MinRuntimeReached(run=self.state.run))
             elif name == "backoff":
                 observed.append(lifecycle.BackoffElapsed())
+            elif name == "inbox":
+                observed += self._take_proposals()
             elif name == "health":
                 breach = self._health_tick()
                 if breach is not None:
@@ -329,7 +358,8 @@ class Supervisor:
             case lifecycle.ArmTimer(name=name, delay=delay):
                 self.timers[name] = time.monotonic() + delay
             case lifecycle.CancelTimers():
-                self.timers.clear()
+                for name in LOOP_TIMERS:  # the inbox's grace timer is not the loop's to cancel
+                    self.timers.pop(name, None)
             case lifecycle.Cleanup():
                 self._cleanup_exited()
             case lifecycle.StopAgent():
@@ -351,9 +381,13 @@ class Supervisor:
         return None
 
     def _snapshot(self, run: int) -> lifecycle.Observation:
+        self._apply_queued()
         t0 = time.perf_counter()
-        snap = self.repo.snapshot(run)
+        snap = self.repo.snapshot(run, protect=self._is_protected)
         crashpoint("snapshot:after-commit")
+        if snap.restored:
+            self.counters.tamper_restored += len(snap.restored)
+            self._emit(Event.TAMPER_RESTORED, paths=list(snap.restored), run=run)
         if snap.commit is not None:
             self.counters.snapshots += 1
             self._emit(
@@ -505,6 +539,83 @@ class Supervisor:
             heartbeat_age = time.time() - max(last, r.launched_wall)
         self._write_state()
         return health.judge(self.limits, sample.rss_mb, list(r.cpu_history), heartbeat_age)
+
+    # --- proposals -----------------------------------------------------------------------------
+
+    def _is_protected(self, path: str) -> bool:
+        return self.policy.protecting_rule(path) is not None
+
+    def _start_intake(self) -> None:
+        self.store.create()
+        self._inbox_wake = WakePipe()
+        assert self._selector is not None
+        self._selector.register(self._inbox_wake.read_fd, selectors.EVENT_READ, "inbox")
+        self._watcher = InboxWatcher(self.store.inbox, self._inbox_wake.poke)
+        self._watcher.start()
+        if self._watcher.polling:
+            self.report({"event": "inbox_polling", "reason": "inotify is not available"})
+        for item in self.store.left_claimed():  # a previous supervisor died with these
+            self._check_claimed(item, retaken=True)
+
+    def _take_proposals(self) -> list[lifecycle.Observation]:
+        """Claim what waits in the inbox; queue the valid ones, reject the rest."""
+        for path in self.store.waiting():
+            item = self.store.claim(path)
+            if item is not None:
+                self._check_claimed(item)
+        return [lifecycle.ProposalQueued()] if self.queue else []
+
+    def _check_claimed(self, item: Claimed, retaken: bool = False) -> None:
+        try:
+            raw = item.path.read_bytes()
+        except OSError as e:
+            raw = b""
+            self.report({"event": "proposal_unreadable", "id": item.id, "error": str(e)})
+        extra = {"retaken": True} if retaken else {}
+        self.counters.proposals_received += 1
+        self._emit(Event.PROPOSAL_RECEIVED, id=item.id, source=item.source, bytes=len(raw), **extra)
+        proposal, errors = proposals.validate(raw, self.policy, self.repo.workdir)
+        if errors or proposal is None:
+            self._reject(item, [e.as_dict() for e in errors])
+        elif all(queued.id != item.id for queued, _ in self.queue):
+            self.queue.append((item, proposal))
+
+    def _reject(self, item: Claimed, errors: list[dict[str, Any]]) -> None:
+        self.store.reject(item, errors)
+        self.counters.proposals_rejected += 1
+        self._emit(
+            Event.PROPOSAL_REJECTED,
+            id=item.id,
+            codes=sorted({e["code"] for e in errors}),
+            errors=errors,
+        )
+
+    def _apply_queued(self) -> None:
+        """Between cycles: apply every queued proposal, each all or nothing."""
+        queue, self.queue = self.queue, []
+        for item, proposal in queue:
+            # The tree may have moved since the proposal was checked: check it again.
+            stale = proposals.check_against_tree(proposal, self.repo.workdir)
+            if stale:
+                self._reject(item, [e.as_dict() for e in stale])
+                continue
+            t0 = time.perf_counter()
+            try:
+                proposals.apply(proposal, self.repo.workdir)
+            except proposals.ApplyError as e:
+                self._reject(
+                    item, [{"index": None, "file": None, "code": "apply_failed", "message": str(e)}]
+                )
+                continue
+            self.store.done(item)
+            self.counters.proposals_applied += 1
+            self._emit(
+                Event.PROPOSAL_APPLIED,
+                id=item.id,
+                reason=proposal.reason,
+                files=[c.path for c in proposal.changes],
+                duration_ms=_ms(t0),
+            )
 
     # --- quick failure: archive, reset, note ---------------------------------------------------
 

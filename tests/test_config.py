@@ -53,6 +53,7 @@ def test_meta_supervisor_config_loads_unchanged() -> None:
     assert cfg.experiments["success_criteria"]["max_response_time"] == 5
     assert cfg.api_listen == "127.0.0.1:9000"
     assert "experiments" in cfg.inactive and "mcp_servers" in cfg.inactive
+    assert "protected_paths" not in cfg.inactive and "proposals" not in cfg.inactive
 
 
 def test_the_default_config_loads() -> None:

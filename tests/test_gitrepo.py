@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -273,3 +274,86 @@ def test_nothing_is_lost_by_archive_then_reset(
     else:
         assert dirty_files == {}
     assert git(repo, "fsck", "--no-progress", check=False) == ""
+
+
+def _protected(path: str) -> bool:
+    return path.casefold() == "protected" or path.casefold().startswith("protected/")
+
+
+@pytest.fixture
+def guarded(repo: Path) -> tuple[Path, GitRepo, str]:
+    (repo / "protected").mkdir()
+    (repo / "protected" / "rules.yaml").write_text("rules: strict\n")
+    (repo / "protected" / "tool.sh").write_text("#!/bin/sh\n")
+    (repo / "protected" / "tool.sh").chmod(0o755)
+    (repo / "app.py").write_text("v1\n")
+    g = GitRepo(repo)
+    good = g.snapshot(1).commit
+    assert good is not None
+    g.set_good(good)
+    return repo, g, good
+
+
+def test_tamper_guard_restores_protected_paths_before_the_snapshot(
+    guarded: tuple[Path, GitRepo, str],
+) -> None:
+    repo, g, good = guarded
+    (repo / "protected" / "rules.yaml").write_text("rules: none\n")
+    (repo / "protected" / "tool.sh").chmod(0o644)
+    (repo / "protected" / "new.txt").write_text("sneaked in\n")
+    (repo / "Protected").mkdir()
+    (repo / "Protected" / "x").write_text("case variant\n")
+    (repo / "app.py").write_text("v2\n")
+    snap = g.snapshot(2, protect=_protected)
+    assert snap.restored == (
+        "Protected/x",
+        "protected/new.txt",
+        "protected/rules.yaml",
+        "protected/tool.sh",
+    )
+    assert (repo / "protected" / "rules.yaml").read_text() == "rules: strict\n"
+    assert os.stat(repo / "protected" / "tool.sh").st_mode & 0o111
+    assert not (repo / "protected" / "new.txt").exists()
+    assert not (repo / "Protected" / "x").exists()
+    assert snap.commit is not None
+    assert git(repo, "diff", "--name-only", good, snap.commit).split() == ["app.py"]
+
+
+def test_tamper_guard_undoes_a_deletion_and_a_symlinked_directory(
+    guarded: tuple[Path, GitRepo, str], tmp_path: Path
+) -> None:
+    repo, g, _good = guarded
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(repo / "protected")
+    (repo / "protected").symlink_to(outside)
+    snap = g.snapshot(2, protect=_protected)
+    assert "protected" in snap.restored
+    assert not (repo / "protected").is_symlink()
+    assert (repo / "protected" / "rules.yaml").read_text() == "rules: strict\n"
+    assert list(outside.iterdir()) == []
+    assert snap.commit is None, "nothing but the tamper happened"
+
+
+def test_tamper_guard_catches_a_protected_change_the_agent_committed(
+    guarded: tuple[Path, GitRepo, str],
+) -> None:
+    repo, g, _good = guarded
+    (repo / "protected" / "rules.yaml").write_text("rules: none\n")
+    git(repo, "commit", "-qam", "agent edits its own rules", "--no-verify")
+    snap = g.snapshot(2, protect=_protected)
+    assert snap.restored == ("protected/rules.yaml",)
+    assert git(repo, "show", "HEAD:protected/rules.yaml") == "rules: strict\n"
+
+
+def test_tamper_guard_is_quiet_when_nothing_changed(guarded: tuple[Path, GitRepo, str]) -> None:
+    repo, g, _ = guarded
+    (repo / "app.py").write_text("v2\n")
+    assert g.snapshot(2, protect=_protected).restored == ()
+
+
+def test_no_good_commit_no_guard(repo: Path) -> None:
+    (repo / "protected").mkdir()
+    (repo / "protected" / "rules.yaml").write_text("x\n")
+    snap = GitRepo(repo).snapshot(1, protect=_protected)
+    assert snap.restored == () and snap.commit is not None

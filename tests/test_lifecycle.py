@@ -23,6 +23,7 @@ from metasup.lifecycle import (
     MarkGood,
     MinRuntimeReached,
     Phase,
+    ProposalQueued,
     QuickFailure,
     RollbackFailed,
     RolledBack,
@@ -267,6 +268,7 @@ _observations = st.one_of(
     st.builds(HealthBreach, reason=st.just("memory")),
     st.just(BackoffElapsed()),
     st.just(StopRequested()),
+    st.just(ProposalQueued()),
     st.builds(RolledBack, good=st.just("g" * 40)),
     st.builds(RollbackFailed, reason=st.just("x")),
 )
@@ -292,3 +294,31 @@ def test_any_sequence_keeps_the_invariants(observations: list[object]) -> None:
                 assert state.phase is Phase.RUNNING and a.run == before.run + 1
         if state.phase is Phase.EMERGENCY_STOP:
             assert state.exit_code == 3
+
+
+@pytest.mark.parametrize("phase", [Phase.RUNNING, Phase.GOOD])
+def test_a_proposal_stops_the_agent_and_relaunches_without_a_failure(phase: Phase) -> None:
+    state, actions = decide(S, at(phase, consecutive_failures=1), ProposalQueued())
+    assert state.phase is Phase.STOPPING and not state.stop_requested
+    assert actions == [CancelTimers(), StopAgent()]
+    state, actions = decide(S, state, Exited(code=-15, runtime=0.2))
+    assert state.phase is Phase.STARTING and state.consecutive_failures == 1
+    assert actions == [CancelTimers(), Cleanup(), Snapshot(3)]
+
+
+def test_a_proposal_cuts_a_backoff_short() -> None:
+    state, actions = decide(S, at(Phase.BACKOFF), ProposalQueued())
+    assert state.phase is Phase.STARTING and actions == [CancelTimers(), Snapshot(3)]
+
+
+@pytest.mark.parametrize("phase", [Phase.STARTING, Phase.ROLLING_BACK])
+def test_a_proposal_during_a_step_waits_for_the_next_snapshot(phase: Phase) -> None:
+    assert decide(S, at(phase), ProposalQueued()) == (at(phase), [])
+
+
+def test_a_stop_while_stopping_for_a_proposal_ends_the_loop() -> None:
+    state, _ = decide(S, at(Phase.RUNNING), ProposalQueued())
+    state, actions = decide(S, state, StopRequested())
+    assert state.stop_requested and actions == [], "the first stop request is not a kill"
+    state, actions = decide(S, state, Exited(code=-15, runtime=0.2))
+    assert state.phase is Phase.STOPPED and actions[-1] == Finish(0)

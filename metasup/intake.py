@@ -1,0 +1,206 @@
+"""Taking proposals in: the inbox, claims, and where each proposal ends up.
+
+Agents drop `*.json` into `.metasup/inbox/` (written elsewhere, then renamed in). A proposal is
+claimed by renaming it into `<git-dir>/metasup/proposals/claimed/<id>.json`: a rename succeeds for
+exactly one taker, so two watchers never take the same one. A claim left behind by a supervisor
+that died is taken again at the next start. Rejected proposals move to `rejected/` with
+`<id>.errors.json` beside them; applied ones to `applied/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import shutil
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from metasup.journal import write_json_atomic
+
+INBOX = ".metasup/inbox"  # relative to the working tree; excluded from snapshots
+_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{6}$")
+
+
+def new_id() -> str:
+    """Unique and sortable by time: `20261121T195012123456Z-1a2b3c`."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    path: Path  # in claimed/
+    source: str  # the name it had in the inbox
+
+
+class ProposalStore:
+    """The inbox in the working tree and the folders metasup keeps proposals in."""
+
+    def __init__(self, inbox: Path, root: Path) -> None:
+        self.inbox = inbox
+        self.claimed = root / "claimed"
+        self.rejected = root / "rejected"
+        self.applied = root / "applied"
+
+    def create(self) -> None:
+        for d in (self.inbox, self.claimed, self.rejected, self.applied):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def enqueue(self, raw: bytes) -> str:
+        """Put a proposal in the inbox the way an agent should: write aside, rename in."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        pid = new_id()
+        tmp = self.inbox / f".{pid}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.inbox / f"{pid}.json")
+        return pid
+
+    def waiting(self) -> list[Path]:
+        """Proposals in the inbox, oldest name first; dot files are still being written."""
+        try:
+            entries = list(os.scandir(self.inbox))
+        except FileNotFoundError:
+            return []
+        return sorted(
+            Path(e.path)
+            for e in entries
+            if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()
+        )
+
+    def claim(self, path: Path) -> Claimed | None:
+        """Take one proposal from the inbox; None when another taker was first."""
+        stem = path.name.removesuffix(".json")
+        pid = stem if _ID.match(stem) else new_id()
+        target = self.claimed / f"{pid}.json"
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            # The git dir is on another filesystem: claim inside the inbox first, then move.
+            staging = self.inbox / f".claim-{pid}"
+            try:
+                os.rename(path, staging)
+            except FileNotFoundError:
+                return None
+            shutil.move(str(staging), target)
+        return Claimed(pid, target, path.name)
+
+    def left_claimed(self) -> list[Claimed]:
+        """Claims a previous supervisor did not finish, to be taken again."""
+        return [
+            Claimed(p.name.removesuffix(".json"), p, p.name)
+            for p in sorted(self.claimed.glob("*.json"))
+        ]
+
+    def reject(self, item: Claimed, errors: Iterable[dict[str, Any]]) -> Path:
+        write_json_atomic(self.rejected / f"{item.id}.errors.json", list(errors))
+        target = self.rejected / f"{item.id}.json"
+        os.replace(item.path, target)
+        return target
+
+    def done(self, item: Claimed) -> Path:
+        target = self.applied / f"{item.id}.json"
+        os.replace(item.path, target)
+        return target
+
+
+class InboxWatcher:
+    """Wakes the supervisor when something lands in the inbox: inotify through watchdog, or
+    watchdog's polling observer where inotify is not available.
+
+    `wake(now)`: now=True when a proposal is complete (renamed in, or closed after writing);
+    now=False for a bare creation, which may still be being written: the supervisor looks a
+    moment later, so an agent that writes in place instead of renaming is not cut short.
+    """
+
+    def __init__(
+        self, inbox: Path, wake: Callable[[bool], None], force_polling: bool = False
+    ) -> None:
+        self.inbox = inbox
+        self.wake = wake
+        self.force_polling = force_polling
+        self.polling = False
+        self._observer: Any = None
+
+    def start(self) -> None:
+        from watchdog.events import (
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+            FileSystemEvent,
+            FileSystemEventHandler,
+        )
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        wake = self.wake
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                target = str(getattr(event, "dest_path", "") or event.src_path)
+                if not target.endswith(".json") or os.path.basename(target).startswith("."):
+                    return
+                if isinstance(event, FileMovedEvent | FileClosedEvent):
+                    wake(True)
+                elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+                    wake(False)
+
+        factories = (PollingObserver,) if self.force_polling else (Observer, PollingObserver)
+        for factory in factories:
+            observer = factory() if factory is Observer else factory(timeout=1.0)
+            try:
+                observer.schedule(Handler(), str(self.inbox), recursive=False)
+                observer.daemon = True
+                observer.start()
+            except OSError:
+                continue
+            self._observer = observer
+            self.polling = factory is PollingObserver
+            return
+        raise OSError(f"cannot watch {self.inbox}")
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            with contextlib.suppress(RuntimeError):
+                self._observer.join(timeout=5)
+            self._observer = None
+
+
+class WakePipe:
+    """A pipe the selector watches; any thread may poke it, now or soon."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+
+    def poke(self, now: bool = True) -> None:
+        with self._lock, contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.write_fd, b"!" if now else b"?")
+
+    def drain(self) -> bool:
+        """Empty the pipe; True when any poke asked for now."""
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.read_fd, 4096):
+                data += chunk
+        return b"!" in data
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
