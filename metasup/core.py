@@ -9,16 +9,16 @@ point, which re-reads the config and checks it is byte for byte the file just va
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
 
+from metasup.digest import sha256_hex
 from metasup.errors import ConfigError, UserError
 
 
 def config_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_hex(text.encode())
 
 
 def exec_core(config: Path, digest: str, max_cycles: int | None, debug: bool) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterable
@@ -30,7 +29,7 @@ _ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{6}$")
 
 def new_id() -> str:
     """Unique and sortable by time: `20261121T195012123456Z-1a2b3c`."""
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(3)}"
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{os.urandom(3).hex()}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from metasup.digest import sha256_hex
 from metasup.errors import RepoBusyError
 
 GENESIS = "0" * 64
@@ -80,7 +80,7 @@ def utc_now() -> str:
 
 
 def line_hash(line: bytes) -> str:
-    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+    return sha256_hex(line.rstrip(b"\n"))
 
 
 class Journal:

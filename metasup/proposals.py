@@ -12,15 +12,14 @@ import base64
 import binascii
 import contextlib
 import functools
-import hashlib
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metasup.digest import sha1_hex
 from metasup.policy import Policy, check_path, fold_key
 from metasup.resources import schema_path
 
@@ -78,7 +77,7 @@ class ApplyError(Exception):
 
 def blob_sha(data: bytes) -> str:
     """The sha git gives a blob of `data` (what `expected_sha` names)."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return sha1_hex(b"blob %d\0" % len(data) + data)
 
 
 @functools.cache
@@ -340,7 +339,7 @@ class _Transaction:
         assert ch.data is not None
         directory = self._dir_for(ch)
         target = directory / ch.path.rsplit("/", 1)[-1]
-        tmp = directory / f".{target.name[:200]}.metasup-new-{secrets.token_hex(4)}"
+        tmp = directory / f".{target.name[:200]}.metasup-new-{os.urandom(4).hex()}"
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
@@ -364,7 +363,7 @@ class _Transaction:
         if st is not None:
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(21, "not a regular file", str(target))
-            backup = target.with_name(f".{target.name[:200]}.metasup-old-{secrets.token_hex(4)}")
+            backup = target.with_name(f".{target.name[:200]}.metasup-old-{os.urandom(4).hex()}")
             os.rename(target, backup)
         self.swapped.append((target, backup))
         if not ch.delete:
