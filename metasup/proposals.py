@@ -163,7 +163,7 @@ def _schema_errors(doc: Any) -> list[Rejection]:
         file = entry.get("file") if isinstance(entry, dict) else None
         file = file if isinstance(file, str) else None
         prefix = f"change {index} ({file!r})" if file is not None else f"change {index}"
-        if error.validator == "oneOf" and len(at) == 2:
+        if error.validator in ("oneOf", "not") and len(at) == 2:
             message = (
                 "give exactly one of content, content_base64, or action: delete "
                 "(which takes no content and no mode)"

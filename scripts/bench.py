@@ -7,6 +7,7 @@
 3. crash-to-relaunch through a real `metasup run`: quick exit -> archived, reset, new process
 4. plain restart latency (exit after min_runtime, zero backoff) to the next process
 5. idle CPU and RSS of the supervisor while the agent runs
+6. proposal validation, 1 and 200 changes
 
 The agent for 3-5 is a small C program (built with gcc) that stamps CLOCK_REALTIME as its first
 and last instruction, so the latency is exit-to-exec, without any interpreter start-up.
@@ -148,6 +149,36 @@ def bench_archive_reset(repo: Path, files: int, repeats: int) -> dict[str, float
     return {"metasup_ms": median_ms(ours), "git_cli_ms": median_ms(cli)}
 
 
+def bench_validation(root: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """proposals.validate (schema, paths, policy, the tree) on 1- and 200-change proposals."""
+    from metasup.policy import load_policy
+    from metasup.proposals import validate
+
+    work = root / "validation"
+    (work / "src").mkdir(parents=True)
+    for i in range(200):
+        (work / "src" / f"f{i:03d}.py").write_text(f"v{i}\n")
+    policy = load_policy(work)
+    out = {}
+    for n in (1, 200):
+        raw = json.dumps(
+            {
+                "reason": "bench",
+                "changes": [{"file": f"src/f{i:03d}.py", "content": "x" * 2048} for i in range(n)],
+            }
+        ).encode()
+        validate(raw, policy, work)  # warm: the schema is compiled once
+        samples = []
+        for _ in range(max(repeats, 50 if n == 200 else 500)):
+            t = time.perf_counter()
+            _, errors = validate(raw, policy, work)
+            samples.append(time.perf_counter() - t)
+            assert not errors, errors
+        ms = median_ms(samples)
+        out[f"{n}_change"] = {"median_ms": ms, "per_second": round(1000 / ms) if ms else 0}
+    return out
+
+
 def build_agent(root: Path) -> Path:
     src = root / "agent.c"
     src.write_text(AGENT_C)
@@ -240,6 +271,7 @@ def main() -> int:
             }
             shutil.rmtree(repo)
 
+        results["validation"] = bench_validation(root, args.repeats)
         agent = build_agent(root)
         log = root / "agent.log"
         small = make_repo(root / "small", 100)
@@ -296,6 +328,9 @@ def print_table(r: dict[str, Any]) -> None:
             f"| {name:<34} | {d['median_ms']:>8.2f} | {d['p90_ms']:>8.2f} | "
             f"{d['min_ms']:>8.2f} | {d['samples']:>3} |"
         )
+    print("\n## proposal validation (median ms)")
+    for name, v in r["validation"].items():
+        print(f"| {name:<10} | {v['median_ms']:>8.3f} ms | {v['per_second']:>7} / s |")
     idle = r["idle"]
     print(
         f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "

@@ -59,7 +59,8 @@ def run_demo(directory: Path | None, cycles: int) -> int:
     out.title(f"metasup demo in {target}")
     out.line(
         "The agent works for a second each run, then rewrites its own code. Twice it makes a "
-        "rewrite that kills it at start: watch metasup archive that state and roll back."
+        "rewrite that kills it at start: watch metasup archive that state and roll back. It also "
+        "edits its own supervision config (put back) and proposes changes (one protected: refused)."
     )
     repo = GitRepo(target)
     config = load_config(target / "metasup.yaml")
@@ -100,6 +101,11 @@ def summarise(repo: GitRepo) -> dict[str, Any]:
         "good": repo.good(),
         "head": repo.head(),
         "lessons": memory.get("lessons", []),
+        "proposals_applied": [e["files"] for e in events if e["event"] == "proposal_applied"],
+        "proposals_rejected": [e["codes"] for e in events if e["event"] == "proposal_rejected"],
+        "tamper_restored": [
+            p for e in events if e["event"] == "tamper_restored" for p in e["paths"]
+        ],
         "state": read_json(dirs.state) or {},
     }
 
@@ -145,7 +151,18 @@ class _Out:
         if name in ("supervisor_start", "supervisor_stop"):
             return
         parts = []
-        for key in ("run", "commit", "code", "runtime_s", "reason", "ref", "to", "files"):
+        for key in (
+            "run",
+            "commit",
+            "code",
+            "runtime_s",
+            "reason",
+            "ref",
+            "to",
+            "files",
+            "paths",
+            "codes",
+        ):
             if key in record and record[key] is not None and record[key] != "":
                 value = record[key]
                 if isinstance(value, str) and len(value) == 40:
@@ -179,6 +196,9 @@ class _Out:
             table.add_row("snapshots", str(s["snapshots"]))
             table.add_row("good marks", str(s["good_marks"]))
             table.add_row("rollbacks", str(len(s["rollbacks"])))
+            table.add_row("proposals applied", str(len(s["proposals_applied"])))
+            table.add_row("proposals rejected", str(len(s["proposals_rejected"])))
+            table.add_row("protected paths restored", ", ".join(s["tamper_restored"]) or "-")
             table.add_row("final good commit", good)
             table.add_row("time", f"{elapsed:.1f}s")
             self.console.print(table)
@@ -203,6 +223,9 @@ class _Out:
             print(f"rollbacks: {len(s['rollbacks'])}")
             for r in s["rollbacks"]:
                 print(f"  run {r['run']} ({r['reason']}) archived as {r['archive']}")
+            print(f"proposals applied: {len(s['proposals_applied'])}")
+            print(f"proposals rejected: {len(s['proposals_rejected'])}")
+            print(f"protected paths restored: {', '.join(s['tamper_restored']) or '-'}")
             for lesson in s["lessons"]:
                 print(
                     f"lesson kept in memory/: rewrite {lesson['kind']!r} at generation "

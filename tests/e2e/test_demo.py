@@ -26,6 +26,11 @@ def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
     good = git(target, "rev-parse", "refs/metasup/good").strip()
     assert f"final good commit: {good[:12]}" in text
     assert "lesson kept in memory/" in text, "memory/ survived the rollback"
+    assert "proposals applied: 1" in text and "proposals rejected: 1" in text
+    assert "protected paths restored: metasup.yaml" in text
+    assert (target / "notes" / "ideas.md").exists()
+    assert "max_failures: 3" in (target / "metasup.yaml").read_text()
+    assert "max_failures: 1000" not in git(target, "log", "-p", "--", "metasup.yaml")
     assert f"cd {target}" in text and "git for-each-ref refs/metasup" in text
 
 
