@@ -23,6 +23,7 @@ from typing import Any
 
 from metasup.journal import write_json_atomic
 
+IDLE_WAKE_S = 60.0
 INBOX = ".metasup/inbox"  # relative to the working tree; excluded from snapshots
 _ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{6}$")
 
@@ -160,7 +161,8 @@ class InboxWatcher:
 
         factories = (PollingObserver,) if self.force_polling else (Observer, PollingObserver)
         for factory in factories:
-            observer = factory() if factory is Observer else factory(timeout=1.0)
+            # A long timeout only bounds how often the idle threads wake; events come at once.
+            observer = factory(timeout=IDLE_WAKE_S) if factory is Observer else factory(timeout=1.0)
             try:
                 observer.schedule(Handler(), str(self.inbox), recursive=False)
                 observer.daemon = True
