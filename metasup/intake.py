@@ -15,13 +15,20 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from metasup import proposals
+from metasup.events import Event
 from metasup.journal import write_json_atomic
+from metasup.policy import Policy
+
+Emit = Callable[..., None]  # emit(event, **fields)
+Report = Callable[[dict[str, Any]], None]
 
 IDLE_WAKE_S = 60.0
 INBOX = ".metasup/inbox"  # relative to the working tree; excluded from snapshots
@@ -205,3 +212,93 @@ class WakePipe:
         for fd in (self.read_fd, self.write_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+class Intake:
+    """Proposals from the inbox to the working tree: claim, check, queue, then between cycles
+    apply each all or nothing, or reject it with its errors."""
+
+    def __init__(
+        self, store: ProposalStore, policy: Policy, workdir: Path, emit: Emit, report: Report
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.workdir = workdir
+        self.emit = emit
+        self.report = report
+        self.queue: list[tuple[Claimed, proposals.Proposal]] = []
+        self.counters = {"proposals_received": 0, "proposals_rejected": 0, "proposals_applied": 0}
+        self.wake = WakePipe()
+        self.watcher = InboxWatcher(store.inbox, self.wake.poke)
+
+    @property
+    def fd(self) -> int:
+        """Readable when the inbox changed: for the supervisor's selector."""
+        return self.wake.read_fd
+
+    def start(self) -> None:
+        self.store.create()
+        self.watcher.start()
+        if self.watcher.polling:
+            self.report({"event": "inbox_polling", "reason": "inotify is not available"})
+        for item in self.store.left_claimed():  # a previous supervisor died with these
+            self._check(item, retaken=True)
+
+    def stop(self) -> None:
+        self.watcher.stop()
+        self.wake.close()
+
+    def take(self) -> bool:
+        """Claim what waits in the inbox; True when something valid is queued."""
+        for path in self.store.waiting():
+            item = self.store.claim(path)
+            if item is not None:
+                self._check(item)
+        return bool(self.queue)
+
+    def _check(self, item: Claimed, retaken: bool = False) -> None:
+        try:
+            raw = item.path.read_bytes()
+        except OSError as e:
+            raw = b""
+            self.report({"event": "proposal_unreadable", "id": item.id, "error": str(e)})
+        self.counters["proposals_received"] += 1
+        extra = {"retaken": True} if retaken else {}
+        self.emit(Event.PROPOSAL_RECEIVED, id=item.id, source=item.source, bytes=len(raw), **extra)
+        proposal, errors = proposals.validate(raw, self.policy, self.workdir)
+        if errors or proposal is None:
+            self._reject(item, [e.as_dict() for e in errors])
+        elif all(queued.id != item.id for queued, _ in self.queue):
+            self.queue.append((item, proposal))
+
+    def _reject(self, item: Claimed, errors: list[dict[str, Any]]) -> None:
+        self.store.reject(item, errors)
+        self.counters["proposals_rejected"] += 1
+        codes = sorted({e["code"] for e in errors})
+        self.emit(Event.PROPOSAL_REJECTED, id=item.id, codes=codes, errors=errors)
+
+    def apply_queued(self) -> None:
+        """Between cycles, the agent stopped: apply every queued proposal, each all or none."""
+        queue, self.queue = self.queue, []
+        for item, proposal in queue:
+            # The tree may have moved since the proposal was checked: check it again.
+            stale = proposals.check_against_tree(proposal, self.workdir)
+            if stale:
+                self._reject(item, [e.as_dict() for e in stale])
+                continue
+            t0 = time.perf_counter()
+            try:
+                proposals.apply(proposal, self.workdir)
+            except proposals.ApplyError as e:
+                failure = {"index": None, "file": None, "code": "apply_failed", "message": str(e)}
+                self._reject(item, [failure])
+                continue
+            self.store.done(item)
+            self.counters["proposals_applied"] += 1
+            self.emit(
+                Event.PROPOSAL_APPLIED,
+                id=item.id,
+                reason=proposal.reason,
+                files=[c.path for c in proposal.changes],
+                duration_ms=round((time.perf_counter() - t0) * 1000, 3),
+            )

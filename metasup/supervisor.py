@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from metasup import health, lifecycle, proposals, rollback
+from metasup import health, lifecycle, rollback
 from metasup.config import Config
 from metasup.events import Event
 from metasup.faults import crashpoint
 from metasup.gitrepo import GitRepo, RollbackRefused
-from metasup.intake import INBOX, Claimed, InboxWatcher, ProposalStore, WakePipe
+from metasup.intake import INBOX, Intake, ProposalStore
 from metasup.journal import Journal, RepoLock, StateDir, read_json, utc_now, write_json_atomic
 from metasup.lifecycle import Phase
 from metasup.policy import Policy, load_policy
@@ -83,9 +83,6 @@ class Counters:
     quick_failures: int = 0
     health_kills: int = 0
     emergency_stops: int = 0
-    proposals_received: int = 0
-    proposals_rejected: int = 0
-    proposals_applied: int = 0
     tamper_restored: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -152,10 +149,7 @@ class Supervisor:
         self._old_wakeup = -1
         self.journal: Journal | None = None
         self.policy: Policy = load_policy(repo.workdir, config.path, config.protected_paths)
-        self.store = ProposalStore(repo.workdir / INBOX, self.dirs.root / "proposals")
-        self.queue: list[tuple[Claimed, proposals.Proposal]] = []
-        self._inbox_wake: WakePipe | None = None
-        self._watcher: InboxWatcher | None = None
+        self.intake: Intake | None = None
 
     # --- lifecycle of the supervisor itself ----------------------------------------------------
 
@@ -208,10 +202,8 @@ class Supervisor:
             self.report({"event": "leftovers_stopped", "processes": found})
 
     def _shutdown(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
-        if self._inbox_wake is not None:
-            self._inbox_wake.close()
+        if self.intake is not None:
+            self.intake.stop()
         if self.running is not None:
             self._stop_running()
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
@@ -246,8 +238,8 @@ class Supervisor:
     def _loop(self) -> int:
         good = self.repo.good()
         pending: deque[lifecycle.Observation] = deque([lifecycle.Started(good=good)])
-        if self._inbox_wake is not None:
-            pending.extend(self._take_proposals())
+        if self.intake is not None and self.intake.take():
+            pending.append(lifecycle.ProposalQueued())
         while True:
             while pending:
                 self.state, actions = lifecycle.decide(self.settings, self.state, pending.popleft())
@@ -274,11 +266,12 @@ class Supervisor:
             if key.data == "signals":
                 observed += self._read_signals()
             elif key.data == "inbox":
-                assert self._inbox_wake is not None
-                if self._inbox_wake.drain():
-                    observed += self._take_proposals()
-                else:  # created, maybe still being written: look once the writer is done
+                assert self.intake is not None
+                if not self.intake.wake.drain():
+                    # Only created, maybe still being written: look once the writer is done.
                     self.timers.setdefault("inbox", time.monotonic() + INBOX_GRACE_S)
+                elif self.intake.take():
+                    observed.append(lifecycle.ProposalQueued())
             else:
                 self._pump(key.data)
         exited = self._agent_exit()
@@ -294,7 +287,8 @@ class Supervisor:
             elif name == "backoff":
                 observed.append(lifecycle.BackoffElapsed())
             elif name == "inbox":
-                observed += self._take_proposals()
+                if self.intake is not None and self.intake.take():
+                    observed.append(lifecycle.ProposalQueued())
             elif name == "health":
                 breach = self._health_tick()
                 if breach is not None:
@@ -381,7 +375,8 @@ class Supervisor:
         return None
 
     def _snapshot(self, run: int) -> lifecycle.Observation:
-        self._apply_queued()
+        if self.intake is not None:
+            self.intake.apply_queued()
         t0 = time.perf_counter()
         snap = self.repo.snapshot(run, protect=self._is_protected)
         crashpoint("snapshot:after-commit")
@@ -546,76 +541,11 @@ class Supervisor:
         return self.policy.protecting_rule(path) is not None
 
     def _start_intake(self) -> None:
-        self.store.create()
-        self._inbox_wake = WakePipe()
+        store = ProposalStore(self.repo.workdir / INBOX, self.dirs.root / "proposals")
+        self.intake = Intake(store, self.policy, self.repo.workdir, self._emit, self.report)
         assert self._selector is not None
-        self._selector.register(self._inbox_wake.read_fd, selectors.EVENT_READ, "inbox")
-        self._watcher = InboxWatcher(self.store.inbox, self._inbox_wake.poke)
-        self._watcher.start()
-        if self._watcher.polling:
-            self.report({"event": "inbox_polling", "reason": "inotify is not available"})
-        for item in self.store.left_claimed():  # a previous supervisor died with these
-            self._check_claimed(item, retaken=True)
-
-    def _take_proposals(self) -> list[lifecycle.Observation]:
-        """Claim what waits in the inbox; queue the valid ones, reject the rest."""
-        for path in self.store.waiting():
-            item = self.store.claim(path)
-            if item is not None:
-                self._check_claimed(item)
-        return [lifecycle.ProposalQueued()] if self.queue else []
-
-    def _check_claimed(self, item: Claimed, retaken: bool = False) -> None:
-        try:
-            raw = item.path.read_bytes()
-        except OSError as e:
-            raw = b""
-            self.report({"event": "proposal_unreadable", "id": item.id, "error": str(e)})
-        extra = {"retaken": True} if retaken else {}
-        self.counters.proposals_received += 1
-        self._emit(Event.PROPOSAL_RECEIVED, id=item.id, source=item.source, bytes=len(raw), **extra)
-        proposal, errors = proposals.validate(raw, self.policy, self.repo.workdir)
-        if errors or proposal is None:
-            self._reject(item, [e.as_dict() for e in errors])
-        elif all(queued.id != item.id for queued, _ in self.queue):
-            self.queue.append((item, proposal))
-
-    def _reject(self, item: Claimed, errors: list[dict[str, Any]]) -> None:
-        self.store.reject(item, errors)
-        self.counters.proposals_rejected += 1
-        self._emit(
-            Event.PROPOSAL_REJECTED,
-            id=item.id,
-            codes=sorted({e["code"] for e in errors}),
-            errors=errors,
-        )
-
-    def _apply_queued(self) -> None:
-        """Between cycles: apply every queued proposal, each all or nothing."""
-        queue, self.queue = self.queue, []
-        for item, proposal in queue:
-            # The tree may have moved since the proposal was checked: check it again.
-            stale = proposals.check_against_tree(proposal, self.repo.workdir)
-            if stale:
-                self._reject(item, [e.as_dict() for e in stale])
-                continue
-            t0 = time.perf_counter()
-            try:
-                proposals.apply(proposal, self.repo.workdir)
-            except proposals.ApplyError as e:
-                self._reject(
-                    item, [{"index": None, "file": None, "code": "apply_failed", "message": str(e)}]
-                )
-                continue
-            self.store.done(item)
-            self.counters.proposals_applied += 1
-            self._emit(
-                Event.PROPOSAL_APPLIED,
-                id=item.id,
-                reason=proposal.reason,
-                files=[c.path for c in proposal.changes],
-                duration_ms=_ms(t0),
-            )
+        self._selector.register(self.intake.fd, selectors.EVENT_READ, "inbox")
+        self.intake.start()
 
     # --- quick failure: archive, reset, note ---------------------------------------------------
 
@@ -722,7 +652,10 @@ class Supervisor:
             "mcp_servers": {},
             "experiments": [],
             "strategy": lifecycle.strategy(self.state.consecutive_failures),
-            "counters": self.counters.as_dict(),
+            "counters": {
+                **self.counters.as_dict(),
+                **(self.intake.counters if self.intake is not None else {}),
+            },
         }
         write_json_atomic(self.dirs.state, doc, sync=False)
 
