@@ -21,6 +21,7 @@ import yaml
 
 from metasup.errors import ConfigError
 from metasup.resources import schema_path
+from metasup.verdict import Criteria
 
 CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 
@@ -110,6 +111,33 @@ class McpServerConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentsConfig:
+    checks: tuple[tuple[str, ...], ...] = ()
+    shadow_runtime: float = 0.0  # 0: no shadow run
+    fitness: tuple[str, ...] | None = None
+    repeats: int = 1
+    timeout: float = 600.0  # hard, per step
+    max_concurrent: int = 1
+    success: Criteria = field(default_factory=Criteria)
+    failure: Criteria = field(default_factory=Criteria)
+
+    def to_dict(self) -> dict[str, Any]:
+        def crit(c: Criteria) -> dict[str, float | None]:
+            return {k: getattr(c, k) for k in Criteria.__dataclass_fields__}
+
+        return {
+            "checks": [list(c) for c in self.checks],
+            "shadow_runtime": self.shadow_runtime,
+            "fitness": list(self.fitness) if self.fitness else None,
+            "repeats": self.repeats,
+            "timeout": self.timeout,
+            "max_concurrent": self.max_concurrent,
+            "success_criteria": crit(self.success),
+            "failure_criteria": crit(self.failure),
+        }
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     agent: AgentConfig
@@ -120,7 +148,7 @@ class Config:
     protected_paths: tuple[str, ...] = ()
     mcp_servers: tuple[McpServerConfig, ...] = ()
     proposals_mode: str = "direct"
-    experiments: Mapping[str, Any] = field(default_factory=dict)
+    experiments: ExperimentsConfig = ExperimentsConfig()
     api_listen: str | None = None
     inactive: tuple[str, ...] = ()
 
@@ -165,7 +193,7 @@ class Config:
                     for s in self.mcp_servers
                 ],
                 "proposals": {"mode": self.proposals_mode},
-                "experiments": dict(self.experiments),
+                "experiments": self.experiments.to_dict(),
                 "api": {"listen": self.api_listen},
             },
             "inactive": list(self.inactive),
@@ -414,18 +442,7 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         preserve=preserve,
     )
 
-    experiments = dict(s.get("experiments", {}))
-    for key in ("shadow_runtime", "timeout"):
-        if key in experiments:
-            experiments[key] = dur(("supervisor", "experiments", key), experiments[key], None)
-    for crit in ("success_criteria", "failure_criteria"):
-        if "max_response_time" in experiments.get(crit, {}):
-            experiments[crit] = dict(experiments[crit])
-            experiments[crit]["max_response_time"] = dur(
-                ("supervisor", "experiments", crit, "max_response_time"),
-                experiments[crit]["max_response_time"],
-                None,
-            )
+    experiments = _experiments(s.get("experiments", {}), dur)
 
     inactive = tuple(k for k in INACTIVE_KEYS if _has(s, k.split(".")))
     if s.get("proposals", {}).get("mode") == "experiment":
@@ -443,6 +460,32 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         experiments=experiments,
         api_listen=s.get("api", {}).get("listen"),
         inactive=inactive,
+    )
+
+
+def _experiments(e: Mapping[str, Any], dur: Any) -> ExperimentsConfig:
+    at = ("supervisor", "experiments")
+
+    def criteria(key: str) -> Criteria:
+        c = e.get(key, {})
+        return Criteria(
+            min_success_rate=c.get("min_success_rate"),
+            max_error_rate=c.get("max_error_rate"),
+            max_response_time=dur(
+                (*at, key, "max_response_time"), c.get("max_response_time"), None
+            ),
+            min_improvement=c.get("min_improvement"),
+        )
+
+    return ExperimentsConfig(
+        checks=tuple(_command(c) for c in e.get("checks", [])),
+        shadow_runtime=dur((*at, "shadow_runtime"), e.get("shadow_runtime"), 0.0) or 0.0,
+        fitness=_command(e["fitness"]) if e.get("fitness") else None,
+        repeats=e.get("repeats", 1),
+        timeout=dur((*at, "timeout"), e.get("timeout"), 600.0) or 600.0,
+        max_concurrent=e.get("max_concurrent", 1),
+        success=criteria("success_criteria"),
+        failure=criteria("failure_criteria"),
     )
 
 

@@ -49,8 +49,12 @@ def test_meta_supervisor_config_loads_unchanged() -> None:
     assert [s.name for s in cfg.mcp_servers] == ["dynamic-thinking"]
     assert cfg.mcp_servers[0].args == ("servers/thinking.py",)
     assert cfg.proposals_mode == "direct"
-    assert cfg.experiments["timeout"] == 600 and cfg.experiments["repeats"] == 3
-    assert cfg.experiments["success_criteria"]["max_response_time"] == 5
+    ex = cfg.experiments
+    assert ex.timeout == 600 and ex.repeats == 3 and ex.max_concurrent == 2
+    assert ex.checks == (("python", "-m", "pytest", "-q"),)
+    assert ex.fitness == ("python", "eval/score.py") and ex.shadow_runtime == 10
+    assert ex.success.max_response_time == 5 and ex.success.min_improvement == 0.1
+    assert ex.failure.max_error_rate == 0.1 and ex.failure.max_response_time == 10
     assert cfg.api_listen == "127.0.0.1:9000"
     assert "experiments" in cfg.inactive and "mcp_servers" in cfg.inactive
     assert "protected_paths" not in cfg.inactive and "proposals" not in cfg.inactive
