@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -46,27 +48,52 @@ def exit_code_of(status: int) -> int:
 
 
 class Reaper:
-    """Collects the exit status of every child of metasup, the adopted orphans included."""
+    """Collects the exit status of every child of metasup, the adopted orphans included.
+
+    One reaper serves the whole process: the supervisor's loop reaps on SIGCHLD, threads that
+    run commands wait here for their own pid. Nothing else may call waitpid, or a status
+    would be stolen (and Popen would report a stolen one as exit code 0).
+    """
 
     def __init__(self) -> None:
         self.statuses: dict[int, int] = {}
+        self._cond = threading.Condition()
 
     def reap(self) -> dict[int, int]:
         """Reap every child that has exited; return the ones reaped by this call."""
         reaped: dict[int, int] = {}
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            reaped[pid] = exit_code_of(status)
-        self.statuses.update(reaped)
+        with self._cond:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                reaped[pid] = exit_code_of(status)
+            if reaped:
+                self.statuses.update(reaped)
+                self._cond.notify_all()
         return reaped
 
     def pop(self, pid: int) -> int | None:
-        return self.statuses.pop(pid, None)
+        with self._cond:
+            return self.statuses.pop(pid, None)
+
+    def wait(self, pid: int, timeout: float) -> int | None:
+        """The exit code of `pid` once it exits, or None when `timeout` passes first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap()
+            with self._cond:
+                if pid in self.statuses:
+                    return self.statuses.pop(pid)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                # Woken by a reap elsewhere; the short bound covers a process with no loop
+                # reaping on SIGCHLD (a CLI command), where this thread reaps itself.
+                self._cond.wait(min(left, 0.01))
 
 
 @dataclass
@@ -120,6 +147,96 @@ def spawn(
         if stream is not None:
             os.set_blocking(stream.fileno(), False)
     return Child(popen=popen, token=token, started=started, argv=tuple(argv))
+
+
+@dataclass
+class Completed:
+    """What a command run to completion (or to its timeout) left."""
+
+    code: int | None  # None: killed at the timeout
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0 and not self.timed_out
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    reaper: Reaper,
+    max_output: int = 1 << 20,
+) -> Completed:
+    """Run a command to completion with a hard timeout.
+
+    At the timeout the whole tree is killed (SIGKILL, no grace: an evaluator that hangs has
+    failed, whatever it printed). After a normal exit, whatever the command left running is
+    killed too. Output beyond `max_output` bytes a stream is dropped from the middle.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    try:
+        child = spawn(argv, cwd=cwd, env=env)
+    except SpawnError as e:
+        return Completed(127, "", str(e), 0.0, False)
+    out = {"stdout": bytearray(), "stderr": bytearray()}
+    streams = {"stdout": child.popen.stdout, "stderr": child.popen.stderr}
+
+    def read(fd: int, name: str) -> bool:
+        """Take what the pipe holds; False at end of file."""
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        buf = out[name]
+        buf += data
+        if len(buf) > 2 * max_output:
+            del buf[max_output // 2 : len(buf) - max_output // 2]
+        return bool(data)
+
+    timed_out = False
+    with selectors.DefaultSelector() as sel:
+        for name, stream in streams.items():
+            if stream is not None:
+                sel.register(stream.fileno(), selectors.EVENT_READ, name)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            # A short bound: a daemon it started may hold the pipes open after it exited.
+            for key, _ in sel.select(min(left, 0.05)):
+                if not read(key.fd, key.data):
+                    sel.unregister(key.fd)
+            reaper.reap()
+            if child.pid in reaper.statuses:
+                for key in list(sel.get_map().values()):
+                    read(key.fd, key.data)
+                break
+    code = None if timed_out else reaper.wait(child.pid, max(0.0, deadline - time.monotonic()))
+    if code is None:
+        timed_out = True
+    # Hard: the group and every marked descendant, whatever they do with SIGTERM.
+    stop_tree(child.pgid, child.token, signal.SIGKILL, 0.0, reaper)
+    if timed_out:
+        reaper.wait(child.pid, 5.0)
+    child.popen.returncode = code if code is not None else -signal.SIGKILL
+    for stream in streams.values():
+        if stream is not None:
+            stream.close()
+    return Completed(
+        code=code,
+        stdout=out["stdout"].decode("utf-8", "replace"),
+        stderr=out["stderr"].decode("utf-8", "replace"),
+        duration=time.monotonic() - t0,
+        timed_out=timed_out,
+    )
 
 
 def _marker(proc: psutil.Process) -> str | None:

@@ -21,6 +21,7 @@ from metasup.process import (
     become_subreaper,
     drain,
     prune_logs,
+    run_command,
     spawn,
     stop_tree,
     tree_members,
@@ -175,3 +176,73 @@ def test_prune_keeps_the_newest_runs(tmp_path: Path) -> None:
         "run-000005-abc.1.log",
         "run-000005-abc.log",
     ]
+
+
+def test_run_command_collects_output_and_the_code(tmp_path: Path) -> None:
+    reaper = Reaper()
+    done = run_command(
+        [
+            sys.executable,
+            "-c",
+            "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)",
+        ],
+        cwd=tmp_path,
+        env=os.environ,
+        timeout=30,
+        reaper=reaper,
+    )
+    assert (done.code, done.stdout, done.stderr, done.timed_out) == (3, "out\n", "err\n", False)
+    assert not done.ok
+
+
+def test_run_command_timeout_kills_a_tree_that_ignores_sigterm(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if os.fork() == 0:
+            os.setsid()  # out of the group too
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open("pid-%d" % os.getpid(), "w").close()
+        print("I am fine", flush=True)
+        while True:
+            time.sleep(0.05)  # ok: hangs until killed
+        """
+    )
+    reaper = Reaper()
+    t0 = time.monotonic()
+    done = run_command(
+        [sys.executable, "-c", code], cwd=tmp_path, env=os.environ, timeout=1.0, reaper=reaper
+    )
+    assert done.timed_out and done.code is None and not done.ok
+    assert 1.0 <= time.monotonic() - t0 < 10
+    pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("pid-*")]
+    assert len(pids) == 2 and not any(pid_alive(p) for p in pids)
+
+
+def test_run_command_is_not_held_up_by_a_daemon_holding_its_output(
+    tmp_path: Path, subreaper: Reaper
+) -> None:
+    code = textwrap.dedent(
+        """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            open("daemon.tmp", "w").write(str(os.getpid()))
+            os.rename("daemon.tmp", "daemon")
+            time.sleep(60)  # ok: keeps the inherited stdout open
+        while not os.path.exists("daemon"):
+            time.sleep(0.01)  # ok: the parent waits for its daemon to be up
+        print("done", flush=True)
+        """
+    )
+    done = run_command(
+        [sys.executable, "-c", code], cwd=tmp_path, env=os.environ, timeout=20, reaper=subreaper
+    )
+    assert done.ok and done.stdout == "done\n" and done.duration < 10
+    assert not pid_alive(int((tmp_path / "daemon").read_text()))
+
+
+def test_run_command_missing_program(tmp_path: Path) -> None:
+    done = run_command(["no-such-tool"], cwd=tmp_path, env=os.environ, timeout=5, reaper=Reaper())
+    assert done.code == 127 and "cannot start" in done.stderr
