@@ -46,6 +46,21 @@ class RollbackRefused(GitError):
     """The rollback target failed its check: nothing was reset."""
 
 
+class MergeConflict(GitError):
+    """A three-way merge met a conflict; nothing was changed."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(f"merge conflict in {', '.join(paths)}")
+        self.paths = paths
+
+
+EXP_BRANCH_PREFIX = "refs/heads/metasup/exp/"
+POOL_BRANCH_PREFIX = "metasup/pool/"
+
+# (path, content or None to delete, mode "100644"/"100755" or None to keep the current one)
+FileChange = tuple[str, bytes | None, str | None]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     commit: str | None  # None: the tree was clean, no commit was made
@@ -372,6 +387,126 @@ class GitRepo:
         head = self.repo.references.get("HEAD")
         if head is None or head.target != self.branch:
             self.repo.set_head(self.branch)
+
+    # --- experiments ---------------------------------------------------------------------------
+
+    def candidate_commit(self, base: str, changes: list[FileChange], message: str) -> str:
+        """A commit of `base` with `changes` applied, built in memory: no worktree, no index
+        file, nothing in the working tree. Validation happened before; paths are clean."""
+        index = pygit2.Index()
+        index.read_tree(self.repo[base].peel(pygit2.Commit).tree)
+        for path, data, mode in changes:
+            if data is None:
+                index.remove(path)
+                continue
+            if mode is None:  # an edit keeps the file's mode; a new file is a plain one
+                try:
+                    filemode = index[path].mode
+                except KeyError:
+                    filemode = pygit2.enums.FileMode.BLOB
+            elif mode == "100755":
+                filemode = pygit2.enums.FileMode.BLOB_EXECUTABLE
+            else:
+                filemode = pygit2.enums.FileMode.BLOB
+            index.add(pygit2.IndexEntry(path, self.repo.create_blob(data), filemode))
+        tree = index.write_tree(self.repo)
+        oid = self.repo.create_commit(
+            None, _signature(), _signature(), message, tree, [pygit2.Oid(hex=base)]
+        )
+        return str(oid)
+
+    def set_branch(self, name: str, commit: str) -> None:
+        self.repo.references.create(name, commit, force=True)
+
+    def delete_ref(self, name: str) -> None:
+        ref = self.repo.references.get(name)
+        if ref is not None:
+            ref.delete()
+
+    def experiment_branches(self) -> list[tuple[str, str]]:
+        """(ref, commit) of every metasup/exp/* branch: leftovers when no experiment runs."""
+        refs = [r for r in self.repo.references if r.startswith(EXP_BRANCH_PREFIX)]
+        return [(r, str(self.repo.references[r].target)) for r in sorted(refs)]
+
+    def archive_commit(self, suffix: str, commit: str) -> str:
+        """Keep `commit` reachable under refs/metasup/archive/<UTC>-<suffix>."""
+        name = archive_ref_name(suffix)
+        n = 1
+        while name in self.repo.references:
+            n += 1
+            name = f"{archive_ref_name(suffix)}-{n}"
+        self.repo.references.create(name, commit)
+        return name
+
+    def worktree_at(self, slot: str, root: Path, commit: str) -> Path:
+        """A worktree of this repository at `commit` (detached HEAD), in `root/slot`.
+
+        A slot is made once, then reused: moving it to another commit writes only the files
+        that differ, and leaves no branch checked out anywhere. Files that commands left in it
+        (untracked or ignored) are removed, so every use starts from the commit alone.
+        """
+        path = root / slot
+        if slot not in self.repo.list_worktrees() or not path.is_dir():
+            if slot in self.repo.list_worktrees():
+                self.repo.lookup_worktree(slot).prune(True)
+            if path.exists():
+                shutil.rmtree(path)
+            root.mkdir(parents=True, exist_ok=True)
+            branch = self.repo.branches.local.create(
+                POOL_BRANCH_PREFIX + slot, self.repo[commit].peel(pygit2.Commit), force=True
+            )
+            self.repo.add_worktree(slot, str(path), branch)
+            pygit2.Repository(str(path)).set_head(pygit2.Oid(hex=commit))
+            branch.delete()
+            return path
+        tree_repo = pygit2.Repository(str(path))
+        target = tree_repo[commit].peel(pygit2.Commit)
+        tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
+            target.tree,
+            strategy=CheckoutStrategy.FORCE
+            | CheckoutStrategy.REMOVE_UNTRACKED
+            | CheckoutStrategy.REMOVE_IGNORED,
+        )
+        tree_repo.set_head(target.id)
+        return path
+
+    def merge(self, candidate: str, base: str, message: str) -> tuple[str, bool]:
+        """Bring `candidate` onto the supervised branch and into the working tree.
+
+        Fast-forward when the branch still points at `base`; otherwise a three-way merge, where
+        a conflict raises MergeConflict and changes nothing. The caller snapshots first, so the
+        working tree holds nothing uncommitted. Returns (new head, fast_forwarded).
+        """
+        self.clear_stale_locks()
+        head = self.head()
+        if head == base:
+            new, fast = candidate, True
+            self.repo.references.create(self.branch, candidate, force=True)
+        else:
+            assert head is not None
+            index = self.repo.merge_commits(head, candidate)
+            if index.conflicts is not None:
+                paths = sorted(
+                    {e.path for entries in index.conflicts for e in entries if e is not None}
+                )
+                raise MergeConflict(paths)
+            tree = index.write_tree(self.repo)
+            new = str(
+                self.repo.create_commit(
+                    self.branch,
+                    _signature(),
+                    _signature(),
+                    message,
+                    tree,
+                    [pygit2.Oid(hex=head), pygit2.Oid(hex=candidate)],
+                )
+            )
+            fast = False
+        self.repo.checkout_tree(  # type: ignore[no-untyped-call]
+            self.repo[new].peel(pygit2.Commit).tree,
+            strategy=CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED,
+        )
+        return new, fast
 
     def set_good(self, sha: str) -> None:
         self.repo.references.create(GOOD_REF, sha, force=True)

@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metasup.errors import UserError
-from metasup.gitrepo import ARCHIVE_PREFIX, GOOD_REF, GitError, GitRepo, RollbackRefused
+from metasup.gitrepo import (
+    ARCHIVE_PREFIX,
+    GOOD_REF,
+    GitError,
+    GitRepo,
+    MergeConflict,
+    RollbackRefused,
+)
 from tests.conftest import git, make_repo
 
 
@@ -357,3 +364,102 @@ def test_no_good_commit_no_guard(repo: Path) -> None:
     (repo / "protected" / "rules.yaml").write_text("x\n")
     snap = GitRepo(repo).snapshot(1, protect=_protected)
     assert snap.restored == () and snap.commit is not None
+
+
+# --- experiments ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def based(repo: Path) -> tuple[Path, GitRepo, str]:
+    (repo / "app.py").write_text("v1\n")
+    (repo / "run.sh").write_text("#!/bin/sh\n")
+    (repo / "run.sh").chmod(0o755)
+    (repo / "old.txt").write_text("old\n")
+    g = GitRepo(repo)
+    base = g.snapshot(1).commit
+    assert base is not None
+    return repo, g, base
+
+
+def test_candidate_commit_is_built_in_memory(based: tuple[Path, GitRepo, str]) -> None:
+    repo, g, base = based
+    index_before = (repo / ".git" / "index").read_bytes()
+    cand = g.candidate_commit(
+        base,
+        [
+            ("app.py", b"v2\n", None),
+            ("run.sh", b"#!/bin/sh\necho 2\n", None),
+            ("bin/tool", b"x", "100755"),
+            ("old.txt", None, None),
+        ],
+        "candidate",
+    )
+    assert tree_of(repo, cand) == {
+        "app.py": ("100644", "v2\n"),
+        "run.sh": ("100755", "#!/bin/sh\necho 2\n"),
+        "bin/tool": ("100755", "x"),
+    }
+    assert git(repo, "rev-parse", f"{cand}^").strip() == base
+    assert (repo / ".git" / "index").read_bytes() == index_before
+    assert (repo / "app.py").read_text() == "v1\n" and git(
+        repo, "rev-parse", "HEAD"
+    ).strip() == base
+
+
+def test_worktree_slots_are_reused_and_leave_no_branch(based: tuple[Path, GitRepo, str]) -> None:
+    repo, g, base = based
+    root = repo / ".git" / "metasup" / "worktrees"
+    cand = g.candidate_commit(base, [("app.py", b"v2\n", None)], "c")
+    path = g.worktree_at("slot-0", root, base)
+    assert (path / "app.py").read_text() == "v1\n"
+    (path / "leftover.log").write_text("a check wrote this\n")
+    (path / "app.py").write_text("scribbled\n")
+    again = g.worktree_at("slot-0", root, cand)
+    assert again == path and (path / "app.py").read_text() == "v2\n"
+    assert not (path / "leftover.log").exists()
+    assert git(path, "rev-parse", "HEAD").strip() == cand
+    assert "metasup/pool" not in git(repo, "branch", "--list")
+    assert git(repo, "status", "--porcelain") == "", "the pool is out of the working tree"
+
+
+def test_fast_forward_merge(based: tuple[Path, GitRepo, str]) -> None:
+    repo, g, base = based
+    cand = g.candidate_commit(base, [("app.py", b"v2\n", None)], "c")
+    head, fast = g.merge(cand, base, "merge")
+    assert fast and head == cand == git(repo, "rev-parse", "HEAD").strip()
+    assert (repo / "app.py").read_text() == "v2\n"
+
+
+def test_three_way_merge(based: tuple[Path, GitRepo, str]) -> None:
+    repo, g, base = based
+    cand = g.candidate_commit(base, [("app.py", b"v2\n", None)], "c")
+    (repo / "other.txt").write_text("meanwhile\n")
+    moved = g.snapshot(2).commit
+    head, fast = g.merge(cand, base, "metasup: merge")
+    assert not fast
+    parents = git(repo, "rev-list", "--parents", "-n", "1", head).split()[1:]
+    assert parents == [moved, cand]
+    assert (repo / "app.py").read_text() == "v2\n" and (repo / "other.txt").exists()
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_a_merge_conflict_changes_nothing(based: tuple[Path, GitRepo, str]) -> None:
+    repo, g, base = based
+    cand = g.candidate_commit(base, [("app.py", b"candidate\n", None)], "c")
+    (repo / "app.py").write_text("main line\n")
+    moved = g.snapshot(2).commit
+    with pytest.raises(MergeConflict) as e:
+        g.merge(cand, base, "m")
+    assert e.value.paths == ["app.py"]
+    assert git(repo, "rev-parse", "HEAD").strip() == moved
+    assert (repo / "app.py").read_text() == "main line\n"
+
+
+def test_experiment_branches_and_archives(based: tuple[Path, GitRepo, str]) -> None:
+    _repo, g, base = based
+    g.set_branch("refs/heads/metasup/exp/abc", base)
+    assert g.experiment_branches() == [("refs/heads/metasup/exp/abc", base)]
+    ref = g.archive_commit("exp-abc-failed", base)
+    assert ref.startswith(ARCHIVE_PREFIX) and ref.endswith("-exp-abc-failed")
+    g.delete_ref("refs/heads/metasup/exp/abc")
+    assert g.experiment_branches() == []
