@@ -295,35 +295,46 @@ def stop_tree(
     if not members and not _group_alive(pgid):
         reaper.reap()
         return 0
+    known = {p.pid: p for p in members}
     signal_tree(pgid, members, sig)
     if sig != signal.SIGKILL:
         # Stopped processes cannot act on the signal until they run again.
         signal_tree(pgid, members, signal.SIGCONT)
-    deadline = time.monotonic() + timeout
-    while True:
-        reaper.reap()
-        alive = [p for p in members if _alive(p)]
-        if not alive and not _group_alive(pgid):
-            break
-        if time.monotonic() >= deadline:
-            # Late forks are caught here too: look for the tree once more before the kill.
-            late = tree_members(pgid, token, adopt_unmarked)
-            signal_tree(pgid, alive + late, signal.SIGKILL)
-            _wait_gone(pgid, token, adopt_unmarked, reaper, 5.0)
-            break
-        time.sleep(0.002)  # bounded wait for processes we signalled; ends at the deadline
+    if not _wait_gone(pgid, token, adopt_unmarked, reaper, known, timeout, None):
+        # Late forks are caught too: the tree is looked for again on every round.
+        _wait_gone(pgid, token, adopt_unmarked, reaper, known, 5.0, signal.SIGKILL)
     return len(members) or 1
 
 
-def _wait_gone(pgid: int, token: str, adopt: bool, reaper: Reaper, limit: float) -> None:
+def _wait_gone(
+    pgid: int,
+    token: str,
+    adopt: bool,
+    reaper: Reaper,
+    known: dict[int, psutil.Process],
+    limit: float,
+    sig: int | None,
+) -> bool:
+    """Wait until every process known or found in the tree is gone; with `sig`, send it to
+    them each round. True when they went within `limit`.
+
+    Processes already known are waited for even when no longer found among our descendants:
+    a killed parent's child is re-parented away (when metasup is not a subreaper) a moment
+    before it dies itself.
+    """
     deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    while True:
         reaper.reap()
-        rest = tree_members(pgid, token, adopt)
-        if not rest and not _group_alive(pgid):
-            return
-        signal_tree(pgid, rest, signal.SIGKILL)
-        time.sleep(0.002)  # SIGKILL cannot be ignored; this only waits for the kernel
+        for proc in tree_members(pgid, token, adopt):
+            known.setdefault(proc.pid, proc)
+        alive = [p for p in known.values() if _alive(p)]
+        if not alive and not _group_alive(pgid):
+            return True
+        if sig is not None:
+            signal_tree(pgid, alive, sig)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)  # bounded wait for processes we signalled; ends at the deadline
 
 
 def _alive(proc: psutil.Process) -> bool:
