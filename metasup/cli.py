@@ -274,6 +274,104 @@ def propose(file: FileArg, config: ConfigOpt = None) -> None:
     typer.echo(store.enqueue(raw))
 
 
+@app.command()
+def experiment(
+    files: Annotated[
+        list[str], typer.Argument(metavar="FILE...", help="Proposals to try (JSON); - for stdin.")
+    ],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Judge the candidates, merge nothing.")
+    ] = False,
+) -> None:
+    """Try proposals on their own branches and worktrees; merge the best that passes.
+
+    Each candidate is checked, run as a shadow and scored as `experiments:` in the config says,
+    against the good commit measured in the same run. Exits 0 when one was merged (with
+    --dry-run: when one would be), 1 when none passed.
+    """
+    from metasup.experiments import Experimenter
+    from metasup.journal import Journal, RepoLock, StateDir, read_json
+    from metasup.policy import load_policy
+    from metasup.process import Reaper, become_subreaper
+
+    repo = _repo()
+    cfg = _config(repo.workdir, config)
+    policy = load_policy(repo.workdir, cfg.path, cfg.protected_paths)
+    sources = [(name, _read_input(name)) for name in files]
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    dirs.create()
+    with RepoLock(dirs.lock, str(repo.workdir)):
+        journal = Journal(dirs.events)
+
+        def emit(event: Any, **fields: Any) -> None:
+            journal.append(event, **fields)
+
+        become_subreaper()  # so what an evaluator leaves behind is found and stopped
+        runner = Experimenter(repo, cfg, policy, dirs.root, emit, Reaper())
+        try:
+            runner.clean_leftovers()
+            state = read_json(dirs.state)
+            run = int(state.get("run") or 0) if isinstance(state, dict) else 0
+
+            def before_merge() -> None:
+                # Nothing uncommitted may be lost to the merge's checkout.
+                snap = repo.snapshot(run, protect=lambda p: policy.protecting_rule(p) is not None)
+                if snap.commit is not None:
+                    emit("snapshot", commit=snap.commit, run=run, files=snap.changed)
+
+            outcome = runner.run(sources, dry_run=dry_run, before_merge=before_merge)
+        finally:
+            journal.close()
+    if as_json:
+        typer.echo(json.dumps(outcome.as_dict(), indent=2))
+    else:
+        _print_experiments(outcome)
+    ok = outcome.winner is not None if dry_run else outcome.merged is not None
+    raise typer.Exit(0 if ok else 1)
+
+
+def _print_experiments(outcome: Any) -> None:
+    rows = []
+    for c in outcome.candidates:
+        d = c.as_dict()
+        checks = [s for s in c.steps if s.name.startswith("check ")]
+        shadow = next((s for s in c.steps if s.name == "shadow"), None)
+        rows.append(
+            (
+                d["source"],
+                "-" if not checks else ("ok" if all(s.ok for s in checks) else "failed"),
+                "-" if shadow is None else ("ok" if shadow.ok else "died"),
+                "-" if d["score"] is None else f"{d['score']:.4g}",
+                "-" if d["improvement"] is None else f"{d['improvement']:+.1%}",
+                d["outcome"],
+                d["failure"] or d["archive"] or "",
+            )
+        )
+    header = ("candidate", "checks", "shadow", "score", "vs good", "outcome", "why / archived as")
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"experiments on {outcome.base[:12]}")
+        for col in header:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    else:
+        for row in [header, *rows]:
+            typer.echo(" | ".join(row))
+    if outcome.merged:
+        how = "fast-forward" if outcome.fast_forward else "three-way merge"
+        typer.echo(f"merged {outcome.winner.source} as {outcome.merged[:12]} ({how})")
+    elif outcome.winner is not None:
+        typer.echo(f"would merge {outcome.winner.source} (dry run)")
+    else:
+        typer.echo("no candidate passed; nothing merged")
+
+
 @app.command("rollback")
 def rollback_cmd(
     to: Annotated[

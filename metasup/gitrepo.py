@@ -470,6 +470,24 @@ class GitRepo:
         tree_repo.set_head(target.id)
         return path
 
+    def restore_in_worktree(
+        self, worktree: Path, base: str, candidate: str, keep: Callable[[str], bool]
+    ) -> list[str]:
+        """In `worktree` (at `candidate`), put every path `keep` selects that the candidate
+        changed back as `base` has it; a file the candidate added there is removed."""
+        diff = self.repo.diff(base, candidate)
+        paths = sorted(
+            {p for d in diff.deltas for p in (d.old_file.path, d.new_file.path) if keep(p)}
+        )
+        if paths:
+            tree_repo = pygit2.Repository(str(worktree))
+            tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
+                tree_repo[base].peel(pygit2.Commit).tree,
+                paths=paths,
+                strategy=CheckoutStrategy.FORCE,
+            )
+        return paths
+
     def merge(self, candidate: str, base: str, message: str) -> tuple[str, bool]:
         """Bring `candidate` onto the supervised branch and into the working tree.
 
