@@ -139,9 +139,11 @@ class Experimenter:
         self.ex = config.experiments
         self.policy = policy
         self.pool = state_root / "worktrees"
+        self.state_root = state_root
         self.emit = emit
         self.reaper = reaper
         self._git = threading.Lock()
+        self.strategy = "hybrid"  # what a shadow run is told; the supervisor keeps it current
 
     # --- housekeeping --------------------------------------------------------------------------
 
@@ -159,20 +161,23 @@ class Experimenter:
     # --- the whole run -------------------------------------------------------------------------
 
     def run(
-        self, sources: Sequence[tuple[str, bytes]], *, dry_run: bool = False,
+        self,
+        sources: Sequence[tuple[str, bytes]],
+        *,
+        dry_run: bool = False,
         before_merge: Callable[[], None] | None = None,
-    ) -> Outcome:  # fmt: skip
-        """Try every proposal, merge the best that passes (unless `dry_run`).
+    ) -> Outcome:
+        """Try every proposal, merge the best that passes (unless `dry_run`)."""
+        return self.conclude(self.evaluate(sources), dry_run=dry_run, before_merge=before_merge)
 
-        `before_merge` runs just before the merge (the supervisor stops its agent and
-        snapshots there); the merge needs a working tree with nothing uncommitted.
-        """
+    def evaluate(self, sources: Sequence[tuple[str, bytes]]) -> Outcome:
+        """Judge every candidate, `max_concurrent` at a time; merge nothing yet. Safe to run in
+        a thread while the agent runs: it touches neither the working tree nor the branch."""
         base = self.repo.good() or self.repo.head()
         if base is None:
             raise proposals.ApplyError("the repository has no commit to experiment on")
         candidates = [Candidate(new_id(), source, raw) for source, raw in sources]
-        slots = list(range(self.ex.max_concurrent))
-        free: list[int] = list(slots)
+        free: list[int] = list(range(self.ex.max_concurrent))
         free_lock = threading.Lock()
 
         def one(c: Candidate) -> None:
@@ -186,20 +191,36 @@ class Experimenter:
 
         with ThreadPoolExecutor(max_workers=self.ex.max_concurrent) as pool:
             list(pool.map(one, candidates))
-
         verdicts = [
             c.verdict or Verdict(False, ("not judged",), None, None, None) for c in candidates
         ]
-        best_index = winner(verdicts)
-        best = candidates[best_index] if best_index is not None else None
-        merged, fast = None, False
+        best = winner(verdicts)
+        return Outcome(candidates, base, candidates[best] if best is not None else None, None)
+
+    def conclude(
+        self,
+        outcome: Outcome,
+        *,
+        dry_run: bool = False,
+        before_merge: Callable[[], None] | None = None,
+        mark_good: bool = True,
+    ) -> Outcome:
+        """Merge the winner (unless `dry_run`), archive the rest, delete every branch.
+
+        With `mark_good`, a fast-forwarded winner becomes the good commit (it passed an
+        experiment). The supervisor passes False: its agent earns that by running min_runtime.
+
+        `before_merge` runs just before the merge (a snapshot, with the agent stopped): the
+        merge needs a working tree with nothing uncommitted.
+        """
+        best = outcome.winner
         if best is not None and not dry_run:
             if before_merge is not None:
                 before_merge()
-            merged, fast = self._merge(best, base)
-        for c in candidates:
-            self._finish(c, best, merged)
-        return Outcome(candidates, base, best, merged, fast)
+            outcome.merged, outcome.fast_forward = self._merge(best, outcome.base, mark_good)
+        for c in outcome.candidates:
+            self._finish(c, best, outcome.merged)
+        return outcome
 
     # --- one candidate -------------------------------------------------------------------------
 
@@ -241,7 +262,7 @@ class Experimenter:
             shadow = run_command(
                 self.config.agent.command,
                 cwd=here,
-                env={**env, **self.config.agent.env, "METASUP_SHADOW": "1"},
+                env={**env, **self.config.agent.env, **self._shadow_env(here)},
                 timeout=self.ex.shadow_runtime,
                 reaper=self.reaper,
             )
@@ -299,6 +320,7 @@ class Experimenter:
             commit=c.commit,
             outcome=c.outcome,
             reason=c.failure(),
+            improvement=c.verdict.improvement,
             duration_ms=_ms(t0),
         )
 
@@ -326,6 +348,19 @@ class Experimenter:
         )
         return env
 
+    def _shadow_env(self, here: Path) -> dict[str, str]:
+        """The agent's environment for a shadow run. Its inbox is a throwaway one in its own
+        worktree: a shadow must not propose to the real supervisor."""
+        inbox = here / ".metasup" / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        return {
+            "METASUP_SHADOW": "1",
+            "METASUP_RUN": "0",
+            "METASUP_INBOX": str(inbox),
+            "METASUP_RECOVERY": str(self.state_root / "recovery.json"),
+            "METASUP_STRATEGY": self.strategy,
+        }
+
     def evaluator_paths(self) -> list[str]:
         """Paths the check and fitness commands name that exist in the good commit."""
         commands = [*self.ex.checks, *([self.ex.fitness] if self.ex.fitness else [])]
@@ -349,7 +384,7 @@ class Experimenter:
 
     # --- merging and archiving -----------------------------------------------------------------
 
-    def _merge(self, best: Candidate, base: str) -> tuple[str | None, bool]:
+    def _merge(self, best: Candidate, base: str, mark_good: bool) -> tuple[str | None, bool]:
         assert best.commit is not None
         t0 = time.perf_counter()
         with self._git:
@@ -362,7 +397,7 @@ class Experimenter:
                 best.steps.append(StepResult("merge", False, str(e), _ms(t0) / 1000))
                 self.emit(Event.EXPERIMENT_FAILED, id=best.id, commit=best.commit, reason=str(e))
                 return None, False
-            if fast:
+            if fast and mark_good:
                 self.repo.set_good(head)
         best.outcome = "merged"
         self.emit(
@@ -373,7 +408,7 @@ class Experimenter:
             fast_forward=fast,
             duration_ms=_ms(t0),
         )
-        if fast:
+        if fast and mark_good:
             self.emit(Event.MARK_GOOD, commit=head, reason="passed an experiment")
         return head, fast
 

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,6 +92,7 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self.seq, self.prev = self._recover_tail()
+        self._lock = threading.Lock()  # experiment threads record events too
 
     def _recover_tail(self) -> tuple[int, str]:
         """Seq and hash of the last whole record; a torn or garbled tail is cut off.
@@ -123,19 +125,20 @@ class Journal:
         return 0, GENESIS
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "ts": utc_now(),
-            "seq": self.seq + 1,
-            "event": str(event),
-            "prev": self.prev,
-        }
-        record.update(fields)
-        line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
-        os.write(self._fd, line)
-        os.fdatasync(self._fd)
-        self.seq += 1
-        self.prev = line_hash(line)
-        return record
+        with self._lock:
+            record: dict[str, Any] = {
+                "ts": utc_now(),
+                "seq": self.seq + 1,
+                "event": str(event),
+                "prev": self.prev,
+            }
+            record.update(fields)
+            line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+            os.write(self._fd, line)
+            os.fdatasync(self._fd)
+            self.seq += 1
+            self.prev = line_hash(line)
+            return record
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -152,6 +155,26 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
                 return
             with contextlib.suppress(ValueError):
                 yield json.loads(raw)
+
+
+def tail_events(path: Path, window: int = 1 << 18) -> list[dict[str, Any]]:
+    """The events in the last `window` bytes of the log: recent history, read cheaply."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - window))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    if size > window:
+        lines = lines[1:]  # the first one is cut
+    out = []
+    for raw in lines:
+        with contextlib.suppress(ValueError):
+            if raw:
+                out.append(json.loads(raw))
+    return out
 
 
 def verify_chain(path: Path) -> list[str]:

@@ -17,6 +17,7 @@ STOPPED       ended cleanly
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -105,7 +106,8 @@ class StopRequested:
 
 @dataclass(frozen=True)
 class ProposalQueued:
-    """A valid proposal waits; the next snapshot applies it."""
+    """A change waits to be applied between cycles: a valid proposal (direct mode) or an
+    experiment's winner (experiment mode). The next snapshot applies it."""
 
 
 @dataclass(frozen=True)
@@ -226,9 +228,18 @@ def backoff_delay(settings: Settings, restarts: int) -> float:
     return float(min(settings.backoff_initial * 2 ** (restarts - 1), settings.backoff_max))
 
 
-def strategy(consecutive_failures: int) -> str:
-    """METASUP_STRATEGY: `metamorphic` after more than 3 failures in a row, else `hybrid`."""
-    return "metamorphic" if consecutive_failures > 3 else "hybrid"
+EXPLORATORY_BELOW = 0.05
+
+
+def strategy(consecutive_failures: int, recent_gains: Sequence[float] = ()) -> str:
+    """METASUP_STRATEGY, after the Meta-Supervisor design: `metamorphic` after more than 3
+    failures in a row (change how you change); `exploratory` when the recent experiments all
+    gained less than 5% over their baselines (look further afield); `hybrid` otherwise."""
+    if consecutive_failures > 3:
+        return "metamorphic"
+    if recent_gains and max(recent_gains) < EXPLORATORY_BELOW:
+        return "exploratory"
+    return "hybrid"
 
 
 def _cycles_done(settings: Settings, state: LoopState) -> bool:

@@ -354,6 +354,26 @@ def _group_alive(pgid: int) -> bool:
     return True  # PermissionError too: someone is there
 
 
+def kill_descendants(reaper: Reaper, timeout: float = 5.0) -> int:
+    """SIGKILL everything below this process: the last step of a supervisor's shutdown, for
+    commands still running in threads (experiments). Returns how many were found."""
+    try:
+        procs = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    known = {p.pid: p for p in procs}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reaper.reap()
+        if not any(_alive(p) for p in known.values()):
+            break
+        time.sleep(0.002)  # SIGKILL cannot be ignored; this only waits for the kernel
+    return len(procs)
+
+
 def stop_leftover_tree(pgid: int | None, token: str, sig: int, timeout: float) -> int:
     """Stop a tree a previous supervisor left running when it was killed (kill -9).
 

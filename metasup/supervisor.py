@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,10 +23,19 @@ from typing import Any
 from metasup import health, lifecycle, rollback
 from metasup.config import Config
 from metasup.events import Event
+from metasup.experiments import Experimenter, Outcome
 from metasup.faults import crashpoint
 from metasup.gitrepo import GitRepo, RollbackRefused
-from metasup.intake import INBOX, Intake, ProposalStore
-from metasup.journal import Journal, RepoLock, StateDir, read_json, utc_now, write_json_atomic
+from metasup.intake import INBOX, Intake, ProposalStore, WakePipe
+from metasup.journal import (
+    Journal,
+    RepoLock,
+    StateDir,
+    read_json,
+    tail_events,
+    utc_now,
+    write_json_atomic,
+)
 from metasup.lifecycle import Phase
 from metasup.policy import Policy, load_policy
 from metasup.process import (
@@ -36,6 +46,7 @@ from metasup.process import (
     TreeSampler,
     become_subreaper,
     drain,
+    kill_descendants,
     prune_logs,
     signal_tree,
     spawn,
@@ -150,6 +161,14 @@ class Supervisor:
         self.journal: Journal | None = None
         self.policy: Policy = load_policy(repo.workdir, config.path, config.protected_paths)
         self.intake: Intake | None = None
+        self.experimenter: Experimenter | None = None
+        self._exp_thread: threading.Thread | None = None
+        self._exp_wake: WakePipe | None = None
+        self._exp_done: Outcome | BaseException | None = None
+        self._exp_ready: Outcome | None = None  # judged, with a winner to merge between cycles
+        self._exp_items: list[Any] = []  # the claims the running experiment is about
+        self.recent_gains: deque[float] = deque(maxlen=5)
+        self.recent_experiments: deque[dict[str, Any]] = deque(maxlen=10)
 
     # --- lifecycle of the supervisor itself ----------------------------------------------------
 
@@ -180,8 +199,9 @@ class Supervisor:
                 names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
                 self.report({"event": "stale_locks_removed", "locks": ", ".join(names)})
             self._resume_intent()
-            if self.config.proposals_mode == "direct":
-                self._start_intake()
+            self._start_intake()
+            if self.config.proposals_mode == "experiment":
+                self._start_experiments()
             return self._loop()
         finally:
             self._shutdown()
@@ -206,6 +226,12 @@ class Supervisor:
             self.intake.stop()
         if self.running is not None:
             self._stop_running()
+        if self._exp_thread is not None and self._exp_thread.is_alive():
+            # Its claims stay claimed and its branch stays: both are taken up at the next start.
+            kill_descendants(self.reaper)
+            self._exp_thread.join(timeout=30)
+        if self._exp_wake is not None:
+            self._exp_wake.close()
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
         if self.journal is not None:
             self._emit(Event.SUPERVISOR_STOP, status=status, exit_code=self.state.exit_code)
@@ -238,8 +264,7 @@ class Supervisor:
     def _loop(self) -> int:
         good = self.repo.good()
         pending: deque[lifecycle.Observation] = deque([lifecycle.Started(good=good)])
-        if self.intake is not None and self.intake.take():
-            pending.append(lifecycle.ProposalQueued())
+        pending.extend(self._take_proposals())
         while True:
             while pending:
                 self.state, actions = lifecycle.decide(self.settings, self.state, pending.popleft())
@@ -270,8 +295,10 @@ class Supervisor:
                 if not self.intake.wake.drain():
                     # Only created, maybe still being written: look once the writer is done.
                     self.timers.setdefault("inbox", time.monotonic() + INBOX_GRACE_S)
-                elif self.intake.take():
-                    observed.append(lifecycle.ProposalQueued())
+                else:
+                    observed += self._take_proposals()
+            elif key.data == "experiment":
+                observed += self._experiment_finished()
             else:
                 self._pump(key.data)
         exited = self._agent_exit()
@@ -287,8 +314,7 @@ class Supervisor:
             elif name == "backoff":
                 observed.append(lifecycle.BackoffElapsed())
             elif name == "inbox":
-                if self.intake is not None and self.intake.take():
-                    observed.append(lifecycle.ProposalQueued())
+                observed += self._take_proposals()
             elif name == "health":
                 breach = self._health_tick()
                 if breach is not None:
@@ -375,8 +401,8 @@ class Supervisor:
         return None
 
     def _snapshot(self, run: int) -> lifecycle.Observation:
-        if self.intake is not None:
-            self.intake.apply_queued()
+        if self.intake is not None and self.experimenter is None:
+            self.intake.apply_queued()  # direct mode; in experiment mode the queue waits its turn
         t0 = time.perf_counter()
         snap = self.repo.snapshot(run, protect=self._is_protected)
         crashpoint("snapshot:after-commit")
@@ -393,7 +419,10 @@ class Supervisor:
                 duration_ms=_ms(t0),
             )
         assert snap.head is not None
-        return lifecycle.Snapshotted(commit=snap.head)
+        head = snap.head
+        if self._exp_ready is not None:
+            head = self._merge_ready(run) or head
+        return lifecycle.Snapshotted(commit=head)
 
     def _agent_env(self, run: int, commit: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -405,7 +434,7 @@ class Supervisor:
                 "METASUP_COMMIT": commit,
                 "METASUP_INBOX": str(self.repo.workdir / INBOX),
                 "METASUP_RECOVERY": str(self.dirs.recovery),
-                "METASUP_STRATEGY": lifecycle.strategy(self.state.consecutive_failures),
+                "METASUP_STRATEGY": self._strategy(),
             }
         )
         if self.limits.heartbeat_timeout is not None:
@@ -540,6 +569,102 @@ class Supervisor:
     def _is_protected(self, path: str) -> bool:
         return self.policy.protecting_rule(path) is not None
 
+    def _take_proposals(self) -> list[lifecycle.Observation]:
+        """Claim what waits in the inbox. Direct mode: a queued proposal is applied between
+        cycles. Experiment mode: the queue goes to an experiment, judged while the agent runs."""
+        if self.intake is None or not self.intake.take():
+            return []
+        if self.experimenter is None:
+            return [lifecycle.ProposalQueued()]
+        self._start_experiment()
+        return []
+
+    # --- experiments (proposals.mode: experiment) ------------------------------------------------
+
+    def _start_experiments(self) -> None:
+        self.experimenter = Experimenter(
+            self.repo, self.config, self.policy, self.dirs.root, self._emit, self.reaper
+        )
+        self.experimenter.clean_leftovers()
+        self._exp_wake = WakePipe()
+        assert self._selector is not None
+        self._selector.register(self._exp_wake.read_fd, selectors.EVENT_READ, "experiment")
+        for record in tail_events(self.dirs.events):
+            judged = record.get("event") in ("experiment_passed", "experiment_failed")
+            if judged and record.get("improvement") is not None:
+                self.recent_gains.append(float(record["improvement"]))
+
+    def _start_experiment(self) -> None:
+        """Judge every queued proposal as one A/B experiment, in a thread."""
+        if self._exp_thread is not None or self._exp_ready is not None or self.intake is None:
+            return  # one at a time; the queue waits for the next
+        queue, self.intake.queue = self.intake.queue, []
+        if not queue:
+            return
+        self._exp_items = [item for item, _ in queue]
+        assert self.experimenter is not None
+        self.experimenter.strategy = self._strategy()
+        sources = [(item.id, item.path.read_bytes()) for item in self._exp_items]
+        experimenter, wake = self.experimenter, self._exp_wake
+        assert experimenter is not None and wake is not None
+
+        def work() -> None:
+            try:
+                self._exp_done = experimenter.evaluate(sources)
+            except BaseException as e:  # reported on the main thread
+                self._exp_done = e
+            wake.poke()
+
+        self._exp_thread = threading.Thread(target=work, name="experiment", daemon=True)
+        self._exp_thread.start()
+
+    def _experiment_finished(self) -> list[lifecycle.Observation]:
+        assert self._exp_wake is not None and self._exp_thread is not None
+        self._exp_wake.drain()
+        self._exp_thread.join()
+        self._exp_thread = None
+        done, self._exp_done = self._exp_done, None
+        if isinstance(done, BaseException):
+            raise done
+        assert done is not None
+        for c in done.candidates:
+            if c.verdict is not None and c.verdict.improvement is not None:
+                self.recent_gains.append(c.verdict.improvement)
+        if done.winner is None:
+            self._conclude(done)  # nothing to merge: archive now, the agent runs on
+            self._start_experiment()
+            return []
+        self._exp_ready = done
+        return [lifecycle.ProposalQueued()]
+
+    def _merge_ready(self, run: int) -> str | None:
+        """Between cycles, right after the snapshot: merge the judged winner."""
+        outcome = self._exp_ready
+        self._exp_ready = None
+        assert outcome is not None
+        self._conclude(outcome)
+        self._start_experiment()
+        return outcome.merged
+
+    def _conclude(self, outcome: Outcome) -> None:
+        assert self.experimenter is not None and self.intake is not None
+        self.experimenter.conclude(outcome, mark_good=False)
+        items = {item.id: item for item in self._exp_items}
+        self._exp_items = []
+        for c in outcome.candidates:
+            item = items.get(c.source)
+            if item is not None:
+                if c.outcome == "merged":
+                    self.intake.store.done(item)
+                else:
+                    self.intake.store.reject(
+                        item,
+                        [{"code": "experiment_" + c.outcome, "message": c.failure() or c.outcome}],
+                    )
+            self.recent_experiments.append(
+                {k: c.as_dict()[k] for k in ("id", "source", "outcome", "score", "improvement")}
+            )
+
     def _start_intake(self) -> None:
         store = ProposalStore(self.repo.workdir / INBOX, self.dirs.root / "proposals")
         self.intake = Intake(store, self.policy, self.repo.workdir, self._emit, self.report)
@@ -607,6 +732,9 @@ class Supervisor:
         }
         write_json_atomic(self.dirs.recovery, note)
 
+    def _strategy(self) -> str:
+        return lifecycle.strategy(self.state.consecutive_failures, list(self.recent_gains))
+
     # --- records -------------------------------------------------------------------------------
 
     def _emit(self, event: Event, **fields: Any) -> None:
@@ -650,8 +778,9 @@ class Supervisor:
             "last_exit": self.last_exit,
             "last_archive": self.last_archive,
             "mcp_servers": {},
-            "experiments": [],
-            "strategy": lifecycle.strategy(self.state.consecutive_failures),
+            "experiments": list(self.recent_experiments),
+            "experiment_running": self._exp_thread is not None,
+            "strategy": self._strategy(),
             "counters": {
                 **self.counters.as_dict(),
                 **(self.intake.counters if self.intake is not None else {}),

@@ -254,6 +254,13 @@ def test_strategy_turns_metamorphic_after_three_failures() -> None:
     assert [strategy(n) for n in range(6)] == ["hybrid"] * 4 + ["metamorphic"] * 2
 
 
+def test_strategy_turns_exploratory_when_experiments_stop_paying() -> None:
+    assert strategy(0, [0.01, 0.04, -0.2]) == "exploratory"
+    assert strategy(0, [0.01, 0.3]) == "hybrid", "one good gain is enough"
+    assert strategy(0, []) == "hybrid", "no experiments yet, nothing to conclude"
+    assert strategy(5, [0.0]) == "metamorphic", "failures come first"
+
+
 def test_backoff_delay_edges() -> None:
     assert backoff_delay(S, 0) == 0
     assert backoff_delay(replace(S, backoff_initial=0), 5) == 0

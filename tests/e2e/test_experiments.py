@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import git, names, pid_alive, run_metasup
+from tests.conftest import git, names, pid_alive, run_metasup, supervising, wait_for
 
 PY = json.dumps(sys.executable)
 
@@ -251,3 +251,48 @@ def test_a_rejected_proposal_is_not_tried(repo: Path, tmp_path: Path) -> None:
     (c,) = doc["candidates"]
     assert c["outcome"] == "rejected" and c["errors"][0]["code"] == "path_protected"
     assert c["commit"] is None
+
+
+RUNNING_AGENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    sys.path.insert(0, ".")
+    import app
+    from pathlib import Path
+    Path("seen-%s.json" % os.environ["METASUP_RUN"]).write_text(json.dumps(
+        {"value": app.VALUE, "strategy": os.environ["METASUP_STRATEGY"],
+         "shadow": os.environ.get("METASUP_SHADOW")}))
+    time.sleep(60)  # ok: a long-running agent
+    """
+)
+
+
+def test_experiment_mode_in_run_merges_a_winner_and_relaunches(repo: Path, tmp_path: Path) -> None:
+    experiment_repo(repo, extra="  proposals: {mode: experiment}\n", agent=RUNNING_AGENT)
+    (repo / ".gitignore").write_text("__pycache__/\nseen-*.json\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "ignore")
+    with supervising(repo):
+        wait_for(lambda: (repo / "seen-1.json").exists())
+        bad = run_metasup(repo, "propose", value(tmp_path, "bad", "x"))
+        assert bad.returncode == 0, bad.stderr  # valid as a proposal; the experiment judges it
+        wait_for(lambda: "experiment_failed" in names(repo), what="the failed experiment")
+        assert not (repo / "seen-2.json").exists(), "a failed experiment leaves the agent alone"
+        good = run_metasup(repo, "propose", value(tmp_path, "five", 5))
+        assert good.returncode == 0, good.stderr
+        seen = wait_for(
+            lambda: (
+                (repo / "seen-2.json").exists() and json.loads((repo / "seen-2.json").read_text())
+            ),
+            what="the relaunch on the merged code",
+        )
+        status = json.loads(run_metasup(repo, "status", "--json").stdout)
+    assert seen["value"] == 5 and seen["shadow"] is None
+    order = [n for n in names(repo) if n in ("experiment_passed", "merged", "snapshot", "launch")]
+    # The tree was clean (the agent's files are ignored): no snapshot, straight to the merge.
+    assert order[-3:] == ["experiment_passed", "merged", "launch"]
+    assert [e["outcome"] for e in status["experiments"]] == ["failed", "merged"]
+    rejected = repo / ".git" / "metasup" / "proposals" / "rejected"
+    assert len(list(rejected.glob("*.errors.json"))) == 1
+    assert (repo / "app.py").read_text() == "VALUE = 5\n"
+    assert "rollback" not in names(repo)
