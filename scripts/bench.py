@@ -8,6 +8,8 @@
 4. plain restart latency (exit after min_runtime, zero backoff) to the next process
 5. idle CPU and RSS of the supervisor while the agent runs
 6. proposal validation, 1 and 200 changes
+7. experiments: shadow spawn with a warm pool vs `git worktree add`; 4 candidates at
+   max_concurrent 1 vs 2
 
 The agent for 3-5 is a small C program (built with gcc) that stamps CLOCK_REALTIME as its first
 and last instruction, so the latency is exit-to-exec, without any interpreter start-up.
@@ -53,6 +55,7 @@ int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "quick";
     if (strcmp(mode, "idle") == 0) { for (;;) pause(); }
     if (strcmp(mode, "normal") == 0) { usleep(atoi(argv[2]) * 1000); stamp("exit"); return 0; }
+    if (strcmp(mode, "check") == 0) { usleep(atoi(argv[2]) * 1000); return 0; }
     int dirty = argc > 2 ? atoi(argv[2]) : 0;
     for (int i = 0; i < dirty; i++) {
         char path[64];
@@ -179,6 +182,69 @@ def bench_validation(root: Path, repeats: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def bench_experiments(repo: Path, agent: Path, log: Path, repeats: int) -> dict[str, Any]:
+    """Shadow spawn with a warm worktree pool vs `git worktree add`; 4 candidates at
+    max_concurrent 1 vs 2."""
+    from metasup.config import parse_config
+    from metasup.experiments import Experimenter
+    from metasup.policy import load_policy
+    from metasup.process import Reaper, become_subreaper
+
+    become_subreaper()
+    g = GitRepo(repo)
+
+    def experimenter(check_ms: int, concurrent: int) -> Experimenter:
+        text = (
+            "supervisor:\n  agent: {command: [/bin/true]}\n  experiments:\n"
+            f"    checks: [[{json.dumps(str(agent))}, check, '{check_ms}']]\n"
+            f"    max_concurrent: {concurrent}\n    timeout: 60s\n"
+        )
+        cfg = parse_config(text, repo / "metasup.yaml", validate=True)
+        state = repo / ".git" / "metasup"
+        return Experimenter(g, cfg, load_policy(repo), state, lambda *a, **k: None, Reaper())
+
+    def proposal(n: int) -> tuple[str, bytes]:
+        change = {"file": f"d{n % 100:03d}/f{n:05d}.txt", "content": f"candidate {n}\n"}
+        return (f"p{n}", json.dumps({"reason": "bench", "changes": [change]}).encode())
+
+    # Shadow spawn: from the call to the first check's process starting, with the pool warm.
+    ex = experimenter(0, 1)
+    ex.evaluate([proposal(0)])  # warms the pool: the first slot costs a full checkout
+    spawn = []
+    for r in range(repeats):
+        if log.exists():
+            log.unlink()
+        os.environ["BENCH_LOG"] = str(log)
+        t0 = time.time()
+        ex.evaluate([proposal(r + 1)])
+        started = float(log.read_text().split()[1])
+        spawn.append(started - t0)
+    add = []
+    for r in range(max(3, repeats // 2)):
+        path = repo.parent / f"wt-{r}"
+        t = time.perf_counter()
+        git(repo, "worktree", "add", "-q", "-b", f"bench-wt-{r}", str(path))
+        add.append(time.perf_counter() - t)
+        git(repo, "worktree", "remove", "--force", str(path))
+        git(repo, "branch", "-q", "-D", f"bench-wt-{r}")
+    # Wall time of 4 candidates whose one check takes 300 ms.
+    walls = {}
+    for concurrent in (1, 2):
+        ex = experimenter(300, concurrent)
+        ex.evaluate([proposal(90 + k) for k in range(concurrent)])  # warm that many slots
+        t = time.perf_counter()
+        ex.evaluate([proposal(100 + k) for k in range(4)])
+        walls[concurrent] = time.perf_counter() - t
+    for ref, _ in g.experiment_branches():
+        g.delete_ref(ref)
+    return {
+        "shadow_spawn_warm_pool_ms": median_ms(spawn),
+        "git_worktree_add_ms": median_ms(add),
+        "four_candidates_wall_s": {str(k): round(v, 3) for k, v in walls.items()},
+        "concurrency_ratio": round(walls[2] / walls[1], 3),
+    }
+
+
 def build_agent(root: Path) -> Path:
     src = root / "agent.c"
     src.write_text(AGENT_C)
@@ -288,6 +354,7 @@ def main() -> int:
         results["loop"]["crash_to_relaunch_10k_10_changed"] = _dist(
             supervise(big, agent, ["quick", "10"], args.cycles, "10s", log)
         )
+        results["experiments"] = bench_experiments(big, agent, log, args.repeats)
         results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -332,6 +399,18 @@ def print_table(r: dict[str, Any]) -> None:
     print("\n## proposal validation (median ms)")
     for name, v in r["validation"].items():
         print(f"| {name:<10} | {v['median_ms']:>8.3f} ms | {v['per_second']:>7} / s |")
+    e = r["experiments"]
+    print("\n## experiments on 10k files")
+    print(
+        f"shadow spawn, warm pool: {e['shadow_spawn_warm_pool_ms']} ms median; "
+        f"git worktree add: {e['git_worktree_add_ms']} ms "
+        f"({e['git_worktree_add_ms'] / max(e['shadow_spawn_warm_pool_ms'], 0.001):.0f}x)"
+    )
+    walls = e["four_candidates_wall_s"]
+    print(
+        f"4 candidates: {walls['1']} s at max_concurrent 1, {walls['2']} s at 2 "
+        f"(ratio {e['concurrency_ratio']})"
+    )
     idle = r["idle"]
     print(
         f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "
