@@ -30,7 +30,6 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 INACTIVE_KEYS = (
     "mcp_servers",
     "mcpServers",
-    "experiments",
     "api",
     "rollback.keep_commits",
     "rollback.backup_interval",
@@ -445,8 +444,6 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
     experiments = _experiments(s.get("experiments", {}), dur)
 
     inactive = tuple(k for k in INACTIVE_KEYS if _has(s, k.split(".")))
-    if s.get("proposals", {}).get("mode") == "experiment":
-        inactive += ("proposals.mode: experiment",)
     return Config(
         path=path,
         agent=agent,

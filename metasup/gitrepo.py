@@ -142,6 +142,16 @@ class GitRepo:
             raise GitError(f"{rev!r} is a {obj.type_str}, not a commit") from None
         return str(commit.id)
 
+    def file_at(self, rev: str, path: str) -> bytes:
+        """A file's content as the commit `rev` has it."""
+        tree = self.repo[self.resolve(rev)].peel(pygit2.Commit).tree
+        try:
+            blob = self.repo[tree[path].id]
+        except KeyError:
+            raise GitError(f"{path} is not in {rev}") from None
+        assert isinstance(blob, pygit2.Blob)
+        return bytes(blob.data)
+
     def archives(self) -> list[tuple[str, str]]:
         """(ref, commit) of every archived state, oldest first."""
         refs = [r for r in self.repo.references if r.startswith(ARCHIVE_PREFIX)]

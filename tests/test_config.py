@@ -56,7 +56,7 @@ def test_meta_supervisor_config_loads_unchanged() -> None:
     assert ex.success.max_response_time == 5 and ex.success.min_improvement == 0.1
     assert ex.failure.max_error_rate == 0.1 and ex.failure.max_response_time == 10
     assert cfg.api_listen == "127.0.0.1:9000"
-    assert "experiments" in cfg.inactive and "mcp_servers" in cfg.inactive
+    assert "experiments" not in cfg.inactive and "mcp_servers" in cfg.inactive
     assert "protected_paths" not in cfg.inactive and "proposals" not in cfg.inactive
 
 

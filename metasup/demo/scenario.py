@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import shutil
 import sys
@@ -10,10 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metasup.config import load_config
+from metasup.config import Config, load_config
 from metasup.errors import UserError
-from metasup.gitrepo import GitRepo, init_repository
-from metasup.journal import StateDir, read_events, read_json
+from metasup.experiments import Experimenter
+from metasup.gitrepo import GOOD_REF, GitRepo, init_repository
+from metasup.journal import Journal, RepoLock, StateDir, read_events, read_json
+from metasup.policy import load_policy
+from metasup.process import Reaper
 from metasup.supervisor import Supervisor
 
 FILES = Path(__file__).resolve().parent / "files"
@@ -32,6 +37,13 @@ supervisor:
   rollback:
     enabled: true
     preserve: [memory/]     # what the agent learned survives a rollback
+  experiments:              # how `metasup experiment` judges a candidate
+    checks: [[{python}, checks/check.py]]
+    shadow_runtime: 300ms
+    fitness: [{python}, eval/score.py]
+    timeout: 20s
+    max_concurrent: 2
+    success_criteria: {{min_improvement: 0.02}}
 """
 
 
@@ -39,7 +51,8 @@ def make_scratch_repo(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):
         raise UserError(f"{directory} is not empty; the demo needs a new or empty directory")
-    for name in ("agent.py", "brain.py", "params.json"):
+    for name in ("agent.py", "brain.py", "params.json", "checks/check.py", "eval/score.py"):
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(FILES / name, directory / name)
     (directory / ".gitignore").write_text("__pycache__/\n")
     (directory / "metasup.yaml").write_text(DEMO_CONFIG.format(python=_yaml_str(sys.executable)))
@@ -66,10 +79,67 @@ def run_demo(directory: Path | None, cycles: int) -> int:
     config = load_config(target / "metasup.yaml")
     t0 = time.monotonic()
     code = Supervisor(repo, config, max_cycles=cycles, reporter=out.event).run()
+    out.title("an A/B experiment: three rewrites of brain.py compete")
+    ab = run_ab(repo, config, out)
     elapsed = time.monotonic() - t0
     summary = summarise(repo)
+    summary["ab"] = ab
     out.summary(summary, elapsed, target)
     return code
+
+
+def run_ab(repo: GitRepo, config: Config, out: _Out) -> dict[str, Any]:
+    """Three candidates on their own branches and worktrees; the best is merged. They are
+    rewrites of the good commit's brain.py: an experiment starts from what is known good."""
+    brain = repo.file_at(GOOD_REF, "brain.py").decode()
+
+    def with_step(expression: str) -> str:
+        # The agent itself rewrites GENERATION and STEP_SCALE each run: the candidates change
+        # think() instead, so they merge cleanly onto whatever the agent did since.
+        return re.sub(r"^    return .*$", f"    return {expression}", brain, flags=re.M)
+
+    candidates = {
+        "bold": with_step("x + (target - x) * min(0.9, STEP_SCALE * 2)"),
+        "cautious": with_step("x + (target - x) * STEP_SCALE / 4"),
+        "typo": with_step("x + (target - x) * STEP_SCALE") + "\ndef oops(:\n",
+    }
+    sources = [
+        (name, json.dumps({"reason": f"{name} steps", "changes": [
+            {"file": "brain.py", "content": text}]}).encode())
+        for name, text in candidates.items()
+    ]  # fmt: skip
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    policy = load_policy(repo.workdir, config.path, config.protected_paths)
+    journal = Journal(dirs.events)
+    try:
+
+        def emit(event: Any, **fields: Any) -> None:
+            out.event(journal.append(event, **fields))
+
+        state = read_json(dirs.state) or {}
+
+        def before_merge() -> None:  # the agent's last edits are committed, not lost
+            repo.snapshot(int(state.get("run") or 0))
+
+        with RepoLock(dirs.lock, str(repo.workdir)):
+            runner = Experimenter(repo, config, policy, dirs.root, emit, Reaper())
+            outcome = runner.run(sources, before_merge=before_merge)
+    finally:
+        journal.close()
+    return outcome.as_dict()
+
+
+def _ab_line(ab: dict[str, Any]) -> str:
+    win = next((c for c in ab["candidates"] if c["outcome"] == "merged"), None)
+    if win is None:
+        return "none passed"
+    return f"{win['source']} ({win['improvement']:+.1%} over the good commit), merged"
+
+
+def _ab_detail(c: dict[str, Any]) -> str:
+    if c["outcome"] in ("failed", "rejected"):
+        return (c["failure"] or "")[:90]
+    return ""
 
 
 def _metasup_command() -> str:
@@ -199,6 +269,7 @@ class _Out:
             table.add_row("proposals applied", str(len(s["proposals_applied"])))
             table.add_row("proposals rejected", str(len(s["proposals_rejected"])))
             table.add_row("protected paths restored", ", ".join(s["tamper_restored"]) or "-")
+            table.add_row("A/B winner", _ab_line(s["ab"]))
             table.add_row("final good commit", good)
             table.add_row("time", f"{elapsed:.1f}s")
             self.console.print(table)
@@ -209,6 +280,18 @@ class _Out:
                 rb.add_row(str(r["run"]), r["reason"], r["archive"], (r["to"] or "")[:12])
             if s["rollbacks"]:
                 self.console.print(rb)
+            ab = Table(title="A/B experiment")
+            for col in ("candidate", "score", "vs good", "outcome", "why"):
+                ab.add_column(col)
+            for c in s["ab"]["candidates"]:
+                ab.add_row(
+                    c["source"],
+                    "-" if c["score"] is None else f"{c['score']:.3f}",
+                    "-" if c["improvement"] is None else f"{c['improvement']:+.1%}",
+                    c["outcome"],
+                    _ab_detail(c),
+                )
+            self.console.print(ab)
             for lesson in s["lessons"]:
                 self.console.print(
                     f"[green]the agent remembers[/] (memory/ survived the rollback): rewrite "
@@ -226,6 +309,9 @@ class _Out:
             print(f"proposals applied: {len(s['proposals_applied'])}")
             print(f"proposals rejected: {len(s['proposals_rejected'])}")
             print(f"protected paths restored: {', '.join(s['tamper_restored']) or '-'}")
+            print(f"A/B winner: {_ab_line(s['ab'])}")
+            for c in s["ab"]["candidates"]:
+                print(f"  {c['source']}: {c['outcome']} {_ab_detail(c)}")
             for lesson in s["lessons"]:
                 print(
                     f"lesson kept in memory/: rewrite {lesson['kind']!r} at generation "

@@ -19,7 +19,8 @@ def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
     rollbacks = int(re.search(r"^rollbacks: (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
     marks = int(re.search(r"^good marks: (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
     assert rollbacks >= 1 and marks >= 1
-    archives = git(target, "for-each-ref", "--format=%(refname)", "refs/metasup/archive").split()
+    refs = git(target, "for-each-ref", "--format=%(refname)", "refs/metasup/archive").split()
+    archives = [r for r in refs if "-exp-" not in r]  # the A/B's losers are archived too
     assert len(archives) == rollbacks
     for ref in archives:
         assert f"archived as {ref}" in text
@@ -29,6 +30,10 @@ def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
     assert "proposals applied: 1" in text and "proposals rejected: 1" in text
     assert "protected paths restored: metasup.yaml" in text
     assert (target / "notes" / "ideas.md").exists()
+    assert "A/B winner: bold" in text and "merged" in text
+    assert "  cautious: failed" in text and "  typo: failed check" in text
+    assert "min(0.9, STEP_SCALE * 2)" in (target / "brain.py").read_text()
+    assert git(target, "for-each-ref", "refs/heads/metasup") == ""
     assert "max_failures: 3" in (target / "metasup.yaml").read_text()
     assert "max_failures: 1000" not in git(target, "log", "-p", "--", "metasup.yaml")
     assert f"cd {target}" in text and "git for-each-ref refs/metasup" in text
