@@ -9,8 +9,9 @@ Per candidate, `max_concurrent` at a time:
    ones;
 4. run the checks, the agent for `shadow_runtime` (dying earlier fails), and the fitness command
    `repeats` times, interleaved with the same number of baseline runs on the good commit;
-5. judge (verdict.py). The best passing candidate is merged; the others are archived under
-   refs/metasup/archive/ and their branches deleted.
+5. judge (verdict.py). The best passing candidate is merged; the others are archived as
+   refs/metasup/archive/exp-<id>-<outcome> (ids begin with their UTC time) and their branches
+   deleted.
 
 Every command has a hard timeout; a candidate whose step times out has failed.
 """

@@ -438,15 +438,15 @@ class GitRepo:
         refs = [r for r in self.repo.references if r.startswith(EXP_BRANCH_PREFIX)]
         return [(r, str(self.repo.references[r].target)) for r in sorted(refs)]
 
-    def archive_commit(self, suffix: str, commit: str) -> str:
-        """Keep `commit` reachable under refs/metasup/archive/<UTC>-<suffix>."""
-        name = archive_ref_name(suffix)
+    def archive_commit(self, name: str, commit: str) -> str:
+        """Keep `commit` reachable under refs/metasup/archive/<name> (a suffix keeps it unique)."""
+        ref = f"{ARCHIVE_PREFIX}{name}"
         n = 1
-        while name in self.repo.references:
+        while ref in self.repo.references:
             n += 1
-            name = f"{archive_ref_name(suffix)}-{n}"
-        self.repo.references.create(name, commit)
-        return name
+            ref = f"{ARCHIVE_PREFIX}{name}-{n}"
+        self.repo.references.create(ref, commit)
+        return ref
 
     def worktree_at(self, slot: str, root: Path, commit: str) -> Path:
         """A worktree of this repository at `commit` (detached HEAD), in `root/slot`.

@@ -460,6 +460,7 @@ def test_experiment_branches_and_archives(based: tuple[Path, GitRepo, str]) -> N
     g.set_branch("refs/heads/metasup/exp/abc", base)
     assert g.experiment_branches() == [("refs/heads/metasup/exp/abc", base)]
     ref = g.archive_commit("exp-abc-failed", base)
-    assert ref.startswith(ARCHIVE_PREFIX) and ref.endswith("-exp-abc-failed")
+    assert ref == "refs/metasup/archive/exp-abc-failed"
+    assert g.archive_commit("exp-abc-failed", base) == "refs/metasup/archive/exp-abc-failed-2"
     g.delete_ref("refs/heads/metasup/exp/abc")
     assert g.experiment_branches() == []

@@ -20,7 +20,7 @@ def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
     marks = int(re.search(r"^good marks: (\d+)$", text, re.M).group(1))  # type: ignore[union-attr]
     assert rollbacks >= 1 and marks >= 1
     refs = git(target, "for-each-ref", "--format=%(refname)", "refs/metasup/archive").split()
-    archives = [r for r in refs if "-exp-" not in r]  # the A/B's losers are archived too
+    archives = [r for r in refs if "/archive/exp-" not in r]  # the A/B's losers are archived too
     assert len(archives) == rollbacks
     for ref in archives:
         assert f"archived as {ref}" in text

@@ -101,7 +101,7 @@ def test_three_candidates_the_best_is_merged(repo: Path, tmp_path: Path) -> None
     # The others are archived, every experiment branch is gone.
     for name in ("three", "bad"):
         ref = c[name]["archive"]
-        assert ref.endswith(f"-{c[name]['outcome']}")
+        assert ref == f"refs/metasup/archive/exp-{c[name]['id']}-{c[name]['outcome']}"
         assert git(repo, "rev-parse", ref).strip() == c[name]["commit"]
     assert git(repo, "for-each-ref", "refs/heads/metasup") == ""
     assert names(repo).count("experiment_started") == 3
@@ -239,7 +239,7 @@ def test_leftovers_of_an_interrupted_experiment_are_archived(repo: Path, tmp_pat
     code, _ = experiment(repo, value(tmp_path, "five", 5))
     assert code == 0
     archives = git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/archive").split()
-    assert any(r.endswith("-exp-20260101T000000000000Z-dead00-interrupted") for r in archives)
+    assert "refs/metasup/archive/exp-20260101T000000000000Z-dead00-interrupted" in archives
     assert git(repo, "for-each-ref", "refs/heads/metasup") == ""
 
 
