@@ -292,7 +292,7 @@ def experiment(
     --dry-run: when one would be), 1 when none passed.
     """
     from metasup.experiments import Experimenter
-    from metasup.journal import Journal, RepoLock, StateDir, read_json
+    from metasup.journal import StateDir, locked_journal, read_json
     from metasup.policy import load_policy
     from metasup.process import Reaper, become_subreaper
 
@@ -301,29 +301,20 @@ def experiment(
     policy = load_policy(repo.workdir, cfg.path, cfg.protected_paths)
     sources = [(name, _read_input(name)) for name in files]
     dirs = StateDir.for_git_dir(repo.git_dir)
-    dirs.create()
-    with RepoLock(dirs.lock, str(repo.workdir)):
-        journal = Journal(dirs.events)
-
-        def emit(event: Any, **fields: Any) -> None:
-            journal.append(event, **fields)
-
+    with locked_journal(dirs, str(repo.workdir)) as journal:
         become_subreaper()  # so what an evaluator leaves behind is found and stopped
-        runner = Experimenter(repo, cfg, policy, dirs.root, emit, Reaper())
-        try:
-            runner.clean_leftovers()
-            state = read_json(dirs.state)
-            run = int(state.get("run") or 0) if isinstance(state, dict) else 0
+        runner = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
+        runner.clean_leftovers()
+        state = read_json(dirs.state)
+        run = int(state.get("run") or 0) if isinstance(state, dict) else 0
 
-            def before_merge() -> None:
-                # Nothing uncommitted may be lost to the merge's checkout.
-                snap = repo.snapshot(run, protect=lambda p: policy.protecting_rule(p) is not None)
-                if snap.commit is not None:
-                    emit("snapshot", commit=snap.commit, run=run, files=snap.changed)
+        def before_merge() -> None:
+            # Nothing uncommitted may be lost to the merge's checkout.
+            snap = repo.snapshot(run, protect=lambda p: policy.protecting_rule(p) is not None)
+            if snap.commit is not None:
+                journal.append("snapshot", commit=snap.commit, run=run, files=snap.changed)
 
-            outcome = runner.run(sources, dry_run=dry_run, before_merge=before_merge)
-        finally:
-            journal.close()
+        outcome = runner.run(sources, dry_run=dry_run, before_merge=before_merge)
     if as_json:
         typer.echo(json.dumps(outcome.as_dict(), indent=2))
     else:
@@ -387,9 +378,8 @@ def rollback_cmd(
     """
     from metasup import rollback
     from metasup.errors import ConfigError
-    from metasup.events import Event
     from metasup.gitrepo import GOOD_REF
-    from metasup.journal import Journal, RepoLock, StateDir, read_json
+    from metasup.journal import StateDir, locked_journal, read_json
 
     repo = _repo()
     try:
@@ -401,30 +391,21 @@ def rollback_cmd(
             raise
         keep = ()  # no config at all: nothing to preserve
     dirs = StateDir.for_git_dir(repo.git_dir)
-    dirs.create()
-    with RepoLock(dirs.lock, str(repo.workdir)):
-        journal = Journal(dirs.events)
-
-        def emit(event: Event, **fields: Any) -> None:
-            journal.append(event, **fields)
-
-        try:
-            left = rollback.pending(dirs.intent)
-            if left is not None:
-                left["resumed"] = True
-                rollback.carry_out(repo, left, keep, dirs.intent, emit)
-                typer.echo(f"finished an interrupted rollback to {left['target'][:12]}")
-            if to is None and repo.good() is None:
-                raise UserError(f"no good commit yet ({GOOD_REF}); pass --to REF")
-            target = repo.check_rollback_target(to or GOOD_REF, failed=None)
-            state = read_json(dirs.state)
-            run = int(state.get("run") or 0) if isinstance(state, dict) else 0
-            intent = rollback.plan(
-                run, repo.head(), target, "manual", dirs.preserve / "manual", by="operator"
-            )
-            done = rollback.carry_out(repo, intent, keep, dirs.intent, emit)
-        finally:
-            journal.close()
+    with locked_journal(dirs, str(repo.workdir)) as journal:
+        left = rollback.pending(dirs.intent)
+        if left is not None:
+            left["resumed"] = True
+            rollback.carry_out(repo, left, keep, dirs.intent, journal.append)
+            typer.echo(f"finished an interrupted rollback to {left['target'][:12]}")
+        if to is None and repo.good() is None:
+            raise UserError(f"no good commit yet ({GOOD_REF}); pass --to REF")
+        target = repo.check_rollback_target(to or GOOD_REF, failed=None)
+        state = read_json(dirs.state)
+        run = int(state.get("run") or 0) if isinstance(state, dict) else 0
+        intent = rollback.plan(
+            run, repo.head(), target, "manual", dirs.preserve / "manual", by="operator"
+        )
+        done = rollback.carry_out(repo, intent, keep, dirs.intent, journal.append)
     if done.get("archive"):
         typer.echo(f"archived the current state as {done['archive']}")
     typer.echo(f"reset to {target[:12]}")

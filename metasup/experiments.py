@@ -37,7 +37,7 @@ from metasup.policy import Policy
 from metasup.process import Completed, Reaper, run_command
 from metasup.verdict import Metrics, Verdict, judge, winner
 
-Emit = Callable[..., None]
+Emit = Callable[..., object]
 
 
 @dataclass

@@ -27,7 +27,7 @@ from metasup.events import Event
 from metasup.journal import write_json_atomic
 from metasup.policy import Policy
 
-Emit = Callable[..., None]  # emit(event, **fields)
+Emit = Callable[..., object]  # emit(event, **fields)
 Report = Callable[[dict[str, Any]], None]
 
 IDLE_WAKE_S = 60.0

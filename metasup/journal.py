@@ -274,6 +274,19 @@ class RepoLock:
         self.release()
 
 
+@contextlib.contextmanager
+def locked_journal(dirs: StateDir, what: str) -> Iterator[Journal]:
+    """The journal, for a command that changes the repository while no supervisor runs: the
+    repo lock is held throughout (a running supervisor makes this a clear error)."""
+    dirs.create()
+    with RepoLock(dirs.lock, what):
+        journal = Journal(dirs.events)
+        try:
+            yield journal
+        finally:
+            journal.close()
+
+
 def holder_pid(path: Path) -> int | None:
     """The pid of the live supervisor holding the lock at `path`, or None when nobody does."""
     try:

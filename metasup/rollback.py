@@ -20,7 +20,7 @@ from metasup.faults import crashpoint
 from metasup.gitrepo import GitRepo
 from metasup.journal import read_json, write_json_atomic
 
-Emit = Callable[..., None]  # emit(event, **fields): journal the event, report it
+Emit = Callable[..., object]  # emit(event, **fields): journal the event, report it
 
 
 def plan(

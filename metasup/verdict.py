@@ -79,41 +79,29 @@ def judge(
             return None
         return means[name]
 
-    response = "response_time_ms"
-    # 1. failure criteria
-    if failure.max_error_rate is not None:
-        v = metric("error_rate", "failure_criteria.max_error_rate")
-        if v is not None and v > failure.max_error_rate:
-            reasons.append(f"error_rate {v:g} > failure max_error_rate {failure.max_error_rate:g}")
-    if failure.min_success_rate is not None:
-        v = metric("success_rate", "failure_criteria.min_success_rate")
-        if v is not None and v < failure.min_success_rate:
-            reasons.append(
-                f"success_rate {v:g} < failure min_success_rate {failure.min_success_rate:g}"
-            )
-    if failure.max_response_time is not None:
-        v = metric(response, "failure_criteria.max_response_time")
-        if v is not None and v / 1000 > failure.max_response_time:
-            reasons.append(
-                f"response_time {v:g} ms > failure max_response_time "
-                f"{failure.max_response_time * 1000:g} ms"
-            )
-    # 2. success criteria
-    if success.min_success_rate is not None:
-        v = metric("success_rate", "success_criteria.min_success_rate")
-        if v is not None and v < success.min_success_rate:
-            reasons.append(f"success_rate {v:g} < min_success_rate {success.min_success_rate:g}")
-    if success.max_error_rate is not None:
-        v = metric("error_rate", "success_criteria.max_error_rate")
-        if v is not None and v > success.max_error_rate:
-            reasons.append(f"error_rate {v:g} > max_error_rate {success.max_error_rate:g}")
-    if success.max_response_time is not None:
-        v = metric(response, "success_criteria.max_response_time")
-        if v is not None and v / 1000 > success.max_response_time:
-            reasons.append(
-                f"response_time {v:g} ms > max_response_time "
-                f"{success.max_response_time * 1000:g} ms"
-            )
+    def bounds(c: Criteria, kind: str) -> None:
+        """The three bounds a criteria block can set; `kind` names the block in reasons."""
+        label = "failure " if kind == "failure_criteria" else ""
+        if c.max_error_rate is not None:
+            v = metric("error_rate", f"{kind}.max_error_rate")
+            if v is not None and v > c.max_error_rate:
+                reasons.append(f"error_rate {v:g} > {label}max_error_rate {c.max_error_rate:g}")
+        if c.min_success_rate is not None:
+            v = metric("success_rate", f"{kind}.min_success_rate")
+            if v is not None and v < c.min_success_rate:
+                reasons.append(
+                    f"success_rate {v:g} < {label}min_success_rate {c.min_success_rate:g}"
+                )
+        if c.max_response_time is not None:
+            v = metric("response_time_ms", f"{kind}.max_response_time")
+            if v is not None and v / 1000 > c.max_response_time:
+                reasons.append(
+                    f"response_time {v:g} ms > {label}max_response_time "
+                    f"{c.max_response_time * 1000:g} ms"
+                )
+
+    bounds(failure, "failure_criteria")  # 1. breaching any one fails
+    bounds(success, "success_criteria")  # 2. each one set must hold, and the improvement
     if success.min_improvement is not None:
         if score is None:
             reasons.append("min_improvement needs score, which the fitness command did not report")

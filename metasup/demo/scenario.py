@@ -16,7 +16,7 @@ from metasup.config import Config, load_config
 from metasup.errors import UserError
 from metasup.experiments import Experimenter
 from metasup.gitrepo import GOOD_REF, GitRepo, init_repository
-from metasup.journal import Journal, RepoLock, StateDir, read_events, read_json
+from metasup.journal import StateDir, locked_journal, read_events, read_json
 from metasup.policy import load_policy
 from metasup.process import Reaper
 from metasup.supervisor import Supervisor
@@ -110,22 +110,18 @@ def run_ab(repo: GitRepo, config: Config, out: _Out) -> dict[str, Any]:
     ]  # fmt: skip
     dirs = StateDir.for_git_dir(repo.git_dir)
     policy = load_policy(repo.workdir, config.path, config.protected_paths)
-    journal = Journal(dirs.events)
-    try:
+    state = read_json(dirs.state) or {}
+
+    def before_merge() -> None:  # the agent's last edits are committed, not lost
+        repo.snapshot(int(state.get("run") or 0))
+
+    with locked_journal(dirs, str(repo.workdir)) as journal:
 
         def emit(event: Any, **fields: Any) -> None:
             out.event(journal.append(event, **fields))
 
-        state = read_json(dirs.state) or {}
-
-        def before_merge() -> None:  # the agent's last edits are committed, not lost
-            repo.snapshot(int(state.get("run") or 0))
-
-        with RepoLock(dirs.lock, str(repo.workdir)):
-            runner = Experimenter(repo, config, policy, dirs.root, emit, Reaper())
-            outcome = runner.run(sources, before_merge=before_merge)
-    finally:
-        journal.close()
+        runner = Experimenter(repo, config, policy, dirs.root, emit, Reaper())
+        outcome = runner.run(sources, before_merge=before_merge)
     return outcome.as_dict()
 
 

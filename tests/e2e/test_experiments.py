@@ -27,9 +27,10 @@ SCORE = textwrap.dedent(
 )
 
 
-def experiment_repo(
-    repo: Path, extra: str = "", agent: str = "import time\ntime.sleep(30)\n"
-) -> Path:
+IDLE_AGENT = "import time\ntime.sleep(30)  # ok: an agent that just stays up\n"
+
+
+def experiment_repo(repo: Path, extra: str = "", agent: str = IDLE_AGENT) -> Path:
     (repo / "checks").mkdir()
     (repo / "eval").mkdir()
     (repo / "app.py").write_text("VALUE = 1\n")
