@@ -310,17 +310,15 @@ class Experimenter:
     def _failed(self, c: Candidate, t0: float) -> None:
         if c.outcome == "pending":
             c.outcome = "failed"
-        c.verdict = (
-            c.verdict
-            if c.verdict is not None and not c.verdict.passed
-            else Verdict(False, (c.failure() or "failed",), None, None, None)
-        )
+        if c.verdict is None or c.verdict.passed:  # failed before (or outside) the verdict
+            c.verdict = Verdict(False, (c.failure() or "failed",), None, None, None)
+        reason = c.failure()
         self.emit(
             Event.EXPERIMENT_FAILED,
             id=c.id,
             commit=c.commit,
             outcome=c.outcome,
-            reason=c.failure(),
+            reason=reason,
             improvement=c.verdict.improvement,
             duration_ms=_ms(t0),
         )
@@ -419,8 +417,8 @@ class Experimenter:
             return
         with self._git:
             if not (c is best and merged is not None):
-                if c.outcome == "passed":
-                    c.outcome = "lost" if best is not None and merged is not None else "passed"
+                if c.outcome == "passed" and merged is not None:
+                    c.outcome = "lost"  # passed, but another one was merged
                 c.archive = self.repo.archive_commit(f"exp-{c.id}-{c.outcome}", c.commit)
             self.repo.delete_ref(c.branch)
 

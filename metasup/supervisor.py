@@ -349,17 +349,17 @@ class Supervisor:
         if code is None:
             return None
         r = self.running
-        runtime = time.monotonic() - r.child.started
         r.child.popen.returncode = code
         drain(r.child, r.log)
-        self.last_exit = {"run": r.run, "code": code, "runtime_s": round(runtime, 3)}
+        return self._exited(r.child.pid, r.run, r.commit, code, time.monotonic() - r.child.started)
+
+    def _exited(
+        self, pid: int | None, run: int, commit: str, code: int, runtime: float
+    ) -> lifecycle.Exited:
+        """Record an exit (state and journal) and observe it."""
+        self.last_exit = {"run": run, "code": code, "runtime_s": round(runtime, 3)}
         self._emit(
-            Event.EXIT,
-            pid=r.child.pid,
-            code=code,
-            runtime_s=round(runtime, 3),
-            run=r.run,
-            commit=r.commit,
+            Event.EXIT, pid=pid, code=code, runtime_s=round(runtime, 3), run=run, commit=commit
         )
         return lifecycle.Exited(code=code, runtime=runtime)
 
@@ -457,10 +457,8 @@ class Supervisor:
             log.close()
             self.counters.cycles += 1
             self._emit(Event.LAUNCH, pid=None, run=run, commit=commit, error=str(e))
-            self.last_exit = {"run": run, "code": 127, "runtime_s": 0.0}
             self.last_stderr_tail = list(log.stderr_tail)
-            self._emit(Event.EXIT, pid=None, code=127, runtime_s=0.0, run=run, commit=commit)
-            return lifecycle.Exited(code=127, runtime=0.0)
+            return self._exited(None, run, commit, 127, 0.0)
         self.running = Running(
             child=child, run=run, commit=commit, log=log, launched_wall=time.time()
         )
@@ -602,11 +600,10 @@ class Supervisor:
         if not queue:
             return
         self._exp_items = [item for item, _ in queue]
-        assert self.experimenter is not None
-        self.experimenter.strategy = self._strategy()
         sources = [(item.id, item.path.read_bytes()) for item in self._exp_items]
         experimenter, wake = self.experimenter, self._exp_wake
         assert experimenter is not None and wake is not None
+        experimenter.strategy = self._strategy()
 
         def work() -> None:
             try:
@@ -661,8 +658,9 @@ class Supervisor:
                         item,
                         [{"code": "experiment_" + c.outcome, "message": c.failure() or c.outcome}],
                     )
+            summary = c.as_dict()
             self.recent_experiments.append(
-                {k: c.as_dict()[k] for k in ("id", "source", "outcome", "score", "improvement")}
+                {k: summary[k] for k in ("id", "source", "outcome", "score", "improvement")}
             )
 
     def _start_intake(self) -> None:
@@ -681,17 +679,14 @@ class Supervisor:
             "runtime_s": round(qf.runtime, 3),
             "stderr_tail": self.last_stderr_tail,
         }
+        failure = {"run": qf.run, "failed": qf.failed, "reason": qf.reason, **details}
         if qf.target is None:  # rollback disabled: the note is all there is to do
-            self._write_recovery(
-                {"run": qf.run, "failed": qf.failed, "reason": qf.reason, **details}
-            )
+            self._write_recovery(failure)
             return lifecycle.RolledBack(good=None)
         try:
             target = self.repo.check_rollback_target(qf.target, self.repo.head())
         except RollbackRefused as e:
-            self._write_recovery(
-                {"run": qf.run, "failed": qf.failed, "reason": qf.reason, **details}
-            )
+            self._write_recovery(failure)
             return lifecycle.RollbackFailed(str(e))
         staging = self.dirs.preserve / f"run-{qf.run}"
         intent = rollback.plan(qf.run, qf.failed, target, qf.reason, staging, **details)
