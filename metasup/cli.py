@@ -459,6 +459,44 @@ def demo(
     raise typer.Exit(run_demo(directory, cycles))
 
 
+mcp_app = typer.Typer(
+    help="MCP: reach the supervised servers, or serve metasup's own tools to the agent.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(mcp_app, name="mcp")
+
+RepoOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--repo",
+        help="The supervised repository (default: the one around the current directory).",
+        file_okay=False,
+    ),
+]
+
+
+@mcp_app.command("connect")
+def mcp_connect(
+    name: Annotated[str, typer.Argument(help="The server's name in mcp_servers.")],
+    repo: RepoOpt = None,
+    wait: Annotated[
+        float, typer.Option("--wait", min=0, help="Seconds to wait for the server's socket.")
+    ] = 10.0,
+) -> None:
+    """Bridge stdin/stdout to a stdio MCP server that `metasup run` supervises.
+
+    Put it in the agent's MCP client config as the server's command, e.g.
+    {"command": "metasup", "args": ["mcp", "connect", "NAME"]}. The agent then talks to the very
+    process metasup starts, probes and restarts; a restart underneath keeps its session.
+    """
+    from metasup.mcpconnect import connect, git_common_dir, pump, socket_dir
+
+    folder = git_common_dir(repo) / "metasup" / "mcp" if repo else socket_dir(Path.cwd())
+    sock = connect(folder, name, wait)
+    raise typer.Exit(pump(sock))
+
+
 def main() -> None:
     try:
         app(prog_name="metasup")

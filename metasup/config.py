@@ -28,8 +28,6 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 # Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
 # the ones a file sets so nobody believes they are in force.
 INACTIVE_KEYS = (
-    "mcp_servers",
-    "mcpServers",
     "api",
     "rollback.keep_commits",
     "rollback.backup_interval",
@@ -100,6 +98,8 @@ class RollbackConfig:
 
 @dataclass(frozen=True)
 class McpServerConfig:
+    """One MCP server: stdio (`command`), streamable HTTP (`url`), or a command serving `url`."""
+
     name: str
     command: str | None
     args: tuple[str, ...] = ()
@@ -107,6 +107,38 @@ class McpServerConfig:
     cwd: str | None = None
     url: str | None = None
     restart_on_failure: bool = True
+    probe_interval: float = 5.0
+    probe_timeout: float = 2.0
+    start_timeout: float = 10.0
+    stop_timeout: float = 5.0
+    backoff: Backoff = Backoff(initial=1.0, max=30.0)
+    max_restarts: int = 5  # more than this many restarts within restart_period: failed
+    restart_period: float = 60.0
+    watch: tuple[str, ...] | None = None  # None: the folders of the files the command names
+
+    @property
+    def transport(self) -> str:
+        return "http" if self.url else "stdio"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "transport": self.transport,
+            "command": self.command,
+            "args": list(self.args),
+            "env": dict(self.env),
+            "cwd": self.cwd,
+            "url": self.url,
+            "restart_on_failure": self.restart_on_failure,
+            "probe_interval": self.probe_interval,
+            "probe_timeout": self.probe_timeout,
+            "start_timeout": self.start_timeout,
+            "stop_timeout": self.stop_timeout,
+            "restart_backoff": {"initial": self.backoff.initial, "max": self.backoff.max},
+            "max_restarts": self.max_restarts,
+            "restart_period": self.restart_period,
+            "watch": list(self.watch) if self.watch is not None else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -179,18 +211,7 @@ class Config:
                     "backup_interval": r.backup_interval,
                     "preserve": list(r.preserve),
                 },
-                "mcp_servers": [
-                    {
-                        "name": s.name,
-                        "command": s.command,
-                        "args": list(s.args),
-                        "env": dict(s.env),
-                        "cwd": s.cwd,
-                        "url": s.url,
-                        "restart_on_failure": s.restart_on_failure,
-                    }
-                    for s in self.mcp_servers
-                ],
+                "mcp_servers": [s.to_dict() for s in self.mcp_servers],
                 "proposals": {"mode": self.proposals_mode},
                 "experiments": self.experiments.to_dict(),
                 "api": {"listen": self.api_listen},
@@ -344,17 +365,34 @@ def _explain(error: Any, doc: Any) -> tuple[Path_, str]:
         key = extra[0] if extra else "?"
         hint = f" (known: {', '.join(sorted(allowed))})" if allowed else ""
         return (*at, key), f"unknown key{hint}"
+    if error.validator == "unevaluatedProperties":
+        allowed = set(schema.get("properties", {}))
+        ref = schema.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            allowed |= set(_validator().schema["$defs"][ref.split("/")[-1]].get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        key = extra[0] if extra else "?"
+        return (*at, key), f"unknown key (known: {', '.join(sorted(allowed))})"
     if error.validator == "required":
         return at, error.message.replace("is a required property", "is required")
     if error.validator in ("oneOf", "anyOf", "allOf"):
+        if error.context and all(e.validator == "required" for e in error.context):
+            needed = [str(e.validator_value[0]) for e in error.context]
+            return at, f"needs {' or '.join(needed)}"
         if "description" in schema:
             return at, f"{error.instance!r} is not valid: expected {schema['description']}"
         if error.context:
-            deepest = jsonschema.exceptions.best_match(error.context)
+            # A branch of another type (a list where a mapping was given) says nothing useful.
+            fitting = [
+                e for e in error.context if not (e.validator == "type" and not e.relative_path)
+            ]
+            deepest = jsonschema.exceptions.best_match(fitting or error.context)
             if deepest is not None:
                 return _explain(deepest, doc)
     if error.validator == "not":
         return at, f"{error.instance!r} is not allowed here (must be more than 0)"
+    if error.validator == "pattern" and "description" in schema:
+        return at, f"{error.instance!r}: {schema['description']}"
     if error.validator == "pattern" and "supervisor" in at[:1]:
         return at, f"{error.instance!r} does not match {schema.get('pattern', '')!r}"
     return at, error.message
@@ -452,7 +490,7 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         health=health,
         rollback=rollback,
         protected_paths=tuple(s.get("protected_paths", [])),
-        mcp_servers=_mcp_servers(s),
+        mcp_servers=_mcp_servers(s, lines, name, dur),
         proposals_mode=s.get("proposals", {}).get("mode", "direct"),
         experiments=experiments,
         api_listen=s.get("api", {}).get("listen"),
@@ -494,14 +532,19 @@ def _has(d: Mapping[str, Any], keys: list[str]) -> bool:
     return True
 
 
-def _repo_relative(name: str, lines: dict[Path_, int], at: Path_, raw: str) -> str:
-    """A path inside the working tree, `/`-separated, without a trailing slash."""
+def _repo_relative(
+    name: str, lines: dict[Path_, int], at: Path_, raw: str, whole_tree: bool = False
+) -> str:
+    """A path inside the working tree, `/`-separated, without a trailing slash ("" for the
+    whole tree, where `whole_tree` allows it)."""
     p = PurePosixPath(raw)
     parts = p.parts
     if p.is_absolute() or "\\" in raw:
         raise _fail(name, lines, at, f"{raw!r} must be relative to the repository")
     if any(part == ".." for part in parts):
         raise _fail(name, lines, at, f"{raw!r} must not leave the repository ('..')")
+    if (not parts or parts == (".",)) and whole_tree:
+        return ""
     if not parts or parts == (".",):
         raise _fail(name, lines, at, f"{raw!r} would preserve the whole working tree")
     if parts[0].lower() == ".git":
@@ -509,23 +552,59 @@ def _repo_relative(name: str, lines: dict[Path_, int], at: Path_, raw: str) -> s
     return "/".join(part for part in parts if part != ".")
 
 
-def _mcp_servers(s: Mapping[str, Any]) -> tuple[McpServerConfig, ...]:
-    entries: list[tuple[str, Mapping[str, Any]]] = []
+def _mcp_servers(
+    s: Mapping[str, Any], lines: dict[Path_, int], name: str, dur: Any
+) -> tuple[McpServerConfig, ...]:
+    entries: list[tuple[str, Path_, Mapping[str, Any]]] = []
     raw = s.get("mcp_servers")
     if isinstance(raw, list):
-        entries += [(item["name"], item) for item in raw]
+        entries += [(e["name"], ("supervisor", "mcp_servers", i), e) for i, e in enumerate(raw)]
     elif isinstance(raw, Mapping):
-        entries += list(raw.items())
-    entries += list(s.get("mcpServers", {}).items())
-    return tuple(
-        McpServerConfig(
-            name=n,
-            command=e.get("command"),
-            args=tuple(e.get("args", [])),
-            env=_env(e.get("env")),
-            cwd=e.get("cwd"),
-            url=e.get("url"),
-            restart_on_failure=e.get("restart_on_failure", True),
+        entries += [(n, ("supervisor", "mcp_servers", n), e) for n, e in raw.items()]
+    entries += [(n, ("supervisor", "mcpServers", n), e) for n, e in s.get("mcpServers", {}).items()]
+    seen: dict[str, Path_] = {}
+    servers = []
+    for n, at, e in entries:
+        if n in seen:
+            first = _line(lines, seen[n])
+            where = f" (first at line {first})" if first else ""
+            raise _fail(name, lines, at, f"a server named {n!r} is defined twice{where}")
+        seen[n] = at
+        kind = e.get("type")
+        if kind == "stdio" and e.get("url"):
+            raise _fail(name, lines, (*at, "type"), "a stdio server has no url")
+        if kind is not None and kind != "stdio" and not e.get("url"):
+            raise _fail(name, lines, (*at, "url"), f"type {kind} needs a url")
+        b = e.get("restart_backoff", {})
+        backoff = Backoff(
+            initial=dur((*at, "restart_backoff", "initial"), b.get("initial"), 1.0) or 0.0,
+            max=dur((*at, "restart_backoff", "max"), b.get("max"), 30.0) or 0.0,
         )
-        for n, e in entries
-    )
+        if backoff.initial > backoff.max:
+            raise _fail(name, lines, (*at, "restart_backoff", "initial"), "larger than max")
+        watch = e.get("watch")
+        servers.append(
+            McpServerConfig(
+                name=n,
+                command=e.get("command"),
+                args=tuple(e.get("args", [])),
+                env=_env(e.get("env")),
+                cwd=e.get("cwd"),
+                url=e.get("url"),
+                restart_on_failure=e.get("restart_on_failure", True),
+                probe_interval=dur((*at, "probe_interval"), e.get("probe_interval"), 5.0) or 0.0,
+                probe_timeout=dur((*at, "probe_timeout"), e.get("probe_timeout"), 2.0) or 0.0,
+                start_timeout=dur((*at, "start_timeout"), e.get("start_timeout"), 10.0) or 0.0,
+                stop_timeout=dur((*at, "stop_timeout"), e.get("stop_timeout"), 5.0) or 0.0,
+                backoff=backoff,
+                max_restarts=e.get("max_restarts", 5),
+                restart_period=dur((*at, "restart_period"), e.get("restart_period"), 60.0) or 0.0,
+                watch=None
+                if watch is None
+                else tuple(
+                    _repo_relative(name, lines, (*at, "watch", i), w, whole_tree=True)
+                    for i, w in enumerate(watch)
+                ),
+            )
+        )
+    return tuple(servers)

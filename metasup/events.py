@@ -26,5 +26,6 @@ class Event(StrEnum):
     MCP_UNHEALTHY = "mcp_unhealthy"
     MCP_RESTARTED = "mcp_restarted"
     MCP_FAILED = "mcp_failed"
+    RESTART_REQUESTED = "restart_requested"
     APPROVED = "approved"
     RECOVERED = "recovered"

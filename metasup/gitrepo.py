@@ -152,6 +152,18 @@ class GitRepo:
         assert isinstance(blob, pygit2.Blob)
         return bytes(blob.data)
 
+    def changed_paths(self, old: str, new: str) -> set[str]:
+        """The paths that differ between two commits (both sides of a rename)."""
+        if old == new:
+            return set()
+        a = self.repo[old].peel(pygit2.Commit).tree
+        b = self.repo[new].peel(pygit2.Commit).tree
+        paths: set[str] = set()
+        for delta in a.diff_to_tree(b).deltas:
+            paths.add(delta.old_file.path)
+            paths.add(delta.new_file.path)
+        return paths
+
     def archives(self) -> list[tuple[str, str]]:
         """(ref, commit) of every archived state, oldest first."""
         refs = [r for r in self.repo.references if r.startswith(ARCHIVE_PREFIX)]

@@ -71,6 +71,11 @@ class StateDir:
     def heartbeat(self) -> Path:
         return self.root / "heartbeat"
 
+    @property
+    def mcp(self) -> Path:
+        """The Unix sockets through which agents reach the supervised MCP servers."""
+        return self.root / "mcp"
+
     def create(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
 

@@ -124,7 +124,12 @@ def spawn(
     cwd: Path,
     env: Mapping[str, str],
     capture: bool = True,
+    stdin: bool = False,
+    stderr: IO[bytes] | None = None,
 ) -> Child:
+    """Start `argv` as the leader of a new session. `capture`: stdout (and stderr, unless
+    `stderr` names a file for it) come back as non-blocking pipes; `stdin`: a pipe to write to,
+    else /dev/null."""
     token = uuid.uuid4().hex
     full_env = dict(env)
     full_env[TREE_VAR] = token
@@ -135,9 +140,9 @@ def spawn(
             list(argv),
             cwd=cwd,
             env=full_env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=pipe,
-            stderr=pipe,
+            stderr=stderr if stderr is not None else pipe,
             start_new_session=True,
             close_fds=True,
         )

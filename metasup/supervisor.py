@@ -37,6 +37,7 @@ from metasup.journal import (
     write_json_atomic,
 )
 from metasup.lifecycle import Phase
+from metasup.mcpfleet import Fleet
 from metasup.policy import Policy, load_policy
 from metasup.process import (
     Child,
@@ -167,6 +168,8 @@ class Supervisor:
         self._exp_done: Outcome | BaseException | None = None
         self._exp_ready: Outcome | None = None  # judged, with a winner to merge between cycles
         self._exp_items: list[Any] = []  # the claims the running experiment is about
+        self.fleet: Fleet | None = None
+        self._deferred: list[lifecycle.Observation] = []  # seen while waiting for the fleet
         self.recent_gains: deque[float] = deque(maxlen=5)
         self.recent_experiments: deque[dict[str, Any]] = deque(maxlen=10)
 
@@ -180,6 +183,17 @@ class Supervisor:
             self.journal = Journal(self.dirs.events)
             self._install_signals()
             become_subreaper()
+            if self.config.mcp_servers:
+                assert self._selector is not None
+                self.fleet = Fleet(
+                    self.config.mcp_servers,
+                    self.repo.workdir,
+                    self.dirs,
+                    self.reaper,
+                    self._selector,
+                    self._emit,
+                    self.report,
+                )
             self.repo.ensure_excluded(f"/{INBOX}/")
             (self.repo.workdir / INBOX).mkdir(parents=True, exist_ok=True)
             self._emit(
@@ -208,16 +222,20 @@ class Supervisor:
             lock.release()
 
     def _stop_leftovers(self, previous: dict[str, Any]) -> None:
-        """A supervisor killed with -9 could not stop its agent: do it before any git step."""
+        """A supervisor killed with -9 could not stop its agent (or its MCP servers, should
+        their worker have missed its end): do it before any git step."""
         agent = previous.get("agent")
-        if not isinstance(agent, dict) or not agent.get("token"):
-            return
-        found = stop_leftover_tree(
-            agent.get("pgid"),
-            str(agent["token"]),
-            self.config.agent.stop_signal,
-            self.config.agent.stop_timeout,
-        )
+        trees = [agent] if isinstance(agent, dict) else []
+        trees += [t for t in previous.get("mcp_trees") or [] if isinstance(t, dict)]
+        found = 0
+        for tree in trees:
+            if tree.get("token"):
+                found += stop_leftover_tree(
+                    tree.get("pgid"),
+                    str(tree["token"]),
+                    self.config.agent.stop_signal,
+                    self.config.agent.stop_timeout,
+                )
         if found:
             self.report({"event": "leftovers_stopped", "processes": found})
 
@@ -232,6 +250,8 @@ class Supervisor:
             self._exp_thread.join(timeout=30)
         if self._exp_wake is not None:
             self._exp_wake.close()
+        if self.fleet is not None:
+            self.fleet.stop()  # after the agent: its servers outlive it
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
         if self.journal is not None:
             self._emit(Event.SUPERVISOR_STOP, status=status, exit_code=self.state.exit_code)
@@ -279,7 +299,10 @@ class Supervisor:
 
     def _wait(self) -> list[lifecycle.Observation]:
         """Block until something happens; return what was observed."""
-        observed: list[lifecycle.Observation] = []
+        if self._deferred:
+            observed, self._deferred = self._deferred, []
+            return observed
+        observed = []
         assert self._selector is not None
         exited = self._agent_exit()
         if exited is not None:
@@ -290,6 +313,10 @@ class Supervisor:
         for key, _ in self._selector.select(timeout):
             if key.data == "signals":
                 observed += self._read_signals()
+            elif key.data == "mcp":
+                assert self.fleet is not None
+                if self.fleet.read():
+                    self._write_state()
             elif key.data == "inbox":
                 assert self.intake is not None
                 if not self.intake.wake.drain():
@@ -330,6 +357,8 @@ class Supervisor:
         for signum in data:
             if signum == signal.SIGCHLD:
                 self.reaper.reap()
+                if self.fleet is not None and self.fleet.check_worker():
+                    self._write_state()
             elif signum in STOP_SIGNALS:
                 self.report({"event": "stop_requested", "signal": signal.Signals(signum).name})
                 observed.append(lifecycle.StopRequested())
@@ -437,11 +466,43 @@ class Supervisor:
                 "METASUP_STRATEGY": self._strategy(),
             }
         )
+        if self.fleet:
+            env["METASUP_MCP_DIR"] = str(self.dirs.mcp)
         if self.limits.heartbeat_timeout is not None:
             env["METASUP_HEARTBEAT"] = str(self.dirs.heartbeat)
         return env
 
+    def _sync_fleet(self, commit: str) -> None:
+        """The MCP servers run `commit`'s code before the agent does: start them, or restart
+        the ones whose files changed, and wait until they answer (or their start timeout)."""
+        fleet = self.fleet
+        if fleet is None:
+            return
+        names = fleet.sync(commit, self.repo.changed_paths)
+        if not names:
+            return
+        deadline = time.monotonic() + fleet.start_timeout(names) + 1.0
+        while fleet.waiting_for(names):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # Only the fleet and the signals: the inbox and the rest wait for the loop.
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._wake_r, selectors.EVENT_READ, "signals")
+                if fleet.fd >= 0:
+                    sel.register(fleet.fd, selectors.EVENT_READ, "mcp")
+                for key, _ in sel.select(left):
+                    if key.data == "mcp":
+                        fleet.read()
+                    else:
+                        seen = self._read_signals()
+                        self._deferred += seen
+                        if any(isinstance(o, lifecycle.StopRequested) for o in seen):
+                            return
+        self._write_state()
+
     def _launch(self, run: int, commit: str) -> lifecycle.Observation | None:
+        self._sync_fleet(commit)
         log = LaunchLog(self.dirs.logs, run, commit, echo=self.echo)
         if self.limits.heartbeat_timeout is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -772,7 +833,9 @@ class Supervisor:
             },
             "last_exit": self.last_exit,
             "last_archive": self.last_archive,
-            "mcp_servers": {},
+            "mcp_servers": self.fleet.states() if self.fleet else {},
+            "mcp": self.fleet.details() if self.fleet else {},
+            "mcp_trees": self.fleet.trees() if self.fleet else [],
             "experiments": list(self.recent_experiments),
             "experiment_running": self._exp_thread is not None,
             "strategy": self._strategy(),

@@ -56,7 +56,7 @@ def test_meta_supervisor_config_loads_unchanged() -> None:
     assert ex.success.max_response_time == 5 and ex.success.min_improvement == 0.1
     assert ex.failure.max_error_rate == 0.1 and ex.failure.max_response_time == 10
     assert cfg.api_listen == "127.0.0.1:9000"
-    assert "experiments" not in cfg.inactive and "mcp_servers" in cfg.inactive
+    assert "mcp_servers" not in cfg.inactive and "api" in cfg.inactive
     assert "protected_paths" not in cfg.inactive and "proposals" not in cfg.inactive
 
 
@@ -85,6 +85,94 @@ def test_mcp_servers_mapping_shape() -> None:
         ("-y", "server"),
         {"A": "1"},
     )
+
+
+def test_mcp_server_settings_and_defaults() -> None:
+    cfg = parse(
+        "supervisor:\n  agent: {command: x}\n  mcp_servers:\n"
+        "    - {name: s, command: python, args: [servers/s.py]}\n"
+        "    - name: h\n      url: http://127.0.0.1:8123/mcp\n      command: python\n"
+        "      probe_interval: 500ms\n      probe_timeout: 100ms\n      max_restarts: 2\n"
+        "      restart_backoff: {initial: 50ms, max: 1s}\n      watch: [servers/, .]\n"
+    )
+    s, h = cfg.mcp_servers  # type: ignore[attr-defined]
+    assert (s.transport, s.probe_interval, s.probe_timeout, s.max_restarts) == ("stdio", 5, 2, 5)
+    assert s.watch is None and s.restart_on_failure
+    assert (h.transport, h.probe_interval, h.probe_timeout) == ("http", 0.5, 0.1)
+    assert (h.backoff.initial, h.backoff.max, h.max_restarts) == (0.05, 1.0, 2)
+    assert h.watch == ("servers", "")
+    assert cfg.to_dict()["supervisor"]["mcp_servers"][1]["watch"] == ["servers", ""]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("servers", "expected"),
+    [
+        ("mcp_servers:\n    - {name: a}", "supervisor.mcp_servers[0]: needs command or url"),
+        (
+            "mcp_servers:\n    - {name: a, command: p, colour: red}",
+            "supervisor.mcp_servers[0].colour: unknown key (known: args, command, cwd, env, ",
+        ),
+        ("mcpServers:\n    a b: {command: p}", "supervisor.mcpServers: 'a b': names are"),
+        ("mcpServers:\n    a: {command: p, type: http}", "supervisor.mcpServers.a.url: type http"),
+        (
+            "mcpServers:\n    a: {url: 'http://x/mcp', type: stdio}",
+            "supervisor.mcpServers.a.type: a stdio server has no url",
+        ),
+        ("mcpServers:\n    a: {url: ftp://x}", "supervisor.mcpServers.a.url: 'ftp://x' does not"),
+        (
+            "mcp_servers:\n    - {name: a, command: p}\n  mcpServers:\n    a: {command: q}",
+            "metasup.yaml:6: supervisor.mcpServers.a: a server named 'a' is defined twice "
+            "(first at line 4)",
+        ),
+        (
+            "mcp_servers:\n    - {name: a, command: p, probe_timeout: 0}",
+            "supervisor.mcp_servers[0].probe_timeout: 0 is not allowed",
+        ),
+        (
+            "mcp_servers:\n    - {name: a, command: p, watch: [../x]}",
+            "supervisor.mcp_servers[0].watch[0]: '../x' must not leave",
+        ),
+    ],
+)
+def test_mcp_server_errors_name_the_key(servers: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse("supervisor:\n  agent: {command: x}\n  " + servers + "\n")
+    assert expected in str(e.value)
+
+
+_server_entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "command": st.one_of(st.text(max_size=5), st.integers()),
+        "url": st.sampled_from(["http://127.0.0.1:1/mcp", "https://h/m", "x", ""]),
+        "args": st.one_of(st.lists(st.text(max_size=3), max_size=2), st.text(max_size=2)),
+        "type": st.sampled_from(["stdio", "http", "sse"]),
+        "probe_interval": st.one_of(st.sampled_from(["1s", "0", "-1s", "5m"]), st.integers(-1, 9)),
+        "max_restarts": st.integers(-2, 3),
+        "watch": st.lists(st.sampled_from([".", "a/", "/abs", "../up", ".git/x"]), max_size=2),
+        "restart_backoff": st.fixed_dictionaries(
+            {},
+            optional={
+                "initial": st.sampled_from(["2s", "1s"]),
+                "max": st.sampled_from(["1s", "x"]),
+            },
+        ),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=0, max_size=6), _server_entries, max_size=3))
+def test_any_mcp_server_map_loads_or_fails_with_one_line(servers: dict[str, object]) -> None:
+    text = yaml.safe_dump({"supervisor": {"agent": {"command": "x"}, "mcpServers": servers}})
+    try:
+        cfg = parse(text)
+    except ConfigError as e:
+        assert str(e).startswith("metasup.yaml") and "\n" not in str(e)
+    else:
+        for server in cfg.mcp_servers:  # type: ignore[attr-defined]
+            assert server.command or server.url
+            assert server.backoff.initial <= server.backoff.max
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,289 @@
+"""MCP servers under `metasup run`: real SDK servers, real probes, a real client session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from tests.conftest import (
+    ROOT,
+    agent_config,
+    events,
+    git,
+    pid_alive,
+    start_metasup,
+    supervising,
+    wait_for,
+    write_config,
+)
+
+FIXTURES = ROOT / "tests" / "fixtures" / "mcp"
+PY = json.dumps(sys.executable)
+SLEEPER = "import time\ntime.sleep(120)  # ok: a long-running agent\n"
+
+
+def server(name: str, script: str, **extra: Any) -> str:
+    fields = {
+        "name": name,
+        "command": sys.executable,
+        "args": [str(FIXTURES / script)],
+        "probe_interval": "200ms",
+        "probe_timeout": "500ms",
+        "start_timeout": "8s",
+        "stop_timeout": "2s",
+        "restart_backoff": {"initial": "50ms", "max": "200ms"},
+        **extra,
+    }
+    return "    - " + json.dumps(fields) + "\n"
+
+
+def mcp_config(*servers: str, **config: Any) -> str:
+    return agent_config(**config) + "  mcp_servers:\n" + "".join(servers)
+
+
+def state(repo: Path) -> dict[str, Any]:
+    path = repo / ".git" / "metasup" / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def mcp_events(repo: Path, server_name: str, event: str) -> list[dict[str, Any]]:
+    return [e for e in events(repo) if e["event"] == event and e.get("server") == server_name]
+
+
+def server_state(repo: Path, name: str) -> str | None:
+    return state(repo).get("mcp_servers", {}).get(name)
+
+
+def test_the_four_fixture_servers_behave_as_described(repo: Path) -> None:
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(
+        repo,
+        mcp_config(
+            server("healthy", "healthy.py"),
+            server("crashy", "crashy.py", env={"CRASH_AFTER": "3"}, max_restarts=50),
+            server("hanging", "hanging.py", max_restarts=50),
+            server("broken", "broken.py", max_restarts=2, restart_period="1m"),
+        ),
+    )
+    with supervising(repo) as proc:
+        # Every server was started (or given up on) before the agent.
+        launch = next(e for e in events(repo) if e["event"] == "launch")
+        started = mcp_events(repo, "healthy", "mcp_started")
+        assert started and started[0]["seq"] < launch["seq"] and started[0]["tools"] == 2
+
+        # Fails at start every time: restarted with backoff, then failed; metasup goes on.
+        wait_for(lambda: mcp_events(repo, "broken", "mcp_failed"), what="broken to fail")
+        assert len(mcp_events(repo, "broken", "mcp_restarted")) == 2
+        assert "exited with code 2" in mcp_events(repo, "broken", "mcp_unhealthy")[0]["reason"]
+
+        # Crashes after a while: unhealthy (its exit), restarted, healthy again.
+        wait_for(
+            lambda: len(mcp_events(repo, "crashy", "mcp_started")) >= 2,
+            what="crashy to come back",
+        )
+        crash = mcp_events(repo, "crashy", "mcp_unhealthy")[0]
+        assert crash["reason"] == "exited with code 7"
+
+        # Hangs on the probe: unhealthy by the protocol while its pid lives on, then restarted.
+        wait_for(lambda: mcp_events(repo, "hanging", "mcp_restarted"), what="hanging restarted")
+        hang = mcp_events(repo, "hanging", "mcp_unhealthy")[0]
+        assert hang["reason"] == "no answer to tools/list within 0.5s"
+
+        doc = wait_for(
+            lambda: (s := state(repo)).get("mcp", {}).get("healthy", {}).get("latency_ms") and s
+        )
+        assert doc["mcp_servers"]["healthy"] == "healthy"
+        assert doc["mcp_servers"]["broken"] == "failed"
+        healthy = doc["mcp"]["healthy"]
+        assert healthy["tools"] == 2 and healthy["restarts"] == 0 and healthy["latency_ms"] > 0
+        assert doc["mcp"]["crashy"]["restarts"] >= 1
+        assert doc["agent"]["pid"] and pid_alive(doc["agent"]["pid"])
+        pids = [d["pid"] for d in doc["mcp"].values() if d.get("pid")]
+        worker = [t["pgid"] for t in doc["mcp_trees"]]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    # Nothing started survives metasup run.
+    for pid in pids + worker:
+        wait_for(lambda pid=pid: not pid_alive(pid), timeout=5, what=f"pid {pid} to be gone")
+    final = state(repo)
+    assert set(final["mcp_servers"].values()) == {"stopped"}
+    assert not (repo / ".git" / "metasup" / "mcp" / "healthy.sock").exists()
+
+
+@asynccontextmanager
+async def bridged(repo: Path, name: str) -> AsyncIterator[Any]:
+    """The agent's path: an SDK client session over `metasup mcp connect NAME`."""
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "metasup", "mcp", "connect", name], cwd=str(repo)
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
+
+
+async def whoami(session: Any) -> str:
+    result = await session.call_tool("whoami", {})
+    assert not result.is_error, result
+    return str(result.content[0].text)
+
+
+def test_the_agent_reaches_the_supervised_server_and_keeps_its_session(repo: Path) -> None:
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(repo, mcp_config(server("tools", "healthy.py", probe_interval="100ms")))
+    with supervising(repo):
+        first_pid = state(repo)["mcp"]["tools"]["pid"]
+
+        async def scenario() -> tuple[str, str, list[str]]:
+            async with bridged(repo, "tools") as session:
+                listed = [t.name for t in (await session.list_tools()).tools]
+                before = await whoami(session)
+                os.kill(first_pid, signal.SIGKILL)
+                await anyio.to_thread.run_sync(
+                    lambda: wait_for(
+                        lambda: len(mcp_events(repo, "tools", "mcp_started")) >= 2,
+                        what="the server back",
+                    )
+                )
+                after = await whoami(session)  # same session, new server process
+                return before, after, listed
+
+        before, after, listed = anyio.run(scenario)
+        assert sorted(listed) == ["echo", "whoami"]
+        assert before.split()[0] == str(first_pid)
+        second_pid = state(repo)["mcp"]["tools"]["pid"]
+        assert after.split()[0] == str(second_pid) != str(first_pid)
+        assert mcp_events(repo, "tools", "mcp_unhealthy")[0]["reason"] == "exited with code -9"
+
+
+def test_connect_names_what_is_missing(repo: Path) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "metasup", "mcp", "connect", "nope", "--wait", "0"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "MCP server 'nope' is not served" in out.stderr and "Traceback" not in out.stderr
+
+
+VERSIONED = textwrap.dedent(
+    """
+    import os
+    from pathlib import Path
+    from mcp.server.mcpserver import MCPServer
+
+    VERSION = (Path(__file__).parent / "version.txt").read_text().strip()
+    app = MCPServer("versioned")
+
+    @app.tool()
+    def whoami() -> str:
+        \"\"\"pid and code version\"\"\"
+        return f"{os.getpid()} {VERSION}"
+
+    app.run()
+    """
+)
+
+PLAN_AGENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+    run = int(os.environ["METASUP_RUN"])
+    if run == 1:
+        Path("servers/version.txt").write_text("v2\\n")
+        time.sleep(0.6)  # ok: past min_runtime, a good run
+        sys.exit(0)
+    if run == 2:
+        sys.exit(1)  # a quick failure on the code with v2
+    time.sleep(120)  # ok: a long-running agent
+    """
+)
+
+
+def test_servers_restart_on_the_code_of_each_commit(repo: Path) -> None:
+    (repo / "servers").mkdir()
+    (repo / "servers" / "tool.py").write_text(VERSIONED)
+    (repo / "servers" / "version.txt").write_text("v1\n")
+    (repo / "agent.py").write_text(PLAN_AGENT)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(
+        repo,
+        mcp_config(
+            server("versioned", "unused", args=["servers/tool.py"]),
+            min_runtime="400ms",
+        ),
+    )
+    proc = start_metasup(repo)
+    try:
+        wait_for(
+            lambda: any(e["event"] == "launch" and e["run"] == 3 for e in events(repo)),
+            timeout=30,
+            what="the third launch",
+        )
+
+        async def ask() -> str:
+            async with bridged(repo, "versioned") as session:
+                return await whoami(session)
+
+        answer = anyio.run(ask)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    restarts = mcp_events(repo, "versioned", "mcp_restarted")
+    assert [r["reason"] for r in restarts] == ["its files changed", "its files changed"]
+    seq = {e["seq"]: e for e in events(repo)}
+    launches = [e for e in seq.values() if e["event"] == "launch"]
+    rollback = next(e for e in seq.values() if e["event"] == "rollback")
+    # v2 before run 2 (snapshot of run 1's edit), v1 again after the rollback, before run 3.
+    assert launches[0]["seq"] < restarts[0]["seq"] < launches[1]["seq"]
+    assert rollback["seq"] < restarts[1]["seq"] < launches[2]["seq"]
+    assert answer.endswith(" v1")
+    assert git(repo, "show", "HEAD:servers/version.txt").strip() == "v1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_command_serving_streamable_http_is_probed_over_http(repo: Path) -> None:
+    port = free_port()
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(
+        repo,
+        mcp_config(
+            server(
+                "web",
+                "http_server.py",
+                args=[str(FIXTURES / "http_server.py"), str(port)],
+                url=f"http://127.0.0.1:{port}/mcp",
+            )
+        ),
+    )
+    with supervising(repo):
+        doc = wait_for(
+            lambda: (s := state(repo)).get("mcp", {}).get("web", {}).get("latency_ms") and s
+        )
+        assert doc["mcp_servers"]["web"] == "healthy" and doc["mcp"]["web"]["tools"] == 1
+        assert doc["mcp"]["web"]["transport"] == "http"
+        assert "socket" not in doc["mcp"]["web"]
