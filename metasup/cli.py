@@ -103,19 +103,10 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """The running supervisor's status, or the last one recorded. Exits 0 running, 1 not."""
-    from metasup.journal import StateDir, holder_pid, read_json
+    from metasup.journal import StateDir, current_status
 
     repo = _repo()
-    dirs = StateDir.for_git_dir(repo.git_dir)
-    doc = read_json(dirs.state)
-    holder = holder_pid(dirs.lock)
-    if doc is None:
-        doc = {"status": "stopped", "run": 0, "note": "no supervisor has run in this repository"}
-    elif holder is None and doc.get("status") == "running":
-        # It was killed without a chance to record its end.
-        doc["status"] = "stopped"
-        doc["note"] = "the supervisor ended without recording it (killed?)"
-    running = holder is not None
+    doc, running = current_status(StateDir.for_git_dir(repo.git_dir))
     if as_json:
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:
@@ -204,19 +195,9 @@ def _follow(path: Path, as_json: bool, seen: int) -> None:
 
 
 def _policy(repo: Any, config: Path | None) -> Any:
-    """The policy for this repository: shipped rules, its own, and the config's additions."""
-    from metasup.config import find_config, load_config
-    from metasup.errors import ConfigError
-    from metasup.policy import load_policy
+    from metasup.policy import load_repo_policy
 
-    try:
-        path = find_config(repo.workdir, config)
-    except ConfigError:
-        if config is not None:
-            raise
-        return load_policy(repo.workdir)
-    cfg = load_config(path)
-    return load_policy(repo.workdir, cfg.path, cfg.protected_paths)
+    return load_repo_policy(repo.workdir, config)
 
 
 def _read_input(file: str) -> bytes:
@@ -495,6 +476,21 @@ def mcp_connect(
     folder = git_common_dir(repo) / "metasup" / "mcp" if repo else socket_dir(Path.cwd())
     sock = connect(folder, name, wait)
     raise typer.Exit(pump(sock))
+
+
+@mcp_app.command("serve")
+def mcp_serve(repo: RepoOpt = None, config: ConfigOpt = None) -> None:
+    """Serve metasup's tools to an LLM agent over stdio (MCP): status, validate_change,
+    propose_change, experiment_results, request_restart.
+
+    Put it in the agent's MCP client config: {"command": "metasup", "args": ["mcp", "serve"]}.
+    It reads the supervisor's records and writes to its inbox; it cannot disable metasup,
+    change what is protected, or roll back.
+    """
+    from metasup.mcpserve import Tools, serve
+
+    found = _repo(repo)
+    serve(Tools(found.workdir, found.git_dir, config))
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """Taking proposals in: the inbox, claims, and where each proposal ends up.
 
-Agents drop `*.json` into `.metasup/inbox/` (written elsewhere, then renamed in). A proposal is
+Agents drop `*.json` into `.metasup/inbox/` (written elsewhere, then renamed in), and
+`*.restart` to ask for a restart of the agent between cycles (`metasup mcp serve`'s
+`request_restart`). A proposal is
 claimed by renaming it into `<git-dir>/metasup/proposals/claimed/<id>.json`: a rename succeeds for
 exactly one taker, so two watchers never take the same one. A claim left behind by a supervisor
 that died is taken again at the next start. Rejected proposals move to `rejected/` with
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -32,6 +35,7 @@ Report = Callable[[dict[str, Any]], None]
 
 IDLE_WAKE_S = 60.0
 INBOX = ".metasup/inbox"  # relative to the working tree; excluded from snapshots
+RESTART_SUFFIX = ".restart"
 _ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{6}$")
 
 
@@ -60,8 +64,9 @@ class ProposalStore:
         for d in (self.inbox, self.claimed, self.rejected, self.applied):
             d.mkdir(parents=True, exist_ok=True)
 
-    def enqueue(self, raw: bytes) -> str:
-        """Put a proposal in the inbox the way an agent should: write aside, rename in."""
+    def enqueue(self, raw: bytes, suffix: str = ".json") -> str:
+        """Put a proposal (or a restart request) in the inbox the way an agent should: write
+        aside, rename in."""
         self.inbox.mkdir(parents=True, exist_ok=True)
         pid = new_id()
         tmp = self.inbox / f".{pid}.tmp"
@@ -69,8 +74,30 @@ class ProposalStore:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
-        os.rename(tmp, self.inbox / f"{pid}.json")
+        os.rename(tmp, self.inbox / f"{pid}{suffix}")
         return pid
+
+    def take_restart_requests(self) -> list[tuple[str, str]]:
+        """(id, reason) of each restart request in the inbox, taken (removed) once."""
+        taken = []
+        try:
+            entries = sorted(os.scandir(self.inbox), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        for e in entries:
+            if not e.name.endswith(RESTART_SUFFIX) or e.name.startswith("."):
+                continue
+            try:
+                raw = Path(e.path).read_bytes()[:4096]
+                os.unlink(e.path)  # one taker wins the unlink
+            except OSError:
+                continue
+            try:
+                reason = str(json.loads(raw).get("reason") or "")
+            except (ValueError, AttributeError):
+                reason = ""
+            taken.append((e.name.removesuffix(RESTART_SUFFIX), reason[:500]))
+        return taken
 
     def waiting(self) -> list[Path]:
         """Proposals in the inbox, oldest name first; dot files are still being written."""
@@ -159,7 +186,8 @@ class InboxWatcher:
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 target = str(getattr(event, "dest_path", "") or event.src_path)
-                if not target.endswith(".json") or os.path.basename(target).startswith("."):
+                wanted = target.endswith((".json", RESTART_SUFFIX))
+                if not wanted or os.path.basename(target).startswith("."):
                     return
                 if isinstance(event, FileMovedEvent | FileClosedEvent):
                     wake(True)
@@ -227,6 +255,7 @@ class Intake:
         self.emit = emit
         self.report = report
         self.queue: list[tuple[Claimed, proposals.Proposal]] = []
+        self.restart_requested: str | None = None  # the reason, until the supervisor acts
         self.counters = {"proposals_received": 0, "proposals_rejected": 0, "proposals_applied": 0}
         self.wake = WakePipe()
         self.watcher = InboxWatcher(store.inbox, self.wake.poke)
@@ -249,7 +278,11 @@ class Intake:
         self.wake.close()
 
     def take(self) -> bool:
-        """Claim what waits in the inbox; True when something valid is queued."""
+        """Claim what waits in the inbox; True when something valid is queued. A restart
+        request sets `restart_requested`."""
+        for rid, reason in self.store.take_restart_requests():
+            self.emit(Event.RESTART_REQUESTED, id=rid, reason=reason)
+            self.restart_requested = reason
         for path in self.store.waiting():
             item = self.store.claim(path)
             if item is not None:

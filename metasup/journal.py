@@ -308,3 +308,16 @@ def holder_pid(path: Path) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def current_status(dirs: StateDir) -> tuple[dict[str, Any], bool]:
+    """The status document (`state.json`) and whether a supervisor holds the repository now."""
+    doc = read_json(dirs.state)
+    holder = holder_pid(dirs.lock)
+    if not isinstance(doc, dict):
+        doc = {"status": "stopped", "run": 0, "note": "no supervisor has run in this repository"}
+    elif holder is None and doc.get("status") == "running":
+        # It was killed without a chance to record its end.
+        doc["status"] = "stopped"
+        doc["note"] = "the supervisor ended without recording it (killed?)"
+    return doc, holder is not None

@@ -111,6 +111,11 @@ class ProposalQueued:
 
 
 @dataclass(frozen=True)
+class RestartRequested:
+    """The agent asked (through `metasup mcp serve`) to be restarted between cycles."""
+
+
+@dataclass(frozen=True)
 class RolledBack:
     good: str | None  # the commit the tree now holds; None when rollback is disabled
 
@@ -129,6 +134,7 @@ Observation = (
     | BackoffElapsed
     | StopRequested
     | ProposalQueued
+    | RestartRequested
     | RolledBack
     | RollbackFailed
 )
@@ -266,7 +272,7 @@ def decide(
         case StopRequested():
             return _on_stop(state)
 
-        case ProposalQueued():
+        case ProposalQueued() | RestartRequested():
             return _on_proposal(state)
 
         case Snapshotted(commit=commit) if state.phase is Phase.STARTING:

@@ -631,12 +631,19 @@ class Supervisor:
     def _take_proposals(self) -> list[lifecycle.Observation]:
         """Claim what waits in the inbox. Direct mode: a queued proposal is applied between
         cycles. Experiment mode: the queue goes to an experiment, judged while the agent runs."""
-        if self.intake is None or not self.intake.take():
+        if self.intake is None:
             return []
+        queued = self.intake.take()
+        observed: list[lifecycle.Observation] = []
+        if self.intake.restart_requested is not None:
+            self.intake.restart_requested = None
+            observed.append(lifecycle.RestartRequested())
+        if not queued:
+            return observed
         if self.experimenter is None:
-            return [lifecycle.ProposalQueued()]
+            return [*observed, lifecycle.ProposalQueued()]
         self._start_experiment()
-        return []
+        return observed
 
     # --- experiments (proposals.mode: experiment) ------------------------------------------------
 
