@@ -133,6 +133,16 @@ def _print_status(doc: dict[str, Any], running: bool) -> None:
         lines.append(f"uptime:   {doc['uptime']}")
     if doc.get("last_archive"):
         lines.append(f"archive:  {doc['last_archive']}")
+    for name, st in (doc.get("mcp") or {}).items():
+        latency = st.get("latency_ms")
+        facts = [
+            str(st.get("state")),
+            f"{st.get('tools')} tools" if st.get("tools") is not None else None,
+            f"probe {latency:.1f} ms" if isinstance(latency, int | float) else None,
+            f"{st.get('restarts', 0)} restarts",
+            f"pid {st['pid']}" if st.get("pid") else None,
+        ]
+        lines.append(f"mcp:      {name}: " + ", ".join(f for f in facts if f))
     if doc.get("note"):
         lines.append(f"note:     {doc['note']}")
     typer.echo("\n".join(lines))

@@ -103,3 +103,14 @@ def test_the_watcher_wakes_on_a_new_proposal(store: ProposalStore, polling: bool
         assert woken.wait(timeout=10)
     finally:
         watcher.stop()
+
+
+def test_restart_requests_are_taken_once_with_their_reason(tmp_path: Path) -> None:
+    store = ProposalStore(tmp_path / "inbox", tmp_path / "state")
+    first = store.enqueue(b'{"reason": "reload"}', suffix=".restart")
+    store.enqueue(b"not json", suffix=".restart")
+    (tmp_path / "inbox" / ".half.restart").write_text("{}")  # still being written
+    taken = store.take_restart_requests()
+    assert taken[0] == (first, "reload") and taken[1][1] == "" and len(taken) == 2
+    assert store.take_restart_requests() == []
+    assert store.waiting() == []  # a restart request is no proposal

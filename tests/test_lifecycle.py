@@ -25,6 +25,7 @@ from metasup.lifecycle import (
     Phase,
     ProposalQueued,
     QuickFailure,
+    RestartRequested,
     RollbackFailed,
     RolledBack,
     Settings,
@@ -276,6 +277,7 @@ _observations = st.one_of(
     st.just(BackoffElapsed()),
     st.just(StopRequested()),
     st.just(ProposalQueued()),
+    st.just(RestartRequested()),
     st.builds(RolledBack, good=st.just("g" * 40)),
     st.builds(RollbackFailed, reason=st.just("x")),
 )
@@ -304,8 +306,11 @@ def test_any_sequence_keeps_the_invariants(observations: list[object]) -> None:
 
 
 @pytest.mark.parametrize("phase", [Phase.RUNNING, Phase.GOOD])
-def test_a_proposal_stops_the_agent_and_relaunches_without_a_failure(phase: Phase) -> None:
-    state, actions = decide(S, at(phase, consecutive_failures=1), ProposalQueued())
+@pytest.mark.parametrize("why", [ProposalQueued(), RestartRequested()])
+def test_a_proposal_or_restart_request_relaunches_without_a_failure(
+    phase: Phase, why: ProposalQueued | RestartRequested
+) -> None:
+    state, actions = decide(S, at(phase, consecutive_failures=1), why)
     assert state.phase is Phase.STOPPING and not state.stop_requested
     assert actions == [CancelTimers(), StopAgent()]
     state, actions = decide(S, state, Exited(code=-15, runtime=0.2))

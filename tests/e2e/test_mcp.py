@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -103,7 +104,11 @@ def test_the_four_fixture_servers_behave_as_described(repo: Path) -> None:
         assert hang["reason"] == "no answer to tools/list within 0.5s"
 
         doc = wait_for(
-            lambda: (s := state(repo)).get("mcp", {}).get("healthy", {}).get("latency_ms") and s
+            lambda: (
+                (s := state(repo)).get("mcp", {}).get("healthy", {}).get("latency_ms")
+                and s["agent"]["pid"]
+                and s
+            )
         )
         assert doc["mcp_servers"]["healthy"] == "healthy"
         assert doc["mcp_servers"]["broken"] == "failed"
@@ -287,3 +292,42 @@ def test_a_command_serving_streamable_http_is_probed_over_http(repo: Path) -> No
         assert doc["mcp_servers"]["web"] == "healthy" and doc["mcp"]["web"]["tools"] == 1
         assert doc["mcp"]["web"]["transport"] == "http"
         assert "socket" not in doc["mcp"]["web"]
+
+
+def test_a_killed_worker_is_replaced_and_its_servers_do_not_linger(repo: Path) -> None:
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(repo, mcp_config(server("tools", "healthy.py")))
+    with supervising(repo):
+        doc = wait_for(lambda: (s := state(repo)).get("agent", {}).get("pid") and s)
+        old_server = doc["mcp"]["tools"]["pid"]
+        (worker,) = [t["pgid"] for t in doc["mcp_trees"] if t["pgid"] != old_server]
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: len(mcp_events(repo, "tools", "mcp_started")) >= 2, what="a new worker")
+        wait_for(lambda: not pid_alive(old_server), timeout=5, what="the old server gone")
+        new = wait_for(
+            lambda: (m := state(repo)["mcp"]["tools"])["state"] == "healthy" and m["pid"] and m
+        )
+        assert new["pid"] != old_server
+        assert doc["agent"]["pid"] == state(repo)["agent"]["pid"], "the agent runs on"
+
+
+def test_servers_end_with_a_supervisor_killed_by_sigkill(repo: Path) -> None:
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(repo, mcp_config(server("tools", "healthy.py")))
+    proc = start_metasup(repo)
+    try:
+        wait_for(lambda: "launch" in [e["event"] for e in events(repo)], what="the launch")
+        doc = state(repo)
+        server_pid = doc["mcp"]["tools"]["pid"]
+        proc.kill()
+        proc.wait(timeout=10)
+        # The worker sees its stdin close and stops its servers.
+        wait_for(lambda: not pid_alive(server_pid), timeout=10, what="the server to stop")
+        for tree in doc["mcp_trees"]:
+            wait_for(lambda t=tree: not pid_alive(t["pgid"]), timeout=10, what="the worker")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if doc_agent := state(repo).get("agent", {}).get("pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(doc_agent, signal.SIGKILL)
