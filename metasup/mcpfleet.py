@@ -279,7 +279,8 @@ class Fleet:
         self._close_pipes()
         self.child = None
         self._stop_leftovers()
-        self._all(lambda name: "stopped")
+        for st in self.status.values():  # the last probe's figures stay, for the record
+            st.update(state="stopped", pid=None, pgid=None, token=None, clients=0)
 
     # --- commands -----------------------------------------------------------------------------
 

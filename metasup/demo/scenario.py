@@ -44,6 +44,8 @@ supervisor:
     timeout: 20s
     max_concurrent: 2
     success_criteria: {{min_improvement: 0.02}}
+  mcp_servers:              # started before the agent, probed, restarted; the agent reaches
+    - {{name: notes, command: {python}, args: [servers/notes.py]}}  # it via `metasup mcp connect`
 """
 
 
@@ -51,7 +53,8 @@ def make_scratch_repo(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):
         raise UserError(f"{directory} is not empty; the demo needs a new or empty directory")
-    for name in ("agent.py", "brain.py", "params.json", "checks/check.py", "eval/score.py"):
+    files = ("agent.py", "brain.py", "params.json", "checks/check.py", "eval/score.py")
+    for name in (*files, "servers/notes.py"):
         (directory / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(FILES / name, directory / name)
     (directory / ".gitignore").write_text("__pycache__/\n")
@@ -173,7 +176,25 @@ def summarise(repo: GitRepo) -> dict[str, Any]:
             p for e in events if e["event"] == "tamper_restored" for p in e["paths"]
         ],
         "state": read_json(dirs.state) or {},
+        "mcp": _mcp_summary(events, read_json(dirs.state) or {}),
     }
+
+
+def _mcp_summary(events: list[dict[str, Any]], state: dict[str, Any]) -> dict[str, str]:
+    """Each MCP server as the run saw it: healthy all along, or what went wrong."""
+    out = {}
+    for name, st in (state.get("mcp") or {}).items():
+        mine = [e for e in events if e.get("server") == name]
+        troubles = [e["event"] for e in mine if e["event"] in ("mcp_unhealthy", "mcp_failed")]
+        started = sum(1 for e in mine if e["event"] == "mcp_started")
+        if not started:
+            out[name] = "never became healthy"
+            continue
+        word = "healthy throughout" if not troubles else f"healthy after {len(troubles)} failures"
+        latency = st.get("latency_ms")
+        probe = f", last probe {latency:.1f} ms" if isinstance(latency, int | float) else ""
+        out[name] = f"{word} ({st.get('tools')} tools{probe}, {st.get('restarts', 0)} restarts)"
+    return out
 
 
 COLOURS = {
@@ -218,6 +239,8 @@ class _Out:
             return
         parts = []
         for key in (
+            "server",
+            "tools",
             "run",
             "commit",
             "code",
@@ -266,6 +289,8 @@ class _Out:
             table.add_row("proposals rejected", str(len(s["proposals_rejected"])))
             table.add_row("protected paths restored", ", ".join(s["tamper_restored"]) or "-")
             table.add_row("A/B winner", _ab_line(s["ab"]))
+            for name, line in s["mcp"].items():
+                table.add_row(f"MCP server {name}", line)
             table.add_row("final good commit", good)
             table.add_row("time", f"{elapsed:.1f}s")
             self.console.print(table)
@@ -306,6 +331,8 @@ class _Out:
             print(f"proposals rejected: {len(s['proposals_rejected'])}")
             print(f"protected paths restored: {', '.join(s['tamper_restored']) or '-'}")
             print(f"A/B winner: {_ab_line(s['ab'])}")
+            for name, line in s["mcp"].items():
+                print(f"MCP server {name}: {line}")
             for c in s["ab"]["candidates"]:
                 print(f"  {c['source']}: {c['outcome']} {_ab_detail(c)}")
             for lesson in s["lessons"]:

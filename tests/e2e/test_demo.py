@@ -36,6 +36,9 @@ def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
     assert git(target, "for-each-ref", "refs/heads/metasup") == ""
     assert "max_failures: 3" in (target / "metasup.yaml").read_text()
     assert "max_failures: 1000" not in git(target, "log", "-p", "--", "metasup.yaml")
+    assert re.search(r"^MCP server notes: healthy throughout \(2 tools, last probe", text, re.M)
+    assert "MCP notes.remember -> noted (1 notes)" in text, "the agent used it through metasup"
+    assert "x reached" in (target / "memory" / "notes.md").read_text()
     assert f"cd {target}" in text and "git for-each-ref refs/metasup" in text
 
 

@@ -62,6 +62,26 @@ def propose(name: str, reason: str, changes: list[dict[str, str]]) -> None:
     say(f"proposed: {reason}")
 
 
+def note_through_mcp(text: str) -> None:
+    """Call the `notes` MCP server the way an LLM agent's MCP client would: through metasup,
+    which runs that server and keeps it healthy."""
+    import anyio
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    bridge = StdioServerParameters(
+        command=sys.executable, args=["-m", "metasup", "mcp", "connect", "notes"], cwd=str(HERE)
+    )
+
+    async def call() -> str:
+        async with stdio_client(bridge) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            result = await session.call_tool("remember", {"text": text})
+            return str(result.content[0].text)  # type: ignore[union-attr]
+
+    say(f"MCP notes.remember -> {anyio.run(call)}")
+
+
 def rewrite_brain(generation: int, scale: float, kind: str) -> None:
     body = (
         f'"""The demo agent\'s own code, rewritten by the agent at the end of every run."""\n\n'
@@ -113,6 +133,7 @@ def main() -> int:
         config.write_text(config.read_text().replace("max_failures: 3", "max_failures: 1000"))
         say("edited metasup.yaml directly to allow 1000 failures")
     if brain.GENERATION == 2:
+        note_through_mcp(f"generation {generation}: x reached {x:.3f}")
         propose(
             "notes",
             "Keep a log of ideas",
