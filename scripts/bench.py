@@ -10,6 +10,9 @@
 6. proposal validation, 1 and 200 changes
 7. experiments: shadow spawn with a warm pool vs `git worktree add`; 4 candidates at
    max_concurrent 1 vs 2
+8. MCP: the fleet's stdio probe round trip (tools/list through metasup's session) and the
+   agent's round trip through `metasup mcp connect`, each against a direct SDK session to the
+   same server; time from a server's death (SIGKILL) to healthy again
 
 The agent for 3-5 is a small C program (built with gcc) that stamps CLOCK_REALTIME as its first
 and last instruction, so the latency is exit-to-exec, without any interpreter start-up.
@@ -315,6 +318,123 @@ def bench_idle(repo: Path, agent: Path, log: Path, seconds: float) -> dict[str, 
     return {"cpu_percent": round(cpu, 3), "rss_mib": round(rss, 1), "window_s": seconds}
 
 
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mcp" / "healthy.py"
+
+
+class FleetWorker:
+    """The fleet worker (`python -m metasup.mcpworker`) driven the way the supervisor does."""
+
+    def __init__(self, root: Path, **server: Any) -> None:
+        spec = {
+            "sockets": str(root / "mcp"),
+            "logs": str(root / "logs"),
+            "servers": [
+                {
+                    "name": "bench",
+                    "argv": [sys.executable, str(FIXTURE)],
+                    "cwd": str(root),
+                    "env": dict(os.environ),
+                    "url": None,
+                    "restart_on_failure": True,
+                    "probe_interval": 0.01,
+                    "probe_timeout": 1.0,
+                    "start_timeout": 10.0,
+                    "stop_timeout": 1.0,
+                    "restart_backoff": {"initial": 0.0, "max": 0.0},
+                    "max_restarts": 1000,
+                    "restart_period": 60.0,
+                    **server,
+                }
+            ],
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "metasup.mcpworker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(spec) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def next_status(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the fleet worker ended")
+            doc = json.loads(line)
+            if doc["type"] == "status":
+                return dict(doc["servers"]["bench"])
+
+    def until(self, test: Any) -> dict[str, Any]:
+        while True:
+            st = self.next_status()
+            if test(st):
+                return st
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _direct_and_bridged_rtt(root: Path, samples: int) -> dict[str, list[float]]:
+    """tools/list round trips (s): a direct SDK session to its own server process, and the
+    agent's path through `metasup mcp connect` to the fleet's server."""
+    import anyio
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    async def measure(params: StdioServerParameters) -> list[float]:
+        async with stdio_client(params) as (r, w), ClientSession(r, w) as session:
+            await session.initialize()
+            for _ in range(20):
+                await session.list_tools()  # warm up
+            out = []
+            for _ in range(samples):
+                t = time.perf_counter()
+                await session.list_tools()
+                out.append(time.perf_counter() - t)
+            return out
+
+    direct = StdioServerParameters(command=sys.executable, args=[str(FIXTURE)])
+    bridged = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "metasup", "mcp", "connect", "bench"],
+        env={**os.environ, "METASUP_MCP_DIR": str(root / "mcp")},
+    )
+    return {"direct": anyio.run(measure, direct), "bridged": anyio.run(measure, bridged)}
+
+
+def bench_mcp(root: Path, samples: int, deaths: int) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)
+    worker = FleetWorker(root)
+    try:
+        worker.until(lambda st: st["state"] == "healthy")
+        probes: list[float] = []
+        while len(probes) < samples:
+            st = worker.next_status()
+            if st["state"] == "healthy" and st["latency_ms"] is not None:
+                probes.append(st["latency_ms"] / 1000)
+        # The probe keeps running (every 10 ms) while the other sessions are measured.
+        rtt = _direct_and_bridged_rtt(root, samples)
+        recoveries = []
+        for _ in range(deaths):
+            st = worker.until(lambda st: st["state"] == "healthy" and st["pid"])
+            pid = st["pid"]
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            worker.until(lambda st, pid=pid: st["state"] == "healthy" and st["pid"] != pid)
+            recoveries.append(time.monotonic() - t0)
+    finally:
+        worker.stop()
+    return {
+        "probe_fleet": _dist(probes),
+        "direct_sdk_session": _dist(rtt["direct"]),
+        "agent_via_connect": _dist(rtt["bridged"]),
+        "death_to_healthy": {**_dist(recoveries), "backoff_s": 0.0},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,50000")
@@ -323,10 +443,18 @@ def main() -> int:
     # CPU time ticks are 10 ms: 30 s resolve 0.033%, enough to judge a 0.1% target.
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--only", choices=["mcp"], default=None, help="Run one part only.")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, Any] = {"sizes": sizes, "repeats": args.repeats, "git": {}, "loop": {}}
     root = Path(tempfile.mkdtemp(prefix="metasup-bench-"))
+    if args.only == "mcp":
+        try:
+            results = {"mcp": bench_mcp(root / "mcp", 300, 10)}
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print_mcp(results["mcp"])
+        return 0
     try:
         for files in sizes:
             print(f"[bench] {files} files: generating", file=sys.stderr, flush=True)
@@ -356,6 +484,7 @@ def main() -> int:
         )
         results["experiments"] = bench_experiments(big, agent, log, args.repeats)
         results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
+        results["mcp"] = bench_mcp(root / "mcp", 300, 10)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -369,12 +498,34 @@ def main() -> int:
 
 def _dist(gaps: list[float]) -> dict[str, float]:
     ms = sorted(g * 1000 for g in gaps)
+
+    def pct(p: float) -> float:
+        return round(ms[max(0, min(len(ms) - 1, int(len(ms) * p + 0.5) - 1))], 2)
+
     return {
         "median_ms": round(statistics.median(ms), 2),
-        "p90_ms": round(ms[int(len(ms) * 0.9) - 1 if len(ms) > 1 else 0], 2),
+        "p90_ms": pct(0.9),
+        "p99_ms": pct(0.99),
         "min_ms": round(ms[0], 2),
         "samples": len(ms),
     }
+
+
+def print_mcp(m: dict[str, Any]) -> None:
+    print("\n## MCP (ms; ratio = metasup / a direct SDK session to the same server)")
+    print(f"| {'what':<34} | {'median':>8} | {'p99':>8} | {'ratio':>6} | {'n':>4} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 8}|{'-' * 6}|")
+    anchor = m["direct_sdk_session"]["median_ms"]
+    for name in ("direct_sdk_session", "probe_fleet", "agent_via_connect", "death_to_healthy"):
+        d = m[name]
+        ratio = f"{d['median_ms'] / anchor:>6.2f}" if name != "death_to_healthy" else "     -"
+        print(
+            f"| {name:<34} | {d['median_ms']:>8.2f} | {d['p99_ms']:>8.2f} | {ratio} | "
+            f"{d['samples']:>4} |"
+        )
+    print(
+        f"death_to_healthy: SIGKILL to answering again, restart backoff {m['death_to_healthy']['backoff_s']}s"
+    )
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -416,6 +567,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "
         f"rss {idle['rss_mib']} MiB"
     )
+    print_mcp(r["mcp"])
 
 
 if __name__ == "__main__":
