@@ -523,9 +523,8 @@ def print_mcp(m: dict[str, Any]) -> None:
             f"| {name:<34} | {d['median_ms']:>8.2f} | {d['p99_ms']:>8.2f} | {ratio} | "
             f"{d['samples']:>4} |"
         )
-    print(
-        f"death_to_healthy: SIGKILL to answering again, restart backoff {m['death_to_healthy']['backoff_s']}s"
-    )
+    backoff = m["death_to_healthy"]["backoff_s"]
+    print(f"death_to_healthy: SIGKILL to answering again, restart backoff {backoff}s")
 
 
 def print_table(r: dict[str, Any]) -> None:
