@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -22,6 +23,7 @@ from tests.conftest import (
     events,
     git,
     pid_alive,
+    run_metasup,
     start_metasup,
     supervising,
     wait_for,
@@ -116,6 +118,11 @@ def test_the_four_fixture_servers_behave_as_described(repo: Path) -> None:
         assert healthy["tools"] == 2 and healthy["restarts"] == 0 and healthy["latency_ms"] > 0
         assert doc["mcp"]["crashy"]["restarts"] >= 1
         assert doc["agent"]["pid"] and pid_alive(doc["agent"]["pid"])
+        shown = run_metasup(repo, "status").stdout
+        assert re.search(
+            r"^mcp:      healthy: healthy, 2 tools, probe [0-9.]+ ms, 0 restarts", shown, re.M
+        )
+        assert "mcp:      broken: failed, 2 restarts" in shown
         pids = [d["pid"] for d in doc["mcp"].values() if d.get("pid")]
         worker = [t["pgid"] for t in doc["mcp_trees"]]
         proc.send_signal(signal.SIGTERM)
