@@ -166,3 +166,94 @@ def test_every_answer_reaches_its_asker_once(requests: list[tuple[int, Any]], rn
         conn, msg_id = sent[sid]
         assert out == [(conn, ok(msg_id, {"n": sid}))]
     assert r.in_flight() == 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+messages = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"jsonrpc": st.just("2.0")},
+        optional={
+            "id": st.one_of(
+                st.integers(-2, 5),
+                st.text(max_size=2),
+                st.none(),
+                st.booleans(),
+                st.lists(st.integers(), max_size=1),
+            ),
+            "method": st.sampled_from(
+                [
+                    "initialize",
+                    "tools/list",
+                    "ping",
+                    "server/discover",
+                    "notifications/cancelled",
+                    "notifications/progress",
+                    "notifications/initialized",
+                    "roots/list",
+                    3,
+                ]
+            ),
+            "params": st.one_of(
+                json_values,
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "requestId": st.integers(0, 5),
+                        "progressToken": st.integers(0, 5) | st.text(max_size=1),
+                        "_meta": st.fixed_dictionaries({}, optional={"progressToken": json_values}),
+                    },
+                ),
+            ),
+            "result": json_values,
+            "error": json_values,
+        },
+    ),
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["client"]), st.integers(0, 3), messages),
+        st.tuples(st.sampled_from(["server"]), st.just(0), messages),
+        st.tuples(
+            st.sampled_from(["connect", "disconnect", "lost", "started"]),
+            st.integers(1, 3),
+            st.none(),
+        ),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps)
+def test_arbitrary_traffic_never_raises_and_goes_only_where_it_can(plan: list[Any]) -> None:
+    r = Router("s")
+    r.instance_started()
+    r.connect(PROBE)
+    for what, conn, msg in plan:
+        if what == "client":
+            out = r.from_client(conn, msg)
+        elif what == "server":
+            out = r.from_server(msg)
+        elif what == "connect":
+            r.connect(conn)
+            out = []
+        elif what == "disconnect":
+            out = r.disconnect(conn)
+        elif what == "lost":
+            out = r.instance_lost("x")
+        else:
+            r.instance_started()
+            out = []
+        for dest, sent in out:
+            assert isinstance(sent, dict) and sent.get("jsonrpc") == "2.0"
+            if dest == SERVER and what in ("client", "disconnect"):
+                assert r.up, "nothing is written to a server instance that is gone"
+            elif what == "client":
+                assert dest == conn, "a client's message is answered to it or sent to the server"

@@ -79,6 +79,7 @@ def test_the_four_fixture_servers_behave_as_described(repo: Path) -> None:
             server("crashy", "crashy.py", env={"CRASH_AFTER": "3"}, max_restarts=50),
             server("hanging", "hanging.py", max_restarts=50),
             server("broken", "broken.py", max_restarts=2, restart_period="1m"),
+            server("once", "crashy.py", env={"CRASH_AFTER": "1"}, restart_on_failure=False),
         ),
     )
     with supervising(repo) as proc:
@@ -91,6 +92,11 @@ def test_the_four_fixture_servers_behave_as_described(repo: Path) -> None:
         wait_for(lambda: mcp_events(repo, "broken", "mcp_failed"), what="broken to fail")
         assert len(mcp_events(repo, "broken", "mcp_restarted")) == 2
         assert "exited with code 2" in mcp_events(repo, "broken", "mcp_unhealthy")[0]["reason"]
+
+        # restart_on_failure: false: its first failure is final.
+        wait_for(lambda: mcp_events(repo, "once", "mcp_failed"), what="once to fail")
+        assert mcp_events(repo, "once", "mcp_failed")[0]["reason"] == "restart_on_failure is off"
+        assert mcp_events(repo, "once", "mcp_restarted") == []
 
         # Crashes after a while: unhealthy (its exit), restarted, healthy again.
         wait_for(
