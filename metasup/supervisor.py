@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metasup import health, lifecycle, rollback
 from metasup.config import Config
@@ -37,7 +37,6 @@ from metasup.journal import (
     write_json_atomic,
 )
 from metasup.lifecycle import Phase
-from metasup.mcpfleet import Fleet
 from metasup.policy import Policy, load_policy
 from metasup.process import (
     Child,
@@ -55,6 +54,9 @@ from metasup.process import (
     stop_tree,
     tree_members,
 )
+
+if TYPE_CHECKING:
+    from metasup.mcpfleet import Fleet
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KEEP_RUN_LOGS = 200
@@ -184,6 +186,8 @@ class Supervisor:
             self._install_signals()
             become_subreaper()
             if self.config.mcp_servers:
+                from metasup.mcpfleet import Fleet  # only where there are servers to run
+
                 assert self._selector is not None
                 self.fleet = Fleet(
                     self.config.mcp_servers,
