@@ -101,51 +101,66 @@ def run(
 @app.command()
 def status(
     as_json: JsonOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Keep the view live (q or Ctrl-C leaves). Fed by the API when there is one.",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.05, help="Seconds between redraws.")
+    ] = 0.5,
 ) -> None:
-    """The running supervisor's status, or the last one recorded. Exits 0 running, 1 not."""
+    """The supervisor's status: one screen on a terminal, plain lines in a pipe, one JSON
+    document with --json. Exits 0 while a supervisor runs, 1 when none does."""
     from metasup.journal import StateDir, current_status
 
     repo = _repo()
-    doc, running = current_status(StateDir.for_git_dir(repo.git_dir))
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    doc, running = current_status(dirs)
     if as_json:
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+        raise typer.Exit(0 if running else 1)
+    from metasup import view
+
+    if watch and sys.stdout.isatty():
+        view.watch(view.Source(repo.git_dir), interval=interval)
+        raise typer.Exit(0)
+    if watch:
+        _watch_plain(dirs, interval)
+        raise typer.Exit(0)
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        source = view.Source(repo.git_dir)
+        doc, recent, running = source.fetch()
+        Console().print(view.render(doc, recent, time.time(), running))
     else:
-        _print_status(doc, running)
+        typer.echo(view.plain(doc, running))
     raise typer.Exit(0 if running else 1)
 
 
-def _print_status(doc: dict[str, Any], running: bool) -> None:
-    agent = doc.get("agent") or {}
-    lines = [
-        f"status:   {doc.get('status')}" + ("" if running else " (no supervisor running)"),
-        f"run:      {doc.get('run')}   phase: {doc.get('phase', '-')}",
-        f"commit:   {(doc.get('current_commit') or '-')[:12]}   good: "
-        f"{(doc.get('good_commit') or '-')[:12]}",
-        f"failures: {doc.get('consecutive_failures', 0)} in a row "
-        f"(max {doc.get('max_failures', '-')})",
-    ]
-    if agent.get("pid"):
-        lines.append(
-            f"agent:    pid {agent['pid']}  rss {agent.get('rss_mb')} MB  "
-            f"cpu {agent.get('cpu_percent')}%"
-        )
-    if doc.get("uptime"):
-        lines.append(f"uptime:   {doc['uptime']}")
-    if doc.get("last_archive"):
-        lines.append(f"archive:  {doc['last_archive']}")
-    for name, st in (doc.get("mcp") or {}).items():
-        latency = st.get("latency_ms")
-        facts = [
-            str(st.get("state")),
-            f"{st.get('tools')} tools" if st.get("tools") is not None else None,
-            f"probe {latency:.1f} ms" if isinstance(latency, int | float) else None,
-            f"{st.get('restarts', 0)} restarts",
-            f"pid {st['pid']}" if st.get("pid") else None,
-        ]
-        lines.append(f"mcp:      {name}: " + ", ".join(f for f in facts if f))
-    if doc.get("note"):
-        lines.append(f"note:     {doc['note']}")
-    typer.echo("\n".join(lines))
+def _watch_plain(dirs: Any, interval: float) -> None:
+    """Not a terminal: the summary once, then a line per event while a supervisor runs."""
+    from metasup import view
+    from metasup.journal import current_status, read_events
+
+    doc, running = current_status(dirs)
+    typer.echo(view.plain(doc, running))
+    seen = max((int(e.get("seq", 0)) for e in read_events(dirs.events)), default=0)
+    try:
+        while running:
+            time.sleep(interval)  # a follower of a file: polling it is what it does
+            for record in read_events(dirs.events):
+                if int(record.get("seq", 0)) > seen:
+                    typer.echo(view.event_text(record))
+                    seen = int(record["seq"])
+            sys.stdout.flush()
+            _, running = current_status(dirs)
+    except KeyboardInterrupt:
+        return
 
 
 @app.command()

@@ -28,7 +28,6 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 # Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
 # the ones a file sets so nobody believes they are in force.
 INACTIVE_KEYS = (
-    "api",
     "rollback.keep_commits",
     "rollback.backup_interval",
 )
@@ -180,7 +179,8 @@ class Config:
     mcp_servers: tuple[McpServerConfig, ...] = ()
     proposals_mode: str = "direct"
     experiments: ExperimentsConfig = ExperimentsConfig()
-    api_listen: str | None = None
+    api_listen: str | None = None  # host:port; None: no HTTP API
+    api_allow_remote: bool = False
     inactive: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,7 +214,7 @@ class Config:
                 "mcp_servers": [s.to_dict() for s in self.mcp_servers],
                 "proposals": {"mode": self.proposals_mode},
                 "experiments": self.experiments.to_dict(),
-                "api": {"listen": self.api_listen},
+                "api": {"listen": self.api_listen, "allow_remote": self.api_allow_remote},
             },
             "inactive": list(self.inactive),
         }
@@ -493,9 +493,46 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         mcp_servers=_mcp_servers(s, lines, name, dur),
         proposals_mode=s.get("proposals", {}).get("mode", "direct"),
         experiments=experiments,
-        api_listen=s.get("api", {}).get("listen"),
+        api_listen=_api_listen(s.get("api", {}), lines, name),
+        api_allow_remote=s.get("api", {}).get("allow_remote", False),
         inactive=inactive,
     )
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """("127.0.0.1", 9000) from "127.0.0.1:9000"; IPv6 in brackets: "[::1]:9000"."""
+    host, _, port = listen.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _api_listen(api: Mapping[str, Any], lines: dict[Path_, int], name: str) -> str | None:
+    listen = api.get("listen")
+    if listen is None:
+        return None
+    host, port = split_listen(listen)
+    at = ("supervisor", "api", "listen")
+    if port > 65535:
+        raise _fail(name, lines, at, f"port {port} is above 65535")
+    if not is_loopback(host) and not api.get("allow_remote", False):
+        raise _fail(
+            name,
+            lines,
+            at,
+            f"{host} is not a loopback address; the API takes proposals, so it listens on "
+            "127.0.0.1 unless `allow_remote: true` says otherwise",
+        )
+    return str(listen)
 
 
 def _experiments(e: Mapping[str, Any], dur: Any) -> ExperimentsConfig:

@@ -211,6 +211,10 @@ class InboxWatcher:
 
     def stop(self) -> None:
         if self._observer is not None:
+            import logging
+
+            # Stopping races its emitter thread, which then warns that it was inactive.
+            logging.getLogger("watchdog").setLevel(logging.ERROR)
             self._observer.stop()
             with contextlib.suppress(RuntimeError):
                 self._observer.join(timeout=5)

@@ -42,7 +42,7 @@ class Tools:
 
     def status(self, args: dict[str, Any]) -> Answer:
         doc, running = current_status(self.dirs)
-        doc = {k: v for k, v in doc.items() if k != "mcp_trees"}
+        doc = {k: v for k, v in doc.items() if k != "helper_trees"}
         doc["supervisor_running"] = running
         if isinstance(doc.get("agent"), dict):
             doc["agent"] = {k: v for k, v in doc["agent"].items() if k != "token"}

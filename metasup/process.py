@@ -126,6 +126,7 @@ def spawn(
     capture: bool = True,
     stdin: bool = False,
     stderr: IO[bytes] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Child:
     """Start `argv` as the leader of a new session. `capture`: stdout (and stderr, unless
     `stderr` names a file for it) come back as non-blocking pipes; `stdin`: a pipe to write to,
@@ -145,6 +146,7 @@ def spawn(
             stderr=stderr if stderr is not None else pipe,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     except OSError as e:
         raise SpawnError(f"cannot start {argv[0]!r}: {e.strerror or e}") from None

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from metasup import health, lifecycle, rollback
 from metasup.config import Config
+from metasup.errors import UserError
 from metasup.events import Event
 from metasup.experiments import Experimenter, Outcome
 from metasup.faults import crashpoint
@@ -56,6 +57,7 @@ from metasup.process import (
 )
 
 if TYPE_CHECKING:
+    from metasup.api import ApiProcess
     from metasup.mcpfleet import Fleet
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -98,6 +100,8 @@ class Counters:
     health_kills: int = 0
     emergency_stops: int = 0
     tamper_restored: int = 0
+    experiments_passed: int = 0
+    experiments_failed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -171,6 +175,10 @@ class Supervisor:
         self._exp_ready: Outcome | None = None  # judged, with a winner to merge between cycles
         self._exp_items: list[Any] = []  # the claims the running experiment is about
         self.fleet: Fleet | None = None
+        self.api: ApiProcess | None = None
+        self._exit_mono = 0.0  # when the last exit was seen
+        self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
+        self.last_crash_to_relaunch_s: float | None = None
         self._deferred: list[lifecycle.Observation] = []  # seen while waiting for the fleet
         self.recent_gains: deque[float] = deque(maxlen=5)
         self.recent_experiments: deque[dict[str, Any]] = deque(maxlen=10)
@@ -185,6 +193,8 @@ class Supervisor:
             self.journal = Journal(self.dirs.events)
             self._install_signals()
             become_subreaper()
+            if self.config.api_listen:
+                self._start_api(self.config.api_listen)
             if self.config.mcp_servers:
                 from metasup.mcpfleet import Fleet  # only where there are servers to run
 
@@ -225,12 +235,25 @@ class Supervisor:
             self._shutdown()
             lock.release()
 
+    def _start_api(self, listen: str) -> None:
+        from metasup.api import ApiProcess
+
+        self.api = ApiProcess(
+            listen, self.dirs, self.repo.workdir, self.config.path, self.reaper, self.report
+        )
+        try:
+            url = self.api.start()
+        except OSError as e:
+            self.api = None
+            raise UserError(f"cannot serve the API on {listen}: {e.strerror or e}") from None
+        self.report({"event": "api_listening", "url": url})
+
     def _stop_leftovers(self, previous: dict[str, Any]) -> None:
         """A supervisor killed with -9 could not stop its agent (or its MCP servers, should
         their worker have missed its end): do it before any git step."""
         agent = previous.get("agent")
         trees = [agent] if isinstance(agent, dict) else []
-        trees += [t for t in previous.get("mcp_trees") or [] if isinstance(t, dict)]
+        trees += [t for t in previous.get("helper_trees") or [] if isinstance(t, dict)]
         found = 0
         for tree in trees:
             if tree.get("token"):
@@ -261,6 +284,8 @@ class Supervisor:
             self._emit(Event.SUPERVISOR_STOP, status=status, exit_code=self.state.exit_code)
             self._write_state(status)
             self.journal.close()
+        if self.api is not None:
+            self.api.stop()  # last: a watcher reads the final state through it
         self._restore_signals()
 
     def _install_signals(self) -> None:
@@ -363,6 +388,8 @@ class Supervisor:
                 self.reaper.reap()
                 if self.fleet is not None and self.fleet.check_worker():
                     self._write_state()
+                if self.api is not None:
+                    self.api.check()
             elif signum in STOP_SIGNALS:
                 self.report({"event": "stop_requested", "signal": signal.Signals(signum).name})
                 observed.append(lifecycle.StopRequested())
@@ -390,6 +417,7 @@ class Supervisor:
         self, pid: int | None, run: int, commit: str, code: int, runtime: float
     ) -> lifecycle.Exited:
         """Record an exit (state and journal) and observe it."""
+        self._exit_mono = time.monotonic()
         self.last_exit = {"run": run, "code": code, "runtime_s": round(runtime, 3)}
         self._emit(
             Event.EXIT, pid=pid, code=code, runtime_s=round(runtime, 3), run=run, commit=commit
@@ -472,6 +500,8 @@ class Supervisor:
         )
         if self.fleet:
             env["METASUP_MCP_DIR"] = str(self.dirs.mcp)
+        if self.api is not None and self.api.url:
+            env["METASUP_API"] = self.api.url + "/supervisor/status"
         if self.limits.heartbeat_timeout is not None:
             env["METASUP_HEARTBEAT"] = str(self.dirs.heartbeat)
         return env
@@ -527,6 +557,9 @@ class Supervisor:
         self.running = Running(
             child=child, run=run, commit=commit, log=log, launched_wall=time.time()
         )
+        if self._crashed_at is not None:
+            self.last_crash_to_relaunch_s = round(time.monotonic() - self._crashed_at, 6)
+            self._crashed_at = None
         assert self._selector is not None
         for name, stream in (("stdout", child.popen.stdout), ("stderr", child.popen.stderr)):
             if stream is not None:
@@ -746,6 +779,7 @@ class Supervisor:
 
     def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation:
         self.counters.quick_failures += 1
+        self._crashed_at = self._exit_mono
         details = {
             "code": qf.code,
             "runtime_s": round(qf.runtime, 3),
@@ -806,6 +840,10 @@ class Supervisor:
 
     def _emit(self, event: Event, **fields: Any) -> None:
         assert self.journal is not None
+        if event is Event.EXPERIMENT_PASSED:
+            self.counters.experiments_passed += 1
+        elif event is Event.EXPERIMENT_FAILED:
+            self.counters.experiments_failed += 1
         record = self.journal.append(event, **fields)
         self.report(record)
 
@@ -846,7 +884,10 @@ class Supervisor:
             "last_archive": self.last_archive,
             "mcp_servers": self.fleet.states() if self.fleet else {},
             "mcp": self.fleet.details() if self.fleet else {},
-            "mcp_trees": self.fleet.trees() if self.fleet else [],
+            "helper_trees": (self.fleet.trees() if self.fleet else [])
+            + (self.api.trees() if self.api else []),
+            "api_url": self.api.url if self.api else None,
+            "last_crash_to_relaunch_s": self.last_crash_to_relaunch_s,
             "experiments": list(self.recent_experiments),
             "experiment_running": self._exp_thread is not None,
             "strategy": self._strategy(),

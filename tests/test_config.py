@@ -56,7 +56,8 @@ def test_meta_supervisor_config_loads_unchanged() -> None:
     assert ex.success.max_response_time == 5 and ex.success.min_improvement == 0.1
     assert ex.failure.max_error_rate == 0.1 and ex.failure.max_response_time == 10
     assert cfg.api_listen == "127.0.0.1:9000"
-    assert "mcp_servers" not in cfg.inactive and "api" in cfg.inactive
+    assert "mcp_servers" not in cfg.inactive and "api" not in cfg.inactive
+    assert "rollback.keep_commits" in cfg.inactive
     assert "protected_paths" not in cfg.inactive and "proposals" not in cfg.inactive
 
 
@@ -230,7 +231,7 @@ def test_any_mcp_server_map_loads_or_fails_with_one_line(servers: dict[str, obje
         ),
         (
             "supervisor:\n  agent: {command: x}\n  api: {listen: nowhere}\n",
-            "supervisor.api.listen: 'nowhere' does not match",
+            "supervisor.api.listen: 'nowhere': host:port, e.g. 127.0.0.1:9000",
         ),
     ],
 )
@@ -334,7 +335,8 @@ def test_cli_config_prints_the_effective_config(repo: Path) -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["supervisor"]["min_runtime"] == 10
-    assert "api" in doc["inactive"]
+    assert doc["inactive"] == ["rollback.keep_commits", "rollback.backup_interval"]
+    assert doc["supervisor"]["api"] == {"listen": "127.0.0.1:9000", "allow_remote": False}
     text = run_metasup(repo, "config", "--config", "config/supervisor.yaml")
     assert "min_runtime: 10s" in text.stdout and "not active yet" in text.stdout
 

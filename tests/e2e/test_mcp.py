@@ -130,7 +130,7 @@ def test_the_four_fixture_servers_behave_as_described(repo: Path) -> None:
         )
         assert "mcp:      broken: failed, 2 restarts" in shown
         pids = [d["pid"] for d in doc["mcp"].values() if d.get("pid")]
-        worker = [t["pgid"] for t in doc["mcp_trees"]]
+        worker = [t["pgid"] for t in doc["helper_trees"]]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     # Nothing started survives metasup run.
@@ -313,7 +313,7 @@ def test_a_killed_worker_is_replaced_and_its_servers_do_not_linger(repo: Path) -
     with supervising(repo):
         doc = wait_for(lambda: (s := state(repo)).get("agent", {}).get("pid") and s)
         old_server = doc["mcp"]["tools"]["pid"]
-        (worker,) = [t["pgid"] for t in doc["mcp_trees"] if t["pgid"] != old_server]
+        (worker,) = [t["pgid"] for t in doc["helper_trees"] if t["pgid"] != old_server]
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: len(mcp_events(repo, "tools", "mcp_started")) >= 2, what="a new worker")
         wait_for(lambda: not pid_alive(old_server), timeout=5, what="the old server gone")
@@ -336,7 +336,7 @@ def test_servers_end_with_a_supervisor_killed_by_sigkill(repo: Path) -> None:
         proc.wait(timeout=10)
         # The worker sees its stdin close and stops its servers.
         wait_for(lambda: not pid_alive(server_pid), timeout=10, what="the server to stop")
-        for tree in doc["mcp_trees"]:
+        for tree in doc["helper_trees"]:
             wait_for(lambda t=tree: not pid_alive(t["pgid"]), timeout=10, what="the worker")
     finally:
         if proc.poll() is None:

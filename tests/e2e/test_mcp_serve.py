@@ -98,7 +98,7 @@ def test_the_agent_reads_proposes_and_asks_for_a_restart(repo: Path) -> None:
     assert seen["schema"]["required"] == ["reason", "changes"]
     status = seen["status"]
     assert status["status"] == "running" and status["supervisor_running"] and status["run"] == 1
-    assert "token" not in status["agent"] and "mcp_trees" not in status
+    assert "token" not in status["agent"] and "helper_trees" not in status
     protected, is_error = seen["protected"]
     assert is_error and [e["code"] for e in protected["errors"]] == ["path_protected"]
     bad, is_error = seen["bad"]

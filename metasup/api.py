@@ -1,0 +1,478 @@
+"""The HTTP API: status, Prometheus metrics, events, and proposals, on 127.0.0.1.
+
+It runs in a process of its own, started and stopped by `metasup run`. The supervisor binds the
+listening socket itself (so `api.listen` port 0 resolves at once and the URL is in `state.json`
+before the agent starts) and hands it to the child; the child serves from what the supervisor
+writes anyway (`state.json`, `events.jsonl`) and writes proposals to the inbox, like `metasup
+propose`. The HTTP stack (h11, prometheus-client, jsonschema for proposals) therefore never
+weighs on the supervisor, and an error in it cannot stop the loop: a child that dies is started
+again on the same socket.
+
+- `GET /supervisor/status`: the SPEC's status document.
+- `GET /metrics`: the counters in the Prometheus text format.
+- `GET /events?since=SEQ[&limit=N]`: the events after SEQ, oldest first.
+- `POST /proposals` with `Authorization: Bearer <token>` (`<git-dir>/metasup/api-token`):
+  202 `{"id"}`, 400 `{"errors"}`, 401 without the token, 413 past the size limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from metasup.config import split_listen
+from metasup.journal import StateDir
+from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
+
+RESTARTS_PER_MINUTE = 3
+IDLE_CONNECTION_S = 120.0
+MAX_HEADER_BYTES = 16 << 10
+
+
+# --- the supervisor's side ------------------------------------------------------------------
+
+
+class ApiProcess:
+    """Binds the socket, writes the token, runs the server child, and replaces it if it dies."""
+
+    def __init__(
+        self,
+        listen: str,
+        dirs: StateDir,
+        workdir: Path,
+        config_path: Path,
+        reaper: Reaper,
+        report: Any,
+    ) -> None:
+        self.listen = listen
+        self.dirs = dirs
+        self.workdir = workdir
+        self.config_path = config_path
+        self.reaper = reaper
+        self.report = report
+        self.sock: socket.socket | None = None
+        self.child: Child | None = None
+        self.url: str | None = None
+        self.stopping = False
+        self.gave_up = False
+        self._exits: deque[float] = deque(maxlen=RESTARTS_PER_MINUTE + 1)
+
+    @property
+    def token_path(self) -> Path:
+        return self.dirs.root / "api-token"
+
+    def start(self) -> str:
+        """Bind, write a new token, start the server; the base URL. OSError when the address
+        cannot be bound (in use, not local)."""
+        host, port = split_listen(self.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=1024)
+        bound = self.sock.getsockname()[1]
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        self.url = f"http://{shown}:{bound}"
+        write_token(self.token_path)
+        self._spawn()
+        return self.url
+
+    def _spawn(self) -> None:
+        assert self.sock is not None
+        env = dict(os.environ)
+        env.pop("METASUP_CRASHPOINT", None)
+        log = (self.dirs.logs / "api.log").open("ab")
+        try:
+            self.child = spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "metasup.api",
+                    "--fd",
+                    str(self.sock.fileno()),
+                    "--git-dir",
+                    str(self.dirs.root.parent),
+                    "--workdir",
+                    str(self.workdir),
+                    "--config",
+                    str(self.config_path),
+                ],
+                cwd=self.workdir,
+                env=env,
+                capture=False,
+                stdin=True,  # its end of file tells the server the supervisor is gone
+                stderr=log,
+                pass_fds=(self.sock.fileno(),),
+            )
+        except SpawnError as e:
+            self.report({"event": "api_failed", "error": str(e)})
+            self.child = None
+        finally:
+            log.close()
+
+    def check(self) -> bool:
+        """After a SIGCHLD: restart a server that died (a few times a minute at most)."""
+        c = self.child
+        if c is None or self.stopping:
+            return False
+        code = self.reaper.pop(c.pid)
+        if code is None:
+            return False
+        self._close(c)
+        self.child = None
+        now = time.monotonic()
+        self._exits.append(now)
+        self.report({"event": "api_exited", "code": code})
+        if sum(1 for t in self._exits if now - t < 60) > RESTARTS_PER_MINUTE:
+            self.gave_up = True
+            self.report({"event": "api_failed", "error": "it keeps dying; see logs/api.log"})
+            return True
+        self._spawn()
+        return True
+
+    def stop(self) -> None:
+        self.stopping = True
+        c = self.child
+        if c is not None:
+            self._close(c)  # its stdin ends: it stops serving
+            if self.reaper.wait(c.pid, 3.0) is None:
+                stop_tree(c.pgid, c.token, signal.SIGTERM, 2.0, self.reaper)
+                self.reaper.pop(c.pid)
+            self.child = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    @staticmethod
+    def _close(c: Child) -> None:
+        if c.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                c.popen.stdin.close()
+
+    def trees(self) -> list[dict[str, Any]]:
+        c = self.child
+        return [{"pgid": c.pgid, "token": c.token}] if c is not None else []
+
+
+def write_token(path: Path) -> str:
+    """A new bearer token, readable by this user only (0600 from the moment it exists)."""
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return token
+
+
+# --- the server child ---------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False
+
+
+def json_reply(status: int, doc: Any, **kw: Any) -> Reply:
+    return Reply(status, (json.dumps(doc, separators=(",", ":")) + "\n").encode(), **kw)
+
+
+class Api:
+    """What each request gets; no sockets here, so it is tested directly too."""
+
+    def __init__(self, git_dir: Path, workdir: Path, config: Path | None) -> None:
+        self.dirs = StateDir.for_git_dir(git_dir)
+        self.workdir = workdir
+        self.config = config
+        self._state: dict[str, Any] = {}
+        self._state_key: tuple[int, int] | None = None
+        self._policy: Any = None
+        self.max_body = 50 << 20
+
+    def load_policy(self) -> Any:
+        if self._policy is None:
+            from metasup.policy import load_repo_policy
+
+            self._policy = load_repo_policy(self.workdir, self.config)
+            self.max_body = self._policy.limits.max_proposal_bytes
+        return self._policy
+
+    # --- status ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """state.json, read again only when it changed."""
+        try:
+            st = os.stat(self.dirs.state)
+        except FileNotFoundError:
+            return {}
+        key = (st.st_mtime_ns, st.st_size)
+        if key != self._state_key:
+            try:
+                doc = json.loads(self.dirs.state.read_bytes())
+            except (OSError, ValueError):
+                return self._state  # caught mid-replace is impossible, but a reader may race
+            self._state, self._state_key = doc if isinstance(doc, dict) else {}, key
+        return self._state
+
+    def status(self) -> dict[str, Any]:
+        doc = dict(self.state())
+        doc.pop("helper_trees", None)
+        if isinstance(doc.get("agent"), dict):
+            doc["agent"] = {k: v for k, v in doc["agent"].items() if k != "token"}
+        started = doc.get("started_at")
+        if doc.get("status") == "running" and isinstance(started, int | float):
+            uptime = max(0.0, time.time() - started)
+            doc["uptime_s"] = round(uptime, 3)
+            doc["uptime"] = human(uptime)
+        return doc
+
+    # --- routes ---------------------------------------------------------------------------
+
+    def get(self, path: str, query: dict[str, str]) -> Reply:
+        if path == "/supervisor/status":
+            return json_reply(200, self.status())
+        if path == "/metrics":
+            from metasup.metrics import render
+
+            body, content_type = render(self.status())
+            return Reply(200, body, content_type)
+        if path == "/events":
+            return self.events(query)
+        return json_reply(404, {"error": f"no such path: {path}"})
+
+    def events(self, query: dict[str, str]) -> Reply:
+        from metasup.journal import read_events, tail_events
+
+        try:
+            since = int(query.get("since", "0"))
+            limit = int(query.get("limit", "1000"))
+        except ValueError:
+            return json_reply(400, {"error": "since and limit are whole numbers"})
+        if since < 0 or not 1 <= limit <= 10000:
+            return json_reply(400, {"error": "since >= 0, and 1 <= limit <= 10000"})
+        recent = tail_events(self.dirs.events)
+        if not recent or recent[0].get("seq", 0) > since + 1:
+            recent = list(read_events(self.dirs.events))  # SEQ is older than the tail
+        found = [e for e in recent if isinstance(e.get("seq"), int) and e["seq"] > since]
+        return json_reply(200, found[:limit])
+
+    def authorized(self, header: str | None) -> bool:
+        try:
+            token = (self.dirs.root / "api-token").read_text().strip()
+        except OSError:
+            return False
+        if not header or not header.startswith("Bearer ") or not token:
+            return False
+        return secrets.compare_digest(header.removeprefix("Bearer ").strip(), token)
+
+    def propose(self, body: bytes) -> Reply:
+        from metasup import proposals
+        from metasup.intake import INBOX, ProposalStore
+
+        _, errors = proposals.validate(body, self.load_policy(), self.workdir)
+        if errors:
+            return json_reply(400, {"ok": False, "errors": [e.as_dict() for e in errors]})
+        store = ProposalStore(self.workdir / INBOX, self.dirs.root / "proposals")
+        return json_reply(202, {"ok": True, "id": store.enqueue(body)})
+
+
+def human(seconds: float) -> str:
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Server:
+    """HTTP/1.1 with keep-alive on asyncio, the protocol done by h11."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    async def run(self, sock: socket.socket) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        server = await asyncio.start_server(self.connection, sock=sock, limit=MAX_HEADER_BYTES)
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+        async def parent_gone() -> None:
+            await reader.read()  # end of file: the supervisor closed it, or died
+            done.set()
+
+        watcher = asyncio.ensure_future(parent_gone())
+        await done.wait()
+        watcher.cancel()
+        server.close()
+
+    async def connection(self, reader: Any, writer: Any) -> None:
+
+        import h11
+
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        try:
+            while True:
+                try:
+                    event = await self._next(conn, reader)
+                except h11.RemoteProtocolError as e:
+                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        status = e.error_status_hint
+                        await self._send(conn, writer, json_reply(status, {"error": str(e)}))
+                    return
+                if not isinstance(event, h11.Request):
+                    return  # ConnectionClosed, or the peer went quiet
+                reply = await self._answer(conn, reader, event)
+                await self._send(conn, writer, reply)
+                if reply.close or conn.our_state is h11.MUST_CLOSE:
+                    return
+                try:
+                    conn.start_next_cycle()
+                except h11.LocalProtocolError:
+                    return
+        except (TimeoutError, ConnectionError, OSError):
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _next(self, conn: Any, reader: Any) -> Any:
+        import asyncio
+
+        import h11
+
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await asyncio.wait_for(reader.read(65536), IDLE_CONNECTION_S)
+            conn.receive_data(data)
+
+    async def _answer(self, conn: Any, reader: Any, request: Any) -> Reply:
+        import asyncio
+        from urllib.parse import parse_qsl, urlsplit
+
+        import h11
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        method = request.method.decode("ascii", "replace")
+        target = urlsplit(request.target.decode("latin-1"))
+        query = dict(parse_qsl(target.query))
+        try:
+            if method == "POST" and target.path == "/proposals":
+                if not self.api.authorized(headers.get("authorization")):
+                    return json_reply(
+                        401,
+                        {"error": "needs Authorization: Bearer <token from api-token>"},
+                        headers=[("WWW-Authenticate", "Bearer")],
+                        close=True,
+                    )
+                await asyncio.to_thread(self.api.load_policy)
+                body = await self._body(conn, reader, headers, self.api.max_body)
+                if body is None:
+                    limit = self.api.max_body
+                    return json_reply(413, {"error": f"the body is over {limit} bytes"}, close=True)
+                return await asyncio.to_thread(self.api.propose, body)
+            body = await self._body(conn, reader, headers, 1 << 16)
+            if body is None:
+                return json_reply(413, {"error": "a request body is not expected here"}, close=True)
+            if method == "GET":
+                if target.path == "/proposals":
+                    return json_reply(
+                        405, {"error": "POST a proposal"}, headers=[("Allow", "POST")]
+                    )
+                return self.api.get(target.path, query)
+            known = target.path in ("/supervisor/status", "/metrics", "/events", "/proposals")
+            if known:
+                return json_reply(405, {"error": f"{method} is not allowed here"})
+            return json_reply(404, {"error": f"no such path: {target.path}"})
+        except h11.RemoteProtocolError:
+            raise
+        except Exception as e:  # never a traceback to the client; the log has it
+            import traceback
+
+            traceback.print_exc()
+            return json_reply(500, {"error": f"internal error: {type(e).__name__}"}, close=True)
+
+    async def _body(
+        self, conn: Any, reader: Any, headers: dict[str, str], limit: int
+    ) -> bytes | None:
+        """The request body, or None when it is over `limit` (not read any further)."""
+        import h11
+
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._next(conn, reader)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    return None
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            else:
+                raise h11.RemoteProtocolError("the request ended early", error_status_hint=400)
+
+    async def _send(self, conn: Any, writer: Any, reply: Reply) -> None:
+        import h11
+
+        headers = [
+            ("Content-Type", reply.content_type),
+            ("Content-Length", str(len(reply.body))),
+            *reply.headers,
+        ]
+        if reply.close:
+            headers.append(("Connection", "close"))
+        try:
+            phrase = HTTPStatus(reply.status).phrase.encode()
+            response = h11.Response(status_code=reply.status, headers=headers, reason=phrase)
+            writer.write(conn.send(response))
+            writer.write(conn.send(h11.Data(data=reply.body)))
+            writer.write(conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            return
+        await writer.drain()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import asyncio
+
+    parser = argparse.ArgumentParser(prog="metasup.api")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--git-dir", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=None)
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    api = Api(args.git_dir, args.workdir, args.config)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Server(api).run(sock))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

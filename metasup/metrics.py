@@ -1,0 +1,99 @@
+"""The status document as Prometheus metrics (text format 0.0.4, via prometheus-client).
+
+Built on each scrape from the same document `/supervisor/status` serves, so the two never
+disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+# counter in the status document -> (metric name, help)
+COUNTERS = {
+    "cycles": ("metasup_cycles", "Agent launches."),
+    "snapshots": ("metasup_snapshots", "Snapshot commits of the working tree."),
+    "good_marks": ("metasup_good_marks", "Commits marked good."),
+    "rollbacks": ("metasup_rollbacks", "Rollbacks to the good commit."),
+    "quick_failures": ("metasup_quick_failures", "Runs that died before min_runtime."),
+    "health_kills": ("metasup_health_kills", "Agents killed for a health limit."),
+    "emergency_stops": ("metasup_emergency_stops", "Emergency stops."),
+    "tamper_restored": ("metasup_tamper_restored", "Protected paths put back."),
+    "proposals_received": ("metasup_proposals_received", "Proposals taken from the inbox."),
+    "proposals_rejected": ("metasup_proposals_rejected", "Proposals rejected."),
+    "proposals_applied": ("metasup_proposals_applied", "Proposals applied."),
+    "experiments_passed": ("metasup_experiments_passed", "Experiment candidates that passed."),
+    "experiments_failed": ("metasup_experiments_failed", "Experiment candidates that failed."),
+}
+MCP_STATES = ("starting", "healthy", "unhealthy", "failed", "stopped")
+
+
+def render(status: dict[str, Any]) -> tuple[bytes, str]:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(status))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Collector:
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.status
+        counters = s.get("counters") or {}
+        for key, (name, doc) in COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=float(counters.get(key) or 0))
+        mcp = s.get("mcp") or {}
+        restarts = CounterMetricFamily(
+            "metasup_mcp_restarts", "MCP server restarts.", labels=["server"]
+        )
+        state = GaugeMetricFamily(
+            "metasup_mcp_server_state", "1 for each MCP server's state.", labels=["server", "state"]
+        )
+        for server, d in sorted(mcp.items()):
+            restarts.add_metric([server], float(d.get("restarts") or 0))
+            for st in MCP_STATES:
+                state.add_metric([server, st], 1.0 if d.get("state") == st else 0.0)
+        yield restarts
+        yield state
+        agent = s.get("agent") or {}
+        yield _gauge("metasup_agent_rss_bytes", "Agent tree RSS.", _mb(agent.get("rss_mb")))
+        yield _gauge("metasup_agent_cpu_percent", "Agent tree CPU.", agent.get("cpu_percent"))
+        yield _gauge(
+            "metasup_last_crash_to_relaunch_seconds",
+            "From the last quick failure's exit to the next launch.",
+            s.get("last_crash_to_relaunch_s"),
+        )
+        yield _gauge("metasup_run", "The current run number.", s.get("run"))
+        yield _gauge(
+            "metasup_consecutive_failures",
+            "Quick failures in a row.",
+            s.get("consecutive_failures"),
+        )
+        yield _gauge(
+            "metasup_max_failures", "Quick failures that stop everything.", s.get("max_failures")
+        )
+        yield _gauge("metasup_uptime_seconds", "Supervisor uptime.", s.get("uptime_s"))
+        up = GaugeMetricFamily(
+            "metasup_status", "1 for the supervisor's status.", labels=["status"]
+        )
+        for st in ("running", "stopped", "emergency_stop"):
+            up.add_metric([st], 1.0 if s.get("status") == st else 0.0)
+        yield up
+
+
+def _mb(value: Any) -> float | None:
+    return None if value is None else float(value) * (1 << 20)
+
+
+def _gauge(name: str, doc: str, value: Any) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    g = GaugeMetricFamily(name, doc)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        g.add_metric([], float(value))
+    return g
