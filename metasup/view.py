@@ -97,7 +97,12 @@ def _human(seconds: float) -> str:
 
 
 def render(
-    doc: dict[str, Any], recent: list[dict[str, Any]], now: float, running: bool = True
+    doc: dict[str, Any],
+    recent: list[dict[str, Any]],
+    now: float,
+    running: bool = True,
+    max_events: int = EVENTS_SHOWN,
+    width: int | None = None,
 ) -> RenderableType:
     status = str(doc.get("status") or "stopped")
     header = Text.assemble(
@@ -122,8 +127,23 @@ def render(
     experiments = doc.get("experiments") or []
     if experiments or doc.get("experiment_running"):
         parts.append(_experiments_table(experiments, bool(doc.get("experiment_running"))))
-    parts.append(_events_panel(recent))
+    parts.append(_events_panel(recent[-max_events:] if max_events > 0 else [], width))
     return Group(*parts)
+
+
+def fitted(
+    console: Console,
+    doc: dict[str, Any],
+    recent: list[dict[str, Any]],
+    now: float,
+    running: bool = True,
+) -> RenderableType:
+    """The view with as many of the latest events as the terminal has rows for."""
+    width = console.size.width
+    bare = render(doc, [], now, running, max_events=0, width=width)
+    used = len(console.render_lines(bare, console.options, pad=False))
+    room = console.size.height - used  # the placeholder line becomes the first event
+    return render(doc, recent, now, running, max(1, min(EVENTS_SHOWN, room)), width)
 
 
 def _agent_panel(doc: dict[str, Any], now: float) -> Panel:
@@ -168,7 +188,8 @@ def _commits_panel(doc: dict[str, Any]) -> Panel:
     grid.add_column()
     grid.add_row("current", (doc.get("current_commit") or "-")[:12])
     grid.add_row("good", Text((doc.get("good_commit") or "-")[:12], style="green"))
-    grid.add_row("archived", str(doc.get("last_archive") or "-"))
+    archived = str(doc.get("last_archive") or "-").removeprefix("refs/metasup/")
+    grid.add_row("archived", archived)
     last = doc.get("last_exit") or {}
     if last:
         grid.add_row(
@@ -214,16 +235,20 @@ def _experiments_table(experiments: list[dict[str, Any]], running: bool) -> Tabl
     return table
 
 
-def _events_panel(recent: list[dict[str, Any]]) -> Panel:
+def _events_panel(recent: list[dict[str, Any]], width: int | None) -> Panel:
+    """The latest events, one line each (cut to the panel's width), newest last."""
+    if not recent:
+        return Panel(Text("no events yet", style="dim"), title="latest events", title_align="left")
+    room = None if width is None else max(10, width - 4)
     lines = Text()
-    for i, record in enumerate(recent[-EVENTS_SHOWN:]):
+    for i, record in enumerate(recent):
         if i:
             lines.append("\n")
-        colour = EVENT_COLOURS.get(str(record.get("event")), "")
-        lines.append(event_text(record), style=colour)
-    return Panel(
-        lines or Text("no events yet", style="dim"), title="latest events", title_align="left"
-    )
+        line = event_text(record)
+        if room is not None and len(line) > room:
+            line = line[: room - 1] + "…"
+        lines.append(line, style=EVENT_COLOURS.get(str(record.get("event")), ""))
+    return Panel(lines, title="latest events", title_align="left")
 
 
 def plain(doc: dict[str, Any], running: bool, now: float | None = None) -> str:
@@ -369,7 +394,11 @@ def watch(
                 return None
 
         live = stack.enter_context(
-            Live(render(doc, recent, time.time(), running), console=console, auto_refresh=False)
+            Live(
+                fitted(console, doc, recent, time.time(), running),
+                console=console,
+                auto_refresh=False,
+            )
         )
         try:
             while True:
@@ -377,7 +406,7 @@ def watch(
                 if pressed in ("q", "Q"):
                     break
                 doc, recent, running = source.fetch()
-                live.update(render(doc, recent, time.time(), running), refresh=True)
+                live.update(fitted(console, doc, recent, time.time(), running), refresh=True)
                 if until is not None and until():
                     break
         except KeyboardInterrupt:

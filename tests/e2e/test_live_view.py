@@ -1,0 +1,90 @@
+"""`metasup status --watch` in a real terminal (tmux): it draws, follows a rollback, and quits
+on `q`."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import agent_config, events, start_metasup, wait_for, write_config
+
+# Run 1 is good; run 2 waits for the test's go, then fails quickly: a rollback to watch.
+AGENT = """
+import os, sys, time
+from pathlib import Path
+run = int(os.environ["METASUP_RUN"])
+if run == 2:
+    while not Path("go").exists():
+        time.sleep(0.02)  # ok: waits for the test to start watching
+    sys.exit(1)
+Path("ran-%d" % run).write_text("x")
+time.sleep(0.5 if run == 1 else 120)  # ok: a good run, then a long one
+"""
+
+
+@contextmanager
+def tmux(cwd: Path, command: str) -> Iterator[tuple[list[str], str]]:
+    sock = f"metasup-test-{uuid.uuid4().hex[:8]}"
+    base = ["tmux", "-L", sock]
+    subprocess.run(
+        [*base, "new-session", "-d", "-s", "view", "-x", "120", "-y", "45", "-c", str(cwd),
+         command],
+        check=True,
+    )  # fmt: skip
+    try:
+        yield base, "view"
+    finally:
+        subprocess.run([*base, "kill-server"], capture_output=True)
+
+
+def screen(base: list[str], target: str) -> str:
+    out = subprocess.run(
+        [*base, "capture-pane", "-p", "-t", target], capture_output=True, text=True
+    )
+    return out.stdout
+
+
+def alive(base: list[str]) -> bool:
+    return subprocess.run([*base, "has-session"], capture_output=True).returncode == 0
+
+
+def test_the_live_view_draws_follows_a_rollback_and_quits_on_q(repo: Path) -> None:
+    (repo / "agent.py").write_text(AGENT)
+    (repo / ".gitignore").write_text("go\nran-*\n__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="300ms") + '  api: {listen: "127.0.0.1:0"}\n')
+    proc = start_metasup(repo)
+    try:
+        wait_for(lambda: any(e["event"] == "launch" and e["run"] == 2 for e in events(repo)))
+        done = repo / "view-exit"
+        command = (
+            f"{shlex.quote(sys.executable)} -m metasup status --watch --interval 0.1; "
+            f"echo $? > {shlex.quote(str(done))}"
+        )
+        with tmux(repo, command) as (base, target):
+            drawn = wait_for(
+                lambda: "metasup running" in (s := screen(base, target)) and s,
+                what="the view to draw",
+            )
+            assert "latest events" in drawn and "launch" in drawn
+            (repo / "go").write_text("now")
+            seen = wait_for(
+                lambda: "rollback" in (s := screen(base, target)) and s,
+                what="the rollback on screen",
+            )
+            rollback = next(line for line in seen.splitlines() if " rollback " in line)
+            assert "run=2" in rollback
+            wait_for(lambda: "failures 1 in a row" in " ".join(screen(base, target).split()))
+            subprocess.run([*base, "send-keys", "-t", target, "q"], check=True)
+            wait_for(lambda: done.exists(), what="the view to quit on q")
+            assert done.read_text().strip() == "0"
+            last = json.loads((repo / ".git" / "metasup" / "state.json").read_text())
+            assert last["api_url"]  # it was fed by the API
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
