@@ -80,8 +80,15 @@ def run(
         int | None,
         typer.Option("--max-cycles", min=1, help="End after this many launches of the agent."),
     ] = None,
+    plain: Annotated[
+        bool,
+        typer.Option("--plain", help="One line per event even on a terminal (no live view)."),
+    ] = False,
 ) -> None:
     """Supervise the agent of the repository in the current directory, in the foreground.
+
+    On a terminal it shows the live status view (agent output goes to .git/metasup/logs);
+    in a pipe, or with --plain, one line per event and the agent's output as it comes.
 
     Exits 0 when stopped (Ctrl-C, SIGTERM, --max-cycles), 3 on an emergency stop.
     """
@@ -95,7 +102,7 @@ def run(
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     parse_config(text, path)  # every config error surfaces here, before anything starts
-    exec_core(path, config_digest(text), max_cycles, _DEBUG)
+    exec_core(path, config_digest(text), max_cycles, _DEBUG, plain)
 
 
 @app.command()
@@ -193,19 +200,34 @@ def log(
     if as_json and not follow:
         typer.echo(json.dumps(events))
         return
+    show = _event_printer(as_json)
     for record in events:
-        typer.echo(json.dumps(record) if as_json else _event_line(record))
+        show(record)
     if follow:
-        _follow(path, as_json, len(events))
+        _follow(path, show, len(events))
 
 
-def _event_line(record: dict[str, Any]) -> str:
-    skip = {"ts", "seq", "event", "prev"}
-    fields = " ".join(f"{k}={v}" for k, v in record.items() if k not in skip)
-    return f"{record.get('ts', '')} #{record.get('seq')} {record.get('event')} {fields}"
+def _event_printer(as_json: bool) -> Any:
+    """JSON lines; in colour on a terminal; plain lines in a pipe."""
+    if as_json:
+        return lambda record: typer.echo(json.dumps(record))
+    from metasup.view import EVENT_COLOURS, event_text
+
+    if not sys.stdout.isatty():
+        return lambda record: typer.echo(event_text(record))
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False)
+
+    def show(record: dict[str, Any]) -> None:
+        colour = EVENT_COLOURS.get(str(record.get("event")), "")
+        console.print(Text(f"#{record.get('seq')} {event_text(record)}", style=colour))
+
+    return show
 
 
-def _follow(path: Path, as_json: bool, seen: int) -> None:
+def _follow(path: Path, show: Any, seen: int) -> None:
     from metasup.journal import read_events
 
     try:
@@ -213,7 +235,8 @@ def _follow(path: Path, as_json: bool, seen: int) -> None:
             time.sleep(0.25)  # a tail -f: polling the file is what it is for
             events = list(read_events(path))
             for record in events[seen:]:
-                typer.echo(json.dumps(record) if as_json else _event_line(record))
+                show(record)
+            sys.stdout.flush()
             seen = len(events)
     except KeyboardInterrupt:
         return

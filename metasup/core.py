@@ -21,9 +21,13 @@ def config_digest(text: str) -> str:
     return sha256_hex(text.encode())
 
 
-def exec_core(config: Path, digest: str, max_cycles: int | None, debug: bool) -> None:
+def exec_core(
+    config: Path, digest: str, max_cycles: int | None, debug: bool, plain: bool = False
+) -> None:
     """Replace the current process with the supervisor core. Does not return."""
     argv = [sys.executable, "-m", "metasup.core", "--config", str(config), "--digest", digest]
+    if plain:
+        argv.append("--plain")
     if max_cycles is not None:
         argv += ["--max-cycles", str(max_cycles)]
     if debug:
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digest", required=True)
     parser.add_argument("--max-cycles", type=int)
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--plain", action="store_true")
     args = parser.parse_args(argv)
     try:
         from metasup.config import parse_config
@@ -53,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         if config_digest(text) != args.digest:
             raise ConfigError(f"{args.config} changed while metasup started; run it again")
         config = parse_config(text, args.config, validate=False)
-        return Supervisor(repo, config, max_cycles=args.max_cycles).run()
+        live = sys.stdout.isatty() and not args.plain
+        return Supervisor(repo, config, max_cycles=args.max_cycles, live_view=live).run()
     except UserError as e:
         if args.debug:
             raise

@@ -131,6 +131,7 @@ class Supervisor:
         max_cycles: int | None = None,
         echo: bool = True,
         reporter: Reporter | None = None,
+        live_view: bool = False,
     ) -> None:
         self.repo = repo
         self.config = config
@@ -149,6 +150,8 @@ class Supervisor:
             heartbeat_timeout=config.health.heartbeat_timeout,
         )
         self.echo = echo
+        self.live_view = live_view
+        self.view: Child | None = None
         self.report = reporter or plain_reporter()
         self.state = lifecycle.LoopState()
         self.counters = Counters()
@@ -210,6 +213,8 @@ class Supervisor:
                 )
             self.repo.ensure_excluded(f"/{INBOX}/")
             (self.repo.workdir / INBOX).mkdir(parents=True, exist_ok=True)
+            if self.live_view:
+                self._start_view()
             self._emit(
                 Event.SUPERVISOR_START,
                 pid=os.getpid(),
@@ -234,6 +239,37 @@ class Supervisor:
         finally:
             self._shutdown()
             lock.release()
+
+    def _start_view(self) -> None:
+        """On a terminal, the live view draws it (a child, so the supervisor never loads rich);
+        the agent's output then goes to its log only, and report lines to logs/supervisor.log."""
+        env = dict(os.environ)
+        env.pop("METASUP_CRASHPOINT", None)
+        try:
+            self.view = spawn(
+                [sys.executable, "-m", "metasup.view", "--git-dir", str(self.repo.git_dir)],
+                cwd=self.repo.workdir,
+                env=env,
+                capture=False,
+                stdin=True,
+            )
+        except SpawnError as e:
+            self.report({"event": "view_failed", "error": str(e)})
+            return
+        self.echo = False
+        log = (self.dirs.logs / "supervisor.log").open("a", encoding="utf-8")
+        self.report = plain_reporter(log)
+
+    def _stop_view(self) -> None:
+        v = self.view
+        if v is None:
+            return
+        if v.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                v.popen.stdin.close()  # the view draws its last frame and ends
+        if self.reaper.wait(v.pid, 2.0) is None:
+            stop_tree(v.pgid, v.token, signal.SIGTERM, 1.0, self.reaper)
+        self.view = None
 
     def _start_api(self, listen: str) -> None:
         from metasup.api import ApiProcess
@@ -286,6 +322,7 @@ class Supervisor:
             self.journal.close()
         if self.api is not None:
             self.api.stop()  # last: a watcher reads the final state through it
+        self._stop_view()
         self._restore_signals()
 
     def _install_signals(self) -> None:

@@ -411,3 +411,33 @@ def watch(
                     break
         except KeyboardInterrupt:
             pass
+
+
+def follow_supervisor(git_dir: Path, interval: float = 0.25) -> int:
+    """`metasup run`'s view on its terminal, in a child of the supervisor: live until its stdin
+    (a pipe from the supervisor) ends, then one last frame, left on the screen."""
+    console = Console()
+    source = Source(git_dir)
+    stdin = sys.stdin.fileno()
+
+    def supervisor_done() -> bool:
+        ready, _, _ = select.select([stdin], [], [], 0)
+        return bool(ready) and not os.read(stdin, 4096)
+
+    watch(source, console, interval=interval, until=supervisor_done, keys=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="metasup.view", description="internal: metasup run")
+    parser.add_argument("--git-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the view ends
+    return follow_supervisor(args.git_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -88,3 +88,54 @@ def test_the_live_view_draws_follows_a_rollback_and_quits_on_q(repo: Path) -> No
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_run_on_a_terminal_shows_the_view_inline(repo: Path) -> None:
+    (repo / "agent.py").write_text(
+        "import time\nprint('agent says hi', flush=True)\ntime.sleep(120)  # ok: a long run\n"
+    )
+    write_config(repo, agent_config(min_runtime="200ms"))
+    done = repo / "run-exit"
+    command = f"{shlex.quote(sys.executable)} -m metasup run; echo $? > {shlex.quote(str(done))}"
+    with tmux(repo, command) as (base, target):
+        drawn = wait_for(
+            lambda: "metasup running" in (s := screen(base, target)) and "mark_good" in s and s,
+            what="the view in metasup run",
+        )
+        assert "latest events" in drawn and "agent says hi" not in drawn
+        subprocess.run([*base, "send-keys", "-t", target, "C-c"], check=True)
+        wait_for(lambda: done.exists(), what="metasup run to end on Ctrl-C")
+        assert done.read_text().strip() == "0"
+    logs = list((repo / ".git" / "metasup" / "logs").glob("run-*.log"))
+    assert any("agent says hi" in p.read_text() for p in logs), "the agent's output is logged"
+    assert (repo / ".git" / "metasup" / "logs" / "supervisor.log").exists()
+
+
+def test_log_follow_is_in_colour_on_a_terminal_and_raw_with_json(repo: Path) -> None:
+    (repo / "agent.py").write_text("import time\ntime.sleep(120)  # ok: a long run\n")
+    write_config(repo, agent_config(min_runtime="200ms"))
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "metasup", "log", "--follow", "--json"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proc = start_metasup(repo)
+    try:
+        with tmux(repo, f"{shlex.quote(sys.executable)} -m metasup log --follow") as (base, t):
+            coloured = wait_for(
+                lambda: "mark_good" in (s := subprocess.run(
+                    [*base, "capture-pane", "-e", "-p", "-t", t], capture_output=True, text=True
+                ).stdout) and s,
+                what="mark_good in the follower",
+            )  # fmt: skip
+            line = next(x for x in coloured.splitlines() if "mark_good" in x)
+            assert "\x1b[32m" in line  # green
+        assert follower.stdout is not None
+        first = json.loads(follower.stdout.readline())
+        assert first["event"] == "supervisor_start" and len(first["prev"]) == 64
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+        proc.terminate()
+        proc.wait(timeout=30)
