@@ -20,14 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import socket
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +162,7 @@ class ApiProcess:
 
 def write_token(path: Path) -> str:
     """A new bearer token, readable by this user only (0600 from the moment it exists)."""
-    token = secrets.token_urlsafe(32)
+    token = os.urandom(32).hex()  # not `secrets`: it loads hashlib, and OpenSSL with it
     tmp = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -203,6 +201,8 @@ class Api:
         self._state: dict[str, Any] = {}
         self._state_key: tuple[int, int] | None = None
         self._policy: Any = None
+        self._body = b""
+        self._body_key: tuple[Any, int] | None = None
         self.max_body = 50 << 20
 
     def load_policy(self) -> Any:
@@ -244,9 +244,19 @@ class Api:
 
     # --- routes ---------------------------------------------------------------------------
 
+    def status_body(self) -> bytes:
+        """The status document, serialised once per state change and second of uptime: the
+        path watchers poll."""
+        self.state()
+        key = (self._state_key, int(time.time()))
+        if key != self._body_key:
+            self._body = (json.dumps(self.status(), separators=(",", ":")) + "\n").encode()
+            self._body_key = key
+        return self._body
+
     def get(self, path: str, query: dict[str, str]) -> Reply:
         if path == "/supervisor/status":
-            return json_reply(200, self.status())
+            return Reply(200, self.status_body())
         if path == "/metrics":
             from metasup.metrics import render
 
@@ -279,7 +289,9 @@ class Api:
             return False
         if not header or not header.startswith("Bearer ") or not token:
             return False
-        return secrets.compare_digest(header.removeprefix("Bearer ").strip(), token)
+        import hmac
+
+        return hmac.compare_digest(header.removeprefix("Bearer ").strip(), token)
 
     def propose(self, body: bytes) -> Reply:
         from metasup import proposals
@@ -437,6 +449,8 @@ class Server:
                 raise h11.RemoteProtocolError("the request ended early", error_status_hint=400)
 
     async def _send(self, conn: Any, writer: Any, reply: Reply) -> None:
+        from http import HTTPStatus
+
         import h11
 
         headers = [
@@ -449,12 +463,13 @@ class Server:
         try:
             phrase = HTTPStatus(reply.status).phrase.encode()
             response = h11.Response(status_code=reply.status, headers=headers, reason=phrase)
-            writer.write(conn.send(response))
-            writer.write(conn.send(h11.Data(data=reply.body)))
-            writer.write(conn.send(h11.EndOfMessage()))
+            # One write, one send(2): headers and body leave together.
+            out = conn.send(response) + conn.send(h11.Data(data=reply.body))
+            writer.write(out + conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:
             return
-        await writer.drain()
+        if writer.transport.get_write_buffer_size():
+            await writer.drain()
 
 
 def main(argv: list[str] | None = None) -> int:

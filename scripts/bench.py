@@ -10,7 +10,11 @@
 6. proposal validation, 1 and 200 changes
 7. experiments: shadow spawn with a warm pool vs `git worktree add`; 4 candidates at
    max_concurrent 1 vs 2
-8. MCP: the fleet's stdio probe round trip (tools/list through metasup's session) and the
+8. the HTTP API: GET /supervisor/status latency from a second process with 200 concurrent
+   keep-alive clients while the loop restarts the agent, paced (each client every 100 ms) and
+   saturated (no pause); then the supervisor's idle CPU and RSS with the API on (and the API
+   process's own, reported apart)
+9. MCP: the fleet's stdio probe round trip (tools/list through metasup's session) and the
    agent's round trip through `metasup mcp connect`, each against a direct SDK session to the
    same server; time from a server's death (SIGKILL) to healthy again
 
@@ -318,6 +322,136 @@ def bench_idle(repo: Path, agent: Path, log: Path, seconds: float) -> dict[str, 
     return {"cpu_percent": round(cpu, 3), "rss_mib": round(rss, 1), "window_s": seconds}
 
 
+LOAD_CLIENT = r"""
+import asyncio, json, sys, time
+host, port, clients = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seconds, pause = float(sys.argv[4]), float(sys.argv[5])
+REQUEST = f"GET /supervisor/status HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+latencies, errors = [], 0
+
+async def client(deadline):
+    global errors
+    reader, writer = await asyncio.open_connection(host, port)
+    while time.monotonic() < deadline:
+        t = time.perf_counter()
+        writer.write(REQUEST)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = int(next(x for x in lines if x.lower().startswith(b"content-length:"))[15:])
+        body = await reader.readexactly(length)
+        latencies.append(time.perf_counter() - t)
+        if not head.startswith(b"HTTP/1.1 200") or b'"status"' not in body:
+            errors += 1
+        if pause:
+            await asyncio.sleep(pause)
+    writer.close()
+
+async def main():
+    deadline = time.monotonic() + seconds
+    t0 = time.monotonic()
+    await asyncio.gather(*(client(deadline) for _ in range(clients)))
+    print(json.dumps({"latencies": latencies, "errors": errors, "wall": time.monotonic() - t0}))
+
+asyncio.run(main())
+"""
+
+
+def _load(url: str, clients: int, seconds: float, pause: float) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_CLIENT, parts.hostname or "127.0.0.1", str(parts.port),
+         str(clients), str(seconds), str(pause)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    doc = json.loads(out.stdout)
+    return {
+        **_dist(doc["latencies"]),
+        "requests_per_s": round(len(doc["latencies"]) / doc["wall"]),
+        "errors": doc["errors"],
+    }
+
+
+def _wait_api(repo: Path) -> str:
+    state = repo / ".git" / "metasup" / "state.json"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            url = json.loads(state.read_text()).get("api_url")
+        except (OSError, ValueError):
+            url = None
+        if url:
+            return str(url)
+        time.sleep(0.05)  # polling for the supervisor to come up, bounded
+    raise RuntimeError("the API never came up")
+
+
+def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[str, Any]:
+    # The loop keeps working: the agent exits every 60 ms and is relaunched at once.
+    (repo / "metasup.yaml").write_text(
+        "supervisor:\n  min_runtime: 50ms\n  max_failures: 100000\n  agent:\n"
+        f"    command: {json.dumps([str(agent), 'normal', '60'])}\n"
+        "    restart_backoff: {initial: 0s, max: 1s}\n"
+        '  api: {listen: "127.0.0.1:0"}\n'
+    )
+    env = {**os.environ, "BENCH_LOG": str(log)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metasup", "run", "--plain"], cwd=repo, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = _wait_api(repo)
+        _load(url, 20, 1.0, 0.0)  # warm up
+        paced = _load(url, 200, 10.0, 0.1)
+        saturated = _load(url, 200, 5.0, 0.0)
+        cycles = json.loads((repo / ".git" / "metasup" / "state.json").read_text())["run"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    # Idle, the API on: the agent waits forever.
+    (repo / "metasup.yaml").write_text(
+        "supervisor:\n  min_runtime: 1s\n  agent:\n"
+        f"    command: {json.dumps([str(agent), 'idle'])}\n"
+        '  api: {listen: "127.0.0.1:0"}\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metasup", "run", "--plain"], cwd=repo, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = _wait_api(repo)
+        time.sleep(1.5)  # min_runtime passes and start-up work settles before measuring
+        sup = psutil.Process(proc.pid)
+        (api,) = [p for p in sup.children() if "metasup.api" in " ".join(p.cmdline())]
+        before = sup.cpu_times(), api.cpu_times()
+        t0 = time.monotonic()
+        time.sleep(idle_seconds)  # the measurement window
+        after = sup.cpu_times(), api.cpu_times()
+        wall = time.monotonic() - t0
+        rss = sup.memory_info().rss / (1 << 20), api.memory_info().rss / (1 << 20)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+    def cpu(i: int) -> float:
+        a, b = before[i], after[i]
+        return round((b.user + b.system - a.user - a.system) / wall * 100, 3)
+
+    return {
+        "status_paced_200_clients_every_100ms": paced,
+        "status_saturated_200_clients": saturated,
+        "agent_cycles_during_load": cycles,
+        "idle_with_api": {
+            "supervisor_cpu_percent": cpu(0),
+            "supervisor_rss_mib": round(rss[0], 1),
+            "api_process_cpu_percent": cpu(1),
+            "api_process_rss_mib": round(rss[1], 1),
+            "window_s": idle_seconds,
+        },
+    }
+
+
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mcp" / "healthy.py"
 
 
@@ -443,7 +577,7 @@ def main() -> int:
     # CPU time ticks are 10 ms: 30 s resolve 0.033%, enough to judge a 0.1% target.
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("--only", choices=["mcp"], default=None, help="Run one part only.")
+    parser.add_argument("--only", choices=["mcp", "api"], default=None, help="Run one part only.")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, Any] = {"sizes": sizes, "repeats": args.repeats, "git": {}, "loop": {}}
@@ -454,6 +588,15 @@ def main() -> int:
         finally:
             shutil.rmtree(root, ignore_errors=True)
         print_mcp(results["mcp"])
+        return 0
+    if args.only == "api":
+        try:
+            agent = build_agent(root)
+            small = make_repo(root / "small", 100)
+            results = {"api": bench_api(small, agent, root / "agent.log", args.idle_seconds)}
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print_api(results["api"])
         return 0
     try:
         for files in sizes:
@@ -484,6 +627,7 @@ def main() -> int:
         )
         results["experiments"] = bench_experiments(big, agent, log, args.repeats)
         results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
+        results["api"] = bench_api(small, agent, log, args.idle_seconds)
         results["mcp"] = bench_mcp(root / "mcp", 300, 10)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -509,6 +653,25 @@ def _dist(gaps: list[float]) -> dict[str, float]:
         "min_ms": round(ms[0], 2),
         "samples": len(ms),
     }
+
+
+def print_api(a: dict[str, Any]) -> None:
+    print("\n## HTTP API: GET /supervisor/status from a second process (ms)")
+    print(f"| {'load':<38} | {'median':>8} | {'p99':>8} | {'req/s':>7} | {'errors':>6} |")
+    print(f"|{'-' * 40}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 8}|")
+    for name in ("status_paced_200_clients_every_100ms", "status_saturated_200_clients"):
+        d = a[name]
+        print(
+            f"| {name:<38} | {d['median_ms']:>8.2f} | {d['p99_ms']:>8.2f} | "
+            f"{d['requests_per_s']:>7} | {d['errors']:>6} |"
+        )
+    print(f"(the loop relaunched the agent {a['agent_cycles_during_load']} times meanwhile)")
+    i = a["idle_with_api"]
+    print(
+        f"idle with the API on, over {i['window_s']}s: supervisor cpu "
+        f"{i['supervisor_cpu_percent']}%, rss {i['supervisor_rss_mib']} MiB; API process cpu "
+        f"{i['api_process_cpu_percent']}%, rss {i['api_process_rss_mib']} MiB"
+    )
 
 
 def print_mcp(m: dict[str, Any]) -> None:
@@ -566,6 +729,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "
         f"rss {idle['rss_mib']} MiB"
     )
+    print_api(r["api"])
     print_mcp(r["mcp"])
 
 
