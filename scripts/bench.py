@@ -436,7 +436,7 @@ def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[s
 
     def cpu(i: int) -> float:
         a, b = before[i], after[i]
-        return round((b.user + b.system - a.user - a.system) / wall * 100, 3)
+        return round(max(0.0, (b.user + b.system - a.user - a.system) / wall * 100), 3)
 
     return {
         "status_paced_200_clients_every_100ms": paced,
