@@ -44,6 +44,7 @@ supervisor:
     timeout: 20s
     max_concurrent: 2
     success_criteria: {{min_improvement: 0.02}}
+  api: {{listen: "127.0.0.1:0"}}  # status, metrics, events on a free port (state.json: api_url)
   mcp_servers:              # started before the agent, probed, restarted; the agent reaches
     - {{name: notes, command: {python}, args: [servers/notes.py]}}  # it via `metasup mcp connect`
 """
@@ -73,6 +74,10 @@ def run_demo(directory: Path | None, cycles: int) -> int:
     tty = sys.stdout.isatty()
     out = _Out(tty)
     out.title(f"metasup demo in {target}")
+    out.line(
+        f"Watch it from a second terminal: cd {shlex.quote(str(target))} && "
+        f"{_metasup_command()} status --watch"
+    )
     out.line(
         "The agent works for a second each run, then rewrites its own code. Twice it makes a "
         "rewrite that kills it at start: watch metasup archive that state and roll back. It also "
@@ -251,6 +256,7 @@ class _Out:
             "files",
             "paths",
             "codes",
+            "url",
         ):
             if key in record and record[key] is not None and record[key] != "":
                 value = record[key]

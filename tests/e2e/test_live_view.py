@@ -139,3 +139,25 @@ def test_log_follow_is_in_colour_on_a_terminal_and_raw_with_json(repo: Path) -> 
         follower.wait(timeout=10)
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_watch_the_demo_from_a_second_terminal(tmp_path: Path) -> None:
+    target = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "metasup", "demo", "--dir", str(target)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: (target / ".git" / "metasup" / "state.json").exists(), what="the demo")
+        command = f"{shlex.quote(sys.executable)} -m metasup status --watch --interval 0.1"
+        with tmux(target, command) as (base, t):
+            seen = wait_for(
+                lambda: "archived archive/" in " ".join((s := screen(base, t)).split()) and s,
+                timeout=30,
+                what="a rollback in the watcher",
+            )
+            assert "metasup running" in seen and "http://127.0.0.1:" in seen  # via the API
+    finally:
+        demo.wait(timeout=60)
+    assert demo.returncode == 0
