@@ -4,7 +4,7 @@ It runs in a process of its own, started and stopped by `metasup run`. The super
 listening socket itself (so `api.listen` port 0 resolves at once and the URL is in `state.json`
 before the agent starts) and hands it to the child; the child serves from what the supervisor
 writes anyway (`state.json`, `events.jsonl`) and writes proposals to the inbox, like `metasup
-propose`. The HTTP stack (h11, prometheus-client, jsonschema for proposals) therefore never
+propose`. The HTTP stack (the wire, prometheus-client, jsonschema for proposals) therefore never
 weighs on the supervisor, and an error in it cannot stop the loop: a child that dies is started
 again on the same socket.
 
@@ -35,7 +35,6 @@ from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
 
 RESTARTS_PER_MINUTE = 3
 IDLE_CONNECTION_S = 120.0
-MAX_HEADER_BYTES = 16 << 10
 
 
 # --- the supervisor's side ------------------------------------------------------------------
@@ -206,7 +205,7 @@ class Api:
         self.max_body = 50 << 20
 
     def load_policy(self) -> Any:
-        if self._policy is None:
+        if self._policy is None:  # at start: the size limit is known before any body arrives
             from metasup.policy import load_repo_policy
 
             self._policy = load_repo_policy(self.workdir, self.config)
@@ -311,167 +310,6 @@ def human(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-class Server:
-    """HTTP/1.1 with keep-alive on asyncio, the protocol done by h11."""
-
-    def __init__(self, api: Api) -> None:
-        self.api = api
-
-    async def run(self, sock: socket.socket) -> None:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, done.set)
-        server = await asyncio.start_server(self.connection, sock=sock, limit=MAX_HEADER_BYTES)
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-        async def parent_gone() -> None:
-            await reader.read()  # end of file: the supervisor closed it, or died
-            done.set()
-
-        watcher = asyncio.ensure_future(parent_gone())
-        await done.wait()
-        watcher.cancel()
-        server.close()
-
-    async def connection(self, reader: Any, writer: Any) -> None:
-
-        import h11
-
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        try:
-            while True:
-                try:
-                    event = await self._next(conn, reader)
-                except h11.RemoteProtocolError as e:
-                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        status = e.error_status_hint
-                        await self._send(conn, writer, json_reply(status, {"error": str(e)}))
-                    return
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed, or the peer went quiet
-                reply = await self._answer(conn, reader, event)
-                await self._send(conn, writer, reply)
-                if reply.close or conn.our_state is h11.MUST_CLOSE:
-                    return
-                try:
-                    conn.start_next_cycle()
-                except h11.LocalProtocolError:
-                    return
-        except (TimeoutError, ConnectionError, OSError):
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    async def _next(self, conn: Any, reader: Any) -> Any:
-        import asyncio
-
-        import h11
-
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await asyncio.wait_for(reader.read(65536), IDLE_CONNECTION_S)
-            conn.receive_data(data)
-
-    async def _answer(self, conn: Any, reader: Any, request: Any) -> Reply:
-        import asyncio
-        from urllib.parse import parse_qsl, urlsplit
-
-        import h11
-
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
-        method = request.method.decode("ascii", "replace")
-        target = urlsplit(request.target.decode("latin-1"))
-        query = dict(parse_qsl(target.query))
-        try:
-            if method == "POST" and target.path == "/proposals":
-                if not self.api.authorized(headers.get("authorization")):
-                    return json_reply(
-                        401,
-                        {"error": "needs Authorization: Bearer <token from api-token>"},
-                        headers=[("WWW-Authenticate", "Bearer")],
-                        close=True,
-                    )
-                await asyncio.to_thread(self.api.load_policy)
-                body = await self._body(conn, reader, headers, self.api.max_body)
-                if body is None:
-                    limit = self.api.max_body
-                    return json_reply(413, {"error": f"the body is over {limit} bytes"}, close=True)
-                return await asyncio.to_thread(self.api.propose, body)
-            body = await self._body(conn, reader, headers, 1 << 16)
-            if body is None:
-                return json_reply(413, {"error": "a request body is not expected here"}, close=True)
-            if method == "GET":
-                if target.path == "/proposals":
-                    return json_reply(
-                        405, {"error": "POST a proposal"}, headers=[("Allow", "POST")]
-                    )
-                return self.api.get(target.path, query)
-            known = target.path in ("/supervisor/status", "/metrics", "/events", "/proposals")
-            if known:
-                return json_reply(405, {"error": f"{method} is not allowed here"})
-            return json_reply(404, {"error": f"no such path: {target.path}"})
-        except h11.RemoteProtocolError:
-            raise
-        except Exception as e:  # never a traceback to the client; the log has it
-            import traceback
-
-            traceback.print_exc()
-            return json_reply(500, {"error": f"internal error: {type(e).__name__}"}, close=True)
-
-    async def _body(
-        self, conn: Any, reader: Any, headers: dict[str, str], limit: int
-    ) -> bytes | None:
-        """The request body, or None when it is over `limit` (not read any further)."""
-        import h11
-
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            event = await self._next(conn, reader)
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    return None
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(chunks)
-            else:
-                raise h11.RemoteProtocolError("the request ended early", error_status_hint=400)
-
-    async def _send(self, conn: Any, writer: Any, reply: Reply) -> None:
-        from http import HTTPStatus
-
-        import h11
-
-        headers = [
-            ("Content-Type", reply.content_type),
-            ("Content-Length", str(len(reply.body))),
-            *reply.headers,
-        ]
-        if reply.close:
-            headers.append(("Connection", "close"))
-        try:
-            phrase = HTTPStatus(reply.status).phrase.encode()
-            response = h11.Response(status_code=reply.status, headers=headers, reason=phrase)
-            # One write, one send(2): headers and body leave together.
-            out = conn.send(response) + conn.send(h11.Data(data=reply.body))
-            writer.write(out + conn.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError:
-            return
-        if writer.transport.get_write_buffer_size():
-            await writer.drain()
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import asyncio
@@ -484,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     api = Api(args.git_dir, args.workdir, args.config)
+    api.load_policy()
+    from metasup.apiserver import Server
+
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(Server(api).run(sock))
     return 0

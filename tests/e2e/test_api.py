@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import stat
 from pathlib import Path
@@ -130,6 +131,21 @@ def test_status_metrics_events_and_proposals(repo: Path) -> None:
         assert status == 404 and json.loads(body) == {"error": "no such path: /nope"}
         assert request(url, "DELETE", "/supervisor/status")[0] == 405
         assert raw(url, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        pipelined = raw(
+            url,
+            b"GET /supervisor/status HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /metrics HTTP/1.0\r\n\r\n",
+        )
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", pipelined)
+        assert statuses == [b"200", b"404", b"200"], "answered in order, each once"
+        assert pipelined.count(b"HTTP/1.1 200 OK") == 2 and b"HTTP/1.1 404 Not Found" in pipelined
+        chunked = raw(
+            url,
+            b"POST /proposals HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n\r\n0\r\n\r\n",
+        )
+        assert chunked.startswith(b"HTTP/1.1 411 Length Required")
         assert b"Traceback" not in raw(url, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
 
         seqs = [e["seq"] for e in events(repo)]
