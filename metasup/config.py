@@ -456,8 +456,15 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
     )
 
     h = s.get("health_checks", {})
+    # Without limits a sample only feeds the status: every 30 s is enough, and an idle agent
+    # then costs its supervisor well under 0.1% CPU. Limits are checked every 5 s.
+    limited = any(
+        h.get(k) is not None for k in ("max_memory_mb", "max_cpu_percent", "heartbeat_timeout")
+    )
+    default_interval = 5.0 if limited else 30.0
     health = HealthConfig(
-        interval=dur(("supervisor", "health_checks", "interval"), h.get("interval"), 5.0) or 5.0,
+        interval=dur(("supervisor", "health_checks", "interval"), h.get("interval"), None)
+        or default_interval,
         max_memory_mb=h.get("max_memory_mb"),
         max_cpu_percent=h.get("max_cpu_percent"),
         heartbeat_timeout=dur(

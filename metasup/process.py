@@ -253,6 +253,41 @@ def _marker(proc: psutil.Process) -> str | None:
         return None
 
 
+def descendants() -> list[psutil.Process]:
+    """Every live descendant of this process.
+
+    Walked down from here through /proc/PID/task/TID/children, which costs a read per member;
+    psutil's own walk reads /proc/PID/stat of every process on the machine, every health tick.
+    """
+    me = os.getpid()
+    if not os.path.exists(f"/proc/{me}/task/{me}/children"):  # a kernel without the lists
+        try:
+            return psutil.Process().children(recursive=True)
+        except psutil.Error:
+            return []
+    pids: list[int] = []
+    frontier = [me]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            tasks = list(os.scandir(f"/proc/{pid}/task"))
+        except OSError:
+            continue  # it exited meanwhile
+        for task in tasks:
+            try:
+                with open(f"{task.path}/children", "rb") as f:
+                    found = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            pids += found
+            frontier += found
+    procs = []
+    for pid in dict.fromkeys(pids):
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pid))
+    return procs
+
+
 def tree_members(pgid: int, token: str, adopt_unmarked: bool = False) -> list[psutil.Process]:
     """The live processes of one tree among metasup's descendants.
 
@@ -261,11 +296,7 @@ def tree_members(pgid: int, token: str, adopt_unmarked: bool = False) -> list[ps
     orphan that cleared its environment belongs to it too: nothing else could have made it.
     """
     members = []
-    try:
-        descendants = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return []
-    for proc in descendants:
+    for proc in descendants():
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
@@ -364,10 +395,7 @@ def _group_alive(pgid: int) -> bool:
 def kill_descendants(reaper: Reaper, timeout: float = 5.0) -> int:
     """SIGKILL everything below this process: the last step of a supervisor's shutdown, for
     commands still running in threads (experiments). Returns how many were found."""
-    try:
-        procs = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return 0
+    procs = descendants()
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.kill()

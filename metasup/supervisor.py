@@ -120,6 +120,7 @@ class Running:
     cpu_history: deque[float] = field(default_factory=lambda: deque(maxlen=16))
     rss_mb: float = 0.0
     cpu_percent: float = 0.0
+    shown: tuple[float, float] | None = None  # the figures state.json has
 
 
 class Supervisor:
@@ -694,7 +695,10 @@ class Supervisor:
             except FileNotFoundError:
                 last = r.launched_wall
             heartbeat_age = time.time() - max(last, r.launched_wall)
-        self._write_state()
+        shown = (round(r.rss_mb, 1), round(r.cpu_percent, 1))
+        if shown != r.shown:  # an idle agent's figures do not change: nothing to rewrite
+            r.shown = shown
+            self._write_state()
         return health.judge(self.limits, sample.rss_mb, list(r.cpu_history), heartbeat_age)
 
     # --- proposals -----------------------------------------------------------------------------

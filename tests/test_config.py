@@ -72,6 +72,14 @@ def test_defaults_fill_what_is_left_out() -> None:
     assert cfg.agent.command == ("./run.sh", "--fast", "a b")  # type: ignore[attr-defined]
     assert cfg.min_runtime == 10 and cfg.max_failures == 5  # type: ignore[attr-defined]
     assert cfg.health.max_memory_mb is None  # type: ignore[attr-defined]
+    assert cfg.health.interval == 30  # type: ignore[attr-defined]  # nothing to check: status only
+
+
+def test_health_limits_are_checked_every_5s_unless_told() -> None:
+    limited = parse("supervisor:\n  agent: {command: x}\n  health_checks: {max_memory_mb: 10}\n")
+    assert limited.health.interval == 5  # type: ignore[attr-defined]
+    told = parse("supervisor:\n  agent: {command: x}\n  health_checks: {interval: 2s}\n")
+    assert told.health.interval == 2  # type: ignore[attr-defined]
 
 
 def test_mcp_servers_mapping_shape() -> None:
