@@ -541,6 +541,34 @@ def mcp_serve(repo: RepoOpt = None, config: ConfigOpt = None) -> None:
     serve(Tools(found.workdir, found.git_dir, config))
 
 
+hook_app = typer.Typer(
+    help="The git pre-commit hook that refuses commits to protected paths.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(hook_app, name="hook")
+
+
+@hook_app.command("pre-commit")
+def hook_pre_commit() -> None:
+    """Fail, listing each staged protected path and the rule protecting it (git's pre-commit
+    hook, or the pre-commit framework's `metasup-protected-paths`). Exits 0 clean, 1 refused."""
+    from metasup.hook import run_pre_commit
+
+    raise typer.Exit(run_pre_commit(Path.cwd()))
+
+
+@hook_app.command("install")
+def hook_install(repo: RepoOpt = None) -> None:
+    """Install the pre-commit hook (honours core.hooksPath; an existing hook is kept and run
+    after metasup's check). Idempotent."""
+    from metasup.hook import install
+
+    found = _repo(repo)
+    hook, chained = install(found.workdir)
+    typer.echo(f"installed {hook}" + (f" (then runs {chained.name})" if chained else ""))
+
+
 def main() -> None:
     try:
         app(prog_name="metasup")

@@ -87,6 +87,63 @@ def archive_ref_name(reason: str, when: datetime | None = None) -> str:
     return f"{ARCHIVE_PREFIX}{stamp}-{clean[:60]}"
 
 
+@dataclass(frozen=True)
+class Staged:
+    """One change the next commit would make: the index against HEAD."""
+
+    status: str  # added, modified, deleted, renamed, copied, typechange
+    old_path: str | None
+    new_path: str | None
+    old_mode: int
+    new_mode: int
+    link_target: str | None = None  # what a staged symlink points at
+
+
+_STATUS = {
+    "A": "added",
+    "M": "modified",
+    "D": "deleted",
+    "R": "renamed",
+    "C": "copied",
+    "T": "typechange",
+}
+
+
+def staged_changes(start: Path) -> tuple[Path, list[Staged]]:
+    """The working tree and the changes staged for commit there, renames paired.
+
+    Read from `$GIT_INDEX_FILE` when git sets it (`git commit -a`, `git commit PATH`), and
+    against the empty tree on an unborn branch. Works on a detached HEAD (a rebase).
+    """
+    found = pygit2.discover_repository(str(start))
+    if found is None:
+        raise UserError(f"{start} is not inside a git repository")
+    repo = pygit2.Repository(found)
+    if repo.workdir is None:
+        raise UserError(f"{found} is a bare repository")
+    index_file = os.environ.get("GIT_INDEX_FILE")
+    index = pygit2.Index(str(Path(index_file).resolve())) if index_file else repo.index
+    if repo.head_is_unborn:
+        tree = repo[repo.TreeBuilder().write()]
+    else:
+        tree = repo.head.peel(pygit2.Commit).tree
+    assert isinstance(tree, pygit2.Tree)
+    diff = tree.diff_to_index(index)
+    diff.find_similar()
+    out = []
+    for delta in diff.deltas:
+        status = _STATUS.get(delta.status_char(), "modified")
+        old = None if status == "added" else delta.old_file.path
+        new = None if status == "deleted" else delta.new_file.path
+        target = None
+        if new is not None and delta.new_file.mode == pygit2.enums.FileMode.LINK:
+            blob = repo.get(delta.new_file.id)
+            if isinstance(blob, pygit2.Blob):
+                target = bytes(blob.data).decode("utf-8", "surrogateescape")
+        out.append(Staged(status, old, new, delta.old_file.mode, delta.new_file.mode, target))
+    return Path(repo.workdir).resolve(), out
+
+
 def init_repository(path: Path, branch: str = "main") -> None:
     """`git init -b BRANCH` for a new supervised repo."""
     pygit2.init_repository(str(path), initial_head=branch)
