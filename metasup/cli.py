@@ -74,6 +74,25 @@ def _config(repo_root: Path, explicit: Path | None) -> Any:
 
 
 @app.command()
+def init(
+    directory: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[DIR]", help="The repository to set up (default: here).", file_okay=False
+        ),
+    ] = None,
+) -> None:
+    """Make DIR a supervised repository: git repo, metasup.yaml, the protected/ policy, the
+    inbox excluded, the pre-commit hook. Safe to run again."""
+    from metasup.scaffold import NEXT_STEPS
+    from metasup.scaffold import init as do_init
+
+    for line in do_init(directory or Path.cwd()):
+        typer.echo(line)
+    typer.echo(NEXT_STEPS)
+
+
+@app.command()
 def run(
     config: ConfigOpt = None,
     max_cycles: Annotated[

@@ -494,6 +494,33 @@ class GitRepo:
         )
         return str(oid)
 
+    def commit_paths(self, paths: list[str], message: str) -> str:
+        """Commit exactly `paths` from the working tree on the branch (HEAD's tree plus them),
+        and stage them, leaving whatever else the index holds as it was."""
+        head = self.head()
+        tree_index = pygit2.Index()
+        if head is not None:
+            tree_index.read_tree(self.repo[head].peel(pygit2.Commit).tree)
+        index = self.repo.index
+        index.read()
+        for path in paths:
+            full = self.workdir / path
+            mode = (
+                pygit2.enums.FileMode.BLOB_EXECUTABLE
+                if os.access(full, os.X_OK)
+                else pygit2.enums.FileMode.BLOB
+            )
+            entry = pygit2.IndexEntry(path, self.repo.create_blob_fromdisk(str(full)), mode)
+            tree_index.add(entry)
+            index.add(entry)
+        tree = tree_index.write_tree(self.repo)
+        parents = [pygit2.Oid(hex=head)] if head is not None else []
+        oid = self.repo.create_commit(
+            self.branch, _signature(), _signature(), message, tree, parents
+        )
+        index.write()
+        return str(oid)
+
     def set_branch(self, name: str, commit: str) -> None:
         self.repo.references.create(name, commit, force=True)
 
