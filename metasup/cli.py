@@ -494,6 +494,17 @@ def config_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def doctor() -> None:
+    """Check git, the config, the policy, the hook, the API port and inotify; print what to
+    fix. Exits 0 when all is well, 1 otherwise."""
+    from metasup.doctor import report, run_checks
+
+    text, ok = report(run_checks(Path.cwd()))
+    typer.echo(text)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
 def demo(
     directory: Annotated[
         Path | None,
