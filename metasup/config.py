@@ -181,6 +181,7 @@ class Config:
     experiments: ExperimentsConfig = ExperimentsConfig()
     api_listen: str | None = None  # host:port; None: no HTTP API
     api_allow_remote: bool = False
+    on_tamper: str = "restore"  # restore | restore_and_restart | stop
     inactive: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,6 +200,7 @@ class Config:
                     "restart_backoff": {"initial": a.backoff.initial, "max": a.backoff.max},
                 },
                 "protected_paths": list(self.protected_paths),
+                "on_tamper": self.on_tamper,
                 "health_checks": {
                     "interval": h.interval,
                     "max_memory_mb": h.max_memory_mb,
@@ -502,6 +504,7 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         experiments=experiments,
         api_listen=_api_listen(s.get("api", {}), lines, name),
         api_allow_remote=s.get("api", {}).get("allow_remote", False),
+        on_tamper=s.get("on_tamper", "restore"),
         inactive=inactive,
     )
 

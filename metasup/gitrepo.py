@@ -17,7 +17,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,6 +142,18 @@ def staged_changes(start: Path) -> tuple[Path, list[Staged]]:
                 target = bytes(blob.data).decode("utf-8", "surrogateescape")
         out.append(Staged(status, old, new, delta.old_file.mode, delta.new_file.mode, target))
     return Path(repo.workdir).resolve(), out
+
+
+def _blob_paths(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") -> list[str]:
+    out = []
+    for entry in tree:
+        name = f"{prefix}{entry.name}"
+        obj = repo[entry.id]
+        if isinstance(obj, pygit2.Tree):
+            out += _blob_paths(repo, obj, name + "/")
+        else:
+            out.append(name)
+    return out
 
 
 def init_repository(path: Path, branch: str = "main") -> None:
@@ -362,6 +374,50 @@ class GitRepo:
             if self._restore_path(tree, path)
         ]
         return tuple(restored)
+
+    def restore_protected(
+        self, paths: Iterable[str], protect: Callable[[str], bool]
+    ) -> tuple[str, ...]:
+        """Put the protected ones among `paths` back as the good commit has them; a folder
+        stands for everything under it, in the good commit and in the working tree. Returns
+        the paths that had to be restored (none when the good commit is missing)."""
+        good = self.good()
+        if good is None:
+            return ()
+        tree = self.repo[good].peel(pygit2.Commit).tree
+        candidates: set[str] = set()
+        for path in paths:
+            path = path.strip("/")
+            if not path or path.split("/")[0].lower() == ".git":
+                continue
+            candidates.add(path)
+            try:
+                entry = tree[path]
+            except KeyError:
+                entry = None
+            if isinstance(entry, pygit2.Tree):
+                candidates.update(f"{path}/{p}" for p in _blob_paths(self.repo, entry))
+            full = self.workdir / path
+            if full.is_dir() and not full.is_symlink():
+                for root, dirs, files in os.walk(full):
+                    rel = Path(root).relative_to(self.workdir).as_posix()
+                    candidates.update(f"{rel}/{name}" for name in (*files, *dirs))
+        restored = []
+        for path in sorted(candidates):
+            if not protect(path):
+                continue
+            full = self.workdir / path
+            if full.is_dir() and not full.is_symlink() and not self._is_blob(tree, path):
+                continue  # a folder: what is under it was listed on its own (and may be free)
+            if self._restore_path(tree, path):
+                restored.append(path)
+        return tuple(restored)
+
+    def _is_blob(self, tree: pygit2.Tree, path: str) -> bool:
+        try:
+            return isinstance(self.repo[tree[path].id], pygit2.Blob)
+        except KeyError:
+            return False
 
     def _restore_path(self, tree: pygit2.Tree, path: str) -> bool:
         """Make `path` in the working tree what it is in `tree`; False when it already was."""

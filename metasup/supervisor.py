@@ -59,6 +59,7 @@ from metasup.process import (
 if TYPE_CHECKING:
     from metasup.api import ApiProcess
     from metasup.mcpfleet import Fleet
+    from metasup.tamper import TamperWatch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KEEP_RUN_LOGS = 200
@@ -179,6 +180,7 @@ class Supervisor:
         self._exp_ready: Outcome | None = None  # judged, with a winner to merge between cycles
         self._exp_items: list[Any] = []  # the claims the running experiment is about
         self.fleet: Fleet | None = None
+        self.tamper: TamperWatch | None = None
         self.api: ApiProcess | None = None
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
@@ -234,6 +236,7 @@ class Supervisor:
                 self.report({"event": "stale_locks_removed", "locks": ", ".join(names)})
             self._resume_intent()
             self._start_intake()
+            self._start_tamper_watch()
             if self.config.proposals_mode == "experiment":
                 self._start_experiments()
             return self._loop()
@@ -304,6 +307,8 @@ class Supervisor:
             self.report({"event": "leftovers_stopped", "processes": found})
 
     def _shutdown(self) -> None:
+        if self.tamper is not None:
+            self.tamper.stop()
         if self.intake is not None:
             self.intake.stop()
         if self.running is not None:
@@ -380,6 +385,8 @@ class Supervisor:
         for key, _ in self._selector.select(timeout):
             if key.data == "signals":
                 observed += self._read_signals()
+            elif key.data == "tamper":
+                observed += self._tamper_restore()
             elif key.data == "mcp":
                 assert self.fleet is not None
                 if self.fleet.read():
@@ -808,6 +815,37 @@ class Supervisor:
             self.recent_experiments.append(
                 {k: summary[k] for k in ("id", "source", "outcome", "score", "improvement")}
             )
+
+    def _start_tamper_watch(self) -> None:
+        from metasup.tamper import TamperWatch
+
+        watch = TamperWatch(self.repo.workdir, self._is_protected)
+        if not watch.start():
+            watch.stop()
+            self.report({"event": "tamper_watch_off", "reason": "the tree cannot be watched"})
+            return
+        self.tamper = watch
+        assert self._selector is not None
+        self._selector.register(watch.fd, selectors.EVENT_READ, "tamper")
+
+    def _tamper_restore(self) -> list[lifecycle.Observation]:
+        """Protected paths touched while the agent runs: put back from the good commit."""
+        assert self.tamper is not None
+        touched = self.tamper.take()
+        restored = self.repo.restore_protected(touched, self._is_protected)
+        if not restored:
+            return []  # metasup's own writes, or already as good as the good commit
+        self.counters.tamper_restored += len(restored)
+        mode = self.config.on_tamper
+        self._emit(
+            Event.TAMPER_RESTORED, paths=list(restored), run=self.state.run, by="watch", then=mode
+        )
+        if mode == "restore_and_restart":
+            return [lifecycle.RestartRequested()]
+        if mode == "stop":
+            self.report({"event": "stop_requested", "reason": "on_tamper: stop"})
+            return [lifecycle.StopRequested()]
+        return []
 
     def _start_intake(self) -> None:
         store = ProposalStore(self.repo.workdir / INBOX, self.dirs.root / "proposals")

@@ -1,0 +1,96 @@
+"""The tamper watch: protected paths changed while the agent runs are put back at once."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import agent_config, events, run_metasup, write_config
+
+RULES = "protected: [/secrets]\n"
+
+# The agent tampers, then waits (bounded) to see metasup put things back, and records it.
+AGENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+    RULES = Path("protected/safety_rules.yaml")
+    GOOD = RULES.read_text()
+    seen = {}
+
+    def wait_until(test, what):
+        deadline = time.monotonic() + 10
+        while not test():
+            if time.monotonic() > deadline:
+                seen[what] = "not restored"
+                return
+            time.sleep(0.005)  # ok: the agent polls for metasup's restore, bounded
+        seen[what] = "restored"
+
+    if os.environ["METASUP_RUN"] == "1":
+        # Busy: writes of its own all along, among the tampering.
+        for i in range(20):
+            Path(f"work/{i % 5}.txt").parent.mkdir(exist_ok=True)
+            Path(f"work/{i % 5}.txt").write_text(f"step {i}\\n")
+            RULES.write_text(f"protected: []  # {i}\\n")
+            wait_until(lambda: RULES.read_text() == GOOD, f"overwrite {i}")
+        RULES.unlink()
+        wait_until(lambda: RULES.exists() and RULES.read_text() == GOOD, "delete")
+        os.rename(RULES, "moved.yaml")
+        wait_until(lambda: RULES.exists() and RULES.read_text() == GOOD, "rename out")
+        os.chmod(RULES, 0o777)
+        wait_until(lambda: RULES.stat().st_mode & 0o777 == 0o644, "chmod")
+        Path("secrets").write_text("mine\\n")
+        wait_until(lambda: not Path("secrets").exists(), "create")
+        Path("seen.json").write_text(json.dumps(seen))
+    time.sleep(float(os.environ.get("AGENT_SLEEP", "0.5")))  # ok: the run's length
+    """
+)
+
+
+def setup(repo: Path, **config: Any) -> None:
+    (repo / "protected").mkdir()
+    (repo / "protected" / "safety_rules.yaml").write_text(RULES)
+    (repo / "agent.py").write_text(AGENT)
+    (repo / ".gitignore").write_text("__pycache__/\nseen.json\nwork/\nmoved.yaml\n")
+    write_config(repo, agent_config(**config))
+
+
+def test_tampering_by_a_busy_agent_is_undone_while_it_runs(repo: Path) -> None:
+    setup(repo, min_runtime="300ms")
+    out = run_metasup(repo, "run", "--max-cycles", "1", timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads((repo / "seen.json").read_text())
+    assert set(seen.values()) == {"restored"}, seen
+    assert len(seen) == 24
+    log = events(repo)
+    watch = [e for e in log if e["event"] == "tamper_restored" and e.get("by") == "watch"]
+    restored = {p for e in watch for p in e["paths"]}
+    assert restored == {"protected/safety_rules.yaml", "secrets"}
+    exit_seq = next(e["seq"] for e in log if e["event"] == "exit")
+    assert all(e["seq"] < exit_seq for e in watch), "while the agent ran"
+    assert (repo / "protected" / "safety_rules.yaml").read_text() == RULES
+    assert (repo / "work" / "4.txt").read_text() == "step 19\n", "its own work is untouched"
+
+
+def test_on_tamper_restore_and_restart(repo: Path) -> None:
+    setup(repo, min_runtime="300ms", extra="  on_tamper: restore_and_restart\n")
+    out = run_metasup(repo, "run", "--max-cycles", "2", timeout=120)
+    assert out.returncode == 0, out.stderr
+    log = events(repo)
+    first = next(e["seq"] for e in log if e["event"] == "tamper_restored")
+    launches = [e for e in log if e["event"] == "launch"]
+    assert len(launches) == 2 and launches[1]["seq"] > first
+    assert not any(e["event"] == "rollback" for e in log), "a restart, not a failure"
+
+
+def test_on_tamper_stop(repo: Path) -> None:
+    setup(repo, min_runtime="300ms", extra="  on_tamper: stop\n")
+    out = run_metasup(repo, "run", "--max-cycles", "5", timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = [e["event"] for e in events(repo)]
+    assert names.count("launch") == 1 and "tamper_restored" in names
+    assert names[-1] == "supervisor_stop"
+    assert (repo / "protected" / "safety_rules.yaml").read_text() == RULES
