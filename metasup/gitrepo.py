@@ -440,16 +440,24 @@ class GitRepo:
             if entry is not None and target.is_dir() and not target.is_symlink():
                 return False
         _make_dirs(self.workdir, path)
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
-        if blob is not None:
-            if mode == pygit2.enums.FileMode.LINK:
-                os.symlink(blob.data.decode("utf-8", "surrogateescape"), target)
-            else:
-                target.write_bytes(blob.data)
-                target.chmod(0o755 if mode == pygit2.enums.FileMode.BLOB_EXECUTABLE else 0o644)
+        if blob is None:
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            return True
+        if mode == pygit2.enums.FileMode.LINK:
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            os.symlink(blob.data.decode("utf-8", "surrogateescape"), target)
+            return True
+        if target.is_symlink():
+            target.unlink()  # never write through a link
+        # Rewritten in place: the path never goes missing under a reader.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob.data)
+        target.chmod(0o755 if mode == pygit2.enums.FileMode.BLOB_EXECUTABLE else 0o644)
         return True
 
     def archive(self, reason: str, run: int) -> Archive | None:

@@ -65,6 +65,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KEEP_RUN_LOGS = 200
 LOOP_TIMERS = ("min_runtime", "backoff", "health")
 INBOX_GRACE_S = 0.25  # after a bare creation in the inbox, before claiming it
+TAMPER_RECHECK_S = 0.02  # after a restore, a look again for a write that raced it
 
 Reporter = Callable[[dict[str, Any]], None]
 
@@ -181,6 +182,7 @@ class Supervisor:
         self._exp_items: list[Any] = []  # the claims the running experiment is about
         self.fleet: Fleet | None = None
         self.tamper: TamperWatch | None = None
+        self._tamper_recent: set[str] = set()
         self.api: ApiProcess | None = None
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
@@ -416,6 +418,8 @@ class Supervisor:
                 observed.append(lifecycle.BackoffElapsed())
             elif name == "inbox":
                 observed += self._take_proposals()
+            elif name == "tamper":
+                observed += self._tamper_restore(recheck=True)
             elif name == "health":
                 breach = self._health_tick()
                 if breach is not None:
@@ -828,13 +832,23 @@ class Supervisor:
         assert self._selector is not None
         self._selector.register(watch.fd, selectors.EVENT_READ, "tamper")
 
-    def _tamper_restore(self) -> list[lifecycle.Observation]:
-        """Protected paths touched while the agent runs: put back from the good commit."""
+    def _tamper_restore(self, recheck: bool = False) -> list[lifecycle.Observation]:
+        """Protected paths touched while the agent runs: put back from the good commit.
+
+        A writer racing the restore (its write lands just after) is caught by a recheck of the
+        same paths a moment later, repeated until one finds nothing to put back.
+        """
         assert self.tamper is not None
-        touched = self.tamper.take()
-        restored = self.repo.restore_protected(touched, self._is_protected)
+        touched = set(self.tamper.take())
+        if recheck:
+            touched |= self._tamper_recent
+        restored = self.repo.restore_protected(sorted(touched), self._is_protected)
         if not restored:
+            if recheck:
+                self._tamper_recent = set()
             return []  # metasup's own writes, or already as good as the good commit
+        self._tamper_recent |= set(restored)
+        self.timers["tamper"] = time.monotonic() + TAMPER_RECHECK_S
         self.counters.tamper_restored += len(restored)
         mode = self.config.on_tamper
         self._emit(

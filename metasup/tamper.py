@@ -35,7 +35,18 @@ class TamperWatch:
 
     def start(self) -> bool:
         """False where the tree cannot be watched (no inotify, too many folders)."""
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.events import (
+            DirCreatedEvent,
+            DirDeletedEvent,
+            DirMovedEvent,
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileModifiedEvent,
+            FileMovedEvent,
+            FileSystemEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
 
         watch = self
@@ -43,15 +54,17 @@ class TamperWatch:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type in ("opened", "closed_no_write"):
-                    return
                 for raw in (event.src_path, getattr(event, "dest_path", "")):
                     if raw:
                         watch._seen(os.fsdecode(raw), root)
 
         observer = Observer(timeout=60.0)  # the timeout bounds idle wakeups, not detection
         try:
-            observer.schedule(Handler(), root, recursive=True)
+            # Changes only: reads (open, access, close without a write) never reach inotify's
+            # queue, so an agent reading its files all day costs nothing here.
+            changes = [FileModifiedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
+                       FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]  # fmt: skip
+            observer.schedule(Handler(), root, recursive=True, event_filter=changes)
             observer.daemon = True
             observer.start()
         except OSError:

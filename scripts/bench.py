@@ -14,7 +14,9 @@
    keep-alive clients while the loop restarts the agent, paced (each client every 100 ms) and
    saturated (no pause); then the supervisor's idle CPU and RSS with the API on (and the API
    process's own, reported apart)
-9. MCP: the fleet's stdio probe round trip (tools/list through metasup's session) and the
+9. the tamper watch on a 10k-file repository: a protected file overwritten while the agent runs,
+   to the file holding the good commit's content again
+10. MCP: the fleet's stdio probe round trip (tools/list through metasup's session) and the
    agent's round trip through `metasup mcp connect`, each against a direct SDK session to the
    same server; time from a server's death (SIGKILL) to healthy again
 
@@ -463,6 +465,45 @@ def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[s
     }
 
 
+def bench_tamper(repo: Path, agent: Path, log: Path, samples: int) -> dict[str, Any]:
+    rules = repo / "protected" / "safety_rules.yaml"
+    rules.parent.mkdir(exist_ok=True)
+    good = "protected: [/secrets]\n"
+    rules.write_text(good)
+    (repo / "metasup.yaml").write_text(
+        "supervisor:\n  min_runtime: 1s\n  agent:\n"
+        f"    command: {json.dumps([str(agent), 'idle'])}\n"
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "bench: tamper")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metasup", "run", "--plain"], cwd=repo,
+        env={**os.environ, "BENCH_LOG": str(log)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    times = []
+    try:
+        events_path = repo / ".git" / "metasup" / "events.jsonl"
+        deadline = time.monotonic() + 60
+        while '"mark_good"' not in (events_path.read_text() if events_path.exists() else ""):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the agent never ran min_runtime")
+            time.sleep(0.05)  # waiting for the first good mark, bounded
+        for i in range(samples):
+            t0 = time.perf_counter()
+            rules.write_text(f"protected: []  # {i}\n")
+            limit = time.monotonic() + 10
+            while rules.read_text() != good:
+                if time.monotonic() > limit:
+                    raise RuntimeError("a tampered file was not restored")
+            times.append(time.perf_counter() - t0)
+            time.sleep(0.05)  # apart, so each sample is one tamper and one restore
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    return _dist(times)
+
+
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mcp" / "healthy.py"
 
 
@@ -588,7 +629,9 @@ def main() -> int:
     # CPU time ticks are 10 ms: 30 s resolve 0.033%, enough to judge a 0.1% target.
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--json-out", type=Path, default=None)
-    parser.add_argument("--only", choices=["mcp", "api"], default=None, help="Run one part only.")
+    parser.add_argument(
+        "--only", choices=["mcp", "api", "tamper"], default=None, help="Run one part only."
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, Any] = {"sizes": sizes, "repeats": args.repeats, "git": {}, "loop": {}}
@@ -599,6 +642,15 @@ def main() -> int:
         finally:
             shutil.rmtree(root, ignore_errors=True)
         print_mcp(results["mcp"])
+        return 0
+    if args.only == "tamper":
+        try:
+            agent = build_agent(root)
+            big = make_repo(root / "big", 10000)
+            results = {"tamper": bench_tamper(big, agent, root / "agent.log", 50)}
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print_tamper(results["tamper"])
         return 0
     if args.only == "api":
         try:
@@ -637,6 +689,7 @@ def main() -> int:
             supervise(big, agent, ["quick", "10"], args.cycles, "10s", log)
         )
         results["experiments"] = bench_experiments(big, agent, log, args.repeats)
+        results["tamper"] = bench_tamper(big, agent, log, 50)
         results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
         results["api"] = bench_api(small, agent, log, args.idle_seconds)
         results["mcp"] = bench_mcp(root / "mcp", 300, 10)
@@ -664,6 +717,13 @@ def _dist(gaps: list[float]) -> dict[str, float]:
         "min_ms": round(ms[0], 2),
         "samples": len(ms),
     }
+
+
+def print_tamper(t: dict[str, Any]) -> None:
+    print(
+        f"\n## tamper watch, 10k files: overwrite to restored {t['median_ms']} ms median, "
+        f"p99 {t['p99_ms']} ms ({t['samples']} samples)"
+    )
 
 
 def print_api(a: dict[str, Any]) -> None:
@@ -740,6 +800,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "
         f"rss {idle['rss_mib']} MiB"
     )
+    print_tamper(r["tamper"])
     print_api(r["api"])
     print_mcp(r["mcp"])
 
