@@ -494,6 +494,32 @@ def config_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def approve(
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why the protected files changed (journalled).")
+    ] = "",
+) -> None:
+    """Record the protected files as they are now as the approved baseline (metasup stopped).
+
+    The way an operator changes protected files: stop metasup, edit, run this. Where they
+    differ from HEAD they are committed; the good commit gets them too, so metasup restores
+    the approved content from now on. Exits 0, or 2 while a supervisor runs.
+    """
+    from metasup.approve import approve as do_approve
+
+    done = do_approve(_repo(), reason)
+    if done.differ:
+        for line in done.differ:
+            typer.echo(f"approved: {line}")
+    else:
+        typer.echo(f"nothing changed; the baseline holds {done.files} protected files")
+    if done.commit:
+        typer.echo(f"committed as {done.commit[:12]}")
+    if done.good:
+        typer.echo(f"good is {done.good[:12]}")
+
+
+@app.command()
 def doctor() -> None:
     """Check git, the config, the policy, the hook, the API port and inotify; print what to
     fix. Exits 0 when all is well, 1 otherwise."""

@@ -13,3 +13,7 @@ class ConfigError(UserError):
 
 class RepoBusyError(UserError):
     """Another supervisor holds this repository."""
+
+
+class IntegrityError(UserError):
+    """Protected files differ from the approved baseline, and nothing explains it."""

@@ -12,6 +12,7 @@ The traps measured in the project notes shape this module:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pygit2
 from pygit2.enums import CheckoutStrategy, FileStatus
@@ -142,6 +144,21 @@ def staged_changes(start: Path) -> tuple[Path, list[Staged]]:
                 target = bytes(blob.data).decode("utf-8", "surrogateescape")
         out.append(Staged(status, old, new, delta.old_file.mode, delta.new_file.mode, target))
     return Path(repo.workdir).resolve(), out
+
+
+def _blob_ids(
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
+) -> list[tuple[str, str]]:
+    out = []
+    for entry in tree:
+        name = f"{prefix}{entry.name}"
+        if entry.type_str == "tree":
+            sub = repo[entry.id]
+            assert isinstance(sub, pygit2.Tree)
+            out += _blob_ids(repo, sub, name + "/")
+        elif entry.type_str == "blob":
+            out.append((name, f"{entry.filemode:o}:{entry.id}"))
+    return out
 
 
 def _blob_paths(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") -> list[str]:
@@ -356,6 +373,11 @@ class GitRepo:
         commit = self._commit_on_branch(tree, message)
         return Snapshot(commit=commit, head=commit, changed=changed, restored=restored)
 
+    def guard_protected(self, protect: Callable[[str], bool]) -> tuple[str, ...]:
+        """The snapshot guard without the snapshot: protected paths that differ from the good
+        commit are put back (for a supervisor that stops with the agent's last writes in)."""
+        return self._restore_protected(self.repo.status(untracked_files="all"), protect)
+
     def _restore_protected(
         self, status: dict[str, int], protect: Callable[[str], bool]
     ) -> tuple[str, ...]:
@@ -558,32 +580,94 @@ class GitRepo:
         )
         return str(oid)
 
-    def commit_paths(self, paths: list[str], message: str) -> str:
-        """Commit exactly `paths` from the working tree on the branch (HEAD's tree plus them),
-        and stage them, leaving whatever else the index holds as it was."""
-        head = self.head()
+    def _entry_from_disk(self, path: str) -> pygit2.IndexEntry:
+        full = self.workdir / path
+        if full.is_symlink():
+            blob = self.repo.create_blob(os.fsencode(os.readlink(full)))
+            return pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.LINK)
+        executable = os.access(full, os.X_OK)
+        mode = pygit2.enums.FileMode.BLOB_EXECUTABLE if executable else pygit2.enums.FileMode.BLOB
+        return pygit2.IndexEntry(path, self.repo.create_blob_fromdisk(str(full)), mode)
+
+    def _tree_with(self, base: str | None, paths: Iterable[str], index: Any = None) -> pygit2.Oid:
+        """`base`'s tree with `paths` as the working tree has them (absent ones removed)."""
         tree_index = pygit2.Index()
-        if head is not None:
-            tree_index.read_tree(self.repo[head].peel(pygit2.Commit).tree)
-        index = self.repo.index
-        index.read()
+        if base is not None:
+            tree_index.read_tree(self.repo[base].peel(pygit2.Commit).tree)
         for path in paths:
             full = self.workdir / path
-            mode = (
-                pygit2.enums.FileMode.BLOB_EXECUTABLE
-                if os.access(full, os.X_OK)
-                else pygit2.enums.FileMode.BLOB
-            )
-            entry = pygit2.IndexEntry(path, self.repo.create_blob_fromdisk(str(full)), mode)
-            tree_index.add(entry)
-            index.add(entry)
-        tree = tree_index.write_tree(self.repo)
+            if full.exists() or full.is_symlink():
+                entry = self._entry_from_disk(path)
+                tree_index.add(entry)
+                if index is not None:
+                    index.add(entry)
+            else:
+                with contextlib.suppress(OSError, KeyError):
+                    tree_index.remove(path)
+                if index is not None:
+                    with contextlib.suppress(OSError, KeyError):
+                        index.remove(path)
+        return tree_index.write_tree(self.repo)
+
+    def commit_paths(self, paths: list[str], message: str) -> str:
+        """Commit exactly `paths` as the working tree has them (present or removed) on the
+        branch, and stage them, leaving whatever else the index holds as it was."""
+        head = self.head()
+        index = self.repo.index
+        index.read()
+        tree = self._tree_with(head, paths, index)
         parents = [pygit2.Oid(hex=head)] if head is not None else []
         oid = self.repo.create_commit(
             self.branch, _signature(), _signature(), message, tree, parents
         )
         index.write()
         return str(oid)
+
+    def good_with(self, paths: list[str], message: str) -> str | None:
+        """A new good commit: the good commit with `paths` as the working tree has them, made
+        on top of it (the operator's approved change to protected files). None without good."""
+        good = self.good()
+        if good is None:
+            return None
+        tree = self._tree_with(good, paths)
+        if self.repo[good].peel(pygit2.Commit).tree_id == tree:
+            return good
+        oid = self.repo.create_commit(
+            None, _signature(), _signature(), message, tree, [pygit2.Oid(hex=good)]
+        )
+        self.set_good(str(oid))
+        return str(oid)
+
+    def protected_in_worktree(self, protect: Callable[[str], bool]) -> dict[str, str]:
+        """Each protected file of the working tree git would track (not ignored), and its blob
+        id (`mode:blob id`): what the integrity check compares. The inbox and .git are not
+        looked at."""
+        found: dict[str, str] = {}
+        for root, dirs, files in os.walk(self.workdir):
+            rel_root = Path(root).relative_to(self.workdir).as_posix()
+            rel_root = "" if rel_root == "." else rel_root + "/"
+            dirs[:] = [
+                d
+                for d in dirs
+                if not (rel_root == "" and d.lower() == ".git")
+                and f"{rel_root}{d}" != ".metasup/inbox"
+            ]
+            for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+                rel = rel_root + name
+                if not protect(rel) or self.repo.path_is_ignored(rel):
+                    continue
+                full = self.workdir / rel
+                if full.is_symlink():
+                    found[rel] = f"120000:{pygit2.hash(os.fsencode(os.readlink(full)))}"
+                else:
+                    mode = "100755" if os.access(full, os.X_OK) else "100644"
+                    found[rel] = f"{mode}:{pygit2.hashfile(str(full))}"
+        return found
+
+    def protected_in_commit(self, commit: str, protect: Callable[[str], bool]) -> dict[str, str]:
+        """Each protected file of a commit's tree, as `mode:blob id`."""
+        tree = self.repo[commit].peel(pygit2.Commit).tree
+        return {path: oid for path, oid in _blob_ids(self.repo, tree) if protect(path)}
 
     def set_branch(self, name: str, commit: str) -> None:
         self.repo.references.create(name, commit, force=True)

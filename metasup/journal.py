@@ -72,6 +72,11 @@ class StateDir:
         return self.root / "heartbeat"
 
     @property
+    def baseline(self) -> Path:
+        """The approved content of the protected files (`metasup approve`)."""
+        return self.root / "baseline.json"
+
+    @property
     def mcp(self) -> Path:
         """The Unix sockets through which agents reach the supervised MCP servers."""
         return self.root / "mcp"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from metasup import health, lifecycle, rollback
 from metasup.config import Config
-from metasup.errors import UserError
+from metasup.errors import IntegrityError, UserError
 from metasup.events import Event
 from metasup.experiments import Experimenter, Outcome
 from metasup.faults import crashpoint
@@ -183,6 +183,9 @@ class Supervisor:
         self.fleet: Fleet | None = None
         self.tamper: TamperWatch | None = None
         self._tamper_recent: set[str] = set()
+        self._baseline: dict[str, str] = {}
+        self._verified_good: str | None = None
+        self._good_forged = False  # the good commit failed the integrity check: restore nothing
         self.api: ApiProcess | None = None
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
@@ -237,6 +240,7 @@ class Supervisor:
                 names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
                 self.report({"event": "stale_locks_removed", "locks": ", ".join(names)})
             self._resume_intent()
+            self._check_integrity_at_start()
             self._start_intake()
             self._start_tamper_watch()
             if self.config.proposals_mode == "experiment":
@@ -315,6 +319,13 @@ class Supervisor:
             self.intake.stop()
         if self.running is not None:
             self._stop_running()
+        if self.tamper is not None and self.journal is not None and not self._good_forged:
+            # What the agent wrote to protected paths as it was stopped goes back now, or the
+            # next start would refuse the tree it left.
+            restored = self.repo.guard_protected(self._is_protected)
+            if restored:
+                self.counters.tamper_restored += len(restored)
+                self._emit(Event.TAMPER_RESTORED, paths=list(restored), by="stop")
         if self._exp_thread is not None and self._exp_thread.is_alive():
             # Its claims stay claimed and its branch stays: both are taken up at the next start.
             kill_descendants(self.reaper)
@@ -511,6 +522,7 @@ class Supervisor:
         return None
 
     def _snapshot(self, run: int) -> lifecycle.Observation:
+        self._verify_good()
         if self.intake is not None and self.experimenter is None:
             self.intake.apply_queued()  # direct mode; in experiment mode the queue waits its turn
         t0 = time.perf_counter()
@@ -820,6 +832,62 @@ class Supervisor:
                 {k: summary[k] for k in ("id", "source", "outcome", "score", "improvement")}
             )
 
+    def _check_integrity_at_start(self) -> None:
+        """The protected files must be as approved; the first start approves what it finds."""
+        from metasup import integrity
+
+        current = self.repo.protected_in_worktree(self._is_protected)
+        baseline = integrity.load(self.dirs.baseline)
+        if baseline is None:
+            good = self.repo.good_with(
+                sorted(current), "metasup: approve (first start)\n\nThe protected files as found.\n"
+            )
+            integrity.save(self.dirs.baseline, current, "first start", good=good)
+            self._emit(
+                Event.APPROVED,
+                reason="first start: the protected files as the operator left them",
+                files=len(current),
+                good=good,
+                by="metasup",
+            )
+            baseline = current
+        else:
+            differ = integrity.differences(baseline, current)
+            if differ:
+                raise IntegrityError(
+                    "protected files differ from the approved baseline: "
+                    f"{integrity.summary(differ)}. If you changed them on purpose, run "
+                    "`metasup approve`; if not, restore them (git checkout -- FILE)"
+                )
+        self._baseline = baseline
+        self._verify_good()
+
+    def _verify_good(self) -> None:
+        """Before each cycle: the good commit's protected files are the approved ones. Only
+        the paths that changed since the last verified good are looked at."""
+        from metasup import integrity
+
+        good = self.repo.good()
+        if good is None or good == self._verified_good:
+            return
+        if self._verified_good is not None:
+            changed = self.repo.changed_paths(self._verified_good, good)
+            if not any(self._is_protected(p) for p in changed):
+                self._verified_good = good
+                return
+        differ = integrity.differences(
+            self._baseline, self.repo.protected_in_commit(good, self._is_protected)
+        )
+        if differ:
+            self._good_forged = True
+            self.report({"event": "integrity_stop", "good": good, "differ": differ})
+            raise IntegrityError(
+                f"the good commit {good[:12]} has protected files that differ from the approved "
+                f"baseline: {integrity.summary(differ)}; metasup stops (inspect it, then "
+                "`metasup approve` or `metasup rollback --to REF`)"
+            )
+        self._verified_good = good
+
     def _start_tamper_watch(self) -> None:
         from metasup.tamper import TamperWatch
 
@@ -839,6 +907,7 @@ class Supervisor:
         same paths a moment later, repeated until one finds nothing to put back.
         """
         assert self.tamper is not None
+        self._verify_good()  # never restore from a good commit that is not the approved one
         touched = set(self.tamper.take())
         if recheck:
             touched |= self._tamper_recent

@@ -326,7 +326,9 @@ def test_log_verify_and_json(repo: Path) -> None:
     assert [e["event"] for e in listed] == names(repo)
     path = repo / ".git" / "metasup" / "events.jsonl"
     lines = path.read_text().splitlines()
-    lines[1] = lines[1].replace('"run":1', '"run":7')
+    at = next(i for i, line in enumerate(lines) if '"run":1' in line)
+    assert 0 < at < len(lines) - 1
+    lines[at] = lines[at].replace('"run":1', '"run":7')
     path.write_text("\n".join(lines) + "\n")
     broken = run_metasup(repo, "log", "--verify")
     assert broken.returncode == 1 and "prev does not match" in broken.stderr
