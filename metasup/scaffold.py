@@ -80,8 +80,8 @@ NEXT_STEPS = """\
 Next:
   1. edit metasup.yaml: agent.command starts your agent; min_runtime, max_failures
   2. metasup config                         # check it
-  3. git commit --no-verify -am "metasup config"   # it is protected: the hook refuses it
+  3. metasup approve --reason "my agent"    # it is protected: approve commits it
   4. metasup run                            # supervise; Ctrl-C stops everything
   5. metasup status --watch                 # from a second terminal
-protected/ and metasup.yaml change only by an operator: stop metasup, edit, commit with
---no-verify."""
+protected/ and metasup.yaml change only by an operator: stop metasup, edit, then
+`metasup approve --reason WHY` (it commits them)."""

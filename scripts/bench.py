@@ -255,6 +255,14 @@ def bench_experiments(repo: Path, agent: Path, log: Path, repeats: int) -> dict[
     }
 
 
+def approve(repo: Path) -> None:
+    """A changed config is an operator's change: approved, as an operator would."""
+    subprocess.run(
+        [sys.executable, "-m", "metasup", "approve", "--reason", "bench config"],
+        cwd=repo, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def build_agent(root: Path) -> Path:
     src = root / "agent.c"
     src.write_text(AGENT_C)
@@ -275,8 +283,7 @@ def supervise(
         f"    command: {json.dumps([str(agent), *args])}\n"
         "    restart_backoff: {initial: 0s, max: 1s}\n"
     )
-    git(repo, "add", "metasup.yaml")
-    git(repo, "commit", "-q", "-m", "bench config")
+    approve(repo)
     if log.exists():
         log.unlink()
     subprocess.run(
@@ -312,6 +319,7 @@ def bench_idle(repo: Path, agent: Path, log: Path, seconds: float) -> dict[str, 
         "supervisor:\n  min_runtime: 1s\n  agent:\n"
         f"    command: {json.dumps([str(agent), 'idle'])}\n"
     )
+    approve(repo)
     proc = subprocess.Popen(
         [sys.executable, "-m", "metasup", "run"], cwd=repo,
         env={**os.environ, "BENCH_LOG": str(log)},
@@ -409,6 +417,7 @@ def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[s
         "    restart_backoff: {initial: 0s, max: 1s}\n"
         '  api: {listen: "127.0.0.1:0"}\n'
     )
+    approve(repo)
     env = {**os.environ, "BENCH_LOG": str(log)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "metasup", "run", "--plain"], cwd=repo, env=env,
@@ -429,6 +438,7 @@ def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[s
         f"    command: {json.dumps([str(agent), 'idle'])}\n"
         '  api: {listen: "127.0.0.1:0"}\n'
     )
+    approve(repo)
     proc = subprocess.Popen(
         [sys.executable, "-m", "metasup", "run", "--plain"], cwd=repo, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -465,6 +475,16 @@ def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[s
     }
 
 
+def _new_events(path: Path, offset: int) -> str:
+    """The journal's text written after `offset`: this supervisor's events, not older ones."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
 def bench_tamper(repo: Path, agent: Path, log: Path, samples: int) -> dict[str, Any]:
     rules = repo / "protected" / "safety_rules.yaml"
     rules.parent.mkdir(exist_ok=True)
@@ -474,8 +494,9 @@ def bench_tamper(repo: Path, agent: Path, log: Path, samples: int) -> dict[str, 
         "supervisor:\n  min_runtime: 1s\n  agent:\n"
         f"    command: {json.dumps([str(agent), 'idle'])}\n"
     )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "bench: tamper")
+    approve(repo)
+    events_path = repo / ".git" / "metasup" / "events.jsonl"
+    before = events_path.stat().st_size if events_path.exists() else 0
     proc = subprocess.Popen(
         [sys.executable, "-m", "metasup", "run", "--plain"], cwd=repo,
         env={**os.environ, "BENCH_LOG": str(log)},
@@ -483,11 +504,10 @@ def bench_tamper(repo: Path, agent: Path, log: Path, samples: int) -> dict[str, 
     )  # fmt: skip
     times = []
     try:
-        events_path = repo / ".git" / "metasup" / "events.jsonl"
         deadline = time.monotonic() + 60
-        while '"mark_good"' not in (events_path.read_text() if events_path.exists() else ""):
+        while '"launch"' not in _new_events(events_path, before):
             if time.monotonic() > deadline:
-                raise RuntimeError("the agent never ran min_runtime")
+                raise RuntimeError("the agent was never launched")
             time.sleep(0.05)  # waiting for the first good mark, bounded
         for i in range(samples):
             t0 = time.perf_counter()
