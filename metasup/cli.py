@@ -494,6 +494,29 @@ def config_cmd(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def recover(config: ConfigOpt = None) -> None:
+    """After an emergency stop: stop everything, archive the tree, reset to the good commit
+    (or, when that ref is missing or broken, to the newest one the journal marked good).
+    Exits 0, or 1 when there is nothing good to go back to."""
+    from metasup.errors import ConfigError
+    from metasup.recover import recover as do_recover
+
+    repo = _repo()
+    try:
+        keep = _config(repo.workdir, config).rollback.preserve
+    except ConfigError:
+        if config is not None:
+            raise
+        keep = ()
+    done = do_recover(repo, keep)
+    if done.stopped:
+        typer.echo(f"stopped {done.stopped} process(es)")
+    if done.archive:
+        typer.echo(f"archived the current state as {done.archive}")
+    typer.echo(f"recovered to {done.target[:12]} (from the {done.source})")
+
+
+@app.command()
 def approve(
     reason: Annotated[
         str, typer.Option("--reason", help="Why the protected files changed (journalled).")
