@@ -27,10 +27,7 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 
 # Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
 # the ones a file sets so nobody believes they are in force.
-INACTIVE_KEYS = (
-    "rollback.keep_commits",
-    "rollback.backup_interval",
-)
+INACTIVE_KEYS: tuple[str, ...] = ()
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

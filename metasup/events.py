@@ -27,5 +27,6 @@ class Event(StrEnum):
     MCP_RESTARTED = "mcp_restarted"
     MCP_FAILED = "mcp_failed"
     RESTART_REQUESTED = "restart_requested"
+    BACKUP = "backup"
     APPROVED = "approved"
     RECOVERED = "recovered"

@@ -72,6 +72,10 @@ class StateDir:
         return self.root / "heartbeat"
 
     @property
+    def backups(self) -> Path:
+        return self.root / "backups"
+
+    @property
     def baseline(self) -> Path:
         """The approved content of the protected files (`metasup approve`)."""
         return self.root / "baseline.json"

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metasup import health, lifecycle, rollback
@@ -186,6 +187,10 @@ class Supervisor:
         self._baseline: dict[str, str] = {}
         self._verified_good: str | None = None
         self._good_forged = False  # the good commit failed the integrity check: restore nothing
+        self._backup_wake: WakePipe | None = None
+        self._backup_thread: threading.Thread | None = None
+        self._backup_done: Path | BaseException | None = None
+        self._backup_started = 0.0
         self.api: ApiProcess | None = None
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
@@ -243,6 +248,7 @@ class Supervisor:
             self._check_integrity_at_start()
             self._start_intake()
             self._start_tamper_watch()
+            self._start_backups()
             if self.config.proposals_mode == "experiment":
                 self._start_experiments()
             return self._loop()
@@ -332,6 +338,10 @@ class Supervisor:
             self._exp_thread.join(timeout=30)
         if self._exp_wake is not None:
             self._exp_wake.close()
+        if self._backup_thread is not None:
+            self._backup_thread.join(timeout=30)  # the bundle is written aside, then renamed
+        if self._backup_wake is not None:
+            self._backup_wake.close()
         if self.fleet is not None:
             self.fleet.stop()  # after the agent: its servers outlive it
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
@@ -400,6 +410,8 @@ class Supervisor:
                 observed += self._read_signals()
             elif key.data == "tamper":
                 observed += self._tamper_restore()
+            elif key.data == "backup":
+                self._backup_finished()
             elif key.data == "mcp":
                 assert self.fleet is not None
                 if self.fleet.read():
@@ -431,6 +443,8 @@ class Supervisor:
                 observed += self._take_proposals()
             elif name == "tamper":
                 observed += self._tamper_restore(recheck=True)
+            elif name == "backup":
+                self._start_backup()
             elif name == "health":
                 breach = self._health_tick()
                 if breach is not None:
@@ -887,6 +901,54 @@ class Supervisor:
                 "`metasup approve` or `metasup rollback --to REF`)"
             )
         self._verified_good = good
+
+    def _start_backups(self) -> None:
+        if not self.config.rollback.backup_interval:
+            return
+        self._backup_wake = WakePipe()
+        assert self._selector is not None
+        self._selector.register(self._backup_wake.read_fd, selectors.EVENT_READ, "backup")
+        self.timers["backup"] = time.monotonic()  # the first one at start
+
+    def _start_backup(self) -> None:
+        """A git bundle of every ref, in a thread: it can take a while on a big repository."""
+        if self._backup_thread is not None or self._backup_wake is None:
+            return
+        from metasup.gitrepo import write_bundle
+
+        wake, head = self._backup_wake, self.repo.head()
+        workdir, folder = self.repo.workdir, self.dirs.backups
+        keep, reaper = self.config.rollback.keep_commits, self.reaper
+
+        def work() -> None:
+            try:
+                self._backup_done = write_bundle(workdir, folder, keep, head, reaper)
+            except BaseException as e:  # reported on the main thread
+                self._backup_done = e
+            wake.poke()
+
+        self._backup_started = time.perf_counter()
+        self._backup_thread = threading.Thread(target=work, name="backup", daemon=True)
+        self._backup_thread.start()
+
+    def _backup_finished(self) -> None:
+        assert self._backup_wake is not None and self._backup_thread is not None
+        self._backup_wake.drain()
+        self._backup_thread.join()
+        self._backup_thread = None
+        done, self._backup_done = self._backup_done, None
+        if isinstance(done, Path):
+            self._emit(
+                Event.BACKUP,
+                path=done.name,
+                bytes=done.stat().st_size,
+                kept=self.config.rollback.keep_commits,
+                duration_ms=_ms(self._backup_started),
+            )
+        else:
+            self.report({"event": "backup_failed", "error": str(done)})
+        interval = self.config.rollback.backup_interval or 3600.0
+        self.timers["backup"] = time.monotonic() + interval
 
     def _start_tamper_watch(self) -> None:
         from metasup.tamper import TamperWatch

@@ -57,7 +57,8 @@ def test_meta_supervisor_config_loads_unchanged() -> None:
     assert ex.failure.max_error_rate == 0.1 and ex.failure.max_response_time == 10
     assert cfg.api_listen == "127.0.0.1:9000"
     assert "mcp_servers" not in cfg.inactive and "api" not in cfg.inactive
-    assert "rollback.keep_commits" in cfg.inactive
+    assert cfg.inactive == (), "every key of the Meta-Supervisor's config is in force"
+    assert cfg.rollback.keep_commits == 10 and cfg.rollback.backup_interval == 3600
     assert "protected_paths" not in cfg.inactive and "proposals" not in cfg.inactive
 
 
@@ -343,10 +344,10 @@ def test_cli_config_prints_the_effective_config(repo: Path) -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["supervisor"]["min_runtime"] == 10
-    assert doc["inactive"] == ["rollback.keep_commits", "rollback.backup_interval"]
+    assert doc["inactive"] == []
     assert doc["supervisor"]["api"] == {"listen": "127.0.0.1:9000", "allow_remote": False}
     text = run_metasup(repo, "config", "--config", "config/supervisor.yaml")
-    assert "min_runtime: 10s" in text.stdout and "not active yet" in text.stdout
+    assert "min_runtime: 10s" in text.stdout and "not active yet" not in text.stdout
 
 
 def test_cli_debug_shows_the_traceback(repo: Path) -> None:
