@@ -153,3 +153,30 @@ def test_the_hook_runs_on_an_unborn_branch(tmp_path: Path) -> None:
         text=True,
     )
     assert out.returncode == 1 and "added protected/a" in out.stderr
+
+
+def test_through_the_pre_commit_framework(tmp_path: Path) -> None:
+    """`pre-commit try-repo` installs this repository's hook the way users get it (a venv made
+    by pre-commit from the package registry) and runs it on a staged change."""
+    repo = make_repo(tmp_path / "repo")
+    (repo / "b.txt").write_text("b\n")
+    git(repo, "add", "-A")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
+    pre_commit = str(Path(sys.executable).parent / "pre-commit")
+
+    def try_repo() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [pre_commit, "try-repo", str(ROOT), "metasup-protected-paths"],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    clean = try_repo()
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "metasup protected paths" in clean.stdout and "Passed" in clean.stdout
+    (repo / "protected").mkdir()
+    (repo / "protected" / "a").write_text("x\n")
+    git(repo, "add", "-A")
+    git(repo, "rm", "-q", "--cached", "b.txt")
+    refused = try_repo()
+    assert refused.returncode == 1
+    assert "added protected/a" in refused.stdout and "Failed" in refused.stdout
