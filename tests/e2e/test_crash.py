@@ -129,8 +129,10 @@ def test_kill_9_while_the_agent_runs_leaves_no_agent_behind(repo: Path) -> None:
     proc = subprocess.Popen(
         metasup_cmd("run"), cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    wait_for(lambda: (repo / "agent.pid").exists() and "launch" in names(repo))
-    agent = int((repo / "agent.pid").read_text())
+    pid_file = repo / "agent.pid"
+    # The file exists a moment before its content does: wait for the pid itself.
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() and "launch" in names(repo))
+    agent = int(pid_file.read_text())
     proc.kill()
     proc.wait()
     assert pid_alive(agent), "the orphan outlives its killed supervisor"

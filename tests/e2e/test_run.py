@@ -206,7 +206,10 @@ def test_stragglers_are_stopped_before_the_rollback(repo: Path) -> None:
 def test_sigint_stops_the_whole_tree_and_exits_0(repo: Path) -> None:
     daemon_repo(repo, sleep=60, code=0)
     proc = start_metasup(repo)
-    wait_for(lambda: (repo / "agent-1.pid").exists() and (repo / "daemon-1.pid").exists())
+    files = (repo / "agent-1.pid", repo / "daemon-1.pid")
+    wait_for(
+        lambda: all(f.exists() and f.read_text().strip() for f in files)
+    )  # written, not just made
     agent = int((repo / "agent-1.pid").read_text())
     daemon = int((repo / "daemon-1.pid").read_text())
     status = run_metasup(repo, "status", "--json")
