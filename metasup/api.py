@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from metasup.config import split_listen
-from metasup.journal import StateDir
+from metasup.faults import child_env
+from metasup.journal import StateDir, public_status
 from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
 
 RESTARTS_PER_MINUTE = 3
@@ -84,8 +85,7 @@ class ApiProcess:
 
     def _spawn(self) -> None:
         assert self.sock is not None
-        env = dict(os.environ)
-        env.pop("METASUP_CRASHPOINT", None)
+        env = child_env()
         log = (self.dirs.logs / "api.log").open("ab")
         try:
             self.child = spawn(
@@ -230,26 +230,19 @@ class Api:
         return self._state
 
     def status(self) -> dict[str, Any]:
-        doc = dict(self.state())
-        doc.pop("helper_trees", None)
-        if isinstance(doc.get("agent"), dict):
-            doc["agent"] = {k: v for k, v in doc["agent"].items() if k != "token"}
-        started = doc.get("started_at")
-        if doc.get("status") == "running" and isinstance(started, int | float):
-            uptime = max(0.0, time.time() - started)
-            doc["uptime_s"] = round(uptime, 3)
-            doc["uptime"] = human(uptime)
-        return doc
+        return public_status(self.state(), time.time())
 
     # --- routes ---------------------------------------------------------------------------
 
     def status_body(self) -> bytes:
         """The status document, serialised once per state change and second of uptime: the
         path watchers poll."""
-        self.state()
-        key = (self._state_key, int(time.time()))
+        doc = self.state()
+        now = time.time()
+        key = (self._state_key, int(now))
         if key != self._body_key:
-            self._body = (json.dumps(self.status(), separators=(",", ":")) + "\n").encode()
+            body = json.dumps(public_status(doc, now), separators=(",", ":"))
+            self._body = (body + "\n").encode()
             self._body_key = key
         return self._body
 
@@ -301,13 +294,6 @@ class Api:
             return json_reply(400, {"ok": False, "errors": [e.as_dict() for e in errors]})
         store = ProposalStore(self.workdir / INBOX, self.dirs.root / "proposals")
         return json_reply(202, {"ok": True, "id": store.enqueue(body)})
-
-
-def human(seconds: float) -> str:
-    s = int(seconds)
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ Every command has a hard timeout; a candidate whose step times out has failed.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 from metasup import proposals
 from metasup.config import Config
 from metasup.events import Event
+from metasup.faults import child_env
 from metasup.gitrepo import EXP_BRANCH_PREFIX, GitRepo, MergeConflict
 from metasup.intake import new_id
 from metasup.policy import Policy
@@ -335,8 +335,7 @@ class Experimenter:
         return parse_metrics(done.stdout)
 
     def _env(self, c: Candidate, here: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("METASUP_CRASHPOINT", None)
+        env = child_env()
         env.update(
             {
                 "METASUP_EXPERIMENT": c.id,

@@ -15,6 +15,13 @@ def crashpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment for a child: a crash point is the supervisor's alone."""
+    env = dict(os.environ)
+    env.pop("METASUP_CRASHPOINT", None)
+    return env
+
+
 def is_armed(name: str) -> bool:
     """For points inside a library call, where a callback has to be installed to reach them."""
     return name == _ARMED

@@ -319,6 +319,34 @@ def holder_pid(path: Path) -> int | None:
         os.close(fd)
 
 
+def human_duration(seconds: float) -> str:
+    """`1h02m03s`, `4m05s`, `6s`: an uptime as the status shows it."""
+    s = max(0, int(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def public_status(doc: dict[str, Any], now: float) -> dict[str, Any]:
+    """The status document for readers outside the supervisor (the API, the agent's MCP tools):
+    without the process markers it keeps for itself, with the uptime as of `now`."""
+    out = {k: v for k, v in doc.items() if k != "helper_trees"}
+    if isinstance(out.get("agent"), dict):
+        out["agent"] = {k: v for k, v in out["agent"].items() if k != "token"}
+    started = out.get("started_at")
+    if out.get("status") == "running" and isinstance(started, int | float):
+        uptime = max(0.0, now - started)
+        out["uptime_s"] = round(uptime, 3)
+        out["uptime"] = human_duration(uptime)
+    return out
+
+
+def recorded_trees(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The process trees a status document records (the agent's, the helpers'), by marker."""
+    trees = [doc.get("agent"), *(doc.get("helper_trees") or [])]
+    return [t for t in trees if isinstance(t, dict) and t.get("token")]
+
+
 def current_status(dirs: StateDir) -> tuple[dict[str, Any], bool]:
     """The status document (`state.json`) and whether a supervisor holds the repository now."""
     doc = read_json(dirs.state)

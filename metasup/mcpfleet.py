@@ -27,6 +27,7 @@ from typing import Any
 from metasup import mcppolicy
 from metasup.config import McpServerConfig
 from metasup.events import Event
+from metasup.faults import child_env
 from metasup.journal import StateDir
 from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
 
@@ -107,7 +108,7 @@ class Fleet:
     def start(self, commit: str) -> None:
         """Start the worker and every server, on `commit`."""
         self.stopping = False
-        env = _env_without_faults()
+        env = child_env()
         log = (self.dirs.logs / "mcp-worker.log").open("ab")
         try:
             self.child = spawn(
@@ -139,7 +140,7 @@ class Fleet:
             self.commits[name] = commit
 
     def _spec(self, s: McpServerConfig) -> dict[str, Any]:
-        env = _env_without_faults()
+        env = child_env()
         env.update(s.env)
         env["METASUP_MCP_SERVER"] = s.name
         cwd = (self.workdir / s.cwd) if s.cwd else self.workdir
@@ -342,9 +343,3 @@ class Fleet:
             if st.get("pgid") and st.get("token"):
                 trees.append({"pgid": st["pgid"], "token": st["token"]})
         return trees
-
-
-def _env_without_faults() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("METASUP_CRASHPOINT", None)
-    return env

@@ -10,13 +10,14 @@ protected path is rejected here exactly as the supervisor would reject it.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from metasup import proposals
 from metasup.intake import INBOX, RESTART_SUFFIX, ProposalStore
-from metasup.journal import StateDir, current_status, tail_events
+from metasup.journal import StateDir, current_status, public_status, tail_events
 from metasup.policy import load_repo_policy
 from metasup.resources import schema_path
 
@@ -42,11 +43,7 @@ class Tools:
 
     def status(self, args: dict[str, Any]) -> Answer:
         doc, running = current_status(self.dirs)
-        doc = {k: v for k, v in doc.items() if k != "helper_trees"}
-        doc["supervisor_running"] = running
-        if isinstance(doc.get("agent"), dict):
-            doc["agent"] = {k: v for k, v in doc["agent"].items() if k != "token"}
-        return Answer(doc)
+        return Answer({**public_status(doc, time.time()), "supervisor_running": running})
 
     def validate_change(self, args: dict[str, Any]) -> Answer:
         _, errors = self._check(args)

@@ -26,6 +26,7 @@ from metasup.journal import (
     locked_journal,
     read_events,
     read_json,
+    recorded_trees,
     write_json_atomic,
 )
 from metasup.process import stop_leftover_tree
@@ -71,12 +72,8 @@ def stop_everything(dirs: StateDir, timeout: float = 30.0) -> int:
             time.sleep(0.05)  # waiting for a process we signalled, bounded by the deadline
     state = read_json(dirs.state)
     if isinstance(state, dict):
-        trees = [state.get("agent"), *(state.get("helper_trees") or [])]
-        for tree in trees:
-            if isinstance(tree, dict) and tree.get("token"):
-                stopped += stop_leftover_tree(
-                    tree.get("pgid"), str(tree["token"]), signal.SIGTERM, 5.0
-                )
+        for tree in recorded_trees(state):
+            stopped += stop_leftover_tree(tree.get("pgid"), str(tree["token"]), signal.SIGTERM, 5.0)
     return stopped
 
 

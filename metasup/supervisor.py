@@ -26,14 +26,16 @@ from metasup.config import Config
 from metasup.errors import IntegrityError, UserError
 from metasup.events import Event
 from metasup.experiments import Experimenter, Outcome
-from metasup.faults import crashpoint
+from metasup.faults import child_env, crashpoint
 from metasup.gitrepo import GitRepo, RollbackRefused
 from metasup.intake import INBOX, Intake, ProposalStore, WakePipe
 from metasup.journal import (
     Journal,
     RepoLock,
     StateDir,
+    human_duration,
     read_json,
+    recorded_trees,
     tail_events,
     utc_now,
     write_json_atomic,
@@ -259,8 +261,7 @@ class Supervisor:
     def _start_view(self) -> None:
         """On a terminal, the live view draws it (a child, so the supervisor never loads rich);
         the agent's output then goes to its log only, and report lines to logs/supervisor.log."""
-        env = dict(os.environ)
-        env.pop("METASUP_CRASHPOINT", None)
+        env = child_env()
         try:
             self.view = spawn(
                 [sys.executable, "-m", "metasup.view", "--git-dir", str(self.repo.git_dir)],
@@ -303,18 +304,14 @@ class Supervisor:
     def _stop_leftovers(self, previous: dict[str, Any]) -> None:
         """A supervisor killed with -9 could not stop its agent (or its MCP servers, should
         their worker have missed its end): do it before any git step."""
-        agent = previous.get("agent")
-        trees = [agent] if isinstance(agent, dict) else []
-        trees += [t for t in previous.get("helper_trees") or [] if isinstance(t, dict)]
         found = 0
-        for tree in trees:
-            if tree.get("token"):
-                found += stop_leftover_tree(
-                    tree.get("pgid"),
-                    str(tree["token"]),
-                    self.config.agent.stop_signal,
-                    self.config.agent.stop_timeout,
-                )
+        for tree in recorded_trees(previous):
+            found += stop_leftover_tree(
+                tree.get("pgid"),
+                str(tree["token"]),
+                self.config.agent.stop_signal,
+                self.config.agent.stop_timeout,
+            )
         if found:
             self.report({"event": "leftovers_stopped", "processes": found})
 
@@ -561,8 +558,7 @@ class Supervisor:
         return lifecycle.Snapshotted(commit=head)
 
     def _agent_env(self, run: int, commit: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("METASUP_CRASHPOINT", None)
+        env = child_env()
         env.update(self.config.agent.env)
         env.update(
             {
@@ -1092,7 +1088,7 @@ class Supervisor:
             "max_failures": self.settings.max_failures,
             "min_runtime_s": self.settings.min_runtime,
             "uptime_s": round(uptime, 3),
-            "uptime": _human(uptime),
+            "uptime": human_duration(uptime),
             "run": self.state.run,
             "agent": {
                 "pid": r.child.pid if r else None,
@@ -1129,10 +1125,3 @@ def _noop_handler(signum: int, frame: object) -> None:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
-
-
-def _human(seconds: float) -> str:
-    s = int(seconds)
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

@@ -25,7 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from metasup.journal import StateDir, current_status, tail_events
+from metasup.journal import StateDir, current_status, human_duration, tail_events
 
 EVENT_COLOURS = {
     "mark_good": "green",
@@ -85,15 +85,8 @@ def event_text(record: dict[str, Any]) -> str:
 def _uptime(doc: dict[str, Any], now: float) -> str:
     started = doc.get("started_at")
     if doc.get("status") == "running" and isinstance(started, int | float):
-        return _human(now - started)
+        return human_duration(now - started)
     return str(doc.get("uptime") or "-")
-
-
-def _human(seconds: float) -> str:
-    s = max(0, int(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def render(
