@@ -24,7 +24,6 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,11 @@ from typing import Any
 from metasup.config import split_listen
 from metasup.faults import child_env
 from metasup.journal import StateDir, public_status
+from metasup.mcppolicy import GiveUp, RestartPolicy, after_failure
 from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
 
-RESTARTS_PER_MINUTE = 3
+# The server child: restarted at once, given up on after its 4th death within a minute.
+RESTARTS = RestartPolicy(initial=0.0, max=0.0, max_restarts=3, period=60.0)
 IDLE_CONNECTION_S = 120.0
 
 
@@ -64,7 +65,7 @@ class ApiProcess:
         self.url: str | None = None
         self.stopping = False
         self.gave_up = False
-        self._exits: deque[float] = deque(maxlen=RESTARTS_PER_MINUTE + 1)
+        self._restarts: tuple[float, ...] = ()
 
     @property
     def token_path(self) -> Path:
@@ -125,10 +126,9 @@ class ApiProcess:
             return False
         self._close(c)
         self.child = None
-        now = time.monotonic()
-        self._exits.append(now)
+        decision, self._restarts = after_failure(RESTARTS, self._restarts, time.monotonic())
         self.report({"event": "api_exited", "code": code})
-        if sum(1 for t in self._exits if now - t < 60) > RESTARTS_PER_MINUTE:
+        if isinstance(decision, GiveUp):
             self.gave_up = True
             self.report({"event": "api_failed", "error": "it keeps dying; see logs/api.log"})
             return True

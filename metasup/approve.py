@@ -38,13 +38,11 @@ def approve(repo: GitRepo, reason: str) -> Approval:
         message = f"metasup: approve\n\n{reason or 'protected files changed by the operator'}\n"
         head = repo.head()
         at_head = repo.protected_in_commit(head, protect) if head else {}
-        to_commit = sorted(
-            p for p in set(at_head) | set(current) if at_head.get(p) != current.get(p)
-        )
+        to_commit = integrity.differing(at_head, current)
         commit = repo.commit_paths(to_commit, message) if to_commit else None
         good = repo.good()
         at_good = repo.protected_in_commit(good, protect) if good else {}
-        to_good = sorted(p for p in set(at_good) | set(current) if at_good.get(p) != current.get(p))
+        to_good = integrity.differing(at_good, current)
         new_good = repo.good_with(to_good, message) if to_good else good
         integrity.save(dirs.baseline, current, reason or "approved", commit=commit, good=new_good)
         journal.append(

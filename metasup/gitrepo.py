@@ -161,18 +161,6 @@ def _blob_ids(
     return out
 
 
-def _blob_paths(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") -> list[str]:
-    out = []
-    for entry in tree:
-        name = f"{prefix}{entry.name}"
-        obj = repo[entry.id]
-        if isinstance(obj, pygit2.Tree):
-            out += _blob_paths(repo, obj, name + "/")
-        else:
-            out.append(name)
-    return out
-
-
 def write_bundle(workdir: Path, folder: Path, keep: int, head: str | None, reaper: Any) -> Path:
     """`git bundle create` of every ref into `folder`, the newest `keep` bundles kept.
 
@@ -416,9 +404,8 @@ class GitRepo:
             return ()  # the baseline is the operator's own state
         candidates = {p.rstrip("/") for p in status}
         head = self.head()
-        if head is not None and head != good:
-            for delta in self.repo.diff(good, head).deltas:
-                candidates.update((delta.old_file.path, delta.new_file.path))
+        if head is not None:
+            candidates.update(self.changed_paths(good, head))
         tree = self.repo[good].peel(pygit2.Commit).tree
         restored = [
             path
@@ -448,7 +435,7 @@ class GitRepo:
             except KeyError:
                 entry = None
             if isinstance(entry, pygit2.Tree):
-                candidates.update(f"{path}/{p}" for p in _blob_paths(self.repo, entry))
+                candidates.update(f"{path}/{p}" for p, _ in _blob_ids(self.repo, entry))
             full = self.workdir / path
             if full.is_dir() and not full.is_symlink():
                 for root, dirs, files in os.walk(full):

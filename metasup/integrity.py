@@ -27,13 +27,16 @@ def save(path: Path, files: dict[str, str], reason: str, **extra: Any) -> None:
     )
 
 
+def differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """The paths whose entry differs between two listings (present in one only included)."""
+    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
+
+
 def differences(baseline: dict[str, str], current: dict[str, str]) -> list[str]:
     """What differs, a line a path: `changed X`, `added Y`, `removed Z`, `mode of X`."""
     out = []
-    for path in sorted(set(baseline) | set(current)):
+    for path in differing(baseline, current):
         was, now = baseline.get(path), current.get(path)
-        if was == now:
-            continue
         if was is None:
             out.append(f"added {path}")
         elif now is None:

@@ -19,7 +19,6 @@ import selectors
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
 Emit = Callable[..., object]
 Report = Callable[[dict[str, Any]], None]
 
-WORKER_MAX_RESTARTS = 3
-WORKER_RESTART_PERIOD = 60.0
+# The worker itself: restarted at once, given up on after its 4th death within a minute.
+WORKER_RESTARTS = mcppolicy.RestartPolicy(initial=0.0, max=0.0, max_restarts=3, period=60.0)
 EVENTS = {
     e.value: e
     for e in (Event.MCP_STARTED, Event.MCP_UNHEALTHY, Event.MCP_RESTARTED, Event.MCP_FAILED)
@@ -87,7 +86,7 @@ class Fleet:
         self.stopping = False
         self._buf = b""
         self._fd = -1
-        self._worker_exits: deque[float] = deque(maxlen=WORKER_MAX_RESTARTS + 1)
+        self._worker_restarts: tuple[float, ...] = ()
         self.gave_up = False
 
     def __bool__(self) -> bool:
@@ -120,7 +119,7 @@ class Fleet:
             )
         except SpawnError as e:
             self.report({"event": "mcp_worker_failed", "error": str(e)})
-            self._all(lambda name: "failed", reason=str(e))
+            self._all("failed", reason=str(e))
             return
         finally:
             log.close()
@@ -135,7 +134,7 @@ class Fleet:
         self._fd = self.child.popen.stdout.fileno()
         self.selector.register(self._fd, selectors.EVENT_READ, "mcp")
         self.acked = self.seq
-        self._all(lambda name: "starting")
+        self._all("starting")
         for name in self.servers:
             self.commits[name] = commit
 
@@ -158,12 +157,9 @@ class Fleet:
             self.child.popen.stdin.write((json.dumps(doc) + "\n").encode())
             self.child.popen.stdin.flush()
 
-    def _all(self, state: Callable[[str], str], reason: str | None = None) -> None:
+    def _all(self, state: str, reason: str | None = None) -> None:
         for name, s in self.servers.items():
-            self.status[name] = {
-                **_blank(s, state(name)),
-                "restarts": self.status[name]["restarts"],
-            }
+            self.status[name] = {**_blank(s, state), "restarts": self.status[name]["restarts"]}
             self.status[name]["reason"] = reason
 
     @property
@@ -218,7 +214,7 @@ class Fleet:
 
     def check_worker(self) -> bool:
         """After a SIGCHLD: when the worker died, stop what it left and start it again (at most
-        WORKER_MAX_RESTARTS times a minute). True when it had died."""
+        3 times a minute: WORKER_RESTARTS). True when it had died."""
         c = self.child
         if c is None:
             return False
@@ -232,17 +228,17 @@ class Fleet:
         self._stop_leftovers()
         if self.stopping:
             return True
-        now = time.monotonic()
-        self._worker_exits.append(now)
-        recent = [t for t in self._worker_exits if now - t < WORKER_RESTART_PERIOD]
+        decision, self._worker_restarts = mcppolicy.after_failure(
+            WORKER_RESTARTS, self._worker_restarts, time.monotonic()
+        )
         self.report({"event": "mcp_worker_exited", "code": code})
-        if len(recent) > WORKER_MAX_RESTARTS:
+        if isinstance(decision, mcppolicy.GiveUp):
             self.gave_up = True
             for name in self.servers:
                 self.emit(
                     Event.MCP_FAILED, server=name, reason="the MCP worker keeps dying; see its log"
                 )
-            self._all(lambda name: "failed", reason="the MCP worker keeps dying")
+            self._all("failed", reason="the MCP worker keeps dying")
             return True
         commits = dict(self.commits)
         self.start(next(iter(commits.values())) if commits else "")
