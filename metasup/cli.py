@@ -598,9 +598,9 @@ def mcp_connect(
     {"command": "metasup", "args": ["mcp", "connect", "NAME"]}. The agent then talks to the very
     process metasup starts, probes and restarts; a restart underneath keeps its session.
     """
-    from metasup.mcpconnect import connect, git_common_dir, pump, socket_dir
+    from metasup.mcpconnect import connect, pump, socket_dir
 
-    folder = git_common_dir(repo) / "metasup" / "mcp" if repo else socket_dir(Path.cwd())
+    folder = socket_dir(Path.cwd(), repo)
     sock = connect(folder, name, wait)
     raise typer.Exit(pump(sock))
 

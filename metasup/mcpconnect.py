@@ -18,16 +18,18 @@ import time
 from pathlib import Path
 
 from metasup.errors import UserError
+from metasup.journal import StateDir
 
 CHUNK = 1 << 16
 
 
-def socket_dir(start: Path) -> Path:
-    """`METASUP_MCP_DIR`, else `<git-dir>/metasup/mcp` of the repository around `start`."""
+def socket_dir(start: Path, repo: Path | None = None) -> Path:
+    """The sockets of `repo` when given; else `METASUP_MCP_DIR`, else those of the repository
+    around `start`."""
     env = os.environ.get("METASUP_MCP_DIR")
-    if env:
+    if repo is None and env:
         return Path(env)
-    return git_common_dir(start) / "metasup" / "mcp"
+    return StateDir.for_git_dir(git_common_dir(repo or start)).mcp
 
 
 def git_common_dir(start: Path) -> Path:

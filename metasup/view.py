@@ -337,16 +337,17 @@ class Source:
 # --- live -----------------------------------------------------------------------------------
 
 
+def _no_key(timeout: float) -> str | None:
+    """No keyboard to read: the refresh interval is all there is to wait for."""
+    time.sleep(timeout)  # the refresh interval
+    return None
+
+
 @contextlib.contextmanager
 def _keys() -> Iterator[Callable[[float], str | None]]:
     """Single keys from the terminal without Enter (cbreak mode), restored on the way out."""
     if not sys.stdin.isatty():
-
-        def wait_only(timeout: float) -> str | None:
-            time.sleep(timeout)  # no keyboard: the refresh interval is all there is to wait for
-            return None
-
-        yield wait_only
+        yield _no_key
         return
     import termios
     import tty
@@ -378,13 +379,7 @@ def watch(
     console = console or Console()
     doc, recent, running = source.fetch()
     with contextlib.ExitStack() as stack:
-        if keys:
-            key = stack.enter_context(_keys())
-        else:
-
-            def key(timeout: float) -> str | None:
-                time.sleep(timeout)  # the refresh interval
-                return None
+        key = stack.enter_context(_keys()) if keys else _no_key
 
         live = stack.enter_context(
             Live(

@@ -656,30 +656,31 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[str, Any] = {"sizes": sizes, "repeats": args.repeats, "git": {}, "loop": {}}
     root = Path(tempfile.mkdtemp(prefix="metasup-bench-"))
-    if args.only == "mcp":
+    if args.only is not None:
+        parts = {
+            "mcp": (lambda: bench_mcp(root / "mcp", 300, 10), print_mcp),
+            "tamper": (
+                lambda: bench_tamper(
+                    make_repo(root / "big", 10000), build_agent(root), root / "agent.log", 50
+                ),
+                print_tamper,
+            ),
+            "api": (
+                lambda: bench_api(
+                    make_repo(root / "small", 100),
+                    build_agent(root),
+                    root / "agent.log",
+                    args.idle_seconds,
+                ),
+                print_api,
+            ),
+        }
+        measure, show = parts[args.only]
         try:
-            results = {"mcp": bench_mcp(root / "mcp", 300, 10)}
+            part = measure()
         finally:
             shutil.rmtree(root, ignore_errors=True)
-        print_mcp(results["mcp"])
-        return 0
-    if args.only == "tamper":
-        try:
-            agent = build_agent(root)
-            big = make_repo(root / "big", 10000)
-            results = {"tamper": bench_tamper(big, agent, root / "agent.log", 50)}
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        print_tamper(results["tamper"])
-        return 0
-    if args.only == "api":
-        try:
-            agent = build_agent(root)
-            small = make_repo(root / "small", 100)
-            results = {"api": bench_api(small, agent, root / "agent.log", args.idle_seconds)}
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        print_api(results["api"])
+        show(part)
         return 0
     try:
         for files in sizes:

@@ -49,6 +49,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
         time.sleep(0.01)  # poll interval of a deadline-bounded wait
 
 
+SLEEPER = "import time\ntime.sleep(120)  # ok: a long-running agent\n"
+
+
+def state(repo: Path) -> dict[str, Any]:
+    """state.json as the supervisor last wrote it ({} before the first write)."""
+    try:
+        return dict(json.loads((repo / ".git" / "metasup" / "state.json").read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 def events(repo: Path) -> list[dict[str, Any]]:
     path = repo / ".git" / "metasup" / "events.jsonl"
     if not path.exists():

@@ -14,9 +14,17 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import agent_config, events, run_metasup, supervising, wait_for, write_config
+from tests.conftest import (
+    SLEEPER,
+    agent_config,
+    events,
+    run_metasup,
+    state,
+    supervising,
+    wait_for,
+    write_config,
+)
 
-SLEEPER = "import time\ntime.sleep(120)  # ok: a long-running agent\n"
 ENV_AGENT = (
     "import json, os, time\n"
     "open('agent-env.json', 'w').write(json.dumps(dict(os.environ)))\n"
@@ -26,13 +34,6 @@ ENV_AGENT = (
 
 def api_config(listen: str = "127.0.0.1:0", **config: Any) -> str:
     return agent_config(**config) + f'  api: {{listen: "{listen}"}}\n'
-
-
-def state(repo: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads((repo / ".git" / "metasup" / "state.json").read_text()))
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def request(

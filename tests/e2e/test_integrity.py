@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import (
+    SLEEPER,
     agent_config,
     events,
     git,
@@ -15,8 +16,6 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-
-SLEEPER = "import time\ntime.sleep(120)  # ok: a long-running agent\n"
 
 
 def setup(

@@ -19,20 +19,20 @@ import anyio
 
 from tests.conftest import (
     ROOT,
+    SLEEPER,
     agent_config,
     events,
     git,
     pid_alive,
     run_metasup,
     start_metasup,
+    state,
     supervising,
     wait_for,
     write_config,
 )
 
 FIXTURES = ROOT / "tests" / "fixtures" / "mcp"
-PY = json.dumps(sys.executable)
-SLEEPER = "import time\ntime.sleep(120)  # ok: a long-running agent\n"
 
 
 def server(name: str, script: str, **extra: Any) -> str:
@@ -52,14 +52,6 @@ def server(name: str, script: str, **extra: Any) -> str:
 
 def mcp_config(*servers: str, **config: Any) -> str:
     return agent_config(**config) + "  mcp_servers:\n" + "".join(servers)
-
-
-def state(repo: Path) -> dict[str, Any]:
-    path = repo / ".git" / "metasup" / "state.json"
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def mcp_events(repo: Path, server_name: str, event: str) -> list[dict[str, Any]]:

@@ -11,9 +11,7 @@ from typing import Any
 
 import anyio
 
-from tests.conftest import ROOT, agent_config, events, supervising, wait_for, write_config
-
-SLEEPER = "import time\ntime.sleep(120)  # ok: a long-running agent\n"
+from tests.conftest import ROOT, SLEEPER, agent_config, events, supervising, wait_for, write_config
 
 
 @asynccontextmanager
