@@ -29,6 +29,7 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 # the ones a file sets so nobody believes they are in force.
 INACTIVE_KEYS: tuple[str, ...] = ()
 
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])i?B?|B)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -59,6 +60,36 @@ def format_duration(seconds: float) -> str:
     if seconds < 1 and (seconds * 1000).is_integer():
         return f"{int(seconds * 1000)}ms"
     return f"{seconds:g}s"
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from `4GiB`, `512MiB`, `100M`, `1GB` or a plain number; None stays None.
+    K, M, G and T are powers of 1024 with or without the `i` (as memory sizes are meant)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"a size must be positive: {value!r}")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"not a size: {value!r} (use e.g. 4GiB, 512MiB or bytes)")
+    scale = 1024 ** "_KMGT".index((m.group(2) or "_").upper())
+    size = int(float(m.group(1)) * scale)
+    if size <= 0:
+        raise ValueError(f"a size must be positive: {value!r}")
+    return size
+
+
+def format_size(size: int | None) -> str:
+    if size is None:
+        return "none"
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
 
 
 @dataclass(frozen=True)
@@ -164,6 +195,50 @@ class ExperimentsConfig:
         }
 
 
+SANDBOX_TARGETS = ("agent", "mcp_servers", "experiments")
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    memory: int | None = 4 << 30  # bytes
+    cpu: float | None = 2.0  # cores
+    processes: int | None = 1024
+    file_size: int | None = 1 << 30  # bytes
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """The jail every process started on the agent's behalf runs in (see `jail`)."""
+
+    mode: str = "auto"  # auto | bwrap | landlock | off
+    required: bool = False
+    network: bool = True
+    writable: tuple[str, ...] = ("~/.cache", "~/.npm")  # outside the tree, as written
+    readonly: tuple[str, ...] = ()  # repo-relative
+    limits: SandboxLimits = SandboxLimits()
+    applies_to: frozenset[str] = frozenset(SANDBOX_TARGETS)
+
+    def applies(self, target: str) -> bool:
+        return self.mode != "off" and target in self.applies_to
+
+    def to_dict(self) -> dict[str, Any]:
+        lim = self.limits
+        return {
+            "mode": self.mode,
+            "required": self.required,
+            "network": self.network,
+            "writable": list(self.writable),
+            "readonly": list(self.readonly),
+            "limits": {
+                "memory": format_size(lim.memory) if lim.memory else None,
+                "cpu": lim.cpu,
+                "processes": lim.processes,
+                "file_size": format_size(lim.file_size) if lim.file_size else None,
+            },
+            "applies_to": [t for t in SANDBOX_TARGETS if t in self.applies_to],
+        }
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
@@ -179,6 +254,7 @@ class Config:
     api_listen: str | None = None  # host:port; None: no HTTP API
     api_allow_remote: bool = False
     on_tamper: str = "restore"  # restore | restore_and_restart | stop
+    sandbox: SandboxConfig = SandboxConfig()
     inactive: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,6 +290,7 @@ class Config:
                 "proposals": {"mode": self.proposals_mode},
                 "experiments": self.experiments.to_dict(),
                 "api": {"listen": self.api_listen, "allow_remote": self.api_allow_remote},
+                "sandbox": self.sandbox.to_dict(),
             },
             "inactive": list(self.inactive),
         }
@@ -502,6 +579,7 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         api_listen=_api_listen(s.get("api", {}), lines, name),
         api_allow_remote=s.get("api", {}).get("allow_remote", False),
         on_tamper=s.get("on_tamper", "restore"),
+        sandbox=_sandbox(s.get("sandbox", {}), lines, name),
         inactive=inactive,
     )
 
@@ -565,6 +643,45 @@ def _experiments(e: Mapping[str, Any], dur: Any) -> ExperimentsConfig:
         max_concurrent=e.get("max_concurrent", 1),
         success=criteria("success_criteria"),
         failure=criteria("failure_criteria"),
+    )
+
+
+def _sandbox(sb: Mapping[str, Any], lines: dict[Path_, int], name: str) -> SandboxConfig:
+    at = ("supervisor", "sandbox")
+    lim = sb.get("limits", {})
+    defaults = SandboxLimits()
+
+    def size(key: str, default: int | None) -> int | None:
+        if key not in lim:
+            return default
+        try:
+            return parse_size(lim[key])
+        except ValueError as e:
+            raise _fail(name, lines, (*at, "limits", key), str(e)) from None
+
+    limits = SandboxLimits(
+        memory=size("memory", defaults.memory),
+        cpu=lim.get("cpu", defaults.cpu),
+        processes=lim.get("processes", defaults.processes),
+        file_size=size("file_size", defaults.file_size),
+    )
+    readonly = tuple(
+        _repo_relative(name, lines, (*at, "readonly", i), p)
+        for i, p in enumerate(sb.get("readonly", []))
+    )
+    for i, p in enumerate(sb.get("writable", [])):
+        if not (p.startswith("/") or p == "~" or p.startswith("~/")):
+            raise _fail(
+                name, lines, (*at, "writable", i), f"{p!r} must be absolute or start with ~/"
+            )
+    return SandboxConfig(
+        mode=sb.get("mode", "auto") or "off",  # YAML 1.1 reads a bare `off` as false
+        required=sb.get("required", False),
+        network=sb.get("network", True),
+        writable=tuple(sb.get("writable", SandboxConfig.writable)),
+        readonly=readonly,
+        limits=limits,
+        applies_to=frozenset(sb.get("applies_to", SANDBOX_TARGETS)),
     )
 
 

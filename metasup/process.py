@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +24,12 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from metasup.jail import Prepared
 
 TREE_VAR = "METASUP_TREE"
 PR_SET_CHILD_SUBREAPER = 36
@@ -104,6 +108,7 @@ class Child:
     token: str
     started: float  # time.monotonic() just before the spawn
     argv: tuple[str, ...]
+    jail: Prepared | None = None  # the child is bwrap, or runs under Landlock
 
     @property
     def pid(self) -> int:
@@ -112,6 +117,23 @@ class Child:
     @property
     def pgid(self) -> int:
         return self.popen.pid  # start_new_session makes the child its group leader
+
+    @property
+    def jailed(self) -> bool:
+        """True when the child is bwrap: its pid and its pid 1 must not get a stop signal."""
+        return self.jail is not None and bool(self.jail.prefix)
+
+    def exit_code(self, raw: int) -> int:
+        """The command's exit as Popen reports it. bwrap exits with 128+N for a command killed
+        by signal N (as a shell does): that is -N again here."""
+        if self.jailed and 128 < raw < 128 + signal.NSIG:
+            return -(raw - 128)
+        return raw
+
+    def release(self) -> None:
+        """What the jail kept for this run (cgroup, placeholders) goes, once it has ended."""
+        if self.jail is not None:
+            self.jail.release()
 
 
 class SpawnError(Exception):
@@ -127,18 +149,24 @@ def spawn(
     stdin: bool = False,
     stderr: IO[bytes] | None = None,
     pass_fds: Sequence[int] = (),
+    jail: Prepared | None = None,
 ) -> Child:
     """Start `argv` as the leader of a new session. `capture`: stdout (and stderr, unless
     `stderr` names a file for it) come back as non-blocking pipes; `stdin`: a pipe to write to,
-    else /dev/null."""
+    else /dev/null. `jail`: run it in the jail prepared for it (see `jail`)."""
     token = uuid.uuid4().hex
     full_env = dict(env)
     full_env[TREE_VAR] = token
     started = time.monotonic()
     pipe = subprocess.PIPE if capture else None
+    full_argv = [*(jail.prefix if jail else ()), *argv]
+    if jail is not None and jail.prefix and not _findable(argv[0], cwd, env):
+        # bwrap would start and fail inside (exit 1): say it as an unjailed spawn would.
+        jail.release()
+        raise SpawnError(f"cannot start {argv[0]!r}: No such file or directory")
     try:
         popen = subprocess.Popen(
-            list(argv),
+            full_argv,
             cwd=cwd,
             env=full_env,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -147,13 +175,23 @@ def spawn(
             start_new_session=True,
             close_fds=True,
             pass_fds=tuple(pass_fds),
+            preexec_fn=jail.preexec if jail else None,
         )
-    except OSError as e:
-        raise SpawnError(f"cannot start {argv[0]!r}: {e.strerror or e}") from None
+    except (OSError, subprocess.SubprocessError) as e:
+        if jail is not None:
+            jail.release()
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise SpawnError(f"cannot start {argv[0]!r}: {why}") from None
     for stream in (popen.stdout, popen.stderr):
         if stream is not None:
             os.set_blocking(stream.fileno(), False)
-    return Child(popen=popen, token=token, started=started, argv=tuple(argv))
+    return Child(popen=popen, token=token, started=started, argv=tuple(argv), jail=jail)
+
+
+def _findable(command: str, cwd: Path, env: Mapping[str, str]) -> bool:
+    if "/" in command:
+        return os.access(cwd / command, os.X_OK)
+    return shutil.which(command, path=env.get("PATH", os.defpath)) is not None
 
 
 @dataclass
@@ -179,6 +217,7 @@ def run_command(
     timeout: float,
     reaper: Reaper,
     max_output: int = 1 << 20,
+    jail: Prepared | None = None,
 ) -> Completed:
     """Run a command to completion with a hard timeout.
 
@@ -189,7 +228,7 @@ def run_command(
     t0 = time.monotonic()
     deadline = t0 + timeout
     try:
-        child = spawn(argv, cwd=cwd, env=env)
+        child = spawn(argv, cwd=cwd, env=env, jail=jail)
     except SpawnError as e:
         return Completed(127, "", str(e), 0.0, False)
     out = {"stdout": bytearray(), "stderr": bytearray()}
@@ -227,6 +266,8 @@ def run_command(
                     read(key.fd, key.data)
                 break
     code = None if timed_out else reaper.wait(child.pid, max(0.0, deadline - time.monotonic()))
+    if code is not None:
+        code = child.exit_code(code)
     if code is None:
         timed_out = True
     # Hard: the group and every marked descendant, whatever they do with SIGTERM.
@@ -234,6 +275,7 @@ def run_command(
     if timed_out:
         reaper.wait(child.pid, 5.0)
     child.popen.returncode = code if code is not None else -signal.SIGKILL
+    child.release()
     for stream in streams.values():
         if stream is not None:
             stream.close()
@@ -311,12 +353,30 @@ def tree_members(pgid: int, token: str, adopt_unmarked: bool = False) -> list[ps
     return members
 
 
-def signal_tree(pgid: int, members: Iterable[psutil.Process], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+def signal_tree(
+    pgid: int, members: Iterable[psutil.Process], sig: int, jailed: bool = False
+) -> None:
+    """`sig` to the group and every member. In a jail (`jailed`), bwrap leads the group and is
+    the namespace's pid 1: both die at any signal and take the whole jail with them, so only
+    SIGKILL goes to them; a stop signal goes to the jailed processes alone."""
+    spare = _jail_pids(pgid) if jailed and sig != signal.SIGKILL else set()
+    if not spare:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
     for proc in members:
+        if proc.pid in spare:
+            continue
         with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
+
+
+def _jail_pids(bwrap_pid: int) -> set[int]:
+    """bwrap's own processes: the launcher and the namespace's pid 1 under it."""
+    try:
+        with open(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children", "rb") as f:
+            return {bwrap_pid, *(int(c) for c in f.read().split())}
+    except OSError:
+        return {bwrap_pid}
 
 
 def stop_tree(
@@ -326,6 +386,7 @@ def stop_tree(
     timeout: float,
     reaper: Reaper,
     adopt_unmarked: bool = False,
+    jailed: bool = False,
 ) -> int:
     """Stop every process of a tree: `sig`, wait up to `timeout`, then SIGKILL. Returns how many
     processes had to be signalled (0: nothing was left)."""
@@ -334,11 +395,14 @@ def stop_tree(
         reaper.reap()
         return 0
     known = {p.pid: p for p in members}
-    signal_tree(pgid, members, sig)
+    signal_tree(pgid, members, sig, jailed)
     if sig != signal.SIGKILL:
         # Stopped processes cannot act on the signal until they run again.
-        signal_tree(pgid, members, signal.SIGCONT)
-    if not _wait_gone(pgid, token, adopt_unmarked, reaper, known, timeout, None):
+        signal_tree(pgid, members, signal.SIGCONT, jailed)
+    # In a jail, what bwrap starts a moment after a stop began gets the stop signal too: a run
+    # stopped as it launches then ends by its stop signal, as it would outside.
+    late = sig if jailed and sig != signal.SIGKILL else None
+    if not _wait_gone(pgid, token, adopt_unmarked, reaper, known, timeout, None, late):
         # Late forks are caught too: the tree is looked for again on every round.
         _wait_gone(pgid, token, adopt_unmarked, reaper, known, 5.0, signal.SIGKILL)
     return len(members) or 1
@@ -352,9 +416,11 @@ def _wait_gone(
     known: dict[int, psutil.Process],
     limit: float,
     sig: int | None,
+    late: int | None = None,
 ) -> bool:
     """Wait until every process known or found in the tree is gone; with `sig`, send it to
-    them each round. True when they went within `limit`.
+    them each round; with `late` (a jailed tree), send it once to each process first found
+    here. True when they went within `limit`.
 
     Processes already known are waited for even when no longer found among our descendants:
     a killed parent's child is re-parented away (when metasup is not a subreaper) a moment
@@ -363,8 +429,13 @@ def _wait_gone(
     deadline = time.monotonic() + limit
     while True:
         reaper.reap()
+        fresh = []
         for proc in tree_members(pgid, token, adopt):
-            known.setdefault(proc.pid, proc)
+            if proc.pid not in known:
+                fresh.append(proc)
+                known[proc.pid] = proc
+        if late is not None and fresh:
+            signal_tree(pgid, fresh, late, jailed=True)
         alive = [p for p in known.values() if _alive(p)]
         if not alive and not _group_alive(pgid):
             return True

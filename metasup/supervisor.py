@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metasup import health, lifecycle, rollback
-from metasup.config import Config
+from metasup.config import Config, format_size
 from metasup.errors import IntegrityError, UserError
 from metasup.events import Event
 from metasup.experiments import Experimenter, Outcome
 from metasup.faults import child_env, crashpoint
 from metasup.gitrepo import GitRepo, RollbackRefused
 from metasup.intake import INBOX, Intake, ProposalStore, WakePipe
+from metasup.jail import Jail, View, make_view
 from metasup.journal import (
     Journal,
     RepoLock,
@@ -126,6 +127,7 @@ class Running:
     rss_mb: float = 0.0
     cpu_percent: float = 0.0
     shown: tuple[float, float] | None = None  # the figures state.json has
+    oom_kills: int = 0  # the kernel's OOM kills in the jail's cgroup, already reported
 
 
 class Supervisor:
@@ -176,6 +178,7 @@ class Supervisor:
         self._old_wakeup = -1
         self.journal: Journal | None = None
         self.policy: Policy = load_policy(repo.workdir, config.path, config.protected_paths)
+        self.jail: Jail | None = None
         self.intake: Intake | None = None
         self.experimenter: Experimenter | None = None
         self._exp_thread: threading.Thread | None = None
@@ -211,6 +214,7 @@ class Supervisor:
             self.journal = Journal(self.dirs.events)
             self._install_signals()
             become_subreaper()
+            self._start_jail()
             if self.config.api_listen:
                 self._start_api(self.config.api_listen)
             if self.config.mcp_servers:
@@ -257,6 +261,32 @@ class Supervisor:
         finally:
             self._shutdown()
             lock.release()
+
+    def _start_jail(self) -> None:
+        """Probe the machine and settle the jail; refuse to start where the config asks for
+        more than it offers (a named mode it lacks, or `required` with a guarantee not held)."""
+        sb = self.config.sandbox
+        self.jail = Jail(sb, self.config.health.max_memory_mb, self.reaper)
+        plan = self.jail.plan
+        if sb.mode in ("bwrap", "landlock") and plan.mode != sb.mode:
+            raise UserError(f"sandbox.mode is {sb.mode}, but {plan.why}")
+        if sb.required and not plan.all_held:
+            missing = "; ".join(
+                f"{n}. not held: {why}" for n, (held, why) in enumerate(plan.held, 1) if not held
+            )
+            raise UserError(f"sandbox.required is true, but {missing}")
+        self.report({"event": "sandbox", "mode": plan.mode, "detail": self.jail.describe()})
+
+    def jail_view(self, tree: Path, holes: tuple[Path, ...] = ()) -> View:
+        """What a jailed run in `tree` (the working tree or an experiment's worktree) sees."""
+        return make_view(
+            tree,
+            git_paths=(self.repo.git_dir, self.repo.common_dir),
+            protected_patterns=[p for p, _ in self.policy.patterns],
+            config_path=self.config.path,
+            sandbox=self.config.sandbox,
+            holes=holes,
+        )
 
     def _start_view(self) -> None:
         """On a terminal, the live view draws it (a child, so the supervisor never loads rich);
@@ -349,6 +379,8 @@ class Supervisor:
         if self.api is not None:
             self.api.stop()  # last: a watcher reads the final state through it
         self._stop_view()
+        if self.jail is not None:
+            self.jail.close()
         self._restore_signals()
 
     def _install_signals(self) -> None:
@@ -422,6 +454,8 @@ class Supervisor:
                     observed += self._take_proposals()
             elif key.data == "experiment":
                 observed += self._experiment_finished()
+            elif key.data == "oom":
+                observed += self._oom_seen()
             else:
                 self._pump(key.data)
         exited = self._agent_exit()
@@ -480,8 +514,11 @@ class Supervisor:
         if code is None:
             return None
         r = self.running
+        code = r.child.exit_code(code)
         r.child.popen.returncode = code
         drain(r.child, r.log)
+        if self._oom_seen():  # the kernel killed it for memory: recorded as ours would be
+            self._kill(self._oom_reason(), health=True)
         return self._exited(r.child.pid, r.run, r.commit, code, time.monotonic() - r.child.started)
 
     def _exited(
@@ -609,20 +646,30 @@ class Supervisor:
     def _launch(self, run: int, commit: str) -> lifecycle.Observation | None:
         self._sync_fleet(commit)
         log = LaunchLog(self.dirs.logs, run, commit, echo=self.echo)
+        holes: tuple[Path, ...] = ()
         if self.limits.heartbeat_timeout is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.dirs.heartbeat.unlink()
+            # It must exist to be bound into the jail; an old touch counts as none (the age is
+            # taken from the launch at the latest).
+            self.dirs.heartbeat.touch()
+            os.utime(self.dirs.heartbeat, (0, 0))
+            holes = (self.dirs.heartbeat,)
+        jailed = None
+        if self.jail is not None and self.config.sandbox.applies("agent"):
+            jailed = self.jail.prepare(self.jail_view(self.repo.workdir, holes))
         try:
             child = spawn(
                 self.config.agent.command,
                 cwd=self.repo.workdir,
                 env=self._agent_env(run, commit),
+                jail=jailed,
             )
         except SpawnError as e:
             log.feed("stderr", f"metasup: {e}\n".encode())
             log.close()
             self.counters.cycles += 1
-            self._emit(Event.LAUNCH, pid=None, run=run, commit=commit, error=str(e))
+            self._emit(
+                Event.LAUNCH, pid=None, run=run, commit=commit, error=str(e), sandbox=self._mode
+            )
             self.last_stderr_tail = list(log.stderr_tail)
             return self._exited(None, run, commit, 127, 0.0)
         self.running = Running(
@@ -636,10 +683,48 @@ class Supervisor:
             if stream is not None:
                 self._selector.register(stream.fileno(), selectors.EVENT_READ, name)
                 self._pipe_fds[name] = stream.fileno()
+        cgroup = jailed.cgroup if jailed is not None else None
+        if cgroup is not None and cgroup.oom_fd >= 0:
+            self._selector.register(cgroup.oom_fd, selectors.EVENT_READ, "oom")
         self.counters.cycles += 1
-        self._emit(Event.LAUNCH, pid=child.pid, run=run, commit=commit, log=log.path.name)
+        self._emit(
+            Event.LAUNCH,
+            pid=child.pid,
+            run=run,
+            commit=commit,
+            log=log.path.name,
+            sandbox=self._mode if jailed is not None else "off",
+        )
         self.timers["health"] = time.monotonic() + self.config.health.interval
         return None
+
+    @property
+    def _mode(self) -> str:
+        return self.jail.mode if self.jail is not None else "off"
+
+    def _oom_seen(self) -> list[lifecycle.Observation]:
+        """A kernel OOM kill in the agent's jail is a health breach (reason: memory), once."""
+        r = self.running
+        cgroup = r.child.jail.cgroup if r is not None and r.child.jail is not None else None
+        if r is None or cgroup is None:
+            return []
+        cgroup.drain_oom()
+        kills = cgroup.oom_kills()
+        if kills <= r.oom_kills:
+            return []
+        r.oom_kills = kills
+        return [lifecycle.HealthBreach(self._oom_reason())]
+
+    def _oom_reason(self) -> str:
+        assert self.jail is not None and self.jail.memory is not None
+        limit = self.jail.memory
+        mb = self.config.health.max_memory_mb
+        named = (
+            f"max_memory_mb {mb:g}"
+            if mb is not None and int(mb * (1 << 20)) == limit
+            else f"sandbox.limits.memory {format_size(limit)}"
+        )
+        return f"memory: the jail went over {named} (tmpfs and /dev/shm counted)"
 
     def _unwatch_closed_pipes(self, everything: bool = False) -> None:
         """Stop watching pipes that reached end of file (all of them with `everything`)."""
@@ -673,6 +758,11 @@ class Supervisor:
                 stream.close()  # a straggler we could not stop still holds it; read no more
         r.log.close()
         self.last_stderr_tail = list(r.log.stderr_tail)
+        cgroup = r.child.jail.cgroup if r.child.jail is not None else None
+        if cgroup is not None and cgroup.oom_fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(cgroup.oom_fd)  # type: ignore[union-attr]
+        r.child.release()
         self.running = None
         prune_logs(self.dirs.logs, KEEP_RUN_LOGS)
 
@@ -688,6 +778,7 @@ class Supervisor:
             self.config.agent.stop_timeout,
             self.reaper,
             adopt_unmarked=True,
+            jailed=r.child.jailed,
         )
 
     def _stop_running(self) -> None:
@@ -711,7 +802,12 @@ class Supervisor:
                 rss_mb=round(r.rss_mb, 1),
                 cpu_percent=round(r.cpu_percent, 1),
             )
-        signal_tree(r.child.pgid, tree_members(r.child.pgid, r.child.token, True), signal.SIGKILL)
+        signal_tree(
+            r.child.pgid,
+            tree_members(r.child.pgid, r.child.token, True),
+            signal.SIGKILL,
+            r.child.jailed,
+        )
 
     def _health_tick(self) -> str | None:
         r = self.running

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ class TamperWatch:
             FileSystemEventHandler,
         )
         from watchdog.observers import Observer
+
+        # watchdog warns when a folder comes back at a path it watched before (the jail's
+        # placeholders do): harmless, and not the operator's to read.
+        warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
 
         watch = self
         root = str(self.workdir)

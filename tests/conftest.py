@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +159,23 @@ def agent_repo(repo: Path) -> Iterator[Callable[..., Path]]:
         return repo
 
     yield make
+
+
+def marked_pids(marker: str, jail: bool = True) -> list[int]:
+    """Live processes (zombies aside) with `marker` as an argument. A jailed process knows only
+    its pid in the jail's namespace: a test finds it from outside by what it runs. `jail`:
+    bwrap's own processes (whose arguments hold the jailed command's) count too."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        info = proc.info
+        argv = info["cmdline"] or []
+        if info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid() or not argv:
+            continue
+        if not jail and os.path.basename(argv[0]) == "bwrap":
+            continue
+        if marker in argv:
+            found.append(proc.pid)
+    return found
 
 
 def pid_alive(pid: int) -> bool:

@@ -180,6 +180,8 @@ def summarise(repo: GitRepo) -> dict[str, Any]:
         "tamper_restored": [
             p for e in events if e["event"] == "tamper_restored" for p in e["paths"]
         ],
+        "jail": next((e.get("sandbox", "off") for e in events if e["event"] == "launch"), "off"),
+        "refused": memory.get("refused", []),
         "state": read_json(dirs.state) or {},
         "mcp": _mcp_summary(events, read_json(dirs.state) or {}),
     }
@@ -294,6 +296,7 @@ class _Out:
             table.add_row("proposals applied", str(len(s["proposals_applied"])))
             table.add_row("proposals rejected", str(len(s["proposals_rejected"])))
             table.add_row("protected paths restored", ", ".join(s["tamper_restored"]) or "-")
+            table.add_row(f"jail ({s['jail']}) refused the agent", ", ".join(s["refused"]) or "-")
             table.add_row("A/B winner", _ab_line(s["ab"]))
             for name, line in s["mcp"].items():
                 table.add_row(f"MCP server {name}", line)
@@ -336,6 +339,7 @@ class _Out:
             print(f"proposals applied: {len(s['proposals_applied'])}")
             print(f"proposals rejected: {len(s['proposals_rejected'])}")
             print(f"protected paths restored: {', '.join(s['tamper_restored']) or '-'}")
+            print(f"jail ({s['jail']}) refused the agent: {', '.join(s['refused']) or '-'}")
             print(f"A/B winner: {_ab_line(s['ab'])}")
             for name, line in s["mcp"].items():
                 print(f"MCP server {name}: {line}")

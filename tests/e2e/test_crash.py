@@ -117,6 +117,8 @@ def events_of(repo: Path) -> list[dict[str, object]]:
 
 
 def test_kill_9_while_the_agent_runs_leaves_no_agent_behind(repo: Path) -> None:
+    """Without the jail the agent outlives a supervisor killed with -9, and the next start
+    stops it (the jailed case is in test_jail.py: there it dies with its supervisor)."""
     (repo / "agent.py").write_text(
         "import os, time\nfrom pathlib import Path\n"
         "if os.environ['METASUP_RUN'] == '1':\n"
@@ -125,7 +127,7 @@ def test_kill_9_while_the_agent_runs_leaves_no_agent_behind(repo: Path) -> None:
         "time.sleep(0.5)  # ok: a healthy run\n"
     )
     (repo / ".gitignore").write_text("agent.pid\n__pycache__/\n")
-    write_config(repo, agent_config())
+    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n"))
     proc = subprocess.Popen(
         metasup_cmd("run"), cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

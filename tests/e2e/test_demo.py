@@ -28,7 +28,10 @@ def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
     assert f"final good commit: {good[:12]}" in text
     assert "lesson kept in memory/" in text, "memory/ survived the rollback"
     assert "proposals applied: 1" in text and "proposals rejected: 1" in text
-    assert "protected paths restored: metasup.yaml" in text
+    # Jailed by default: the kernel refused the agent's edit of its config and its attempt to
+    # erase the good ref; nothing was left for the tamper watch to restore.
+    assert "jail (bwrap) refused the agent: write metasup.yaml, delete refs/metasup/good" in text
+    assert "protected paths restored: -" in text
     assert (target / "notes" / "ideas.md").exists()
     assert "A/B winner: bold" in text and "merged" in text
     assert "  cautious: failed" in text and "  typo: failed check" in text

