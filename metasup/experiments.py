@@ -33,6 +33,7 @@ from metasup.events import Event
 from metasup.faults import child_env
 from metasup.gitrepo import EXP_BRANCH_PREFIX, GitRepo, MergeConflict
 from metasup.intake import new_id
+from metasup.jail import Jail, Prepared, make_view
 from metasup.policy import Policy
 from metasup.process import Completed, Reaper, run_command
 from metasup.verdict import Metrics, Verdict, judge, winner
@@ -145,6 +146,18 @@ class Experimenter:
         self.reaper = reaper
         self._git = threading.Lock()
         self.strategy = "hybrid"  # what a shadow run is told; the supervisor keeps it current
+        sandbox = config.sandbox
+        self.jail = Jail(sandbox, reaper=reaper) if sandbox.applies("experiments") else None
+
+    def _jailed(self, here: Path) -> Prepared | None:
+        """The jail for one command in the worktree `here`: the candidate's checks, shadow run
+        and fitness cannot write its git dir, the evaluator or anything outside `here`."""
+        if self.jail is None:
+            return None
+        patterns = [p for p, _ in self.policy.patterns]
+        return self.jail.prepare(
+            make_view(here, protected_patterns=patterns, sandbox=self.config.sandbox)
+        )
 
     # --- housekeeping --------------------------------------------------------------------------
 
@@ -254,18 +267,27 @@ class Experimenter:
             )
         env = self._env(c, here)
         for argv in self.ex.checks:
-            done = run_command(argv, cwd=here, env=env, timeout=self.ex.timeout, reaper=self.reaper)
+            done = run_command(
+                argv,
+                cwd=here,
+                env=env,
+                timeout=self.ex.timeout,
+                reaper=self.reaper,
+                jail=self._jailed(here),
+            )
             c.steps.append(_step("check " + " ".join(argv), done))
             if not done.ok:
                 self._failed(c, t0)
                 return
         if self.ex.shadow_runtime > 0:
+            shadow_env = {**env, **self.config.agent.env, **self._shadow_env(here)}
             shadow = run_command(
                 self.config.agent.command,
                 cwd=here,
-                env={**env, **self.config.agent.env, **self._shadow_env(here)},
+                env=shadow_env,
                 timeout=self.ex.shadow_runtime,
                 reaper=self.reaper,
+                jail=self._jailed(here),
             )
             alive = shadow.timed_out  # still running when its time was up: that is the pass
             detail = (
@@ -326,7 +348,12 @@ class Experimenter:
     def _fitness(self, where: Path, env: dict[str, str]) -> dict[str, float] | str:
         assert self.ex.fitness is not None
         done = run_command(
-            self.ex.fitness, cwd=where, env=env, timeout=self.ex.timeout, reaper=self.reaper
+            self.ex.fitness,
+            cwd=where,
+            env=env,
+            timeout=self.ex.timeout,
+            reaper=self.reaper,
+            jail=self._jailed(where),
         )
         if done.timed_out:
             return f"timed out after {self.ex.timeout:g}s"

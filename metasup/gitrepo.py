@@ -196,15 +196,6 @@ def init_repository(path: Path, branch: str = "main") -> None:
     pygit2.init_repository(str(path), initial_head=branch)
 
 
-def _common_dir(git_dir: Path) -> Path:
-    """Where refs and objects live: a linked worktree's git dir names it in `commondir`."""
-    try:
-        named = (git_dir / "commondir").read_text(encoding="utf-8").strip()
-    except OSError:
-        return git_dir
-    return (git_dir / named).resolve()
-
-
 class GitRepo:
     """The supervised repository and the branch HEAD was on when metasup started."""
 
@@ -218,7 +209,6 @@ class GitRepo:
         self.repo = repo
         self.workdir = Path(repo.workdir).resolve()
         self.git_dir = Path(repo.path).resolve()
-        self.common_dir = _common_dir(self.git_dir)
         head = repo.references.get("HEAD")
         if head is None or head.type != pygit2.enums.ReferenceType.SYMBOLIC:
             raise UserError(

@@ -37,8 +37,9 @@ import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from metasup.config import SandboxConfig, SandboxLimits, format_size
 from metasup.process import Reaper, run_command
@@ -315,6 +316,50 @@ class View:
     network: bool = True
 
 
+def view_to_json(view: View) -> dict[str, Any]:
+    """For a helper process (the MCP worker) that jails what it starts."""
+    return {
+        "tree": str(view.tree),
+        "cwd": str(view.cwd),
+        "readonly": [str(p) for p in view.readonly],
+        "placeholders": [str(p) for p in view.placeholders],
+        "holes": [str(p) for p in view.holes],
+        "writable": [str(p) for p in view.writable],
+        "network": view.network,
+    }
+
+
+def view_from_json(doc: dict[str, Any]) -> View:
+    def paths(key: str) -> tuple[Path, ...]:
+        return tuple(Path(p) for p in doc[key])
+
+    return View(
+        tree=Path(doc["tree"]),
+        cwd=Path(doc["cwd"]),
+        readonly=paths("readonly"),
+        placeholders=paths("placeholders"),
+        holes=paths("holes"),
+        writable=paths("writable"),
+        network=bool(doc["network"]),
+    )
+
+
+def sandbox_to_json(sb: SandboxConfig) -> dict[str, Any]:
+    return {**asdict(sb), "applies_to": sorted(sb.applies_to)}
+
+
+def sandbox_from_json(doc: dict[str, Any]) -> SandboxConfig:
+    return SandboxConfig(
+        mode=doc["mode"],
+        required=doc["required"],
+        network=doc["network"],
+        writable=tuple(doc["writable"]),
+        readonly=tuple(doc["readonly"]),
+        limits=SandboxLimits(**doc["limits"]),
+        applies_to=frozenset(doc["applies_to"]),
+    )
+
+
 _NAMESPACE_FLAGS = (
     "--unshare-user",
     "--unshare-pid",
@@ -341,8 +386,14 @@ def bwrap_args(bwrap: str, view: View) -> list[str]:
     args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for path in view.writable:
         args += ["--bind-try", str(path), str(path)]
+    # A read-only path that holds the tree (a worktree inside the common git dir) goes below
+    # it; the others on top.
+    below = [p for p in view.readonly if _within(view.tree, p)]
+    above = [p for p in view.readonly if not _within(view.tree, p)]
+    for path in below:
+        args += ["--ro-bind", str(path), str(path)]
     args += ["--bind", str(view.tree), str(view.tree)]
-    for path in (*view.readonly, *view.placeholders):
+    for path in (*above, *view.placeholders):
         args += ["--ro-bind", str(path), str(path)]
     for path in view.holes:
         args += ["--bind", str(path), str(path)]
@@ -385,11 +436,30 @@ def _within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def git_dirs(tree: Path) -> list[Path]:
+    """The git dir of `tree` and, for a linked worktree, the common dir its `commondir` names:
+    where refs, objects and config live."""
+    dot = tree / ".git"
+    if dot.is_file():
+        text = dot.read_text(encoding="utf-8", errors="replace").strip()
+        if not text.startswith("gitdir:"):
+            return []
+        git_dir = (tree / text.removeprefix("gitdir:").strip()).resolve()
+    elif dot.is_dir():
+        git_dir = dot.resolve()
+    else:
+        return []
+    found = [git_dir]
+    with contextlib.suppress(OSError):
+        named = (git_dir / "commondir").read_text(encoding="utf-8").strip()
+        found.append((git_dir / named).resolve())
+    return found
+
+
 def make_view(
     tree: Path,
     *,
     cwd: Path | None = None,
-    git_paths: Sequence[Path] = (),
     protected_patterns: Iterable[str] = (),
     config_path: Path | None = None,
     sandbox: SandboxConfig,
@@ -399,7 +469,7 @@ def make_view(
     tree = tree.resolve()
     held, freed = literal_paths(protected_patterns)
     writable = [Path(os.path.expanduser(w)) for w in sandbox.writable]
-    readonly: list[Path] = [tree / ".git", *(p.resolve() for p in git_paths)]
+    readonly: list[Path] = [tree / ".git", *git_dirs(tree)]
     placeholders: list[Path] = []
     for rel in held:
         path = tree / rel
@@ -418,7 +488,7 @@ def make_view(
         ):
             readonly.append(path)
     hole_paths = [tree / rel for rel in freed if (tree / rel).exists()] + [*holes]
-    ro = [p for p in dict.fromkeys(readonly) if (p.is_symlink() or p.exists()) and p != tree]
+    ro = [p for p in dict.fromkeys(readonly) if p.is_symlink() or p.exists()]
     return View(
         tree=tree,
         cwd=(cwd or tree).resolve(),
@@ -427,6 +497,21 @@ def make_view(
         holes=tuple(dict.fromkeys(hole_paths)),
         writable=tuple(w for w in dict.fromkeys(writable) if not _within(w, tree)),
         network=sandbox.network,
+    )
+
+
+def settle(view: View) -> View:
+    """`view` as the disk is now: a read-only path inside the tree that went away since the
+    view was made (a rollback took an empty placeholder) is held by a placeholder again; one
+    outside it is dropped (bwrap cannot bind what is not there)."""
+    gone = [p for p in view.readonly if not (p.exists() or p.is_symlink())]
+    if not gone:
+        return view
+    inside = [p for p in gone if _within(p, view.tree)]
+    return replace(
+        view,
+        readonly=tuple(p for p in view.readonly if p not in gone),
+        placeholders=(*view.placeholders, *inside),
     )
 
 
@@ -591,15 +676,20 @@ class Jail:
             for w in view.writable:
                 with contextlib.suppress(OSError):
                     w.mkdir(parents=True, exist_ok=True)
-            # Made once and kept while the supervisor runs: the tamper watch sees no churn,
-            # and the agent's MCP servers, jailed beside it, hold the same ones.
-            self.placeholders.update(make_placeholders(view))
+            view = settle(view)
+            self.hold_placeholders(view)
             prefix = bwrap_args(m.bwrap, view)
             landlock = None
         else:
             prefix = []
             landlock = _landlock_rules(view)
         return Prepared(self.mode, prefix, _preexec(join, rlimits, landlock), cgroup)
+
+    def hold_placeholders(self, view: View) -> None:
+        """Made once and kept until `close`: the tamper watch sees no churn, and the agent's
+        MCP servers, jailed beside it, hold the same ones. A rollback that took one away is
+        answered by making it again."""
+        self.placeholders.update(make_placeholders(view))
 
     def close(self) -> None:
         """At the supervisor's stop: the placeholders it made go (if still empty)."""

@@ -67,8 +67,10 @@ class Fleet:
         selector: selectors.BaseSelector,
         emit: Emit,
         report: Report,
+        jail: dict[str, Any] | None = None,
     ) -> None:
         self.servers = {s.name: s for s in servers}
+        self.jail = jail  # {"sandbox", "view"} for the worker to jail the servers in
         self.workdir = workdir
         self.dirs = dirs
         self.reaper = reaper
@@ -128,6 +130,7 @@ class Fleet:
             "sockets": str(self.dirs.mcp),
             "logs": str(self.dirs.logs),
             "servers": [self._spec(s) for s in self.servers.values()],
+            "jail": self.jail,
         }
         self._write(spec)
         assert self.child.popen.stdout is not None

@@ -26,12 +26,14 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 import anyio
 
 from metasup import mcppolicy
+from metasup.jail import Jail, Prepared, View, sandbox_from_json, view_from_json
 from metasup.mcpmux import PROBE, SERVER, Message, Out, Router
 from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
 
@@ -47,6 +49,8 @@ class Worker:
         self.seq = 0
         self.stopping = False
         self.runners: dict[str, ServerRunner] = {}
+        self.jail: Jail | None = None
+        self.view: View | None = None  # the working tree as a jailed server sees it
 
     # --- to the supervisor --------------------------------------------------------------------
 
@@ -80,6 +84,9 @@ class Worker:
         self.sockets = Path(spec["sockets"])
         self.logs = Path(spec["logs"])
         self.seq = int(spec.get("seq", 0))
+        if spec.get("jail"):
+            self.jail = Jail(sandbox_from_json(spec["jail"]["sandbox"]), reaper=self.reaper)
+            self.view = view_from_json(spec["jail"]["view"])
         self.runners = {s["name"]: ServerRunner(s, self) for s in spec["servers"]}
         loop.add_signal_handler(signal.SIGCHLD, self.dispatch_exits)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -98,7 +105,15 @@ class Worker:
         finally:
             for runner in self.runners.values():
                 runner.close_socket()
+            if self.jail is not None:
+                self.jail.close()
         self.status()
+
+    def jailed(self, cwd: Path) -> Prepared | None:
+        """The jail for a server started in `cwd`, as the supervisor's config makes it."""
+        if self.jail is None or self.view is None:
+            return None
+        return self.jail.prepare(replace(self.view, cwd=cwd))
 
     def dispatch_exits(self) -> None:
         """Hand each server its exit. Statuses are taken from the reaper rather than from this
@@ -109,7 +124,7 @@ class Worker:
             if c is not None:
                 code = self.reaper.pop(c.pid)
                 if code is not None:
-                    runner.child_exited(c.pid, code)
+                    runner.child_exited(c.pid, c.exit_code(code))
 
     def stop(self) -> None:
         self.stopping = True
@@ -284,6 +299,7 @@ class ServerRunner:
                         stdin=url is None,
                         capture=url is None,
                         stderr=log,
+                        jail=self.worker.jailed(Path(self.spec["cwd"])),
                     )
                 except SpawnError as e:
                     return str(e), True
@@ -313,7 +329,10 @@ class ServerRunner:
             signal.SIGTERM,
             self.spec["stop_timeout"],
             self.worker.reaper,
+            False,
+            c.jailed,
         )
+        c.release()
         self.worker.reaper.pop(c.pid)
         self.worker.dispatch_exits()
         for stream in (c.popen.stdin, c.popen.stdout):

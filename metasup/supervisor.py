@@ -29,7 +29,7 @@ from metasup.experiments import Experimenter, Outcome
 from metasup.faults import child_env, crashpoint
 from metasup.gitrepo import GitRepo, RollbackRefused
 from metasup.intake import INBOX, Intake, ProposalStore, WakePipe
-from metasup.jail import Jail, View, make_view
+from metasup.jail import Jail, View, make_view, sandbox_to_json, view_to_json
 from metasup.journal import (
     Journal,
     RepoLock,
@@ -229,6 +229,7 @@ class Supervisor:
                     self._selector,
                     self._emit,
                     self.report,
+                    jail=self._fleet_jail(),
                 )
             self.repo.ensure_excluded(f"/{INBOX}/")
             (self.repo.workdir / INBOX).mkdir(parents=True, exist_ok=True)
@@ -276,12 +277,21 @@ class Supervisor:
             )
             raise UserError(f"sandbox.required is true, but {missing}")
         self.report({"event": "sandbox", "mode": plan.mode, "detail": self.jail.describe()})
+        if plan.mode == "bwrap":
+            # Held from now until the stop, for the agent and its servers alike.
+            self.jail.hold_placeholders(self.jail_view(self.repo.workdir))
+
+    def _fleet_jail(self) -> dict[str, Any] | None:
+        """What the MCP worker needs to jail the servers as the agent is jailed."""
+        if self.jail is None or not self.config.sandbox.applies("mcp_servers"):
+            return None
+        view = self.jail_view(self.repo.workdir)
+        return {"sandbox": sandbox_to_json(self.config.sandbox), "view": view_to_json(view)}
 
     def jail_view(self, tree: Path, holes: tuple[Path, ...] = ()) -> View:
         """What a jailed run in `tree` (the working tree or an experiment's worktree) sees."""
         return make_view(
             tree,
-            git_paths=(self.repo.git_dir, self.repo.common_dir),
             protected_patterns=[p for p, _ in self.policy.patterns],
             config_path=self.config.path,
             sandbox=self.config.sandbox,
