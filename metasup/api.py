@@ -66,6 +66,10 @@ class ApiProcess:
         self.stopping = False
         self.gave_up = False
         self._restarts: tuple[float, ...] = ()
+        # Listeners bound inside jails without a network (see `listen_in`), by name; handed to
+        # the server over a Unix socket, and again to a server that replaced a dead one.
+        self.extra: dict[str, socket.socket] = {}
+        self._control: socket.socket | None = None
 
     @property
     def token_path(self) -> Path:
@@ -88,6 +92,7 @@ class ApiProcess:
         assert self.sock is not None
         env = child_env()
         log = (self.dirs.logs / "api.log").open("ab")
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.child = spawn(
                 [
@@ -102,19 +107,50 @@ class ApiProcess:
                     str(self.workdir),
                     "--config",
                     str(self.config_path),
+                    "--control",
+                    str(theirs.fileno()),
                 ],
                 cwd=self.workdir,
                 env=env,
                 capture=False,
                 stdin=True,  # its end of file tells the server the supervisor is gone
                 stderr=log,
-                pass_fds=(self.sock.fileno(),),
+                pass_fds=(self.sock.fileno(), theirs.fileno()),
             )
         except SpawnError as e:
             self.report({"event": "api_failed", "error": str(e)})
             self.child = None
+            mine.close()
+        else:
+            if self._control is not None:
+                self._control.close()
+            self._control = mine
+            for name, sock in self.extra.items():
+                self._hand(name, sock)
         finally:
+            theirs.close()
             log.close()
+
+    def listen_in(self, name: str, sock: socket.socket) -> None:
+        """Serve on `sock` too: a listener bound in a jail's own network namespace, at the
+        API's address, so `$METASUP_API` answers in a jail without a network."""
+        self.extra[name] = sock
+        self._hand(name, sock)
+
+    def unlisten(self, name: str) -> None:
+        sock = self.extra.pop(name, None)
+        if sock is None:
+            return
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.send(b"drop:" + name.encode())
+        sock.close()
+
+    def _hand(self, name: str, sock: socket.socket) -> None:
+        if self._control is None:
+            return
+        with contextlib.suppress(OSError):
+            socket.send_fds(self._control, [b"add:" + name.encode()], [sock.fileno()])
 
     def check(self) -> bool:
         """After a SIGCHLD: restart a server that died (a few times a minute at most)."""
@@ -147,6 +183,11 @@ class ApiProcess:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        for name in list(self.extra):
+            self.unlisten(name)
+        if self._control is not None:
+            self._control.close()
+            self._control = None
 
     @staticmethod
     def _close(c: Child) -> None:
@@ -305,14 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--git-dir", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--control", type=int, default=None)
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
+    control = socket.socket(fileno=args.control) if args.control is not None else None
     api = Api(args.git_dir, args.workdir, args.config)
     api.load_policy()
     from metasup.apiserver import Server
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Server(api).run(sock))
+        asyncio.run(Server(api).run(sock, control))
     return 0
 
 

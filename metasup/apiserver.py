@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -19,12 +20,16 @@ class Server:
     def __init__(self, api: Api) -> None:
         self.api = api
 
-    async def run(self, sock: socket.socket) -> None:
+    async def run(self, sock: socket.socket, control: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
         server = await loop.create_server(lambda: _Connection(self.api), sock=sock)
+        extra: dict[str, tuple[asyncio.Task[asyncio.Server], socket.socket]] = {}
+        if control is not None:
+            control.setblocking(False)
+            loop.add_reader(control.fileno(), self._command, control, extra)
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
@@ -36,6 +41,44 @@ class Server:
         await done.wait()
         watcher.cancel()
         server.close()
+        for task, sock in extra.values():
+            _stop_serving(task, sock)
+
+    def _command(
+        self,
+        control: socket.socket,
+        extra: dict[str, tuple[asyncio.Task[asyncio.Server], socket.socket]],
+    ) -> None:
+        """From the supervisor: `add:NAME` with a listening socket (bound in a jail's own
+        network namespace) to serve as well, or `drop:NAME` when that jail has ended."""
+        loop = asyncio.get_running_loop()
+        try:
+            msg, fds, _, _ = socket.recv_fds(control, 256, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not msg:
+            loop.remove_reader(control.fileno())
+            return
+        verb, _, name = msg.decode(errors="replace").partition(":")
+        if verb == "add" and fds:
+            sock = socket.socket(fileno=fds[0])
+            for fd in fds[1:]:
+                os.close(fd)
+            server = loop.create_server(lambda: _Connection(self.api), sock=sock)
+            extra[name] = (loop.create_task(server), sock)
+        elif verb == "drop" and name in extra:
+            _stop_serving(*extra.pop(name))
+        else:
+            for fd in fds:
+                os.close(fd)
+
+
+def _stop_serving(task: asyncio.Task[asyncio.Server], sock: socket.socket) -> None:
+    if task.done() and not task.cancelled() and task.exception() is None:
+        task.result().close()
+    else:
+        task.cancel()
+    sock.close()
 
 
 class _Connection(asyncio.Protocol):

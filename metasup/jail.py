@@ -35,6 +35,7 @@ import os
 import resource
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -374,7 +375,7 @@ _NAMESPACE_FLAGS = (
 )
 
 
-def bwrap_args(bwrap: str, view: View) -> list[str]:
+def bwrap_args(bwrap: str, view: View, gate: tuple[int, int] | None = None) -> list[str]:
     """The bwrap command line that builds `view`; the command follows it. Pure.
 
     Order matters: later mounts go on top of earlier ones. The private /tmp comes before the
@@ -397,8 +398,10 @@ def bwrap_args(bwrap: str, view: View) -> list[str]:
         args += ["--ro-bind", str(path), str(path)]
     for path in view.holes:
         args += ["--bind", str(path), str(path)]
-    args += ["--chdir", str(view.cwd), "--"]
-    return args
+    args += ["--chdir", str(view.cwd)]
+    if gate is not None:  # (block fd, info fd): the command waits until the gate opens
+        args += ["--block-fd", str(gate[0]), "--info-fd", str(gate[1])]
+    return [*args, "--"]
 
 
 def literal_paths(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -552,9 +555,56 @@ class Prepared:
     prefix: list[str]
     preexec: Callable[[], None] | None
     cgroup: Cgroup | None = None
+    pass_fds: tuple[int, ...] = ()  # the child's ends of the gate
+    _gate: tuple[int, int] | None = None  # our ends: (write to open it, read bwrap's info)
+
+    @property
+    def gated(self) -> bool:
+        return self._gate is not None
+
+    def spawned(self) -> None:
+        """After the spawn: the child's ends of the gate are the child's alone."""
+        for fd in self.pass_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pass_fds = ()
+
+    def jail_pid(self, timeout: float = 5.0) -> int | None:
+        """The pid (here) of the jail's first process, once bwrap made its namespaces."""
+        if self._gate is None:
+            return None
+        import json
+        import select
+
+        fd, text, deadline = self._gate[1], b"", time.monotonic() + timeout
+        while b"}" not in text:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            text += chunk
+        try:
+            return int(json.loads(text)["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def open_gate(self) -> None:
+        """Let the jailed command start."""
+        if self._gate is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._gate[0], b"go")
+        for fd in self._gate:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._gate = None
 
     def release(self) -> None:
-        """After the run: its cgroup goes."""
+        """After the run: its cgroup goes (and a gate never opened)."""
+        self.open_gate()
+        self.spawned()
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
@@ -658,8 +708,9 @@ class Jail:
             f"processes {lim.processes or 'any'}, network {'on' if self.sandbox.network else 'off'}"
         )
 
-    def prepare(self, view: View) -> Prepared | None:
-        """What a spawn in `view` needs; None with the jail off."""
+    def prepare(self, view: View, gate: bool = False) -> Prepared | None:
+        """What a spawn in `view` needs; None with the jail off. `gate`: the command waits
+        for `Prepared.open_gate` (time to bind the API into a jail without a network)."""
         if self.mode == "off":
             return None
         m = machine()
@@ -678,6 +729,18 @@ class Jail:
                     w.mkdir(parents=True, exist_ok=True)
             view = settle(view)
             self.hold_placeholders(view)
+            if gate:
+                block_r, block_w = os.pipe2(os.O_CLOEXEC)
+                info_r, info_w = os.pipe2(os.O_CLOEXEC)
+                prefix = bwrap_args(m.bwrap, view, (block_r, info_w))
+                return Prepared(
+                    self.mode,
+                    prefix,
+                    _preexec(join, rlimits, None),
+                    cgroup,
+                    (block_r, info_w),
+                    (block_w, info_r),
+                )
             prefix = bwrap_args(m.bwrap, view)
             landlock = None
         else:

@@ -15,6 +15,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -174,7 +175,7 @@ def spawn(
             stderr=stderr if stderr is not None else pipe,
             start_new_session=True,
             close_fds=True,
-            pass_fds=tuple(pass_fds),
+            pass_fds=(*pass_fds, *(jail.pass_fds if jail else ())),
             preexec_fn=jail.preexec if jail else None,
         )
     except (OSError, subprocess.SubprocessError) as e:
@@ -182,10 +183,59 @@ def spawn(
             jail.release()
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise SpawnError(f"cannot start {argv[0]!r}: {why}") from None
+    if jail is not None:
+        jail.spawned()
     for stream in (popen.stdout, popen.stderr):
         if stream is not None:
             os.set_blocking(stream.fileno(), False)
     return Child(popen=popen, token=token, started=started, argv=tuple(argv), jail=jail)
+
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+
+
+def listen_in_netns(pid: int, host: str, port: int, reaper: Reaper) -> socket.socket:
+    """A TCP socket listening at `host`:`port` inside the network namespace of `pid` (a
+    jail's), for a server outside to accept on. A forked child enters the namespace (through
+    the jail's user namespace, where it holds the rights to) and hands the socket back; this
+    process's threads stay where they are. OSError when it cannot."""
+    paths = (f"/proc/{pid}/ns/user", f"/proc/{pid}/ns/net")
+    ns = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths]
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    libc = ctypes.CDLL(None, use_errno=True)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    child = os.fork()
+    if child == 0:  # only system calls from here to _exit
+        try:
+            mine.close()
+            other_user = os.readlink(paths[0]) != os.readlink("/proc/self/ns/user")
+            if other_user and libc.setns(ns[0], CLONE_NEWUSER) != 0:
+                raise OSError(ctypes.get_errno(), "setns(user)")
+            if libc.setns(ns[1], CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns(net)")
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            socket.send_fds(theirs, [b"ok"], [sock.fileno()])
+            os._exit(0)
+        except BaseException as e:
+            with contextlib.suppress(BaseException):
+                theirs.send(str(e).encode()[:200])
+            os._exit(1)
+    theirs.close()
+    for fd in ns:
+        os.close(fd)
+    try:
+        mine.settimeout(5.0)
+        msg, fds, _, _ = socket.recv_fds(mine, 256, 1)
+    finally:
+        mine.close()
+        reaper.wait(child, 5.0)
+    if msg != b"ok" or not fds:
+        raise OSError(f"cannot listen in the jail's network: {msg.decode(errors='replace')}")
+    return socket.socket(fileno=fds[0])
 
 
 def _findable(command: str, cwd: Path, env: Mapping[str, str]) -> bool:

@@ -29,7 +29,7 @@ from metasup.experiments import Experimenter, Outcome
 from metasup.faults import child_env, crashpoint
 from metasup.gitrepo import GitRepo, RollbackRefused
 from metasup.intake import INBOX, Intake, ProposalStore, WakePipe
-from metasup.jail import Jail, View, make_view, sandbox_to_json, view_to_json
+from metasup.jail import Jail, Prepared, View, make_view, sandbox_to_json, view_to_json
 from metasup.journal import (
     Journal,
     RepoLock,
@@ -52,6 +52,7 @@ from metasup.process import (
     become_subreaper,
     drain,
     kill_descendants,
+    listen_in_netns,
     prune_logs,
     signal_tree,
     spawn,
@@ -665,7 +666,9 @@ class Supervisor:
             holes = (self.dirs.heartbeat,)
         jailed = None
         if self.jail is not None and self.config.sandbox.applies("agent"):
-            jailed = self.jail.prepare(self.jail_view(self.repo.workdir, holes))
+            # Without a network, $METASUP_API is bound into the jail before the agent starts.
+            gate = not self.config.sandbox.network and self.api is not None
+            jailed = self.jail.prepare(self.jail_view(self.repo.workdir, holes), gate=gate)
         try:
             child = spawn(
                 self.config.agent.command,
@@ -682,6 +685,8 @@ class Supervisor:
             )
             self.last_stderr_tail = list(log.stderr_tail)
             return self._exited(None, run, commit, 127, 0.0)
+        if jailed is not None and jailed.gated:
+            self._bridge_api(jailed, run)
         self.running = Running(
             child=child, run=run, commit=commit, log=log, launched_wall=time.time()
         )
@@ -707,6 +712,22 @@ class Supervisor:
         )
         self.timers["health"] = time.monotonic() + self.config.health.interval
         return None
+
+    def _bridge_api(self, jailed: Prepared, run: int) -> None:
+        """Listen at the API's address inside the agent's jail (its own network namespace,
+        loopback only), served by the API process; then let the agent start."""
+        assert self.api is not None and self.api.sock is not None
+        try:
+            pid = jailed.jail_pid()
+            if pid is None:
+                raise OSError("bwrap said nothing of its namespaces")
+            host, port = self.api.sock.getsockname()[:2]
+            sock = listen_in_netns(pid, host, port, self.reaper)
+            self.api.listen_in(f"run-{run}", sock)
+        except OSError as e:
+            self.report({"event": "api_bridge_failed", "run": run, "error": str(e)})
+        finally:
+            jailed.open_gate()
 
     @property
     def _mode(self) -> str:
@@ -768,6 +789,8 @@ class Supervisor:
                 stream.close()  # a straggler we could not stop still holds it; read no more
         r.log.close()
         self.last_stderr_tail = list(r.log.stderr_tail)
+        if self.api is not None:
+            self.api.unlisten(f"run-{r.run}")
         cgroup = r.child.jail.cgroup if r.child.jail is not None else None
         if cgroup is not None and cgroup.oom_fd >= 0:
             with contextlib.suppress(KeyError, ValueError):
