@@ -544,8 +544,9 @@ def approve(
 
 @app.command()
 def doctor() -> None:
-    """Check git, the config, the policy, the hook, the API port and inotify; print what to
-    fix. Exits 0 when all is well, 1 otherwise."""
+    """Check git, the config, the policy, the hook, the API port, inotify and the jail (the
+    mode in force and each of its five guarantees, held or not, and why); print what to fix.
+    Exits 0 when all is well, 1 otherwise."""
     from metasup.doctor import report, run_checks
 
     text, ok = report(run_checks(Path.cwd()))

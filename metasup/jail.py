@@ -777,7 +777,9 @@ def _rlimits(
 def _preexec(
     join: list[str], rlimits: list[tuple[int, int]], landlock: list[tuple[str, int]] | None
 ) -> Callable[[], None]:
-    """Runs in the child between fork and exec: only system calls, nothing that takes a lock."""
+    """Runs in the child between fork and exec: only system calls, nothing that takes a lock
+    (libc is loaded here, in the parent: a dlopen after fork may wait for ever)."""
+    libc = ctypes.CDLL(None, use_errno=True) if landlock is not None else None
 
     def enter() -> None:
         for path in join:
@@ -787,7 +789,8 @@ def _preexec(
         for which, value in rlimits:
             resource.setrlimit(which, (value, value))
         if landlock is not None:
-            _landlock_enforce(landlock)
+            assert libc is not None
+            _landlock_enforce(landlock, libc)
 
     return enter
 
@@ -831,8 +834,7 @@ def _landlock_rules(view: View) -> list[tuple[str, int]]:
     return rules
 
 
-def _landlock_enforce(rules: list[tuple[str, int]]) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
+def _landlock_enforce(rules: list[tuple[str, int]], libc: ctypes.CDLL) -> None:
     handled = _FS_ALL_V3 | _FS_IOCTL_DEV
     attr = _RulesetAttr(handled, 0, _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL)
     ruleset = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)

@@ -445,7 +445,9 @@ def stop_tree(
         reaper.reap()
         return 0
     known = {p.pid: p for p in members}
-    signal_tree(pgid, members, sig, jailed)
+    if jailed:  # bwrap's own processes, ending with the jail, are no stragglers
+        members = [p for p in members if _name(p) != "bwrap"]
+    signal_tree(pgid, list(known.values()), sig, jailed)
     if sig != signal.SIGKILL:
         # Stopped processes cannot act on the signal until they run again.
         signal_tree(pgid, members, signal.SIGCONT, jailed)
@@ -455,7 +457,7 @@ def stop_tree(
     if not _wait_gone(pgid, token, adopt_unmarked, reaper, known, timeout, None, late):
         # Late forks are caught too: the tree is looked for again on every round.
         _wait_gone(pgid, token, adopt_unmarked, reaper, known, 5.0, signal.SIGKILL)
-    return len(members) or 1
+    return len(members) if jailed else len(members) or 1
 
 
 def _wait_gone(
@@ -494,6 +496,13 @@ def _wait_gone(
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.002)  # bounded wait for processes we signalled; ends at the deadline
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
 
 
 def _alive(proc: psutil.Process) -> bool:

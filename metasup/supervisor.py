@@ -212,10 +212,10 @@ class Supervisor:
         lock = RepoLock(self.dirs.lock, str(self.repo.workdir))
         lock.acquire()
         try:
-            self.journal = Journal(self.dirs.events)
             self._install_signals()
             become_subreaper()
-            self._start_jail()
+            self._start_jail()  # before the journal: a refusal changes nothing
+            self.journal = Journal(self.dirs.events)
             if self.config.api_listen:
                 self._start_api(self.config.api_listen)
             if self.config.mcp_servers:
