@@ -279,7 +279,9 @@ class Cgroup:
             else:
                 os.eventfd_read(self.oom_fd)
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """False while a process is still in it (a jail's pid 1 takes a moment to die after
+        its run): the caller tries again later."""
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -288,9 +290,36 @@ class Cgroup:
             with contextlib.suppress(AttributeError, OSError):
                 self._epoll.close()
         self.oom_fd = -1
-        for d in self.dirs.values():
-            with contextlib.suppress(OSError):
+        for key, d in list(self.dirs.items()):
+            try:
                 d.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            del self.dirs[key]
+        return not self.dirs
+
+
+def sweep_cgroups() -> int:
+    """Remove the empty cgroups that supervisors no longer alive left (killed with -9, say);
+    how many went."""
+    gone = 0
+    own = _own_cgroups()
+    roots = [CGROUP_ROOT / c / own[c].lstrip("/") for c in V1_CONTROLLERS if c in own]
+    if "" in own:
+        roots.append(CGROUP_ROOT / own[""].lstrip("/"))
+    for root in roots:
+        for d in root.glob("metasup-*-*"):
+            try:
+                pid = int(d.name.split("-")[1])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                    gone += 1
+    return gone
 
 
 def _write(path: Path, text: str) -> None:
@@ -549,30 +578,55 @@ def remove_placeholders(paths: Iterable[Path]) -> None:
 
 @dataclass
 class Prepared:
-    """Everything `process.spawn` needs to start one command in the jail."""
+    """Everything `process.spawn` needs to start one command in the jail.
+
+    bwrap starts at a gate (`--block-fd`): once it has made the namespaces it says the pid of
+    the jail's first process (`--info-fd`) and waits. `enter` then moves bwrap and that process
+    into the cgroup and sets the rlimits on it, from here; whatever the jail forks later
+    inherits both. So the spawn needs no code between fork and exec, and Python can vfork: a
+    fork of the supervisor (with preexec_fn) cost about 10 ms.
+    """
 
     mode: str
     prefix: list[str]
-    preexec: Callable[[], None] | None
+    preexec: Callable[[], None] | None  # Landlock: the process restricts itself
     cgroup: Cgroup | None = None
+    rlimits: list[tuple[int, int]] = field(default_factory=list)
     pass_fds: tuple[int, ...] = ()  # the child's ends of the gate
+    hold: bool = False  # `enter` leaves the gate shut: the caller opens it
     _gate: tuple[int, int] | None = None  # our ends: (write to open it, read bwrap's info)
+    _pid: int | None = None
+    _busy: list[Cgroup] | None = None  # the jail's list of cgroups to remove later
 
     @property
     def gated(self) -> bool:
         return self._gate is not None
 
-    def spawned(self) -> None:
-        """After the spawn: the child's ends of the gate are the child's alone."""
+    def enter(self, launcher: int) -> None:
+        """Right after the spawn of bwrap (pid `launcher`): the child's ends of the gate are
+        the child's alone; the jail goes into its cgroup with its limits; the gate opens
+        (unless `hold`). OSError when the jail could not be confined: it is then killed."""
         for fd in self.pass_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.pass_fds = ()
+        if self._gate is None:
+            return
+        pid = self.jail_pid()
+        if pid is None:
+            raise OSError("bwrap did not say the pid of its jail")
+        for path in self.cgroup.join_paths() if self.cgroup else ():
+            for member in (launcher, pid):
+                _write(Path(path), str(member))
+        for which, value in self.rlimits:
+            resource.prlimit(pid, which, (value, value))
+        if not self.hold:
+            self.open_gate()
 
     def jail_pid(self, timeout: float = 5.0) -> int | None:
         """The pid (here) of the jail's first process, once bwrap made its namespaces."""
-        if self._gate is None:
-            return None
+        if self._pid is not None or self._gate is None:
+            return self._pid
         import json
         import select
 
@@ -586,9 +640,10 @@ class Prepared:
                 break
             text += chunk
         try:
-            return int(json.loads(text)["child-pid"])
+            self._pid = int(json.loads(text)["child-pid"])
         except (ValueError, KeyError, TypeError):
             return None
+        return self._pid
 
     def open_gate(self) -> None:
         """Let the jailed command start."""
@@ -602,12 +657,16 @@ class Prepared:
         self._gate = None
 
     def release(self) -> None:
-        """After the run: its cgroup goes (and a gate never opened)."""
-        self.open_gate()
-        self.spawned()
-        if self.cgroup is not None:
-            self.cgroup.remove()
-            self.cgroup = None
+        """After the run: its cgroup goes. A gate still shut is closed: bwrap, reading end of
+        file, would go on, so a spawn that failed half-way is killed by its caller first."""
+        for fd in (*self.pass_fds, *(self._gate or ())):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pass_fds = ()
+        self._gate = None
+        if self.cgroup is not None and not self.cgroup.remove() and self._busy is not None:
+            self._busy.append(self.cgroup)
+        self.cgroup = None
 
 
 @dataclass(frozen=True)
@@ -698,6 +757,9 @@ class Jail:
             limit = cap if limit is None else min(limit, cap)
         self.memory = limit
         self.placeholders: set[Path] = set()
+        self.busy: list[Cgroup] = []  # cgroups of ended runs still being left
+        if self.mode != "off":
+            sweep_cgroups()
 
     def describe(self) -> str:
         if self.mode == "off":
@@ -708,12 +770,13 @@ class Jail:
             f"processes {lim.processes or 'any'}, network {'on' if self.sandbox.network else 'off'}"
         )
 
-    def prepare(self, view: View, gate: bool = False) -> Prepared | None:
-        """What a spawn in `view` needs; None with the jail off. `gate`: the command waits
+    def prepare(self, view: View, hold: bool = False) -> Prepared | None:
+        """What a spawn in `view` needs; None with the jail off. `hold`: the command waits
         for `Prepared.open_gate` (time to bind the API into a jail without a network)."""
         if self.mode == "off":
             return None
         m = machine()
+        self.busy[:] = [c for c in self.busy if not c.remove()]
         cgroup = None
         if m.cgroup is not None:
             try:
@@ -721,32 +784,30 @@ class Jail:
             except OSError:
                 cgroup = None
         rlimits = _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
-        join = cgroup.join_paths() if cgroup else []
-        if self.mode == "bwrap":
-            assert m.bwrap is not None
-            for w in view.writable:
-                with contextlib.suppress(OSError):
-                    w.mkdir(parents=True, exist_ok=True)
-            view = settle(view)
-            self.hold_placeholders(view)
-            if gate:
-                block_r, block_w = os.pipe2(os.O_CLOEXEC)
-                info_r, info_w = os.pipe2(os.O_CLOEXEC)
-                prefix = bwrap_args(m.bwrap, view, (block_r, info_w))
-                return Prepared(
-                    self.mode,
-                    prefix,
-                    _preexec(join, rlimits, None),
-                    cgroup,
-                    (block_r, info_w),
-                    (block_w, info_r),
-                )
-            prefix = bwrap_args(m.bwrap, view)
-            landlock = None
-        else:
-            prefix = []
-            landlock = _landlock_rules(view)
-        return Prepared(self.mode, prefix, _preexec(join, rlimits, landlock), cgroup)
+        if self.mode == "landlock":
+            join = cgroup.join_paths() if cgroup else []
+            preexec = _preexec(join, rlimits, _landlock_rules(view))
+            return Prepared(self.mode, [], preexec, cgroup, _busy=self.busy)
+        assert m.bwrap is not None
+        for w in view.writable:
+            with contextlib.suppress(OSError):
+                w.mkdir(parents=True, exist_ok=True)
+        view = settle(view)
+        self.hold_placeholders(view)
+        block_r, block_w = os.pipe2(os.O_CLOEXEC)
+        info_r, info_w = os.pipe2(os.O_CLOEXEC)
+        prefix = bwrap_args(m.bwrap, view, (block_r, info_w))
+        return Prepared(
+            self.mode,
+            prefix,
+            None,
+            cgroup,
+            rlimits,
+            (block_r, info_w),
+            hold,
+            (block_w, info_r),
+            _busy=self.busy,
+        )
 
     def hold_placeholders(self, view: View) -> None:
         """Made once and kept until `close`: the tamper watch sees no churn, and the agent's
@@ -755,7 +816,13 @@ class Jail:
         self.placeholders.update(make_placeholders(view))
 
     def close(self) -> None:
-        """At the supervisor's stop: the placeholders it made go (if still empty)."""
+        """At the supervisor's stop: the placeholders it made go (if still empty), and the
+        cgroups of ended runs (waited for a little: their last processes are dying)."""
+        deadline = time.monotonic() + 2.0
+        while self.busy and time.monotonic() < deadline:
+            self.busy[:] = [c for c in self.busy if not c.remove()]
+            if self.busy:
+                time.sleep(0.005)  # the jail's pid 1 is being torn down by the kernel
         remove_placeholders(sorted(self.placeholders, key=lambda p: len(p.parts), reverse=True))
         self.placeholders.clear()
 
@@ -775,11 +842,11 @@ def _rlimits(
 
 
 def _preexec(
-    join: list[str], rlimits: list[tuple[int, int]], landlock: list[tuple[str, int]] | None
+    join: list[str], rlimits: list[tuple[int, int]], landlock: list[tuple[str, int]]
 ) -> Callable[[], None]:
-    """Runs in the child between fork and exec: only system calls, nothing that takes a lock
-    (libc is loaded here, in the parent: a dlopen after fork may wait for ever)."""
-    libc = ctypes.CDLL(None, use_errno=True) if landlock is not None else None
+    """Landlock's: runs in the child between fork and exec, only system calls, nothing that
+    takes a lock (libc is loaded here, in the parent: a dlopen after fork may wait for ever)."""
+    libc = ctypes.CDLL(None, use_errno=True)
 
     def enter() -> None:
         for path in join:
@@ -788,9 +855,7 @@ def _preexec(
             os.close(fd)
         for which, value in rlimits:
             resource.setrlimit(which, (value, value))
-        if landlock is not None:
-            assert libc is not None
-            _landlock_enforce(landlock, libc)
+        _landlock_enforce(landlock, libc)
 
     return enter
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import selectors
 import shutil
@@ -184,7 +185,13 @@ def spawn(
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise SpawnError(f"cannot start {argv[0]!r}: {why}") from None
     if jail is not None:
-        jail.spawned()
+        try:
+            jail.enter(popen.pid)
+        except OSError as e:
+            popen.kill()
+            popen.wait()  # ours to reap: nothing else knows of it yet
+            jail.release()
+            raise SpawnError(f"cannot jail {argv[0]!r}: {e.strerror or e}") from None
     for stream in (popen.stdout, popen.stderr):
         if stream is not None:
             os.set_blocking(stream.fileno(), False)
@@ -193,15 +200,20 @@ def spawn(
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+NS_GET_USERNS = 0xB701  # ioctl on a namespace: the user namespace that owns it
 
 
 def listen_in_netns(pid: int, host: str, port: int, reaper: Reaper) -> socket.socket:
     """A TCP socket listening at `host`:`port` inside the network namespace of `pid` (a
     jail's), for a server outside to accept on. A forked child enters the namespace (through
-    the jail's user namespace, where it holds the rights to) and hands the socket back; this
-    process's threads stay where they are. OSError when it cannot."""
-    paths = (f"/proc/{pid}/ns/user", f"/proc/{pid}/ns/net")
-    ns = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths]
+    the user namespace that owns it, where it holds the rights to) and hands the socket back;
+    this process's threads stay where they are. OSError when it cannot."""
+    net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        owner = fcntl.ioctl(net, NS_GET_USERNS)  # not the jail's own: bwrap nests another
+    except OSError:
+        os.close(net)
+        raise
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     libc = ctypes.CDLL(None, use_errno=True)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -209,10 +221,11 @@ def listen_in_netns(pid: int, host: str, port: int, reaper: Reaper) -> socket.so
     if child == 0:  # only system calls from here to _exit
         try:
             mine.close()
-            other_user = os.readlink(paths[0]) != os.readlink("/proc/self/ns/user")
-            if other_user and libc.setns(ns[0], CLONE_NEWUSER) != 0:
+            if os.fstat(owner).st_ino != os.stat("/proc/self/ns/user").st_ino and (
+                libc.setns(owner, CLONE_NEWUSER) != 0
+            ):
                 raise OSError(ctypes.get_errno(), "setns(user)")
-            if libc.setns(ns[1], CLONE_NEWNET) != 0:
+            if libc.setns(net, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns(net)")
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -225,8 +238,8 @@ def listen_in_netns(pid: int, host: str, port: int, reaper: Reaper) -> socket.so
                 theirs.send(str(e).encode()[:200])
             os._exit(1)
     theirs.close()
-    for fd in ns:
-        os.close(fd)
+    os.close(owner)
+    os.close(net)
     try:
         mine.settimeout(5.0)
         msg, fds, _, _ = socket.recv_fds(mine, 256, 1)

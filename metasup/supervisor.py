@@ -667,8 +667,8 @@ class Supervisor:
         jailed = None
         if self.jail is not None and self.config.sandbox.applies("agent"):
             # Without a network, $METASUP_API is bound into the jail before the agent starts.
-            gate = not self.config.sandbox.network and self.api is not None
-            jailed = self.jail.prepare(self.jail_view(self.repo.workdir, holes), gate=gate)
+            hold = not self.config.sandbox.network and self.api is not None
+            jailed = self.jail.prepare(self.jail_view(self.repo.workdir, holes), hold=hold)
         try:
             child = spawn(
                 self.config.agent.command,
@@ -685,7 +685,7 @@ class Supervisor:
             )
             self.last_stderr_tail = list(log.stderr_tail)
             return self._exited(None, run, commit, 127, 0.0)
-        if jailed is not None and jailed.gated:
+        if jailed is not None and jailed.hold:
             self._bridge_api(jailed, run)
         self.running = Running(
             child=child, run=run, commit=commit, log=log, launched_wall=time.time()

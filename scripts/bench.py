@@ -272,9 +272,16 @@ def build_agent(root: Path) -> Path:
 
 
 def supervise(
-    repo: Path, agent: Path, args: list[str], cycles: int, min_runtime: str, log: Path
+    repo: Path,
+    agent: Path,
+    args: list[str],
+    cycles: int,
+    min_runtime: str,
+    log: Path,
+    sandbox: str = "auto",
 ) -> list[float]:
-    """Run `metasup run` for `cycles` launches; gaps from each exit to the next start (s)."""
+    """Run `metasup run` for `cycles` launches; gaps from each exit to the next start (s).
+    The agent's log lies outside the tree: the jail is told it may write there."""
     (repo / "metasup.yaml").write_text(
         "supervisor:\n"
         f"  min_runtime: {min_runtime}\n"
@@ -282,6 +289,7 @@ def supervise(
         "  agent:\n"
         f"    command: {json.dumps([str(agent), *args])}\n"
         "    restart_backoff: {initial: 0s, max: 1s}\n"
+        f"  sandbox: {{mode: {sandbox}, writable: [{json.dumps(str(log.parent))}]}}\n"
     )
     approve(repo)
     if log.exists():
@@ -650,7 +658,10 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
-        "--only", choices=["mcp", "api", "tamper"], default=None, help="Run one part only."
+        "--only",
+        choices=["mcp", "api", "tamper", "jail"],
+        default=None,
+        help="Run one part only.",
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -665,6 +676,7 @@ def main() -> int:
                 ),
                 print_tamper,
             ),
+            "jail": (lambda: bench_jail(root, args.cycles), print_jail),
             "api": (
                 lambda: bench_api(
                     make_repo(root / "small", 100),
@@ -709,6 +721,7 @@ def main() -> int:
         results["loop"]["crash_to_relaunch_10k_10_changed"] = _dist(
             supervise(big, agent, ["quick", "10"], args.cycles, "10s", log)
         )
+        results["jail"] = bench_jail(root, args.cycles, agent, small, big)
         results["experiments"] = bench_experiments(big, agent, log, args.repeats)
         results["tamper"] = bench_tamper(big, agent, log, 50)
         results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
@@ -723,6 +736,50 @@ def main() -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nJSON: {out}")
     return 0
+
+
+def bench_jail(
+    root: Path,
+    cycles: int,
+    agent: Path | None = None,
+    small: Path | None = None,
+    big: Path | None = None,
+) -> dict[str, Any]:
+    """The jail's cost: exit to relaunch with `sandbox.mode: off` (the anchor) and jailed, in
+    turns in the same run; a plain restart (100 files) and a crash's rollback (10k files)."""
+    agent = agent or build_agent(root)
+    small = small or make_repo(root / "small", 100)
+    big = big or make_repo(root / "big", 10000)
+    log = root / "agent.log"
+    scenarios = {
+        "plain_restart_100_files": (small, ["normal", "60"], "50ms"),
+        "crash_to_relaunch_10k": (big, ["quick", "0"], "10s"),
+    }
+    out: dict[str, Any] = {}
+    for name, (repo, agent_args, min_runtime) in scenarios.items():
+        gaps: dict[str, list[float]] = {"off": [], "auto": []}
+        for _ in range(3):  # interleaved: both see the same machine state
+            for mode in gaps:
+                gaps[mode] += supervise(repo, agent, agent_args, cycles, min_runtime, log, mode)
+        off, jailed = _dist(gaps["off"]), _dist(gaps["auto"])
+        out[name] = {
+            "off": off,
+            "jailed": jailed,
+            "added_median_ms": round(jailed["median_ms"] - off["median_ms"], 2),
+            "ratio": round(jailed["median_ms"] / max(off["median_ms"], 0.001), 2),
+        }
+    return out
+
+
+def print_jail(j: dict[str, Any]) -> None:
+    print("\n## the jail: exit to next start, sandbox off (anchor) vs jailed (ms)")
+    print(f"| {'scenario':<26} | {'off':>8} | {'jailed':>8} | {'added':>7} | {'ratio':>6} |")
+    print(f"|{'-' * 28}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 8}|")
+    for name, d in j.items():
+        print(
+            f"| {name:<26} | {d['off']['median_ms']:>8.2f} | {d['jailed']['median_ms']:>8.2f} |"
+            f" {d['added_median_ms']:>7.2f} | {d['ratio']:>6.2f} |"
+        )
 
 
 def _dist(gaps: list[float]) -> dict[str, float]:
@@ -821,6 +878,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "
         f"rss {idle['rss_mib']} MiB"
     )
+    print_jail(r["jail"])
     print_tamper(r["tamper"])
     print_api(r["api"])
     print_mcp(r["mcp"])
