@@ -24,7 +24,7 @@ if run == 2:
         time.sleep(0.02)  # ok: waits for the test to start watching
     sys.exit(1)
 Path("ran-%d" % run).write_text("x")
-time.sleep(0.5 if run == 1 else 120)  # ok: a good run, then a long one
+time.sleep(2.3 if run == 1 else 120)  # ok: a good run, then a long one
 """
 
 
@@ -57,7 +57,9 @@ def alive(base: list[str]) -> bool:
 def test_the_live_view_draws_follows_a_rollback_and_quits_on_q(repo: Path) -> None:
     (repo / "agent.py").write_text(AGENT)
     (repo / ".gitignore").write_text("go\nran-*\n__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="300ms") + '  api: {listen: "127.0.0.1:0"}\n')
+    # Run 2 waits for the view to draw before it fails: the view's start (a second or so under
+    # load) must stay within min_runtime for that to be a quick failure.
+    write_config(repo, agent_config(min_runtime="2s") + '  api: {listen: "127.0.0.1:0"}\n')
     proc = start_metasup(repo)
     try:
         wait_for(lambda: any(e["event"] == "launch" and e["run"] == 2 for e in events(repo)))
