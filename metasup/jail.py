@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -405,12 +405,17 @@ _NAMESPACE_FLAGS = (
 
 
 def bwrap_args(bwrap: str, view: View, gate: tuple[int, int] | None = None) -> list[str]:
-    """The bwrap command line that builds `view`; the command follows it. Pure.
+    """The bwrap command line that builds `view`; the command follows it. Pure."""
+    return [bwrap, *_NAMESPACE_FLAGS, *view_options(view, gate), "--"]
+
+
+def view_options(view: View, gate: tuple[int, int] | None = None) -> list[str]:
+    """The bwrap options that build `view`. Pure.
 
     Order matters: later mounts go on top of earlier ones. The private /tmp comes before the
     tree, which may itself live under /tmp.
     """
-    args = [bwrap, *_NAMESPACE_FLAGS]
+    args = []
     if not view.network:
         args.append("--unshare-net")
     args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
@@ -430,7 +435,7 @@ def bwrap_args(bwrap: str, view: View, gate: tuple[int, int] | None = None) -> l
     args += ["--chdir", str(view.cwd)]
     if gate is not None:  # (block fd, info fd): the command waits until the gate opens
         args += ["--block-fd", str(gate[0]), "--info-fd", str(gate[1])]
-    return [*args, "--"]
+    return args
 
 
 def literal_paths(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -597,6 +602,12 @@ class Prepared:
     _gate: tuple[int, int] | None = None  # our ends: (write to open it, read bwrap's info)
     _pid: int | None = None
     _busy: list[Cgroup] | None = None  # the jail's list of cgroups to remove later
+    _args: int = -1  # made ahead: where the view and the environment are written at launch
+
+    @property
+    def ahead(self) -> bool:
+        """Made ahead of its launch: bwrap waits to read its options (see `Jail.ahead`)."""
+        return self._args >= 0
 
     @property
     def gated(self) -> bool:
@@ -610,18 +621,34 @@ class Prepared:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.pass_fds = ()
+        if self.ahead:  # nothing forked yet: what bwrap forks later inherits both
+            self._confine(launcher)
+            return
         if self._gate is None:
             return
         pid = self.jail_pid()
         if pid is None:
             raise OSError("bwrap did not say the pid of its jail")
-        for path in self.cgroup.join_paths() if self.cgroup else ():
-            for member in (launcher, pid):
-                _write(Path(path), str(member))
-        for which, value in self.rlimits:
-            resource.prlimit(pid, which, (value, value))
+        self._confine(launcher, pid)
         if not self.hold:
             self.open_gate()
+
+    def _confine(self, *pids: int) -> None:
+        for path in self.cgroup.join_paths() if self.cgroup else ():
+            for pid in pids:
+                _write(Path(path), str(pid))
+        for which, value in self.rlimits:
+            resource.prlimit(pids[-1], which, (value, value))
+
+    def fill(self, options: Sequence[str]) -> None:
+        """Made ahead: bwrap reads its options now (the view, the environment) and goes on."""
+        data = b"".join(os.fsencode(arg) + b"\0" for arg in options)
+        try:
+            while data:
+                data = data[os.write(self._args, data) :]
+        finally:
+            os.close(self._args)
+            self._args = -1
 
     def jail_pid(self, timeout: float = 5.0) -> int | None:
         """The pid (here) of the jail's first process, once bwrap made its namespaces."""
@@ -659,11 +686,12 @@ class Prepared:
     def release(self) -> None:
         """After the run: its cgroup goes. A gate still shut is closed: bwrap, reading end of
         file, would go on, so a spawn that failed half-way is killed by its caller first."""
-        for fd in (*self.pass_fds, *(self._gate or ())):
+        for fd in (*self.pass_fds, *(self._gate or ()), *((self._args,) if self.ahead else ())):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.pass_fds = ()
         self._gate = None
+        self._args = -1
         if self.cgroup is not None and not self.cgroup.remove() and self._busy is not None:
             self._busy.append(self.cgroup)
         self.cgroup = None
@@ -776,13 +804,7 @@ class Jail:
         if self.mode == "off":
             return None
         m = machine()
-        self.busy[:] = [c for c in self.busy if not c.remove()]
-        cgroup = None
-        if m.cgroup is not None:
-            try:
-                cgroup = Cgroup.create(m.cgroup, self.sandbox.limits, self.memory)
-            except OSError:
-                cgroup = None
+        cgroup = self._cgroup()
         rlimits = _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
         if self.mode == "landlock":
             join = cgroup.join_paths() if cgroup else []
@@ -808,6 +830,42 @@ class Jail:
             (block_w, info_r),
             _busy=self.busy,
         )
+
+    def ahead(self) -> Prepared | None:
+        """A jail made ahead of its launch (bwrap only): spawned now, bwrap waits to read its
+        options; `launch` gives them. Its cgroup and rlimits are set while it waits, so the
+        launch pays neither (a move between cgroups can wait ~10 ms for the kernel).
+
+        Only the namespaces are on its command line: should its supervisor die before the
+        launch, bwrap reads no options, finds an empty root and the command fails to start."""
+        if self.mode != "bwrap":
+            return None
+        m = machine()
+        assert m.bwrap is not None
+        cgroup = self._cgroup()
+        rlimits = _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        prefix = [m.bwrap, *_NAMESPACE_FLAGS, "--args", str(r), "--"]
+        return Prepared(self.mode, prefix, None, cgroup, rlimits, (r,), _busy=self.busy, _args=w)
+
+    def launch(self, prepared: Prepared, view: View, env: Mapping[str, str]) -> None:
+        """Start a jail made ahead in `view`, with `env` as the command's whole environment."""
+        view = settle(view)
+        self.hold_placeholders(view)
+        options = [*view_options(view), "--clearenv"]
+        for key, value in env.items():
+            options += ["--setenv", key, value]
+        prepared.fill(options)
+
+    def _cgroup(self) -> Cgroup | None:
+        self.busy[:] = [c for c in self.busy if not c.remove()]
+        kind = machine().cgroup
+        if kind is None:
+            return None
+        try:
+            return Cgroup.create(kind, self.sandbox.limits, self.memory)
+        except OSError:
+            return None
 
     def hold_placeholders(self, view: View) -> None:
         """Made once and kept until `close`: the tamper watch sees no churn, and the agent's

@@ -162,7 +162,7 @@ def spawn(
     started = time.monotonic()
     pipe = subprocess.PIPE if capture else None
     full_argv = [*(jail.prefix if jail else ()), *argv]
-    if jail is not None and jail.prefix and not _findable(argv[0], cwd, env):
+    if jail is not None and jail.prefix and not findable(argv[0], cwd, env):
         # bwrap would start and fail inside (exit 1): say it as an unjailed spawn would.
         jail.release()
         raise SpawnError(f"cannot start {argv[0]!r}: No such file or directory")
@@ -251,7 +251,8 @@ def listen_in_netns(pid: int, host: str, port: int, reaper: Reaper) -> socket.so
     return socket.socket(fileno=fds[0])
 
 
-def _findable(command: str, cwd: Path, env: Mapping[str, str]) -> bool:
+def findable(command: str, cwd: Path, env: Mapping[str, str]) -> bool:
+    """Whether `command` names an executable, as exec would look for it."""
     if "/" in command:
         return os.access(cwd / command, os.X_OK)
     return shutil.which(command, path=env.get("PATH", os.defpath)) is not None

@@ -44,6 +44,7 @@ from metasup.journal import (
 from metasup.lifecycle import Phase
 from metasup.policy import Policy, load_policy
 from metasup.process import (
+    TREE_VAR,
     Child,
     LaunchLog,
     Reaper,
@@ -51,6 +52,7 @@ from metasup.process import (
     TreeSampler,
     become_subreaper,
     drain,
+    findable,
     kill_descendants,
     listen_in_netns,
     prune_logs,
@@ -180,6 +182,7 @@ class Supervisor:
         self.journal: Journal | None = None
         self.policy: Policy = load_policy(repo.workdir, config.path, config.protected_paths)
         self.jail: Jail | None = None
+        self._ahead: Child | None = None  # the next run's jail, made ahead
         self.intake: Intake | None = None
         self.experimenter: Experimenter | None = None
         self._exp_thread: threading.Thread | None = None
@@ -390,6 +393,8 @@ class Supervisor:
         if self.api is not None:
             self.api.stop()  # last: a watcher reads the final state through it
         self._stop_view()
+        self._drop(self._ahead)
+        self._ahead = None
         if self.jail is not None:
             self.jail.close()
         self._restore_signals()
@@ -664,18 +669,8 @@ class Supervisor:
             self.dirs.heartbeat.touch()
             os.utime(self.dirs.heartbeat, (0, 0))
             holes = (self.dirs.heartbeat,)
-        jailed = None
-        if self.jail is not None and self.config.sandbox.applies("agent"):
-            # Without a network, $METASUP_API is bound into the jail before the agent starts.
-            hold = not self.config.sandbox.network and self.api is not None
-            jailed = self.jail.prepare(self.jail_view(self.repo.workdir, holes), hold=hold)
         try:
-            child = spawn(
-                self.config.agent.command,
-                cwd=self.repo.workdir,
-                env=self._agent_env(run, commit),
-                jail=jailed,
-            )
+            child = self._start_agent(self._agent_env(run, commit), holes)
         except SpawnError as e:
             log.feed("stderr", f"metasup: {e}\n".encode())
             log.close()
@@ -685,6 +680,7 @@ class Supervisor:
             )
             self.last_stderr_tail = list(log.stderr_tail)
             return self._exited(None, run, commit, 127, 0.0)
+        jailed = child.jail
         if jailed is not None and jailed.hold:
             self._bridge_api(jailed, run)
         self.running = Running(
@@ -711,7 +707,73 @@ class Supervisor:
             sandbox=self._mode if jailed is not None else "off",
         )
         self.timers["health"] = time.monotonic() + self.config.health.interval
+        self._spawn_ahead()
         return None
+
+    def _start_agent(self, env: dict[str, str], holes: tuple[Path, ...]) -> Child:
+        """The agent, started: in the jail made ahead when there is one, else in a new one
+        (or none). SpawnError when it cannot start."""
+        command = self.config.agent.command
+        view = self.jail_view(self.repo.workdir, holes)
+        child = self._take_ahead()
+        if child is not None and child.jail is not None and self.jail is not None:
+            if findable(command[0], self.repo.workdir, env):
+                try:
+                    self.jail.launch(child.jail, view, {**env, TREE_VAR: child.token})
+                except OSError:
+                    self._drop(child)  # it died meanwhile: a new jail below
+                else:
+                    child.started = time.monotonic()
+                    return child
+            else:
+                self._drop(child)  # a spawn below says the command is missing
+        jailed = None
+        if self.jail is not None and self.config.sandbox.applies("agent"):
+            # Without a network, $METASUP_API is bound into the jail before the agent starts.
+            hold = not self.config.sandbox.network and self.api is not None
+            jailed = self.jail.prepare(view, hold=hold)
+        return spawn(command, cwd=self.repo.workdir, env=env, jail=jailed)
+
+    def _spawn_ahead(self) -> None:
+        """The next run's jail, made now while this one runs (see `Jail.ahead`). Not without a
+        network: its launch waits for the API to be bound in it."""
+        if self.jail is None or not self.config.sandbox.applies("agent"):
+            return
+        if not self.config.sandbox.network or self._ahead is not None:
+            return
+        prepared = self.jail.ahead()
+        if prepared is None:
+            return
+        try:
+            self._ahead = spawn(
+                self.config.agent.command, cwd=self.repo.workdir, env=child_env(), jail=prepared
+            )
+        except SpawnError:
+            self._ahead = None  # the launch makes its jail then, and says what went wrong
+
+    def _take_ahead(self) -> Child | None:
+        """The jail made ahead, if it still waits (someone may have killed it)."""
+        child, self._ahead = self._ahead, None
+        if child is None:
+            return None
+        self.reaper.reap()
+        if child.pid in self.reaper.statuses:
+            self.reaper.pop(child.pid)
+            child.release()
+            return None
+        return child
+
+    def _drop(self, child: Child | None) -> None:
+        """A jail made ahead and not launched goes."""
+        if child is None:
+            return
+        child.release()  # bwrap reads end of file, and finds an empty root if it goes on
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+        self.reaper.wait(child.pid, 5.0)
+        for stream in (child.popen.stdout, child.popen.stderr):
+            if stream is not None:
+                stream.close()
 
     def _bridge_api(self, jailed: Prepared, run: int) -> None:
         """Listen at the API's address inside the agent's jail (its own network namespace,

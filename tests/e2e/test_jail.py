@@ -100,7 +100,8 @@ HOSTILE = textwrap.dedent(
     # A daemon with a cleared environment in a session of its own, meant to outlive everything.
     subprocess.Popen(["setsid", sys.executable, "-c", "import time; time.sleep(600)",
                       "escaped:" + os.getcwd()], env={}, start_new_session=True)
-    Path("seen.json").write_text(json.dumps(seen))
+    Path("seen.tmp").write_text(json.dumps(seen))
+    os.replace("seen.tmp", "seen.json")  # whole, for the test reading it
     time.sleep(120)  # ok: until stopped
     """
 )
@@ -110,7 +111,7 @@ def hostile_repo(repo: Path, extra: str = "") -> Path:
     (repo / "protected").mkdir()
     (repo / "protected" / "safety_rules.yaml").write_text("protected: [/secrets/]\n")
     (repo / "agent.py").write_text(HOSTILE)
-    (repo / ".gitignore").write_text("__pycache__/\nseen.json\n")
+    (repo / ".gitignore").write_text("__pycache__/\nseen.json\nseen.tmp\n")
     write_config(repo, agent_config(min_runtime="400ms", extra=extra))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "the agent")
@@ -338,7 +339,8 @@ CHANNELS = textwrap.dedent(
     seen["mcp connect"] = anyio.run(call, ["mcp", "connect", "tools"], "echo", {"text": "hi"})
     seen["mcp serve"] = json.loads(anyio.run(call, ["mcp", "serve"], "status", {}))["status"]
     if os.environ["METASUP_RUN"] == "1":
-        Path("seen.json").write_text(json.dumps(seen))
+        Path("seen.tmp").write_text(json.dumps(seen))
+        os.replace("seen.tmp", "seen.json")  # whole, for the test reading it
         tmp = Path(os.environ["METASUP_INBOX"]) / ".p.tmp"
         tmp.write_text(json.dumps({"reason": "r", "changes": [{"file": "n.txt", "content": "x"}]}))
         tmp.rename(tmp.with_name("p.json"))
@@ -354,7 +356,7 @@ def test_the_channels_work_in_a_jail_without_a_network(repo: Path) -> None:
     (repo / "servers").mkdir()
     (repo / "servers" / "healthy.py").write_text(fixture.read_text())
     (repo / "agent.py").write_text(CHANNELS % {"py": PY})
-    (repo / ".gitignore").write_text("__pycache__/\nseen.json\n")
+    (repo / ".gitignore").write_text("__pycache__/\nseen.json\nseen.tmp\n")
     extra = (
         "  sandbox: {network: false}\n"
         '  api: {listen: "127.0.0.1:0"}\n'
@@ -395,12 +397,13 @@ def test_landlock_mode_keeps_writes_in_the_tree_and_signals_in_the_jail(repo: Pa
                 seen["signal"] = "done"
             except OSError as e:
                 seen["signal"] = e.strerror
-            Path("seen.json").write_text(json.dumps(seen))
+            Path("seen.tmp").write_text(json.dumps(seen))
+            os.replace("seen.tmp", "seen.json")  # whole, for the test reading it
             time.sleep(30)  # ok: until stopped
             """
         )
     )
-    (repo / ".gitignore").write_text("__pycache__/\nseen.json\nmine.txt\n")
+    (repo / ".gitignore").write_text("__pycache__/\nseen.json\nseen.tmp\nmine.txt\n")
     write_config(repo, agent_config(extra="  sandbox: {mode: landlock}\n"))
     with supervising(repo):
         seen = wait_for(
@@ -434,7 +437,9 @@ def test_doctor_reports_every_guarantee_held_here(tmp_path: Path) -> None:
     held = [line.split()[1] for line in out.stdout.splitlines() if line.strip().startswith("held")]
     assert held == ["1.", "2.", "3.", "4.", "5."]
     config = repo / "metasup.yaml"
-    config.write_text(config.read_text() + "  sandbox: {mode: landlock}\n")
+    text = config.read_text()
+    assert "    mode: auto " in text, "init writes the sandbox block"
+    config.write_text(text.replace("    mode: auto ", "    mode: landlock "))
     out = run_metasup(repo, "doctor")
     assert "mode in force: landlock" in out.stdout
     assert "NOT HELD 1." in out.stdout and "NOT HELD 2." in out.stdout

@@ -1,0 +1,135 @@
+"""The jail's decisions (pure) and its command line, then bwrap itself on the edge cases."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metasup.config import SandboxConfig, format_size, parse_size
+from metasup.jail import (
+    GUARANTEES,
+    Jail,
+    Machine,
+    View,
+    bwrap_args,
+    literal_paths,
+    machine,
+    make_view,
+    plan,
+    settle,
+)
+
+FULL = Machine("/usr/bin/bwrap", True, "namespaces work", 7, "v1", "cgroup v1")
+
+
+def test_literal_paths_hold_what_a_mount_can_hold() -> None:
+    held, freed = literal_paths(
+        ["/protected", "/.metasup/*", "!/.metasup/inbox/", "secrets.txt", "*.key", "a/**/b",
+         "/config/x.yaml", "# a comment", "", "/../up", "dir/"]
+    )  # fmt: skip
+    assert held == ["protected", ".metasup", "secrets.txt", "config/x.yaml", "dir"]
+    assert freed == [".metasup/inbox"]
+
+
+@given(st.lists(st.text(max_size=30), max_size=8))
+def test_literal_paths_never_leave_the_tree(patterns: list[str]) -> None:
+    held, freed = literal_paths(patterns)
+    for path in (*held, *freed):
+        assert path and not path.startswith("/") and ".." not in path.split("/")
+        assert not any(ch in path for ch in "*?[")
+
+
+@given(st.integers(min_value=1, max_value=1 << 50))
+def test_sizes_round_trip(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
+@given(st.text(max_size=12))
+def test_a_bad_size_is_a_value_error(text: str) -> None:
+    try:
+        size = parse_size(text)
+    except ValueError:
+        return
+    assert size is not None and size > 0
+
+
+def test_plan_picks_the_strongest_and_says_what_holds() -> None:
+    auto = SandboxConfig()
+    assert plan(auto, FULL).mode == "bwrap" and plan(auto, FULL).all_held
+    no_ns = Machine("/usr/bin/bwrap", False, "user namespaces disabled", 7, None, "no cgroup")
+    landlock = plan(auto, no_ns)
+    assert landlock.mode == "landlock"
+    held = [h for h, _ in landlock.held]
+    assert held == [False, False, False, False, True]
+    old_kernel = Machine(None, False, "no bwrap", 5, None, "no cgroup")
+    off = plan(auto, old_kernel)
+    assert off.mode == "off" and not any(h for h, _ in off.held)
+    assert plan(SandboxConfig(mode="off"), FULL).mode == "off"
+    assert plan(SandboxConfig(mode="landlock"), FULL).mode == "landlock"
+    assert plan(SandboxConfig(mode="bwrap"), no_ns).mode == "off"
+    no_net = plan(SandboxConfig(mode="landlock", network=False), FULL)
+    assert no_net.held[4][0] is False
+    assert len(plan(auto, FULL).held) == len(GUARANTEES) == 5
+
+
+def test_a_worktree_inside_the_common_git_dir_is_bound_below_it(tmp_path: Path) -> None:
+    common = tmp_path / "repo" / ".git"
+    tree = common / "metasup" / "worktrees" / "cand-0"
+    tree.mkdir(parents=True)
+    view = View(tree=tree, cwd=tree, readonly=(common, tree / ".git"))
+    args = bwrap_args("bwrap", view)
+    assert args.index(str(common)) < args.index("--bind") < args.index(str(tree / ".git"))
+    assert args[-1] == "--" and "--unshare-net" not in args
+    assert "--unshare-net" in bwrap_args("bwrap", View(tree=tree, cwd=tree, network=False))
+
+
+def test_the_view_holds_git_dirs_protected_paths_and_missing_ones(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / ".git").mkdir(parents=True)
+    (tree / "protected").mkdir()
+    (tree / ".metasup" / "inbox").mkdir(parents=True)
+    view = make_view(
+        tree,
+        protected_patterns=["/protected", "/.metasup/*", "!/.metasup/inbox/", "/secrets/"],
+        sandbox=SandboxConfig(readonly=(".venv",)),
+    )
+    assert tree / ".git" in view.readonly and tree / "protected" in view.readonly
+    assert view.placeholders == (tree / "secrets",)
+    assert view.holes == (tree / ".metasup" / "inbox",)
+    assert tree / ".venv" not in view.readonly, "a readonly path that is not there is left out"
+    # A read-only path a rollback took away is held by a placeholder again.
+    (tree / "protected").rmdir()
+    settled = settle(view)
+    assert tree / "protected" in settled.placeholders
+    assert tree / "protected" not in settled.readonly
+
+
+def test_a_jail_made_ahead_runs_nothing_if_its_options_never_come(tmp_path: Path) -> None:
+    """Should the supervisor die before the launch, bwrap reads no options: no binds, an
+    empty root, and the command cannot start (it would otherwise run unjailed)."""
+    prepared = Jail(SandboxConfig()).ahead()
+    assert prepared is not None and prepared.ahead
+    marker = tmp_path / "ran"
+    try:
+        prepared.fill([])  # nothing, then end of file: as when the supervisor is gone
+        done = subprocess.run(
+            [*prepared.prefix, "/usr/bin/touch", str(marker)],
+            pass_fds=prepared.pass_fds,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    finally:
+        prepared.release()
+    assert done.returncode != 0 and not marker.exists(), done.stderr
+    assert "No such file or directory" in done.stderr
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "landlock"])
+def test_doctor_and_the_supervisor_agree_on_the_plan(mode: str) -> None:
+    sandbox = SandboxConfig(mode=mode)
+    assert Jail(sandbox).plan == plan(sandbox, machine())
