@@ -35,6 +35,7 @@ import os
 import resource
 import shutil
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -603,6 +604,8 @@ class Prepared:
     _pid: int | None = None
     _busy: list[Cgroup] | None = None  # the jail's list of cgroups to remove later
     _args: int = -1  # made ahead: where the view and the environment are written at launch
+    _confined: threading.Thread | None = None  # made ahead: moving it into its cgroup
+    _confine_error: OSError | None = None
 
     @property
     def ahead(self) -> bool:
@@ -621,8 +624,13 @@ class Prepared:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.pass_fds = ()
-        if self.ahead:  # nothing forked yet: what bwrap forks later inherits both
-            self._confine(launcher)
+        if self.ahead:
+            # Nothing forked yet: what bwrap forks after its options come inherits both. The
+            # move may wait ~10 ms for the kernel: beside the supervisor's work, not in it.
+            self._confined = threading.Thread(
+                target=self._confine_ahead, args=(launcher,), name="metasup-jail", daemon=True
+            )
+            self._confined.start()
             return
         if self._gate is None:
             return
@@ -640,8 +648,19 @@ class Prepared:
         for which, value in self.rlimits:
             resource.prlimit(pids[-1], which, (value, value))
 
+    def _confine_ahead(self, launcher: int) -> None:
+        try:
+            self._confine(launcher)
+        except OSError as e:
+            self._confine_error = e
+
     def fill(self, options: Sequence[str]) -> None:
-        """Made ahead: bwrap reads its options now (the view, the environment) and goes on."""
+        """Made ahead: bwrap reads its options now (the view, the environment) and goes on.
+        OSError when it could not be confined: it must not start then."""
+        if self._confined is not None:
+            self._confined.join()
+            if self._confine_error is not None:
+                raise self._confine_error
         data = b"".join(os.fsencode(arg) + b"\0" for arg in options)
         try:
             while data:

@@ -423,24 +423,31 @@ def signal_tree(
     """`sig` to the group and every member. In a jail (`jailed`), bwrap leads the group and is
     the namespace's pid 1: both die at any signal and take the whole jail with them, so only
     SIGKILL goes to them; a stop signal goes to the jailed processes alone."""
-    spare = _jail_pids(pgid) if jailed and sig != signal.SIGKILL else set()
+    spare = jailed and sig != signal.SIGKILL
     if not spare:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
     for proc in members:
-        if proc.pid in spare:
+        if spare and _is_bwrap(proc, pgid):
             continue
         with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
 
 
-def _jail_pids(bwrap_pid: int) -> set[int]:
-    """bwrap's own processes: the launcher and the namespace's pid 1 under it."""
+def _is_bwrap(proc: psutil.Process, launcher: int) -> bool:
+    """One of bwrap's own processes: the launcher, or the jail's pid 1 (the only process
+    whose pid in its namespace is 1; the agent cannot take that, whatever it names itself)."""
+    if proc.pid == launcher:
+        return True
     try:
-        with open(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children", "rb") as f:
-            return {bwrap_pid, *(int(c) for c in f.read().split())}
+        with open(f"/proc/{proc.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NSpid:"):
+                    ids = line.split()[1:]
+                    return len(ids) > 1 and ids[-1] == b"1"
     except OSError:
-        return {bwrap_pid}
+        pass
+    return False
 
 
 def stop_tree(
@@ -460,7 +467,7 @@ def stop_tree(
         return 0
     known = {p.pid: p for p in members}
     if jailed:  # bwrap's own processes, ending with the jail, are no stragglers
-        members = [p for p in members if _name(p) != "bwrap"]
+        members = [p for p in members if not _is_bwrap(p, pgid)]
     signal_tree(pgid, list(known.values()), sig, jailed)
     if sig != signal.SIGKILL:
         # Stopped processes cannot act on the signal until they run again.
@@ -468,10 +475,16 @@ def stop_tree(
     # In a jail, what bwrap starts a moment after a stop began gets the stop signal too: a run
     # stopped as it launches then ends by its stop signal, as it would outside.
     late = sig if jailed and sig != signal.SIGKILL else None
-    if not _wait_gone(pgid, token, adopt_unmarked, reaper, known, timeout, None, late):
+    if not _wait_gone(pgid, token, adopt_unmarked, reaper, known, timeout, None, late, jailed):
         # Late forks are caught too: the tree is looked for again on every round.
-        _wait_gone(pgid, token, adopt_unmarked, reaper, known, 5.0, signal.SIGKILL)
-    return len(members) if jailed else len(members) or 1
+        _wait_gone(pgid, token, adopt_unmarked, reaper, known, 5.0, signal.SIGKILL, None, jailed)
+    if jailed:
+        # What is left is bwrap's, tearing the namespaces down (that can take the kernel ~10
+        # ms); nothing of the agent's runs any more, so nothing waits for it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        return len(members)
+    return len(members) or 1
 
 
 def _wait_gone(
@@ -483,6 +496,7 @@ def _wait_gone(
     limit: float,
     sig: int | None,
     late: int | None = None,
+    jailed: bool = False,
 ) -> bool:
     """Wait until every process known or found in the tree is gone; with `sig`, send it to
     them each round; with `late` (a jailed tree), send it once to each process first found
@@ -502,21 +516,23 @@ def _wait_gone(
                 known[proc.pid] = proc
         if late is not None and fresh:
             signal_tree(pgid, fresh, late, jailed=True)
-        alive = [p for p in known.values() if _alive(p)]
-        if not alive and not _group_alive(pgid):
-            return True
+        if jailed:
+            # The jail's own processes aside, once the command has been seen (or bwrap has
+            # exited without starting it): a stop that came while bwrap set up waits for it.
+            ours = [p for p in known.values() if not _is_bwrap(p, pgid)]
+            alive = [p for p in ours if _alive(p)]
+            launcher = known.get(pgid)
+            if not alive and (ours or launcher is None or not _alive(launcher)):
+                return True
+        else:
+            alive = [p for p in known.values() if _alive(p)]
+            if not alive and not _group_alive(pgid):
+                return True
         if sig is not None:
             signal_tree(pgid, alive, sig)
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.002)  # bounded wait for processes we signalled; ends at the deadline
-
-
-def _name(proc: psutil.Process) -> str:
-    try:
-        return proc.name()
-    except psutil.Error:
-        return ""
 
 
 def _alive(proc: psutil.Process) -> bool:
