@@ -586,11 +586,13 @@ def remove_placeholders(paths: Iterable[Path]) -> None:
 class Prepared:
     """Everything `process.spawn` needs to start one command in the jail.
 
-    bwrap starts at a gate (`--block-fd`): once it has made the namespaces it says the pid of
-    the jail's first process (`--info-fd`) and waits. `enter` then moves bwrap and that process
-    into the cgroup and sets the rlimits on it, from here; whatever the jail forks later
-    inherits both. So the spawn needs no code between fork and exec, and Python can vfork: a
-    fork of the supervisor (with preexec_fn) cost about 10 ms.
+    bwrap is started with the namespaces on its command line and reads everything else (the
+    mounts, the environment of a jail made ahead) from a pipe (`--args`). Before it gets them,
+    it has forked nothing: `enter` moves it into the cgroup and sets its rlimits from here, and
+    whatever it forks later inherits both. So the spawn needs no code between fork and exec and
+    Python can vfork (a fork of the supervisor with preexec_fn cost about 10 ms). Should the
+    supervisor die before writing them, bwrap reads none, finds an empty root, and the command
+    cannot start: nothing ever runs unconfined.
     """
 
     mode: str
@@ -598,55 +600,50 @@ class Prepared:
     preexec: Callable[[], None] | None  # Landlock: the process restricts itself
     cgroup: Cgroup | None = None
     rlimits: list[tuple[int, int]] = field(default_factory=list)
-    pass_fds: tuple[int, ...] = ()  # the child's ends of the gate
-    hold: bool = False  # `enter` leaves the gate shut: the caller opens it
+    pass_fds: tuple[int, ...] = ()  # the child's ends of the pipes
+    hold: bool = False  # the command waits at a gate the caller opens (`open_gate`)
     _gate: tuple[int, int] | None = None  # our ends: (write to open it, read bwrap's info)
     _pid: int | None = None
-    _busy: list[Cgroup] | None = None  # the jail's list of cgroups to remove later
-    _args: int = -1  # made ahead: where the view and the environment are written at launch
+    _done: Callable[[Cgroup], None] | None = None  # hands the cgroup back to its jail
+    _args: int = -1  # where bwrap's options are written
+    _options: list[str] | None = None  # written at `enter`; None: made ahead, see `Jail.launch`
     _confined: threading.Thread | None = None  # made ahead: moving it into its cgroup
     _confine_error: OSError | None = None
 
     @property
     def ahead(self) -> bool:
-        """Made ahead of its launch: bwrap waits to read its options (see `Jail.ahead`)."""
-        return self._args >= 0
+        """Made ahead of its launch: bwrap waits for its options (see `Jail.ahead`)."""
+        return self._args >= 0 and self._options is None
 
     @property
     def gated(self) -> bool:
         return self._gate is not None
 
     def enter(self, launcher: int) -> None:
-        """Right after the spawn of bwrap (pid `launcher`): the child's ends of the gate are
-        the child's alone; the jail goes into its cgroup with its limits; the gate opens
-        (unless `hold`). OSError when the jail could not be confined: it is then killed."""
+        """Right after the spawn of bwrap (pid `launcher`): confine it, then give it its
+        options. OSError when it could not be confined: it must not start then."""
         for fd in self.pass_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.pass_fds = ()
-        if self.ahead:
-            # Nothing forked yet: what bwrap forks after its options come inherits both. The
-            # move may wait ~10 ms for the kernel: beside the supervisor's work, not in it.
+        if self._args < 0:
+            return  # Landlock: the child confined itself
+        if self._options is None:
+            # Made ahead: the move may wait ~10 ms for the kernel, beside the supervisor's
+            # work rather than in it; the launch joins it.
             self._confined = threading.Thread(
                 target=self._confine_ahead, args=(launcher,), name="metasup-jail", daemon=True
             )
             self._confined.start()
             return
-        if self._gate is None:
-            return
-        pid = self.jail_pid()
-        if pid is None:
-            raise OSError("bwrap did not say the pid of its jail")
-        self._confine(launcher, pid)
-        if not self.hold:
-            self.open_gate()
+        self._confine(launcher)
+        self.fill(self._options)
 
-    def _confine(self, *pids: int) -> None:
+    def _confine(self, pid: int) -> None:
         for path in self.cgroup.join_paths() if self.cgroup else ():
-            for pid in pids:
-                _write(Path(path), str(pid))
+            _write(Path(path), str(pid))
         for which, value in self.rlimits:
-            resource.prlimit(pids[-1], which, (value, value))
+            resource.prlimit(pid, which, (value, value))
 
     def _confine_ahead(self, launcher: int) -> None:
         try:
@@ -655,8 +652,8 @@ class Prepared:
             self._confine_error = e
 
     def fill(self, options: Sequence[str]) -> None:
-        """Made ahead: bwrap reads its options now (the view, the environment) and goes on.
-        OSError when it could not be confined: it must not start then."""
+        """bwrap reads its options now and goes on. OSError when it could not be confined:
+        it must not start then."""
         if self._confined is not None:
             self._confined.join()
             if self._confine_error is not None:
@@ -703,16 +700,20 @@ class Prepared:
         self._gate = None
 
     def release(self) -> None:
-        """After the run: its cgroup goes. A gate still shut is closed: bwrap, reading end of
-        file, would go on, so a spawn that failed half-way is killed by its caller first."""
-        for fd in (*self.pass_fds, *(self._gate or ()), *((self._args,) if self.ahead else ())):
+        """After the run: its cgroup goes, and our ends of its pipes. A bwrap still waiting for
+        its options or at its gate should be killed first: it would read end of file."""
+        args = (self._args,) if self._args >= 0 else ()
+        for fd in (*self.pass_fds, *(self._gate or ()), *args):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.pass_fds = ()
         self._gate = None
         self._args = -1
-        if self.cgroup is not None and not self.cgroup.remove() and self._busy is not None:
-            self._busy.append(self.cgroup)
+        if self.cgroup is not None:
+            if self._done is not None:
+                self._done(self.cgroup)
+            else:
+                self.cgroup.remove()
         self.cgroup = None
 
 
@@ -804,7 +805,11 @@ class Jail:
             limit = cap if limit is None else min(limit, cap)
         self.memory = limit
         self.placeholders: set[Path] = set()
-        self.busy: list[Cgroup] = []  # cgroups of ended runs still being left
+        # Cgroups of ended runs, removed on a thread: a memory cgroup's rmdir takes the kernel
+        # ~10 ms, and its last process (bwrap's pid 1) may still be going.
+        self.busy: list[Cgroup] = []
+        self._busy_lock = threading.Lock()
+        self._tidier: threading.Thread | None = None
         if self.mode != "off":
             sweep_cgroups()
 
@@ -828,26 +833,33 @@ class Jail:
         if self.mode == "landlock":
             join = cgroup.join_paths() if cgroup else []
             preexec = _preexec(join, rlimits, _landlock_rules(view))
-            return Prepared(self.mode, [], preexec, cgroup, _busy=self.busy)
+            return Prepared(self.mode, [], preexec, cgroup, _done=self._retire)
         assert m.bwrap is not None
         for w in view.writable:
             with contextlib.suppress(OSError):
                 w.mkdir(parents=True, exist_ok=True)
         view = settle(view)
         self.hold_placeholders(view)
-        block_r, block_w = os.pipe2(os.O_CLOEXEC)
-        info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        prefix = bwrap_args(m.bwrap, view, (block_r, info_w))
+        args_r, args_w = os.pipe2(os.O_CLOEXEC)
+        pass_fds: tuple[int, ...] = (args_r,)
+        gate = ours = None
+        if hold:
+            block_r, block_w = os.pipe2(os.O_CLOEXEC)
+            info_r, info_w = os.pipe2(os.O_CLOEXEC)
+            gate, ours = (block_r, info_w), (block_w, info_r)
+            pass_fds += gate
         return Prepared(
             self.mode,
-            prefix,
+            [m.bwrap, *_NAMESPACE_FLAGS, "--args", str(args_r), "--"],
             None,
             cgroup,
             rlimits,
-            (block_r, info_w),
+            pass_fds,
             hold,
-            (block_w, info_r),
-            _busy=self.busy,
+            ours,
+            _done=self._retire,
+            _args=args_w,
+            _options=view_options(view, gate),
         )
 
     def ahead(self) -> Prepared | None:
@@ -865,7 +877,7 @@ class Jail:
         rlimits = _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
         r, w = os.pipe2(os.O_CLOEXEC)
         prefix = [m.bwrap, *_NAMESPACE_FLAGS, "--args", str(r), "--"]
-        return Prepared(self.mode, prefix, None, cgroup, rlimits, (r,), _busy=self.busy, _args=w)
+        return Prepared(self.mode, prefix, None, cgroup, rlimits, (r,), _done=self._retire, _args=w)
 
     def launch(self, prepared: Prepared, view: View, env: Mapping[str, str]) -> None:
         """Start a jail made ahead in `view`, with `env` as the command's whole environment."""
@@ -877,7 +889,6 @@ class Jail:
         prepared.fill(options)
 
     def _cgroup(self) -> Cgroup | None:
-        self.busy[:] = [c for c in self.busy if not c.remove()]
         kind = machine().cgroup
         if kind is None:
             return None
@@ -885,6 +896,26 @@ class Jail:
             return Cgroup.create(kind, self.sandbox.limits, self.memory)
         except OSError:
             return None
+
+    def _retire(self, cgroup: Cgroup) -> None:
+        with self._busy_lock:
+            self.busy.append(cgroup)
+        if self._tidier is None or not self._tidier.is_alive():
+            self._tidier = threading.Thread(target=self._tidy, name="metasup-cgroups", daemon=True)
+            self._tidier.start()
+
+    def _tidy(self, wait: float = 5.0) -> None:
+        """Remove the retired cgroups, trying again while their last processes die."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._busy_lock:
+                left = list(self.busy)
+            gone = [c for c in left if c.remove()]
+            with self._busy_lock:
+                self.busy[:] = [c for c in self.busy if c not in gone]
+                if not self.busy or time.monotonic() >= deadline:
+                    return
+            time.sleep(0.005)  # bounded: the kernel is tearing a jail down
 
     def hold_placeholders(self, view: View) -> None:
         """Made once and kept until `close`: the tamper watch sees no churn, and the agent's
@@ -895,11 +926,9 @@ class Jail:
     def close(self) -> None:
         """At the supervisor's stop: the placeholders it made go (if still empty), and the
         cgroups of ended runs (waited for a little: their last processes are dying)."""
-        deadline = time.monotonic() + 2.0
-        while self.busy and time.monotonic() < deadline:
-            self.busy[:] = [c for c in self.busy if not c.remove()]
-            if self.busy:
-                time.sleep(0.005)  # the jail's pid 1 is being torn down by the kernel
+        if self._tidier is not None:
+            self._tidier.join(timeout=5.0)
+        self._tidy(wait=2.0)
         remove_placeholders(sorted(self.placeholders, key=lambda p: len(p.parts), reverse=True))
         self.placeholders.clear()
 

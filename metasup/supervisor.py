@@ -764,13 +764,14 @@ class Supervisor:
         return child
 
     def _drop(self, child: Child | None) -> None:
-        """A jail made ahead and not launched goes."""
+        """A jail made ahead and not launched goes: killed while bwrap still waits for its
+        options (it has forked nothing yet), then its pipes and cgroup."""
         if child is None:
             return
-        child.release()  # bwrap reads end of file, and finds an empty root if it goes on
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
         self.reaper.wait(child.pid, 5.0)
+        child.release()
         for stream in (child.popen.stdout, child.popen.stderr):
             if stream is not None:
                 stream.close()
