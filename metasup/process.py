@@ -479,10 +479,17 @@ def stop_tree(
         # Late forks are caught too: the tree is looked for again on every round.
         _wait_gone(pgid, token, adopt_unmarked, reaper, known, 5.0, signal.SIGKILL, None, jailed)
     if jailed:
-        # What is left is bwrap's, tearing the namespaces down (that can take the kernel ~10
-        # ms); nothing of the agent's runs any more, so nothing waits for it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+        # What is left is bwrap's: its pid 1 tearing the namespaces down (that can take the
+        # kernel ~10 ms; nothing of the agent's runs any more, so nothing waits for it), and the
+        # launcher, about to exit with the command's status. Only one that hangs is killed.
+        launcher = known.get(pgid)
+        deadline = time.monotonic() + 1.0
+        while launcher is not None and _alive(launcher) and time.monotonic() < deadline:
+            reaper.reap()
+            time.sleep(0.001)  # bounded: bwrap exits as soon as its pid 1 reports
+        if launcher is not None and _alive(launcher):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
         return len(members)
     return len(members) or 1
 

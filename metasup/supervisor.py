@@ -533,7 +533,9 @@ class Supervisor:
         code = r.child.exit_code(code)
         r.child.popen.returncode = code
         drain(r.child, r.log)
-        if self._oom_seen():  # the kernel killed it for memory: recorded as ours would be
+        # The kernel killed it for memory: recorded as ours would be (once: a health tick may
+        # have seen the breach first).
+        if self._oom_seen() and self.state.kill_reason is None:
             self._kill(self._oom_reason(), health=True)
         return self._exited(r.child.pid, r.run, r.commit, code, time.monotonic() - r.child.started)
 

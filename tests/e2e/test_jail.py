@@ -91,6 +91,9 @@ HOSTILE = textwrap.dedent(
     attempt("kill the supervisor", lambda: os.kill(sup, signal.SIGKILL))
     attempt("stop the supervisor", lambda: os.kill(sup, signal.SIGSTOP))
     attempt("supervisor memory", lambda: open(f"/proc/{sup}/mem", "rb").close())
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    attempt("ptrace the supervisor", lambda: libc.ptrace(16, sup, 0, 0))  # PTRACE_ATTACH
     attempt("kill pid 1", lambda: os.kill(1, signal.SIGKILL))
     attempt("new user namespace", lambda: subprocess.run(
         ["unshare", "-U", "-r", "true"], capture_output=True).returncode or None)
@@ -166,6 +169,7 @@ def test_a_hostile_agent_cannot_reach_what_is_not_its_own(repo: Path) -> None:
         "kill the supervisor",
         "stop the supervisor",
         "supervisor memory",
+        "ptrace the supervisor",
         "new user namespace",
         "umount .git",
     }
@@ -443,3 +447,96 @@ def test_doctor_reports_every_guarantee_held_here(tmp_path: Path) -> None:
     out = run_metasup(repo, "doctor")
     assert "mode in force: landlock" in out.stdout
     assert "NOT HELD 1." in out.stdout and "NOT HELD 2." in out.stdout
+
+
+# What an MCP server or an experiment's check tries, at its start: every write here is refused.
+PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    seen = {}
+    for name, path in (("git", ".git/probe"), ("config", "metasup.yaml"),
+                       ("outside", "/var/tmp/metasup-probe"), ("main repo", sys.argv[1])):
+        try:
+            Path(path).write_text("x")
+            seen[name] = "done"
+        except OSError as e:
+            seen[name] = e.strerror
+    seen["pid"] = os.getpid()
+    out = Path(sys.argv[2])
+    out.with_suffix(".tmp").write_text(json.dumps(seen))
+    os.replace(out.with_suffix(".tmp"), out)
+    """
+)
+
+
+def test_mcp_servers_and_experiment_commands_are_jailed_too(repo: Path, tmp_path: Path) -> None:
+    """The server writes its findings into its own tree; the check, into a folder the config
+    makes writable for it. The main repository's .git is out of reach of both."""
+    fixture = Path(__file__).parent.parent / "fixtures" / "mcp" / "healthy.py"
+    (repo / "servers").mkdir()
+    (repo / "servers" / "probe.py").write_text(
+        PROBE + "\n" + fixture.read_text().replace("from __future__ import annotations", "")
+    )
+    (repo / "checks").mkdir()
+    (repo / "checks" / "probe.py").write_text(PROBE)
+    (repo / "agent.py").write_text(SLEEPER_AGENT)
+    (repo / ".gitignore").write_text("__pycache__/\n*.json\n*.tmp\n")
+    attack = str(repo / ".git" / "from-a-jail")
+    report = tmp_path / "reports"
+    report.mkdir()
+    extra = (
+        f"  sandbox: {{writable: [{json.dumps(str(report))}]}}\n"
+        f"  mcp_servers: [{{name: probe, command: {PY}, "
+        f"args: [servers/probe.py, {json.dumps(attack)}, mcp.json]}}]\n"
+        "  experiments:\n"
+        f"    checks: [[{PY}, checks/probe.py, {json.dumps(attack)}, "
+        f"{json.dumps(str(report / 'check.json'))}]]\n"
+    )
+    write_config(repo, agent_config(extra=extra))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "probes")
+    with supervising(repo):
+        mcp = wait_for(
+            lambda: (repo / "mcp.json").exists() and json.loads((repo / "mcp.json").read_text()),
+            what="the server's findings",
+        )
+    change = {"reason": "r", "changes": [{"file": "n.txt", "content": "x"}]}
+    (tmp_path / "p.json").write_text(json.dumps(change))
+    out = run_metasup(repo, "experiment", str(tmp_path / "p.json"), "--json", "--dry-run")
+    assert out.stdout, out.stderr
+    check = json.loads((report / "check.json").read_text())
+    for seen in (mcp, check):
+        # A worktree's .git is a file: writing under it fails either way; its git dir is what
+        # the "main repo" attempt writes into.
+        assert seen["git"] in ("Read-only file system", "Not a directory"), seen
+        assert seen["config"] == "Read-only file system", seen
+        assert seen["outside"] == "Read-only file system", seen
+        assert seen["main repo"] == "Read-only file system", seen
+        assert seen["pid"] < 100, "a pid namespace of its own"
+    assert not Path(attack).exists()
+
+
+SLEEPER_AGENT = "import time\ntime.sleep(120)  # ok: a long-running agent\n"
+
+
+def test_cpu_is_capped(repo: Path) -> None:
+    limited_repo(
+        repo,
+        """
+        import time
+        from pathlib import Path
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            pass
+        Path("result.txt").write_text(str(time.process_time()))
+        time.sleep(30)  # ok: until stopped
+        """,
+        "{limits: {cpu: 0.2}}",
+    )
+    with supervising(repo):
+        text = wait_for(
+            lambda: (repo / "result.txt").exists() and (repo / "result.txt").read_text(),
+            what="a second of busy wall time",
+        )
+    assert float(text) < 0.5, "a fifth of a core: about 0.2 s of CPU in a second"
