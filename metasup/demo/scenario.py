@@ -81,7 +81,8 @@ def run_demo(directory: Path | None, cycles: int) -> int:
     out.line(
         "The agent works for a second each run, then rewrites its own code. Twice it makes a "
         "rewrite that kills it at start: watch metasup archive that state and roll back. It also "
-        "edits its own supervision config (put back) and proposes changes (one protected: refused)."
+        "tries to edit its own supervision config and to erase its good ref (the jail refuses "
+        "both) and proposes changes (one protected: refused)."
     )
     repo = GitRepo(target)
     config = load_config(target / "metasup.yaml")
