@@ -100,8 +100,8 @@ def rewrite_brain(generation: int, scale: float, kind: str) -> None:
 
 
 def loosen_supervision(memory: dict[str, object]) -> None:
-    """Tempted to loosen its own supervision. In metasup's jail the kernel refuses both; with
-    the jail off, metasup puts the config back before committing and the ref at the next check."""
+    """Tempted to loosen its own supervision. In metasup's jail the kernel refuses both (with
+    the jail off, the tamper watch puts the config back)."""
     refused = []
     config = HERE / "metasup.yaml"
     try:
