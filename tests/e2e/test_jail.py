@@ -101,13 +101,20 @@ HOSTILE = textwrap.dedent(
         ["umount", ".git"], capture_output=True).returncode or None)
     seen["processes"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
     # A daemon with a cleared environment in a session of its own, meant to outlive everything.
-    subprocess.Popen(["setsid", sys.executable, "-c", "import time; time.sleep(600)",
-                      "escaped:" + os.getcwd()], env={}, start_new_session=True)
+    daemon = "import time; time.sleep(600)"  # ok: the daemon's whole life
+    subprocess.Popen(["setsid", sys.executable, "-c", daemon, "escaped:" + os.getcwd()],
+                     env={}, start_new_session=True)
     Path("seen.tmp").write_text(json.dumps(seen))
     os.replace("seen.tmp", "seen.json")  # whole, for the test reading it
     time.sleep(120)  # ok: until stopped
     """
 )
+
+
+def written(path: Path, what: str, timeout: float = 15.0) -> str:
+    """The text a jailed process wrote to `path`, once there is some (JSON documents are
+    written aside and renamed in: they are whole when seen)."""
+    return str(wait_for(lambda: path.exists() and path.read_text(), timeout, what))
 
 
 def hostile_repo(repo: Path, extra: str = "") -> Path:
@@ -128,11 +135,7 @@ def test_a_hostile_agent_cannot_reach_what_is_not_its_own(repo: Path) -> None:
     git_config_before = (repo / ".git" / "config").read_text()
     proc = start_metasup(repo, env={"ATTACK_ID": attack_id})
     try:
-        seen = wait_for(
-            lambda: (repo / "seen.json").exists() and json.loads((repo / "seen.json").read_text()),
-            timeout=30,
-            what="the attacks",
-        )
+        seen = json.loads(written(repo / "seen.json", "the attacks", 30))
         archives = [r for r in seen["refs seen"] if "/archive/" in r]
         assert "refs/metasup/good" in seen["refs seen"] and archives, seen["refs seen"]
         refs_before = git(repo, "for-each-ref", "refs/metasup")
@@ -280,10 +283,7 @@ def test_a_fork_bomb_is_capped_by_processes(repo: Path) -> None:
         "{limits: {processes: 40}}",
     )
     with supervising(repo):
-        text = wait_for(
-            lambda: (repo / "result.txt").exists() and (repo / "result.txt").read_text(),
-            what="the bomb to hit the cap",
-        )
+        text = written(repo / "result.txt", "the bomb to hit the cap")
     made, errno = map(int, text.split())
     assert made < 40 and errno == 11  # EAGAIN from the pids cgroup
 
@@ -308,10 +308,7 @@ def test_file_size_is_capped(repo: Path) -> None:
     )
     (repo / ".gitignore").write_text("__pycache__/\nresult.txt\nbig.bin\n")
     with supervising(repo):
-        text = wait_for(
-            lambda: (repo / "result.txt").exists() and (repo / "result.txt").read_text(),
-            what="the write",
-        )
+        text = written(repo / "result.txt", "the write")
     assert text == "refused 27"  # EFBIG
     assert (repo / "big.bin").stat().st_size <= 1 << 20
 
@@ -369,11 +366,7 @@ def test_the_channels_work_in_a_jail_without_a_network(repo: Path) -> None:
     )
     write_config(repo, agent_config(extra=extra))
     with supervising(repo):
-        seen = wait_for(
-            lambda: (repo / "seen.json").exists() and json.loads((repo / "seen.json").read_text()),
-            timeout=30,
-            what="the channels",
-        )
+        seen = json.loads(written(repo / "seen.json", "the channels", 30))
         wait_for(lambda: "proposal_received" in names(repo), what="the proposal")
     assert seen["api"] == "running"
     assert seen["network"] == "Network is unreachable"
@@ -410,10 +403,7 @@ def test_landlock_mode_keeps_writes_in_the_tree_and_signals_in_the_jail(repo: Pa
     (repo / ".gitignore").write_text("__pycache__/\nseen.json\nseen.tmp\nmine.txt\n")
     write_config(repo, agent_config(extra="  sandbox: {mode: landlock}\n"))
     with supervising(repo):
-        seen = wait_for(
-            lambda: (repo / "seen.json").exists() and json.loads((repo / "seen.json").read_text()),
-            what="the attempts",
-        )
+        seen = json.loads(written(repo / "seen.json", "the attempts"))
     assert seen == {
         "tree": "done",
         "outside": "Permission denied",
@@ -497,10 +487,7 @@ def test_mcp_servers_and_experiment_commands_are_jailed_too(repo: Path, tmp_path
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "probes")
     with supervising(repo):
-        mcp = wait_for(
-            lambda: (repo / "mcp.json").exists() and json.loads((repo / "mcp.json").read_text()),
-            what="the server's findings",
-        )
+        mcp = json.loads(written(repo / "mcp.json", "the server's findings"))
     change = {"reason": "r", "changes": [{"file": "n.txt", "content": "x"}]}
     (tmp_path / "p.json").write_text(json.dumps(change))
     out = run_metasup(repo, "experiment", str(tmp_path / "p.json"), "--json", "--dry-run")
@@ -535,8 +522,5 @@ def test_cpu_is_capped(repo: Path) -> None:
         "{limits: {cpu: 0.2}}",
     )
     with supervising(repo):
-        text = wait_for(
-            lambda: (repo / "result.txt").exists() and (repo / "result.txt").read_text(),
-            what="a second of busy wall time",
-        )
+        text = written(repo / "result.txt", "a second of busy wall time")
     assert float(text) < 0.5, "a fifth of a core: about 0.2 s of CPU in a second"
