@@ -4,49 +4,47 @@ bubblewrap builds it: new user, mount, pid, ipc and uts namespaces, every capabi
 new privileges and no nested user namespaces. The working tree is bound read-write; `.git/` (the
 git dir and common dir too), the protected paths, the config in use and metasup's installation
 are bound read-only on top, and a protected path that does not exist yet gets an empty read-only
-folder in its place, so it cannot be created. The rest of the filesystem is read-only but a
-private `/tmp`, a private `/dev` (its `/dev/shm` is the jail's own tmpfs) and `sandbox.writable`.
-Mount points cannot be unmounted, renamed or unlinked from inside, and without capabilities no
-mount can be made there at all.
+folder in its place, so it cannot be created. The rest of the filesystem is read-only but
+`sandbox.writable`, a private `/dev` (its `/dev/shm` is the jail's own tmpfs) and `/tmp`, an
+overlay of the host's whose writes stay in the jail. Mount points cannot be unmounted, renamed or
+unlinked from inside, and without capabilities no mount can be made there at all.
 
 The supervisor stays out of sight: the jail's pid namespace shows only the jail. bwrap runs as its
 pid 1 and dies with its parent (`--die-with-parent`); when the jailed command exits, bwrap exits,
 and the kernel kills whatever is left in the namespace, whatever it did to its session, group or
 environment.
 
-Limits go to a cgroup of the jail's own where the supervisor can make one (cgroup v1 as root, or
-a delegated cgroup v2 subtree); memory written to tmpfs or `/dev/shm` is charged there. Otherwise,
-and for the file size in any case, rlimits apply.
+Limits go to a cgroup of the jail's own (`cgroups`) where the supervisor can make one; memory
+written to tmpfs or `/dev/shm` is charged there. Otherwise, and for the file size in any case,
+rlimits apply. bwrap is confined before it forks anything (see `Prepared`).
 
-Where user namespaces are not available, Landlock (ABI >= 6, which also scopes signals) confines
-writes to the tree, `/tmp` and `sandbox.writable`; it cannot keep `.git/` read-only inside a
-writable tree, nor hide the supervisor, and `guarantees` says so.
+Where user namespaces are not available, `landlock` confines writes to the tree, `/tmp` and
+`sandbox.writable` and keeps signals and ptrace in the jail; it cannot keep `.git/` read-only
+inside a writable tree, nor hide the supervisor, and `plan` says so.
 
-Spawning stays in `process`: this module only builds the command line and what the child does
-before it execs (joining the cgroup, setting rlimits, Landlock).
+Spawning stays in `process`: this module builds the command line, confines bwrap from outside,
+and gives it its options.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import itertools
 import os
 import resource
 import shutil
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from metasup import cgroups, landlock
+from metasup.cgroups import Cgroup
 from metasup.config import SandboxConfig, SandboxLimits, format_size
 from metasup.process import Reaper, run_command
 
-MODES = ("auto", "bwrap", "landlock", "off")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
@@ -89,18 +87,6 @@ def bwrap_binary() -> str | None:
     return shutil.which("bwrap")
 
 
-def landlock_abi() -> int:
-    """The kernel's Landlock ABI version, 0 where there is none."""
-    if sys.platform != "linux":
-        return 0
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    except (OSError, AttributeError):
-        return 0
-    return max(0, int(abi))
-
-
 _machine: Machine | None = None
 
 
@@ -118,8 +104,8 @@ def machine(reaper: Reaper | None = None) -> Machine:
             overlay = ok
             if not ok:
                 ok, why = _try_namespaces(bwrap, reaper or Reaper(), ())
-        kind, cg_why = _cgroup_support()
-        _machine = Machine(bwrap, ok, why, landlock_abi(), kind, cg_why, overlay)
+        kind, cg_why = cgroups.support()
+        _machine = Machine(bwrap, ok, why, landlock.abi(), kind, cg_why, overlay)
     return _machine
 
 
@@ -132,209 +118,6 @@ def _try_namespaces(bwrap: str, reaper: Reaper, extra: Sequence[str]) -> tuple[b
         return True, "user, mount and pid namespaces work"
     said = (done.stderr.strip().splitlines() or [f"exit {done.code}"])[-1]
     return False, f"bwrap cannot make namespaces here ({said}); user namespaces may be disabled"
-
-
-# --- cgroups -----------------------------------------------------------------------------------
-
-
-def _own_cgroups() -> dict[str, str]:
-    """controller (or "" for v2) -> this process's cgroup path in that hierarchy."""
-    found: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, ctrls, path = line.split(":", 2)
-            for c in ctrls.split(",") if ctrls else [""]:
-                found[c] = path
-    return found
-
-
-def _cgroup_support() -> tuple[str | None, str]:
-    own = _own_cgroups()
-    if all(c in own for c in V1_CONTROLLERS):
-        dirs = [CGROUP_ROOT / c / own[c].lstrip("/") for c in V1_CONTROLLERS]
-        if all(os.access(d, os.W_OK) for d in dirs):
-            return "v1", "cgroup v1 (memory, pids, cpu): a cgroup per jail"
-        return None, "cgroup v1 hierarchies are not writable by this user: rlimits only"
-    if "" in own and (CGROUP_ROOT / "cgroup.controllers").exists():
-        here = CGROUP_ROOT / own[""].lstrip("/")
-        if _v2_delegated(here):
-            return "v2", f"cgroup v2, delegated at {here}"
-        return None, (
-            f"cgroup v2 at {here} is not delegated to this user with memory, pids and cpu "
-            "(run metasup in a delegated scope: systemd-run --user --scope -p Delegate=yes): "
-            "rlimits only"
-        )
-    return None, "no cgroup hierarchy this process can use: rlimits only"
-
-
-def _v2_delegated(here: Path) -> bool:
-    try:
-        enabled = set((here / "cgroup.subtree_control").read_text().split())
-    except OSError:
-        return False
-    return {"memory", "pids", "cpu"} <= enabled and os.access(here, os.W_OK)
-
-
-_cgroup_seq = itertools.count(1)
-
-
-@dataclass
-class Cgroup:
-    """One jail's cgroup (a folder per v1 controller, or one v2 folder)."""
-
-    dirs: dict[str, Path]  # "memory" / "pids" / "cpu", or "" for v2
-    oom_fd: int = -1  # readable when the kernel OOM-killed in here (v1: an eventfd)
-    _fds: list[int] = field(default_factory=list)
-
-    @classmethod
-    def create(cls, kind: str, limits: SandboxLimits, memory: int | None) -> Cgroup:
-        own = _own_cgroups()
-        name = f"metasup-{os.getpid()}-{next(_cgroup_seq)}-{uuid.uuid4().hex[:6]}"
-        if kind == "v1":
-            dirs = {c: CGROUP_ROOT / c / own[c].lstrip("/") / name for c in V1_CONTROLLERS}
-        else:
-            dirs = {"": CGROUP_ROOT / own[""].lstrip("/") / name}
-        made = cls(dirs)
-        try:
-            for d in dirs.values():
-                d.mkdir()
-            made._limit(kind, limits, memory)
-        except OSError:
-            made.remove()
-            raise
-        return made
-
-    def _path(self, controller: str, name: str) -> Path:
-        return self.dirs.get(controller, self.dirs.get("", Path("/nonexistent"))) / name
-
-    def _limit(self, kind: str, limits: SandboxLimits, memory: int | None) -> None:
-        if kind == "v1":
-            if memory is not None:
-                _write(self._path("memory", "memory.limit_in_bytes"), str(memory))
-                with contextlib.suppress(OSError):  # swap accounting may be off
-                    _write(self._path("memory", "memory.memsw.limit_in_bytes"), str(memory))
-            if limits.processes is not None:
-                _write(self._path("pids", "pids.max"), str(limits.processes))
-            if limits.cpu is not None:
-                _write(self._path("cpu", "cpu.cfs_period_us"), str(CPU_PERIOD_US))
-                _write(self._path("cpu", "cpu.cfs_quota_us"), str(int(limits.cpu * CPU_PERIOD_US)))
-            self._watch_oom_v1()
-        else:
-            if memory is not None:
-                _write(self._path("", "memory.max"), str(memory))
-                _write(self._path("", "memory.swap.max"), "0")
-                _write(self._path("", "memory.oom.group"), "1")
-            if limits.processes is not None:
-                _write(self._path("", "pids.max"), str(limits.processes))
-            if limits.cpu is not None:
-                _write(
-                    self._path("", "cpu.max"), f"{int(limits.cpu * CPU_PERIOD_US)} {CPU_PERIOD_US}"
-                )
-            self._watch_oom_v2()
-
-    def _watch_oom_v1(self) -> None:
-        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        ctl = os.open(self._path("memory", "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
-        self._fds += [efd, ctl]
-        _write(self._path("memory", "cgroup.event_control"), f"{efd} {ctl}")
-        self.oom_fd = efd
-
-    def _watch_oom_v2(self) -> None:
-        import select
-
-        ev = os.open(self._path("", "memory.events"), os.O_RDONLY | os.O_CLOEXEC)
-        ep = select.epoll()
-        ep.register(ev, select.EPOLLPRI)  # memory.events notifies as a priority event
-        self._fds += [ev]
-        self._epoll = ep
-        self.oom_fd = ep.fileno()
-
-    def join_paths(self) -> list[str]:
-        return [str(d / "cgroup.procs") for d in self.dirs.values()]
-
-    def oom_kills(self) -> int:
-        """How many processes the kernel killed in here for memory."""
-        name = "memory.events" if "" in self.dirs else "memory.oom_control"
-        try:
-            text = self._path("memory", name).read_text()
-        except OSError:
-            return 0
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
-
-    def memory_bytes(self) -> int | None:
-        name = "memory.current" if "" in self.dirs else "memory.usage_in_bytes"
-        try:
-            return int(self._path("memory", name).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def pids(self) -> list[int]:
-        out: list[int] = []
-        for d in self.dirs.values():
-            with contextlib.suppress(OSError, ValueError):
-                out += [int(p) for p in (d / "cgroup.procs").read_text().split()]
-        return sorted(set(out))
-
-    def drain_oom(self) -> None:
-        with contextlib.suppress(OSError):
-            if "" in self.dirs:
-                self._epoll.poll(0)
-            else:
-                os.eventfd_read(self.oom_fd)
-
-    def remove(self) -> bool:
-        """False while a process is still in it (a jail's pid 1 takes a moment to die after
-        its run): the caller tries again later."""
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds = []
-        if "" in self.dirs:
-            with contextlib.suppress(AttributeError, OSError):
-                self._epoll.close()
-        self.oom_fd = -1
-        for key, d in list(self.dirs.items()):
-            try:
-                d.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError:
-                continue
-            del self.dirs[key]
-        return not self.dirs
-
-
-def sweep_cgroups() -> int:
-    """Remove the empty cgroups that supervisors no longer alive left (killed with -9, say);
-    how many went."""
-    gone = 0
-    own = _own_cgroups()
-    roots = [CGROUP_ROOT / c / own[c].lstrip("/") for c in V1_CONTROLLERS if c in own]
-    if "" in own:
-        roots.append(CGROUP_ROOT / own[""].lstrip("/"))
-    for root in roots:
-        for d in root.glob("metasup-*-*"):
-            try:
-                pid = int(d.name.split("-")[1])
-            except ValueError:
-                continue
-            if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-                    gone += 1
-    return gone
-
-
-def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 # --- the filesystem a jailed run sees ----------------------------------------------------------
@@ -626,10 +409,6 @@ class Prepared:
         """Made ahead of its launch: bwrap waits for its options (see `Jail.ahead`)."""
         return self._args >= 0 and self._options is None
 
-    @property
-    def gated(self) -> bool:
-        return self._gate is not None
-
     def enter(self, launcher: int) -> None:
         """Right after the spawn of bwrap (pid `launcher`): confine it, then give it its
         options. OSError when it could not be confined: it must not start then."""
@@ -651,8 +430,8 @@ class Prepared:
         self.fill(self._options)
 
     def _confine(self, pid: int) -> None:
-        for path in self.cgroup.join_paths() if self.cgroup else ():
-            _write(Path(path), str(pid))
+        if self.cgroup is not None:
+            self.cgroup.join(pid)
         for which, value in self.rlimits:
             resource.prlimit(pid, which, (value, value))
 
@@ -748,7 +527,7 @@ def plan(sandbox: SandboxConfig, m: Machine) -> Plan:
     if requested == "off":
         off = tuple((False, "sandbox.mode is off") for _ in GUARANTEES)
         return Plan(requested, "off", "sandbox.mode: off", off)
-    landlock_ok = m.landlock_abi >= LANDLOCK_MIN_ABI
+    landlock_ok = m.landlock_abi >= landlock.MIN_ABI
     if requested in ("auto", "bwrap") and m.namespaces:
         mode, why = "bwrap", f"bubblewrap ({m.namespaces_why})"
     elif requested in ("auto", "landlock") and landlock_ok:
@@ -760,7 +539,7 @@ def plan(sandbox: SandboxConfig, m: Machine) -> Plan:
         why = (
             m.namespaces_why
             if requested != "landlock"
-            else (f"Landlock ABI {m.landlock_abi} (at least {LANDLOCK_MIN_ABI} is needed)")
+            else (f"Landlock ABI {m.landlock_abi} (at least {landlock.MIN_ABI} is needed)")
         )
         return Plan(requested, "off", f"no jail available: {why}",
                     tuple((False, f"no jail: {why}") for _ in GUARANTEES))  # fmt: skip
@@ -822,7 +601,7 @@ class Jail:
         self._busy_lock = threading.Lock()
         self._tidier: threading.Thread | None = None
         if self.mode != "off":
-            sweep_cgroups()
+            cgroups.sweep()
 
     def describe(self) -> str:
         if self.mode == "off":
@@ -843,7 +622,7 @@ class Jail:
         rlimits = _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
         if self.mode == "landlock":
             join = cgroup.join_paths() if cgroup else []
-            preexec = _preexec(join, rlimits, _landlock_rules(view))
+            preexec = landlock.preexec(join, rlimits, landlock.rules(view.tree, view.writable))
             return Prepared(self.mode, [], preexec, cgroup, _done=self._retire)
         assert m.bwrap is not None
         for w in view.writable:
@@ -956,85 +735,3 @@ def _rlimits(
         if limits.processes is not None:
             out.append((resource.RLIMIT_NPROC, limits.processes))
     return out
-
-
-def _preexec(
-    join: list[str], rlimits: list[tuple[int, int]], landlock: list[tuple[str, int]]
-) -> Callable[[], None]:
-    """Landlock's: runs in the child between fork and exec, only system calls, nothing that
-    takes a lock (libc is loaded here, in the parent: a dlopen after fork may wait for ever)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def enter() -> None:
-        for path in join:
-            fd = os.open(path, os.O_WRONLY)
-            os.write(fd, b"0")  # 0: the writing process itself
-            os.close(fd)
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
-        _landlock_enforce(landlock, libc)
-
-    return enter
-
-
-# --- Landlock (the fallback without namespaces) ------------------------------------------------
-
-SYS_LANDLOCK_CREATE_RULESET = 444
-SYS_LANDLOCK_ADD_RULE = 445
-SYS_LANDLOCK_RESTRICT_SELF = 446
-LANDLOCK_CREATE_RULESET_VERSION = 1
-LANDLOCK_RULE_PATH_BENEATH = 1
-LANDLOCK_MIN_ABI = 6  # signals scoped
-PR_SET_NO_NEW_PRIVS = 38
-_FS_READ = 0b1 | 0b100 | 0b1000  # execute, read file, read dir
-_FS_ALL_V3 = (1 << 15) - 1  # every filesystem right up to truncate (ABI 3)
-_FS_IOCTL_DEV = 1 << 15  # ABI 5
-_SCOPE_ABSTRACT_UNIX = 1
-_SCOPE_SIGNAL = 2
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    ]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-def _landlock_rules(view: View) -> list[tuple[str, int]]:
-    """(path, rights): read and execute everywhere, write only in the tree, /tmp, /dev and
-    `writable`."""
-    handled = _FS_ALL_V3 | _FS_IOCTL_DEV
-    rules = [("/", _FS_READ)]
-    for path in (view.tree, Path("/tmp"), Path("/dev"), *view.writable):
-        rules.append((str(path), handled))
-    return rules
-
-
-def _landlock_enforce(rules: list[tuple[str, int]], libc: ctypes.CDLL) -> None:
-    handled = _FS_ALL_V3 | _FS_IOCTL_DEV
-    attr = _RulesetAttr(handled, 0, _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL)
-    ruleset = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
-    if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
-    try:
-        for path, rights in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue
-            rule = _PathBeneath(rights, fd)
-            libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH,
-                         ctypes.byref(rule), 0)  # fmt: skip
-            os.close(fd)
-        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "no_new_privs")
-        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-    finally:
-        os.close(ruleset)

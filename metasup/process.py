@@ -133,7 +133,7 @@ class Child:
         return raw
 
     def release(self) -> None:
-        """What the jail kept for this run (cgroup, placeholders) goes, once it has ended."""
+        """What the jail kept for this run (its cgroup, its pipes) goes, once it has ended."""
         if self.jail is not None:
             self.jail.release()
 
