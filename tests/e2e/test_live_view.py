@@ -105,11 +105,15 @@ def test_run_on_a_terminal_shows_the_view_inline(repo: Path) -> None:
             what="the view in metasup run",
         )
         assert "latest events" in drawn and "agent says hi" not in drawn
+        logs = repo / ".git" / "metasup" / "logs"
+        wait_for(
+            lambda: any("agent says hi" in p.read_text() for p in logs.glob("run-*.log")),
+            what="the agent's output in its log",
+        )
+        assert "agent says hi" not in screen(base, target), "its output goes to its log only"
         subprocess.run([*base, "send-keys", "-t", target, "C-c"], check=True)
         wait_for(lambda: done.exists(), what="metasup run to end on Ctrl-C")
         assert done.read_text().strip() == "0"
-    logs = list((repo / ".git" / "metasup" / "logs").glob("run-*.log"))
-    assert any("agent says hi" in p.read_text() for p in logs), "the agent's output is logged"
     assert (repo / ".git" / "metasup" / "logs" / "supervisor.log").exists()
 
 
