@@ -207,7 +207,7 @@ def bench_experiments(repo: Path, agent: Path, log: Path, repeats: int) -> dict[
         text = (
             "supervisor:\n  agent: {command: [/bin/true]}\n  experiments:\n"
             f"    checks: [[{json.dumps(str(agent))}, check, '{check_ms}']]\n"
-            f"    max_concurrent: {concurrent}\n    timeout: 60s\n"
+            f"    max_concurrent: {concurrent}\n    timeout: 60s\n" + writable(log)
         )
         cfg = parse_config(text, repo / "metasup.yaml", validate=True)
         state = repo / ".git" / "metasup"
@@ -271,6 +271,11 @@ def build_agent(root: Path) -> Path:
     return exe
 
 
+def writable(log: Path, mode: str = "auto") -> str:
+    """The config's sandbox: the jail may write the agent's log, which lies outside the tree."""
+    return f"  sandbox: {{mode: {mode}, writable: [{json.dumps(str(log.parent))}]}}\n"
+
+
 def supervise(
     repo: Path,
     agent: Path,
@@ -288,8 +293,7 @@ def supervise(
         "  max_failures: 100000\n"
         "  agent:\n"
         f"    command: {json.dumps([str(agent), *args])}\n"
-        "    restart_backoff: {initial: 0s, max: 1s}\n"
-        f"  sandbox: {{mode: {sandbox}, writable: [{json.dumps(str(log.parent))}]}}\n"
+        "    restart_backoff: {initial: 0s, max: 1s}\n" + writable(log, sandbox)
     )
     approve(repo)
     if log.exists():
@@ -325,7 +329,7 @@ def cpu_ns(pid: int) -> int:
 def bench_idle(repo: Path, agent: Path, log: Path, seconds: float) -> dict[str, float]:
     (repo / "metasup.yaml").write_text(
         "supervisor:\n  min_runtime: 1s\n  agent:\n"
-        f"    command: {json.dumps([str(agent), 'idle'])}\n"
+        f"    command: {json.dumps([str(agent), 'idle'])}\n" + writable(log)
     )
     approve(repo)
     proc = subprocess.Popen(
@@ -423,7 +427,7 @@ def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[s
         "supervisor:\n  min_runtime: 50ms\n  max_failures: 100000\n  agent:\n"
         f"    command: {json.dumps([str(agent), 'normal', '60'])}\n"
         "    restart_backoff: {initial: 0s, max: 1s}\n"
-        '  api: {listen: "127.0.0.1:0"}\n'
+        '  api: {listen: "127.0.0.1:0"}\n' + writable(log)
     )
     approve(repo)
     env = {**os.environ, "BENCH_LOG": str(log)}
@@ -444,7 +448,7 @@ def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[s
     (repo / "metasup.yaml").write_text(
         "supervisor:\n  min_runtime: 1s\n  agent:\n"
         f"    command: {json.dumps([str(agent), 'idle'])}\n"
-        '  api: {listen: "127.0.0.1:0"}\n'
+        '  api: {listen: "127.0.0.1:0"}\n' + writable(log)
     )
     approve(repo)
     proc = subprocess.Popen(
@@ -500,7 +504,7 @@ def bench_tamper(repo: Path, agent: Path, log: Path, samples: int) -> dict[str, 
     rules.write_text(good)
     (repo / "metasup.yaml").write_text(
         "supervisor:\n  min_runtime: 1s\n  agent:\n"
-        f"    command: {json.dumps([str(agent), 'idle'])}\n"
+        f"    command: {json.dumps([str(agent), 'idle'])}\n" + writable(log)
     )
     approve(repo)
     events_path = repo / ".git" / "metasup" / "events.jsonl"
