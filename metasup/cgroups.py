@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,9 +183,10 @@ class Cgroup:
 
 
 def sweep() -> int:
-    """Remove the empty cgroups that supervisors no longer alive left (killed with -9, say);
-    how many went."""
-    gone = 0
+    """What supervisors no longer alive left (killed with -9, say): every process still in one
+    of their jails' cgroups is killed (a jail is its supervisor's, and it is gone), and the
+    cgroups removed once empty. Returns how many processes were killed."""
+    killed = 0
     own = own_cgroups()
     roots = [CGROUP_ROOT / c / own[c].lstrip("/") for c in V1_CONTROLLERS if c in own]
     if "" in own:
@@ -192,14 +194,19 @@ def sweep() -> int:
     for root in roots:
         for d in root.glob("metasup-*-*"):
             try:
-                pid = int(d.name.split("-")[1])
+                owner = int(d.name.split("-")[1])
             except ValueError:
                 continue
-            if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-                    gone += 1
-    return gone
+            if owner == os.getpid() or Path(f"/proc/{owner}").exists():
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (d / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                        killed += 1
+            with contextlib.suppress(OSError):
+                d.rmdir()  # or at a later sweep, once the killed are gone
+    return killed
 
 
 def _write(path: Path, text: str) -> None:

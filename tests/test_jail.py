@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from metasup import cgroups
 from metasup.config import SandboxConfig, format_size, parse_size
 from metasup.jail import (
     GUARANTEES,
@@ -133,3 +134,26 @@ def test_a_jail_made_ahead_runs_nothing_if_its_options_never_come(tmp_path: Path
 def test_doctor_and_the_supervisor_agree_on_the_plan(mode: str) -> None:
     sandbox = SandboxConfig(mode=mode)
     assert Jail(sandbox).plan == plan(sandbox, machine())
+
+
+def test_a_dead_supervisors_jails_are_swept(tmp_path: Path) -> None:
+    """A jail is its supervisor's: what is left in the cgroup of one no longer alive is killed
+    when the next jail is set up, and the cgroup goes."""
+    kind = machine().cgroup
+    assert kind == "v1", "this machine offers cgroup v1 (the v2 path is not exercised here)"
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid names the owner: dead
+    own = cgroups.own_cgroups()
+    folder = cgroups.CGROUP_ROOT / "pids" / own["pids"].lstrip("/") / f"metasup-{gone.pid}-1-t"
+    folder.mkdir()
+    left = subprocess.Popen(["sleep", "60"])
+    try:
+        (folder / "cgroup.procs").write_text(str(left.pid))
+        assert cgroups.sweep() >= 1
+        assert left.wait(timeout=5) == -9
+        cgroups.sweep()  # empty now: removed
+        assert not folder.exists()
+    finally:
+        left.kill()
+        if folder.exists():
+            folder.rmdir()
