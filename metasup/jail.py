@@ -500,6 +500,7 @@ class Prepared:
         self._gate = None
         self._args = -1
         if self.cgroup is not None:
+            self.cgroup.kill()  # under Landlock, a daemon that left the tree's group is here
             if self._done is not None:
                 self._done(self.cgroup)
             else:
@@ -602,6 +603,19 @@ class Jail:
         self._tidier: threading.Thread | None = None
         if self.mode != "off":
             cgroups.sweep()
+
+    def refusal(self) -> str | None:
+        """Why metasup must not start with this jail: a named mode this machine lacks, or
+        `required` with a guarantee not held. None when it may."""
+        sb, plan = self.sandbox, self.plan
+        if sb.mode in ("bwrap", "landlock") and plan.mode != sb.mode:
+            return f"sandbox.mode is {sb.mode}, but {plan.why}"
+        if sb.required and not plan.all_held:
+            missing = "; ".join(
+                f"{n}. not held: {why}" for n, (held, why) in enumerate(plan.held, 1) if not held
+            )
+            return f"sandbox.required is true, but {missing}"
+        return None
 
     def describe(self) -> str:
         if self.mode == "off":

@@ -270,16 +270,11 @@ class Supervisor:
     def _start_jail(self) -> None:
         """Probe the machine and settle the jail; refuse to start where the config asks for
         more than it offers (a named mode it lacks, or `required` with a guarantee not held)."""
-        sb = self.config.sandbox
-        self.jail = Jail(sb, self.config.health.max_memory_mb, self.reaper)
+        self.jail = Jail(self.config.sandbox, self.config.health.max_memory_mb, self.reaper)
+        refusal = self.jail.refusal()
+        if refusal is not None:
+            raise UserError(refusal)
         plan = self.jail.plan
-        if sb.mode in ("bwrap", "landlock") and plan.mode != sb.mode:
-            raise UserError(f"sandbox.mode is {sb.mode}, but {plan.why}")
-        if sb.required and not plan.all_held:
-            missing = "; ".join(
-                f"{n}. not held: {why}" for n, (held, why) in enumerate(plan.held, 1) if not held
-            )
-            raise UserError(f"sandbox.required is true, but {missing}")
         self.report({"event": "sandbox", "mode": plan.mode, "detail": self.jail.describe()})
         if plan.mode == "bwrap":
             # Held from now until the stop, for the agent and its servers alike.
@@ -716,9 +711,11 @@ class Supervisor:
         """The agent, started: in the jail made ahead when there is one, else in a new one
         (or none). SpawnError when it cannot start."""
         command = self.config.agent.command
+        if self.jail is None or not self.config.sandbox.applies("agent"):
+            return spawn(command, cwd=self.repo.workdir, env=env)
         view = self.jail_view(self.repo.workdir, holes)
         child = self._take_ahead()
-        if child is not None and child.jail is not None and self.jail is not None:
+        if child is not None and child.jail is not None:
             if findable(command[0], self.repo.workdir, env):
                 try:
                     self.jail.launch(child.jail, view, {**env, TREE_VAR: child.token})
@@ -729,11 +726,9 @@ class Supervisor:
                     return child
             else:
                 self._drop(child)  # a spawn below says the command is missing
-        jailed = None
-        if self.jail is not None and self.config.sandbox.applies("agent"):
-            # Without a network, $METASUP_API is bound into the jail before the agent starts.
-            hold = not self.config.sandbox.network and self.api is not None
-            jailed = self.jail.prepare(view, hold=hold)
+        # Without a network, $METASUP_API is bound into the jail before the agent starts.
+        hold = not self.config.sandbox.network and self.api is not None
+        jailed = self.jail.prepare(view, hold=hold)
         return spawn(command, cwd=self.repo.workdir, env=env, jail=jailed)
 
     def _spawn_ahead(self) -> None:
