@@ -32,7 +32,7 @@ from metasup.config import split_listen
 from metasup.faults import child_env
 from metasup.journal import StateDir, public_status
 from metasup.mcppolicy import GiveUp, RestartPolicy, after_failure
-from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
+from metasup.process import Child, Reaper, SpawnError, python_module, spawn, stop_tree
 
 # The server child: restarted at once, given up on after its 4th death within a minute.
 RESTARTS = RestartPolicy(initial=0.0, max=0.0, max_restarts=3, period=60.0)
@@ -95,9 +95,7 @@ class ApiProcess:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.child = spawn(
-                [
-                    sys.executable,
-                    "-m",
+                python_module(
                     "metasup.api",
                     "--fd",
                     str(self.sock.fileno()),
@@ -109,8 +107,8 @@ class ApiProcess:
                     str(self.config_path),
                     "--control",
                     str(theirs.fileno()),
-                ],
-                cwd=self.workdir,
+                ),
+                cwd=self.dirs.root,  # outside the tree
                 env=env,
                 capture=False,
                 stdin=True,  # its end of file tells the server the supervisor is gone

@@ -121,7 +121,7 @@ def run(
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     parse_config(text, path)  # every config error surfaces here, before anything starts
-    exec_core(path, config_digest(text), max_cycles, _DEBUG, plain)
+    exec_core(repo.workdir, path, config_digest(text), max_cycles, _DEBUG, plain)
 
 
 @app.command()

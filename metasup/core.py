@@ -15,6 +15,7 @@ from pathlib import Path
 
 from metasup.digest import sha256_hex
 from metasup.errors import ConfigError, UserError
+from metasup.process import python_module
 
 
 def config_digest(text: str) -> str:
@@ -22,10 +23,20 @@ def config_digest(text: str) -> str:
 
 
 def exec_core(
-    config: Path, digest: str, max_cycles: int | None, debug: bool, plain: bool = False
+    workdir: Path,
+    config: Path,
+    digest: str,
+    max_cycles: int | None,
+    debug: bool,
+    plain: bool = False,
 ) -> None:
-    """Replace the current process with the supervisor core. Does not return."""
-    argv = [sys.executable, "-m", "metasup.core", "--config", str(config), "--digest", digest]
+    """Replace the current process with the supervisor core. Does not return.
+
+    The core runs in isolated mode, from the filesystem's root: nothing in the working tree
+    can be imported by it (see `process.python_module`)."""
+    argv = python_module(
+        "metasup.core", "--repo", str(workdir), "--config", str(config), "--digest", digest
+    )
     if plain:
         argv.append("--plain")
     if max_cycles is not None:
@@ -34,11 +45,13 @@ def exec_core(
         argv.append("--debug")
     sys.stdout.flush()
     sys.stderr.flush()
+    os.chdir("/")
     os.execv(sys.executable, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="metasup run", description="internal: see `metasup run`")
+    parser.add_argument("--repo", type=Path, default=None)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--digest", required=True)
     parser.add_argument("--max-cycles", type=int)
@@ -50,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from metasup.gitrepo import GitRepo
         from metasup.supervisor import Supervisor
 
-        repo = GitRepo(Path.cwd())
+        repo = GitRepo(args.repo or Path.cwd())
         try:
             text = args.config.read_text(encoding="utf-8")
         except OSError as e:

@@ -173,7 +173,7 @@ def hooks_dir(workdir: Path) -> Path:
 def hook_script(python: str) -> str:
     return f"""#!/bin/sh
 {MARKER}: refuses commits that touch protected paths (`metasup hook install` wrote it).
-"{python}" -m metasup hook pre-commit || exit $?
+"{python}" -I -m metasup hook pre-commit || exit $?
 chained="$(dirname "$0")/{CHAINED}"
 if [ -x "$chained" ]; then
     exec "$chained" "$@"

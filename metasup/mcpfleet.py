@@ -17,7 +17,6 @@ import json
 import os
 import selectors
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from metasup.config import McpServerConfig
 from metasup.events import Event
 from metasup.faults import child_env
 from metasup.journal import StateDir
-from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
+from metasup.process import Child, Reaper, SpawnError, python_module, spawn, stop_tree
 
 Emit = Callable[..., object]
 Report = Callable[[dict[str, Any]], None]
@@ -113,8 +112,8 @@ class Fleet:
         log = (self.dirs.logs / "mcp-worker.log").open("ab")
         try:
             self.child = spawn(
-                [sys.executable, "-m", "metasup.mcpworker"],
-                cwd=self.workdir,
+                python_module("metasup.mcpworker"),
+                cwd=self.dirs.root,  # outside the tree
                 env=env,
                 stdin=True,
                 stderr=log,

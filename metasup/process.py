@@ -34,6 +34,15 @@ if TYPE_CHECKING:
     from metasup.jail import Prepared
 
 TREE_VAR = "METASUP_TREE"
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The command line of one of metasup's own processes: Python in isolated mode (-I), so
+    neither the working directory nor PYTHON* variables put code on its path: a `json.py` or a
+    `metasup/` the agent left in the tree is never imported."""
+    return [sys.executable, "-I", "-m", module, *args]
+
+
 PR_SET_CHILD_SUBREAPER = 36
 
 

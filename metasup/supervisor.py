@@ -56,6 +56,7 @@ from metasup.process import (
     kill_descendants,
     listen_in_netns,
     prune_logs,
+    python_module,
     signal_tree,
     spawn,
     stop_leftover_tree,
@@ -303,8 +304,8 @@ class Supervisor:
         env = child_env()
         try:
             self.view = spawn(
-                [sys.executable, "-m", "metasup.view", "--git-dir", str(self.repo.git_dir)],
-                cwd=self.repo.workdir,
+                python_module("metasup.view", "--git-dir", str(self.repo.git_dir)),
+                cwd=self.dirs.root,  # outside the tree
                 env=env,
                 capture=False,
                 stdin=True,
