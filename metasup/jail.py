@@ -199,9 +199,10 @@ _NAMESPACE_FLAGS = (
 )
 
 
-def bwrap_args(bwrap: str, view: View, gate: tuple[int, int] | None = None) -> list[str]:
-    """The bwrap command line that builds `view`; the command follows it. Pure."""
-    return [bwrap, *_NAMESPACE_FLAGS, *view_options(view, gate), "--"]
+def launcher_args(bwrap: str, options_fd: int) -> list[str]:
+    """bwrap's command line: the namespaces only; the rest of its options come from
+    `options_fd` (see `Prepared`), and the command follows. Pure."""
+    return [bwrap, *_NAMESPACE_FLAGS, "--args", str(options_fd), "--"]
 
 
 def view_options(view: View, gate: tuple[int, int] | None = None) -> list[str]:
@@ -631,40 +632,20 @@ class Jail:
         for `Prepared.open_gate` (time to bind the API into a jail without a network)."""
         if self.mode == "off":
             return None
-        m = machine()
-        cgroup = self._cgroup()
-        rlimits = _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
         if self.mode == "landlock":
+            cgroup = self._cgroup()
             join = cgroup.join_paths() if cgroup else []
-            preexec = landlock.preexec(join, rlimits, landlock.rules(view.tree, view.writable))
+            preexec = landlock.preexec(
+                join, self._rlimits(cgroup), landlock.rules(view.tree, view.writable)
+            )
             return Prepared(self.mode, [], preexec, cgroup, _done=self._retire)
-        assert m.bwrap is not None
-        for w in view.writable:
-            with contextlib.suppress(OSError):
-                w.mkdir(parents=True, exist_ok=True)
-        view = replace(settle(view), tmp_overlay=m.tmp_overlay)
-        self.hold_placeholders(view)
-        args_r, args_w = os.pipe2(os.O_CLOEXEC)
-        pass_fds: tuple[int, ...] = (args_r,)
+        view = self._settle(view)
         gate = ours = None
         if hold:
             block_r, block_w = os.pipe2(os.O_CLOEXEC)
             info_r, info_w = os.pipe2(os.O_CLOEXEC)
             gate, ours = (block_r, info_w), (block_w, info_r)
-            pass_fds += gate
-        return Prepared(
-            self.mode,
-            [m.bwrap, *_NAMESPACE_FLAGS, "--args", str(args_r), "--"],
-            None,
-            cgroup,
-            rlimits,
-            pass_fds,
-            hold,
-            ours,
-            _done=self._retire,
-            _args=args_w,
-            _options=view_options(view, gate),
-        )
+        return self._bwrap(view_options(view, gate), gate or (), ours)
 
     def ahead(self) -> Prepared | None:
         """A jail made ahead of its launch (bwrap only): spawned now, bwrap waits to read its
@@ -675,22 +656,52 @@ class Jail:
         launch, bwrap reads no options, finds an empty root and the command fails to start."""
         if self.mode != "bwrap":
             return None
-        m = machine()
-        assert m.bwrap is not None
-        cgroup = self._cgroup()
-        rlimits = _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
-        r, w = os.pipe2(os.O_CLOEXEC)
-        prefix = [m.bwrap, *_NAMESPACE_FLAGS, "--args", str(r), "--"]
-        return Prepared(self.mode, prefix, None, cgroup, rlimits, (r,), _done=self._retire, _args=w)
+        return self._bwrap(None)
 
     def launch(self, prepared: Prepared, view: View, env: Mapping[str, str]) -> None:
         """Start a jail made ahead in `view`, with `env` as the command's whole environment."""
-        view = replace(settle(view), tmp_overlay=machine().tmp_overlay)
-        self.hold_placeholders(view)
-        options = [*view_options(view), "--clearenv"]
+        options = [*view_options(self._settle(view)), "--clearenv"]
         for key, value in env.items():
             options += ["--setenv", key, value]
         prepared.fill(options)
+
+    def _bwrap(
+        self,
+        options: list[str] | None,
+        gate: tuple[int, ...] = (),
+        ours: tuple[int, int] | None = None,
+    ) -> Prepared:
+        """bwrap with its cgroup and rlimits; `options`: written once it is confined (None:
+        at its launch); `gate`: the child's ends of its gate, `ours` ours."""
+        bwrap = machine().bwrap
+        assert bwrap is not None
+        cgroup = self._cgroup()
+        args_r, args_w = os.pipe2(os.O_CLOEXEC)
+        return Prepared(
+            self.mode,
+            launcher_args(bwrap, args_r),
+            None,
+            cgroup,
+            self._rlimits(cgroup),
+            (args_r, *gate),
+            ours is not None,
+            ours,
+            _done=self._retire,
+            _args=args_w,
+            _options=options,
+        )
+
+    def _settle(self, view: View) -> View:
+        """`view` as bwrap will build it now: its writable folders and placeholders there."""
+        for w in view.writable:
+            with contextlib.suppress(OSError):
+                w.mkdir(parents=True, exist_ok=True)
+        view = replace(settle(view), tmp_overlay=machine().tmp_overlay)
+        self.hold_placeholders(view)
+        return view
+
+    def _rlimits(self, cgroup: Cgroup | None) -> list[tuple[int, int]]:
+        return _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
 
     def _cgroup(self) -> Cgroup | None:
         kind = machine().cgroup

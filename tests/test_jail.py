@@ -16,12 +16,13 @@ from metasup.jail import (
     Jail,
     Machine,
     View,
-    bwrap_args,
+    launcher_args,
     literal_paths,
     machine,
     make_view,
     plan,
     settle,
+    view_options,
 )
 
 FULL = Machine("/usr/bin/bwrap", True, "namespaces work", 7, "v1", "cgroup v1")
@@ -82,10 +83,12 @@ def test_a_worktree_inside_the_common_git_dir_is_bound_below_it(tmp_path: Path) 
     tree = common / "metasup" / "worktrees" / "cand-0"
     tree.mkdir(parents=True)
     view = View(tree=tree, cwd=tree, readonly=(common, tree / ".git"))
-    args = bwrap_args("bwrap", view)
+    args = view_options(view)
     assert args.index(str(common)) < args.index("--bind") < args.index(str(tree / ".git"))
-    assert args[-1] == "--" and "--unshare-net" not in args
-    assert "--unshare-net" in bwrap_args("bwrap", View(tree=tree, cwd=tree, network=False))
+    assert "--unshare-net" not in args
+    assert "--unshare-net" in view_options(View(tree=tree, cwd=tree, network=False))
+    launcher = launcher_args("bwrap", 7)
+    assert launcher[-3:] == ["--args", "7", "--"] and "--cap-drop" in launcher
 
 
 def test_the_view_holds_git_dirs_protected_paths_and_missing_ones(tmp_path: Path) -> None:
