@@ -310,6 +310,15 @@ def decide(
             Phase.GOOD,
             Phase.STOPPING,
         ):
+            if state.phase is Phase.RUNNING and runtime >= settings.min_runtime:
+                # It lived its min_runtime (on the monotonic clock) but the timer was not seen
+                # first: the supervisor was paused or busy. Judged by the runtime, not the
+                # order the two observations arrived in: it is good, then it exited.
+                assert state.commit is not None
+                marked: list[Action] = [] if state.good == state.commit else [MarkGood(state.commit)]
+                good = replace(state, phase=Phase.GOOD, good=state.commit)
+                after, actions = _on_exit(settings, good, code, runtime)
+                return after, [*marked, *actions]
             return _on_exit(settings, state, code, runtime)
 
         case BackoffElapsed() if state.phase is Phase.BACKOFF:

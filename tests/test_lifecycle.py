@@ -95,6 +95,15 @@ def test_quick_exit_rolls_back_to_good() -> None:
     ]
 
 
+def test_an_exit_past_min_runtime_is_never_a_quick_failure() -> None:
+    """The supervisor was paused: the exit arrives before the min_runtime timer it outlived."""
+    state, actions = decide(S, at(Phase.RUNNING), Exited(code=1, runtime=S.min_runtime + 4))
+    assert not any(isinstance(a, QuickFailure) for a in actions)
+    assert actions[0] == MarkGood("c" * 40)
+    assert state.good == "c" * 40 and state.consecutive_failures == 0
+    assert state.phase in (Phase.BACKOFF, Phase.STARTING)
+
+
 def test_quick_exit_by_signal_names_the_signal() -> None:
     _, actions = decide(S, at(Phase.RUNNING), Exited(code=-9, runtime=0.1))
     qf = actions[-1]
