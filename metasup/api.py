@@ -33,6 +33,8 @@ from metasup.faults import child_env
 from metasup.journal import StateDir, public_status
 from metasup.mcppolicy import GiveUp, RestartPolicy, after_failure
 from metasup.process import Child, Reaper, SpawnError, python_module, spawn, stop_tree
+from metasup.safeio import read_regular
+from metasup.statefile import clean_state
 
 # The server child: restarted at once, given up on after its 4th death within a minute.
 RESTARTS = RestartPolicy(initial=0.0, max=0.0, max_restarts=3, period=60.0)
@@ -262,10 +264,10 @@ class Api:
         key = (st.st_mtime_ns, st.st_size)
         if key != self._state_key:
             try:
-                doc = json.loads(self.dirs.state.read_bytes())
+                doc = json.loads(read_regular(self.dirs.state) or b"{}")
             except (OSError, ValueError):
                 return self._state  # caught mid-replace is impossible, but a reader may race
-            self._state, self._state_key = doc if isinstance(doc, dict) else {}, key
+            self._state, self._state_key = clean_state(doc), key
         return self._state
 
     def status(self) -> dict[str, Any]:

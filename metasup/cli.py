@@ -340,9 +340,10 @@ def experiment(
     --dry-run: when one would be), 1 when none passed.
     """
     from metasup.experiments import Experimenter
-    from metasup.journal import StateDir, locked_journal, read_json
+    from metasup.journal import StateDir, locked_journal
     from metasup.policy import load_policy
     from metasup.process import Reaper, become_subreaper
+    from metasup.statefile import read_state
 
     repo = _repo()
     cfg = _config(repo.workdir, config)
@@ -353,8 +354,7 @@ def experiment(
         become_subreaper()  # so what an evaluator leaves behind is found and stopped
         runner = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
         runner.clean_leftovers()
-        state = read_json(dirs.state)
-        run = int(state.get("run") or 0) if isinstance(state, dict) else 0
+        run = int(read_state(dirs.state).get("run") or 0)
 
         def before_merge() -> None:
             # Nothing uncommitted may be lost to the merge's checkout.
@@ -427,7 +427,8 @@ def rollback_cmd(
     from metasup import rollback
     from metasup.errors import ConfigError
     from metasup.gitrepo import GOOD_REF
-    from metasup.journal import StateDir, locked_journal, read_json
+    from metasup.journal import StateDir, locked_journal
+    from metasup.statefile import read_state
 
     repo = _repo()
     try:
@@ -440,16 +441,13 @@ def rollback_cmd(
         keep = ()  # no config at all: nothing to preserve
     dirs = StateDir.for_git_dir(repo.git_dir)
     with locked_journal(dirs, str(repo.workdir)) as journal:
-        left = rollback.pending(dirs.intent)
+        left = rollback.resume(repo, dirs.intent, dirs.events, dirs.preserve, keep, journal.append)
         if left is not None:
-            left["resumed"] = True
-            rollback.carry_out(repo, left, keep, dirs.intent, journal.append)
             typer.echo(f"finished an interrupted rollback to {left['target'][:12]}")
         if to is None and repo.good() is None:
             raise UserError(f"no good commit yet ({GOOD_REF}); pass --to REF")
         target = repo.check_rollback_target(to or GOOD_REF, failed=None)
-        state = read_json(dirs.state)
-        run = int(state.get("run") or 0) if isinstance(state, dict) else 0
+        run = int(read_state(dirs.state).get("run") or 0)
         intent = rollback.plan(
             run, repo.head(), target, "manual", dirs.preserve / "manual", by="operator"
         )

@@ -24,6 +24,8 @@ from typing import Any
 
 from metasup.digest import sha256_hex
 from metasup.errors import RepoBusyError
+from metasup.safeio import read_regular
+from metasup.statefile import read_state
 
 GENESIS = "0" * 64
 _TAIL_WINDOW = 1 << 20
@@ -240,10 +242,16 @@ def write_json_atomic(path: Path, data: Any, *, sync: bool = True) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """The document at `path`; None when it is missing, not JSON, or no regular file (a fifo
+    there would block the reader for ever)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        data = read_regular(path)
+    except OSError:
         return None
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
     except ValueError:
         return None
 
@@ -349,9 +357,9 @@ def recorded_trees(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def current_status(dirs: StateDir) -> tuple[dict[str, Any], bool]:
     """The status document (`state.json`) and whether a supervisor holds the repository now."""
-    doc = read_json(dirs.state)
+    doc = read_state(dirs.state)
     holder = holder_pid(dirs.lock)
-    if not isinstance(doc, dict):
+    if not doc:
         doc = {"status": "stopped", "run": 0, "note": "no supervisor has run in this repository"}
     elif holder is None and doc.get("status") == "running":
         # It was killed without a chance to record its end.

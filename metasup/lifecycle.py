@@ -315,9 +315,11 @@ def decide(
                 # first: the supervisor was paused or busy. Judged by the runtime, not the
                 # order the two observations arrived in: it is good, then it exited.
                 assert state.commit is not None
-                marked: list[Action] = [] if state.good == state.commit else [MarkGood(state.commit)]
-                good = replace(state, phase=Phase.GOOD, good=state.commit)
-                after, actions = _on_exit(settings, good, code, runtime)
+                marked: list[Action] = (
+                    [] if state.good == state.commit else [MarkGood(state.commit)]
+                )
+                lived = replace(state, phase=Phase.GOOD, good=state.commit)
+                after, actions = _on_exit(settings, lived, code, runtime)
                 return after, [*marked, *actions]
             return _on_exit(settings, state, code, runtime)
 

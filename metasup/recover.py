@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from metasup import rollback
 from metasup.errors import UserError
@@ -25,14 +23,11 @@ from metasup.journal import (
     holder_pid,
     locked_journal,
     read_events,
-    read_json,
     recorded_trees,
     write_json_atomic,
 )
 from metasup.process import stop_leftover_tree
-
-# Events whose `commit` (or `good`) is a commit metasup held good.
-GOOD_EVENTS = {"mark_good": "commit", "merged": "commit", "approved": "good", "recovered": "to"}
+from metasup.statefile import read_state
 
 
 @dataclass
@@ -41,18 +36,6 @@ class Recovery:
     source: str  # "good ref" or "journal (<event> #seq)"
     archive: str | None
     stopped: int
-
-
-def good_candidates(records: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(commit, where it was marked good), newest first."""
-    found = []
-    for record in records:
-        field = GOOD_EVENTS.get(str(record.get("event")))
-        commit = record.get(field) if field else None
-        if isinstance(commit, str) and len(commit) == 40:
-            found.append((commit, f"journal ({record['event']} #{record.get('seq')})"))
-    found.reverse()
-    return found
 
 
 def stop_everything(dirs: StateDir, timeout: float = 30.0) -> int:
@@ -70,10 +53,8 @@ def stop_everything(dirs: StateDir, timeout: float = 30.0) -> int:
             if time.monotonic() > deadline:
                 raise UserError(f"the supervisor (pid {pid}) did not stop within {timeout:g}s")
             time.sleep(0.05)  # waiting for a process we signalled, bounded by the deadline
-    state = read_json(dirs.state)
-    if isinstance(state, dict):
-        for tree in recorded_trees(state):
-            stopped += stop_leftover_tree(tree.get("pgid"), str(tree["token"]), signal.SIGTERM, 5.0)
+    for tree in recorded_trees(read_state(dirs.state)):
+        stopped += stop_leftover_tree(tree.get("pgid"), str(tree["token"]), signal.SIGTERM, 5.0)
     return stopped
 
 
@@ -81,13 +62,12 @@ def recover(repo: GitRepo, keep: tuple[str, ...]) -> Recovery:
     dirs = StateDir.for_git_dir(repo.git_dir)
     stopped = stop_everything(dirs)
     with locked_journal(dirs, str(repo.workdir)) as journal:
-        left = rollback.pending(dirs.intent)
-        if left is not None:  # an interrupted rollback is finished first
-            left["resumed"] = True
-            rollback.carry_out(repo, left, keep, dirs.intent, journal.append)
+        # An interrupted rollback is finished first; one metasup cannot vouch for is archived
+        # around and refused.
+        rollback.resume(repo, dirs.intent, dirs.events, dirs.preserve, keep, journal.append)
         target, source = _target(repo, dirs)
-        state = read_json(dirs.state)
-        run = int(state.get("run") or 0) if isinstance(state, dict) else 0
+        state = read_state(dirs.state)
+        run = int(state.get("run") or 0)
         intent = rollback.plan(run, repo.head(), target, "recover", dirs.preserve / "recover")
         done = rollback.carry_out(repo, intent, keep, dirs.intent, journal.append)
         if repo.good() != target:
@@ -95,7 +75,7 @@ def recover(repo: GitRepo, keep: tuple[str, ...]) -> Recovery:
         journal.append(
             Event.RECOVERED, to=target, source=source, archive=done.get("archive"), stopped=stopped
         )
-        if isinstance(state, dict):
+        if state:
             state.update(
                 status="stopped",
                 phase="stopped",
@@ -119,7 +99,7 @@ def _target(repo: GitRepo, dirs: StateDir) -> tuple[str, str]:
             return repo.check_rollback_target(GOOD_REF, failed=None), "good ref"
     except (RollbackRefused, ValueError, OSError):
         pass  # missing object or an unreadable ref: look in the journal
-    for commit, source in good_candidates(read_events(dirs.events)):
+    for commit, source in rollback.good_candidates(read_events(dirs.events)):
         if repo.commit_exists(commit):
             return commit, source
     raise NothingToRecoverTo(

@@ -9,16 +9,21 @@ intent at its next start and finishes the job. Used by the loop on a quick failu
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from metasup import preserve
+from metasup.errors import UserError
 from metasup.events import Event
 from metasup.faults import crashpoint
 from metasup.gitrepo import GitRepo
-from metasup.journal import read_json, write_json_atomic
+from metasup.journal import read_events, read_json, write_json_atomic
+from metasup.safeio import NotRegular, real_folder
+from metasup.statefile import intent_problem
 
 Emit = Callable[..., object]  # emit(event, **fields): journal the event, report it
 
@@ -49,6 +54,93 @@ def pending(intent_path: Path) -> dict[str, Any] | None:
     if isinstance(intent, dict) and intent.get("op") == "rollback":
         return intent
     return None
+
+
+# Events whose `commit` (or `good`, or `to`) is a commit metasup held good.
+GOOD_EVENTS = {"mark_good": "commit", "merged": "commit", "approved": "good", "recovered": "to"}
+STAGING_NAMES = re.compile(r"run-[0-9]+|recover|manual")
+
+
+def good_candidates(records: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(commit, where it was marked good), newest first."""
+    found = []
+    for record in records:
+        field = GOOD_EVENTS.get(str(record.get("event")))
+        commit = record.get(field) if field else None
+        if isinstance(commit, str) and len(commit) == 40:
+            found.append((commit, f"journal ({record['event']} #{record.get('seq')})"))
+    found.reverse()
+    return found
+
+
+def resume_problem(intent: dict[str, Any], preserve_root: Path, good: set[str]) -> str | None:
+    """Why a half-done rollback found at start must not be resumed; None when it may be.
+
+    The intent file is as writable as the tree when the jail is off: a forged one could aim
+    the reset at a commit the agent built, or name any folder as its staging area."""
+    problem = intent_problem(intent)
+    if problem is not None:
+        return f"the intent is malformed ({problem})"
+    target = str(intent["target"])
+    if target not in good:
+        return f"its target {target[:12]} was never recorded good in the journal"
+    staging = Path(intent["staging"])
+    if staging.parent != preserve_root or not STAGING_NAMES.fullmatch(staging.name):
+        return f"its staging folder {staging} is not metasup's own"
+    try:
+        real_folder(preserve_root)
+        if staging.exists() or staging.is_symlink():
+            real_folder(staging)
+    except NotRegular as e:
+        return f"its staging folder is not metasup's own: {e.path} is {e.kind}"
+    return None
+
+
+class UntrustedIntent(UserError):
+    """A half-done rollback metasup did not write: archived around, never carried out."""
+
+
+def resume(
+    repo: GitRepo,
+    intent_path: Path,
+    events_path: Path,
+    preserve_root: Path,
+    keep: Sequence[str],
+    emit: Emit,
+) -> dict[str, Any] | None:
+    """Finish the rollback a killed process left half done, if metasup can vouch for it.
+
+    Otherwise the current state is archived (nothing is lost), the intent is set aside next to
+    itself, and UntrustedIntent says why; the next start goes on from the current state."""
+    intent = pending(intent_path)
+    if intent is None:
+        return None
+    good = {commit for commit, _ in good_candidates(read_events(events_path))}
+    problem = resume_problem(intent, preserve_root, good)
+    if problem is None:
+        intent["resumed"] = True
+        return carry_out(repo, intent, keep, intent_path, emit)
+    archive = repo.archive("untrusted-intent", int(intent.get("run") or 0) if _nat(intent) else 0)
+    if archive is not None:
+        emit(
+            Event.ARCHIVE,
+            ref=archive.ref,
+            commit=archive.commit,
+            dirty=archive.dirty,
+            reason="untrusted_intent",
+        )
+    aside = intent_path.with_name(f"intent.refused-{int(time.time())}.json")
+    os.replace(intent_path, aside)
+    kept = f"; the current state was archived as {archive.ref}" if archive else ""
+    raise UntrustedIntent(
+        f"a half-done rollback was found and not resumed: {problem}{kept}. Its intent was set "
+        f"aside as {aside.name}; start again to go on from the current state"
+    )
+
+
+def _nat(intent: dict[str, Any]) -> bool:
+    run = intent.get("run")
+    return isinstance(run, int) and not isinstance(run, bool) and run >= 0
 
 
 def carry_out(

@@ -35,7 +35,6 @@ from metasup.journal import (
     RepoLock,
     StateDir,
     human_duration,
-    read_json,
     recorded_trees,
     tail_events,
     utc_now,
@@ -63,6 +62,7 @@ from metasup.process import (
     stop_tree,
     tree_members,
 )
+from metasup.statefile import read_state
 
 if TYPE_CHECKING:
     from metasup.api import ApiProcess
@@ -247,8 +247,7 @@ class Supervisor:
                 branch=self.repo.branch,
                 config=str(self.config.path),
             )
-            previous = read_json(self.dirs.state)
-            previous = previous if isinstance(previous, dict) else {}
+            previous = read_state(self.dirs.state)
             # Run numbers go on from the last supervisor's: logs and notes stay unambiguous.
             self.state = lifecycle.LoopState(run=int(previous.get("run") or 0))
             self._stop_leftovers(previous)
@@ -1212,6 +1211,9 @@ class Supervisor:
         done = rollback.carry_out(
             self.repo, intent, self.config.rollback.preserve, self.dirs.intent, self._emit
         )
+        return self._rolled_back(done)
+
+    def _rolled_back(self, done: dict[str, Any]) -> lifecycle.Observation:
         self.counters.rollbacks += 1
         self.last_archive = done.get("archive") or self.last_archive
         self._write_recovery(done)
@@ -1225,8 +1227,16 @@ class Supervisor:
         self.report(
             {"event": "resuming_rollback", "step": intent.get("step"), "run": intent.get("run")}
         )
-        intent["resumed"] = True
-        self._carry_out(intent)
+        done = rollback.resume(
+            self.repo,
+            self.dirs.intent,
+            self.dirs.events,
+            self.dirs.preserve,
+            self.config.rollback.preserve,
+            self._emit,
+        )
+        if done is not None:
+            self._rolled_back(done)
 
     def _write_recovery(self, intent: dict[str, Any]) -> None:
         note = {

@@ -3,14 +3,20 @@ branch and its clock. Each test plays the agent with the jail off and checks the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import (
     agent_config,
+    events,
+    git,
     names,
+    run_metasup,
     start_metasup,
     wait_for,
     write_config,
@@ -61,3 +67,81 @@ def test_a_run_that_outlived_min_runtime_while_the_supervisor_was_paused_is_no_q
     seen = names(repo)
     assert "exit" in seen
     assert "rollback" not in seen and "archive" not in seen, seen
+
+
+def test_a_forged_state_file_is_read_as_untrusted_input(repo: Path) -> None:
+    (repo / "agent.py").write_text("print('ok')\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    forged = {
+        "status": "running",
+        "run": "many",
+        "agent": {"pid": 1, "pgid": 1, "token": ["x"], "rss_mb": "lots"},
+        "helper_trees": "all of them",
+        "mcp": {"x": "y"},
+        "experiments": [1, 2],
+        "last_exit": 7,
+    }
+    state_file = repo / ".git" / "metasup" / "state.json"
+    state_file.parent.mkdir(parents=True)
+    # `status` exits 1: no supervisor runs.
+    for command, code in (
+        (["status"], 1),
+        (["status", "--json"], 1),
+        (["run", "--max-cycles", "1"], 0),
+        (["recover"], 0),
+    ):
+        state_file.write_text(json.dumps(forged))
+        out = run_metasup(repo, *command)
+        assert out.returncode == code, (command, out.stderr)
+        assert "Traceback" not in out.stderr + out.stdout, command
+    assert "launch" in names(repo)
+
+
+@pytest.mark.parametrize("forged", ["target", "staging"])
+def test_a_forged_half_done_rollback_is_never_resumed(
+    repo: Path, tmp_path: Path, forged: str
+) -> None:
+    (repo / "agent.py").write_text("print('ok')\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+    good = git(repo, "rev-parse", "refs/metasup/good").strip()
+    # The agent's move: a commit of its own, uncommitted work, a folder it wants gone, and an
+    # intent that would reset the tree to that commit and delete the folder as "staging".
+    tree = git(repo, "rev-parse", "HEAD^{tree}").strip()
+    built = git(repo, "commit-tree", tree, "-p", good, "-m", "agent's own").strip()
+    (repo / "work.txt").write_text("uncommitted work\n")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious\n")
+    intent = {
+        "op": "rollback",
+        "run": 9,
+        "failed": None,
+        "target": built if forged == "target" else good,
+        "reason": "exit 1",
+        "staging": str(victim if forged == "staging" else repo / ".git/metasup/preserve/run-9"),
+        "step": "stashed",
+    }
+    state_dir = repo / ".git" / "metasup"
+    (state_dir / "intent.json").write_text(json.dumps(intent))
+
+    out = run_metasup(repo, "run", "--max-cycles", "1")
+    assert out.returncode == 2, out.stderr
+    assert "not resumed" in out.stderr and "Traceback" not in out.stderr
+    assert (victim / "keep.txt").read_text() == "precious\n"
+    assert (repo / "work.txt").read_text() == "uncommitted work\n"
+    assert git(repo, "rev-parse", "HEAD").strip() != built
+    archives = git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/archive/").split()
+    assert any("untrusted-intent" in a for a in archives)
+    latest = [a for a in archives if "untrusted-intent" in a][-1]
+    assert git(repo, "show", f"{latest}:work.txt") == "uncommitted work\n"
+    assert not (state_dir / "intent.json").exists()
+    assert list(state_dir.glob("intent.refused-*.json"))
+
+    # The next start goes on from the current state; the agent's commit never runs.
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+    launched = [e["commit"] for e in events(repo) if e["event"] == "launch"]
+    assert built not in launched and len(launched) == 2
+    assert git(repo, "fsck", "--no-dangling").strip() == ""

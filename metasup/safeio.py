@@ -1,0 +1,99 @@
+"""Reading and opening paths the agent may have replaced, without trusting what is there.
+
+A symlink is not followed and a fifo, socket or device is never read: opening a fifo for reading
+blocks until a writer comes, which is how an agent could freeze the supervisor for ever. Every
+open here is `O_NOFOLLOW | O_NONBLOCK`, and the kind of file is checked on the open descriptor,
+so a swap between a check and the open changes nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR = _READ | os.O_DIRECTORY
+
+
+class NotRegular(OSError):
+    """A path that should be a regular file (or a folder) is something else."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"{path} is {kind}, not a regular file")
+        self.path = path
+        self.kind = kind
+
+
+def kind_of(mode: int) -> str:
+    """What a file of this mode is, for an error message."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a fifo"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a regular file"
+
+
+def is_special(mode: int) -> bool:
+    """A fifo, socket or device: something that may block or answer, never content."""
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def open_regular(path: Path) -> int:
+    """A read descriptor on `path`, a regular file reached without a symlink at its last step.
+
+    FileNotFoundError when missing; NotRegular for anything else."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegular(path, "a symbolic link") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegular(path, kind_of(mode))
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path, limit: int = 1 << 30) -> bytes | None:
+    """The bytes of a regular file (at most `limit`); None when it is missing.
+    NotRegular when it is a symlink, a fifo, a socket, a device or a folder."""
+    try:
+        fd = open_regular(path)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def real_folder(path: Path) -> bool:
+    """`path` is a folder and no symlink: True; missing: False; anything else: NotRegular."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotRegular(path, kind_of(st.st_mode))
+    return True
