@@ -29,6 +29,7 @@ from pygit2.enums import CheckoutStrategy, FileStatus
 
 from metasup.errors import UserError
 from metasup.faults import crashpoint, is_armed
+from metasup.safeio import is_special, read_regular
 
 GOOD_REF = "refs/metasup/good"
 ARCHIVE_PREFIX = "refs/metasup/archive/"
@@ -492,11 +493,7 @@ class GitRepo:
             return True
         if target.is_symlink():
             target.unlink()  # never write through a link
-        # Rewritten in place: the path never goes missing under a reader.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob.data)
-        target.chmod(0o755 if mode == pygit2.enums.FileMode.BLOB_EXECUTABLE else 0o644)
+        _write_file(target, blob.data, mode == pygit2.enums.FileMode.BLOB_EXECUTABLE)
         return True
 
     def archive(self, reason: str, run: int) -> Archive | None:
@@ -559,6 +556,7 @@ class GitRepo:
         """
         self.clear_stale_locks()
         commit = self.repo[target].peel(pygit2.Commit)
+        self.clear_special_in(self.repo)
         extra = {"callbacks": _CrashMidCheckout()} if is_armed("reset:mid-checkout") else {}
         self.repo.checkout_tree(  # type: ignore[no-untyped-call]
             commit.tree,
@@ -732,6 +730,7 @@ class GitRepo:
             return path
         tree_repo = pygit2.Repository(str(path))
         target = tree_repo[commit].peel(pygit2.Commit)
+        self.clear_special_in(tree_repo)
         tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
             target.tree,
             strategy=CheckoutStrategy.FORCE
@@ -797,6 +796,16 @@ class GitRepo:
         )
         return new, fast
 
+    @staticmethod
+    def clear_special_in(repo: pygit2.Repository) -> list[str]:
+        """Special files where the index has a file (libgit2 reports them deleted): gone
+        before a checkout that would block on them."""
+        status = repo.status(untracked_files="no")
+        suspect = [
+            p for p, f in status.items() if f & (FileStatus.WT_DELETED | FileStatus.WT_TYPECHANGE)
+        ]
+        return clear_special(Path(repo.workdir), suspect) if suspect else []
+
     def set_good(self, sha: str) -> None:
         self.repo.references.create(GOOD_REF, sha, force=True)
 
@@ -816,19 +825,88 @@ class _CrashMidCheckout(pygit2.CheckoutCallbacks):
             crashpoint("reset:mid-checkout")
 
 
+# Bits a protected file must not carry: set-id and sticky. Group and other bits stay the
+# operator's (a umask of 077 is theirs to keep).
+_ODD_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
+
 def _same_file(path: Path, data: bytes, filemode: int) -> bool:
+    """`path` is exactly this blob: same content, git's exec bit, owner read-write, no odd
+    bits, and no second name (a hard link would let the agent write it under another)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return False
     if filemode == pygit2.enums.FileMode.LINK:
         return stat.S_ISLNK(st.st_mode) and os.readlink(path).encode() == data
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         return False
     executable = bool(st.st_mode & stat.S_IXUSR)
     if executable != (filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE):
         return False
-    return path.read_bytes() == data
+    owner_rw = stat.S_IRUSR | stat.S_IWUSR
+    if st.st_mode & owner_rw != owner_rw or st.st_mode & _ODD_BITS:
+        return False
+    try:
+        return read_regular(path, limit=len(data) + 1) == data
+    except OSError:
+        return False  # swapped for a fifo or a link since the lstat
+
+
+def _write_file(target: Path, data: bytes, executable: bool) -> None:
+    """`target` as a regular file holding `data`, one name only, never blocking.
+
+    Rewritten in place where it is a plain file (the path never goes missing under a reader);
+    a hard link, a fifo, a socket or a device is replaced by a new file renamed over it, so no
+    other name shares what is written and no open can wait for a peer."""
+    perm = 0o755 if executable else 0o644
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(target, flags, perm)
+    except OSError:
+        fd = -1  # a fifo with no reader (ENXIO), a socket: replaced below
+    if fd >= 0:
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                os.ftruncate(fd, 0)
+                _write_all(fd, data)
+                os.fchmod(fd, perm)
+                return
+        finally:
+            os.close(fd)
+    tmp = target.with_name(f".{target.name}.metasup-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
+    try:
+        _write_all(fd, data)
+        os.fchmod(fd, perm)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def clear_special(workdir: Path, paths: Iterable[str]) -> list[str]:
+    """Remove fifos, sockets and devices standing at `paths`: a checkout that meets one opens
+    it for writing and waits for a reader for ever. Returns the ones removed."""
+    removed = []
+    for rel in paths:
+        full = workdir / rel
+        try:
+            st = os.lstat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if is_special(st.st_mode):
+            os.unlink(full)
+            removed.append(rel)
+    return removed
 
 
 def _make_dirs(workdir: Path, path: str) -> None:

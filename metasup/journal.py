@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -24,11 +25,12 @@ from typing import Any
 
 from metasup.digest import sha256_hex
 from metasup.errors import RepoBusyError
-from metasup.safeio import read_regular
+from metasup.safeio import open_regular, read_regular
 from metasup.statefile import read_state
 
 GENESIS = "0" * 64
 _TAIL_WINDOW = 1 << 20
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 @dataclass(frozen=True)
@@ -256,35 +258,80 @@ def read_json(path: Path) -> Any:
         return None
 
 
+class LockLost(RepoBusyError):
+    """The lock file was replaced or removed while held: another supervisor may start beside
+    this one, so this one stops before it touches git again."""
+
+
 class RepoLock:
-    """One supervisor per repository."""
+    """One supervisor per repository.
+
+    The flock is the truth: the kernel drops it when its holder dies and names the holder in
+    its lock table. The pid written in the file is for people only; nothing here reads it."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
         self.what = what
         self._fd = -1
+        self._id: tuple[int, int] = (0, 0)
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
+        while True:
+            try:
+                fd = os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
+                )
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise RepoBusyError(f"{self.path} is a symbolic link; remove it") from None
+                raise
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    holder = holder_pid(self.path)
+                    who = f"pid {holder}" if holder else "another process"
+                    raise RepoBusyError(
+                        f"another metasup ({who}) already supervises {self.what}; stop it first"
+                    ) from None
+                raise
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise RepoBusyError(f"{self.path} is not a regular file; remove it")
+            self._fd, self._id = fd, (st.st_dev, st.st_ino)
+            if self.held():
+                break
+            # Unlinked or replaced between our open and our lock: lock what is there now.
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                holder = holder_pid(self.path)
-                who = f"pid {holder}" if holder else "another process"
-                raise RepoBusyError(
-                    f"another metasup ({who}) already supervises {self.what}; stop it first"
-                ) from None
-            raise
+            self._fd = -1
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+
+    def held(self) -> bool:
+        """The file at the path is still the one this process locked."""
+        if self._fd < 0:
+            return False
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._id
+
+    def check(self) -> None:
+        """LockLost unless the lock is still ours, at its path."""
+        if not self.held():
+            raise LockLost(
+                f"{self.path} was removed or replaced while this supervisor held it: a second "
+                "metasup could start beside it, so this one stops before touching git again"
+            )
 
     def release(self) -> None:
         if self._fd >= 0:
-            os.ftruncate(self._fd, 0)
+            if self.held():
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = -1
 
@@ -310,21 +357,52 @@ def locked_journal(dirs: StateDir, what: str) -> Iterator[Journal]:
 
 
 def holder_pid(path: Path) -> int | None:
-    """The pid of the live supervisor holding the lock at `path`, or None when nobody does."""
+    """The pid holding the lock at `path` as the kernel's lock table names it (-1 when it is
+    held by a process this namespace cannot see); None when nobody holds it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
+        fd = open_regular(path)
+    except OSError:
+        return None  # missing, or a symlink or fifo: no supervisor locks that
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
+            st = os.fstat(fd)
+            holders = lock_holders(st.st_dev, st.st_ino)
+            return holders[0] if holders else -1
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def lock_holders(dev: int, ino: int, table: str = "/proc/locks") -> list[int]:
+    """Pids holding an flock on the file (dev, ino), from the kernel's lock table."""
+    try:
+        with open(table, encoding="ascii") as f:
+            text = f.read()
+    except OSError:
+        return []
+    return parse_lock_table(text, dev, ino)
+
+
+def parse_lock_table(text: str, dev: int, ino: int) -> list[int]:
+    """The FLOCK holders of (dev, ino) in `/proc/locks` text (waiters, marked `->`, left out)."""
+    want = (os.major(dev), os.minor(dev), ino)
+    pids = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            key = (int(major, 16), int(minor, 16), int(inode))
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        if key == want and pid > 0:
+            pids.append(pid)
+    return pids
 
 
 def human_duration(seconds: float) -> str:

@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KEEP_RUN_LOGS = 200
 LOOP_TIMERS = ("min_runtime", "backoff", "health")
+# Actions that write to git: each waits until the repository lock is known to be still ours.
+GIT_ACTIONS = (lifecycle.Snapshot, lifecycle.MarkGood, lifecycle.QuickFailure)
 INBOX_GRACE_S = 0.25  # after a bare creation in the inbox, before claiming it
 TAMPER_RECHECK_S = 0.02  # after a restore, a look again for a write that raced it
 
@@ -181,6 +183,7 @@ class Supervisor:
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup = -1
         self.journal: Journal | None = None
+        self.lock = RepoLock(self.dirs.lock, str(repo.workdir))
         self.policy: Policy = load_policy(repo.workdir, config.path, config.protected_paths)
         self.jail: Jail | None = None
         self._ahead: Child | None = None  # the next run's jail, made ahead
@@ -213,7 +216,7 @@ class Supervisor:
 
     def run(self) -> int:
         self.dirs.create()
-        lock = RepoLock(self.dirs.lock, str(self.repo.workdir))
+        lock = self.lock
         lock.acquire()
         try:
             self._install_signals()
@@ -361,7 +364,12 @@ class Supervisor:
             self.intake.stop()
         if self.running is not None:
             self._stop_running()
-        if self.tamper is not None and self.journal is not None and not self._good_forged:
+        if (
+            self.tamper is not None
+            and self.journal is not None
+            and not self._good_forged
+            and self.lock.held()
+        ):
             # What the agent wrote to protected paths as it was stopped goes back now, or the
             # next start would refuse the tree it left.
             restored = self.repo.guard_protected(self._is_protected)
@@ -472,6 +480,7 @@ class Supervisor:
         exited = self._agent_exit()
         if exited is not None:
             observed.append(exited)
+        self.lock.check()  # one lstat a wake-up: a lost lock stops us before the next git step
         now = time.monotonic()
         for name, due in sorted(self.timers.items(), key=lambda kv: kv[1]):
             if due > now:
@@ -548,6 +557,8 @@ class Supervisor:
     # --- actions -------------------------------------------------------------------------------
 
     def _perform(self, action: lifecycle.Action) -> lifecycle.Observation | None:
+        if isinstance(action, GIT_ACTIONS):
+            self.lock.check()  # a second supervisor may run beside us: touch nothing
         match action:
             case lifecycle.Snapshot(run=run):
                 return self._snapshot(run)
@@ -1138,7 +1149,7 @@ class Supervisor:
     def _start_tamper_watch(self) -> None:
         from metasup.tamper import TamperWatch
 
-        watch = TamperWatch(self.repo.workdir, self._is_protected)
+        watch = TamperWatch(self.repo.workdir, self._is_protected, self.dirs.lock)
         if not watch.start():
             watch.stop()
             self.report({"event": "tamper_watch_off", "reason": "the tree cannot be watched"})
@@ -1154,6 +1165,7 @@ class Supervisor:
         same paths a moment later, repeated until one finds nothing to put back.
         """
         assert self.tamper is not None
+        self.lock.check()
         self._verify_good()  # never restore from a good commit that is not the approved one
         touched = set(self.tamper.take())
         if recheck:

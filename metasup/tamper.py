@@ -22,13 +22,24 @@ MODES = ("restore", "restore_and_restart", "stop")
 
 
 class TamperWatch:
-    def __init__(self, workdir: Path, protect: Callable[[str], bool]) -> None:
+    """Watches the working tree, `.git/` left out, and the supervisor's lock file.
+
+    The tree is watched as a non-recursive watch on its root plus a recursive one for each
+    folder at the top, `.git` excepted: git's own churn (objects, refs, locks during every
+    snapshot and rollback) never reaches this watch, and folders made at the top later get
+    their watch when they appear."""
+
+    def __init__(
+        self, workdir: Path, protect: Callable[[str], bool], lock_path: Path | None = None
+    ) -> None:
         self.workdir = workdir
         self.protect = protect
+        self.lock_path = lock_path
         self.wake = WakePipe()
         self._lock = threading.Lock()
         self._queued: set[str] = set()
         self._observer: Any = None
+        self._tops: dict[str, Any] = {}  # top-level folder -> its recursive watch
 
     @property
     def fd(self) -> int:
@@ -37,9 +48,11 @@ class TamperWatch:
     def start(self) -> bool:
         """False where the tree cannot be watched (no inotify, too many folders)."""
         from watchdog.events import (
+            DirAttribEvent,
             DirCreatedEvent,
             DirDeletedEvent,
             DirMovedEvent,
+            FileAttribEvent,
             FileClosedEvent,
             FileCreatedEvent,
             FileDeletedEvent,
@@ -56,26 +69,89 @@ class TamperWatch:
 
         watch = self
         root = str(self.workdir)
+        # Changes only: reads (open, access, close without a write) never reach inotify's
+        # queue, so an agent reading its files all day costs nothing here. Attribute events
+        # carry chmod, and a new hard link (its target's link count changes).
+        changes = [FileModifiedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
+                   FileMovedEvent, FileAttribEvent, DirCreatedEvent, DirDeletedEvent,
+                   DirMovedEvent, DirAttribEvent]  # fmt: skip
+        self._changes = changes
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
-                for raw in (event.src_path, getattr(event, "dest_path", "")):
-                    if raw:
-                        watch._seen(os.fsdecode(raw), root)
+                src = os.fsdecode(event.src_path)
+                dest = os.fsdecode(getattr(event, "dest_path", "") or "")
+                for path in (src, dest):
+                    if path:
+                        watch._seen(path, root)
+                if event.is_directory and event.event_type in ("deleted", "moved"):
+                    watch._top_gone(src, root)
+                if event.is_directory and event.event_type in ("created", "moved"):
+                    watch._top_came(dest or src, root)
+
+        class LockHandler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                names = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", ""))}
+                if str(watch.lock_path) in names:
+                    watch.wake.poke()  # the loop checks the lock at every wake-up
 
         observer = Observer(timeout=60.0)  # the timeout bounds idle wakeups, not detection
+        self._observer = observer
+        self._handler = Handler()
         try:
-            # Changes only: reads (open, access, close without a write) never reach inotify's
-            # queue, so an agent reading its files all day costs nothing here.
-            changes = [FileModifiedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
-                       FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]  # fmt: skip
-            observer.schedule(Handler(), root, recursive=True, event_filter=changes)
+            observer.schedule(self._handler, root, recursive=False, event_filter=changes)
+            with os.scandir(root) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False) and entry.name.lower() != ".git":
+                        self._watch_top(entry.name)
+            if self.lock_path is not None:
+                observer.schedule(
+                    LockHandler(),
+                    str(self.lock_path.parent),
+                    recursive=False,
+                    event_filter=[FileDeletedEvent, FileMovedEvent, FileCreatedEvent],
+                )
             observer.daemon = True
             observer.start()
         except OSError:
+            self._observer = None
             return False
-        self._observer = observer
         return True
+
+    def _watch_top(self, name: str) -> None:
+        with self._lock:
+            if name in self._tops or self._observer is None:
+                return
+            self._tops[name] = self._observer.schedule(
+                self._handler,
+                str(self.workdir / name),
+                recursive=True,
+                event_filter=self._changes,
+            )
+
+    def _top_came(self, path: str, root: str) -> None:
+        """A folder appeared at the top: watch it, and look at what it already holds (it may
+        have been filled before the watch existed, or moved in whole)."""
+        parent, _, name = path.rpartition(os.sep)
+        if parent != root or name.lower() == ".git":
+            return
+        try:
+            self._watch_top(name)
+        except OSError:
+            return  # gone again, or out of watches: the snapshot guard stays behind
+        for folder, dirs, files in os.walk(path):
+            for entry in (*dirs, *files):
+                self._seen(os.path.join(folder, entry), root)
+
+    def _top_gone(self, path: str, root: str) -> None:
+        parent, _, name = path.rpartition(os.sep)
+        if parent != root:
+            return
+        with self._lock:
+            watched = self._tops.pop(name, None)
+        if watched is not None and self._observer is not None:
+            with contextlib.suppress(KeyError, OSError):
+                self._observer.unschedule(watched)
 
     def _seen(self, path: str, root: str) -> None:
         if not path.startswith(root + os.sep):

@@ -97,3 +97,61 @@ def test_on_tamper_stop(repo: Path) -> None:
     assert names.count("launch") == 1 and "tamper_restored" in names
     assert names[-1] == "supervisor_stop"
     assert (repo / "protected" / "safety_rules.yaml").read_text() == RULES
+
+
+SNEAKY = textwrap.dedent(
+    """
+    import json, os, socket, stat, time
+    from pathlib import Path
+    RULES = Path("protected/safety_rules.yaml")
+    GOOD = RULES.read_text()
+    seen = {}
+
+    def wait_until(test, what):
+        deadline = time.monotonic() + 10
+        while not test():
+            if time.monotonic() > deadline:
+                seen[what] = "not restored"
+                return
+            time.sleep(0.005)  # ok: the agent polls for metasup's restore, bounded
+        seen[what] = "restored"
+
+    def regular_and_good():
+        st = os.lstat(RULES)
+        return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and RULES.read_text() == GOOD
+
+    os.chmod(RULES, 0o400)  # no exec bit changed: only the attribute event says so
+    wait_until(lambda: RULES.stat().st_mode & 0o777 == 0o644, "chmod")
+    os.link(RULES, "mine.txt")  # a second name, unprotected
+    wait_until(lambda: RULES.stat().st_nlink == 1, "hard link")
+    Path("mine.txt").write_text("protected: []\\n")
+    seen["write through the link"] = "kept out" if RULES.read_text() == GOOD else "went in"
+    RULES.unlink()
+    os.mkfifo(RULES)  # a reader or a writer of this waits for ever
+    wait_until(regular_and_good, "fifo")
+    RULES.unlink()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(RULES))
+    wait_until(regular_and_good, "socket")
+    Path("seen.json").write_text(json.dumps(seen))
+    time.sleep(0.5)  # ok: the run's length
+    """
+)
+
+
+def test_chmod_hard_links_fifos_and_sockets_at_protected_paths_are_undone(repo: Path) -> None:
+    setup(repo, min_runtime="300ms")
+    (repo / "agent.py").write_text(SNEAKY)
+    (repo / ".gitignore").write_text("__pycache__/\nseen.json\nmine.txt\n")
+    out = run_metasup(repo, "run", "--max-cycles", "1", timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads((repo / "seen.json").read_text())
+    assert seen == {
+        "chmod": "restored",
+        "hard link": "restored",
+        "write through the link": "kept out",
+        "fifo": "restored",
+        "socket": "restored",
+    }
+    rules = repo / "protected" / "safety_rules.yaml"
+    assert rules.read_text() == RULES and rules.stat().st_nlink == 1

@@ -6,18 +6,24 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import (
+    SLEEPER,
     agent_config,
     events,
     git,
     names,
+    pid_alive,
     run_metasup,
     start_metasup,
+    state,
+    supervising,
     wait_for,
     write_config,
 )
@@ -145,3 +151,55 @@ def test_a_forged_half_done_rollback_is_never_resumed(
     launched = [e["commit"] for e in events(repo) if e["event"] == "launch"]
     assert built not in launched and len(launched) == 2
     assert git(repo, "fsck", "--no-dangling").strip() == ""
+
+
+@pytest.mark.parametrize("how", ["unlinked", "replaced"])
+def test_a_lock_file_taken_away_stops_the_supervisor_before_it_touches_git(
+    repo: Path, how: str
+) -> None:
+    (repo / "agent.py").write_text(SLEEPER)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    lock = repo / ".git" / "metasup" / "lock"
+    with supervising(repo) as proc:
+        agent = wait_for(lambda: state(repo).get("agent", {}).get("pid"), what="the agent")
+        snapshots = names(repo).count("snapshot")
+        if how == "unlinked":
+            lock.unlink()
+        else:
+            (lock.parent / "lock.new").write_text("")
+            os.replace(lock.parent / "lock.new", lock)
+        assert proc.wait(timeout=20) == 2
+        err = proc.stderr.read() if proc.stderr else ""
+    assert "removed or replaced" in err, err
+    assert not pid_alive(agent), "the agent is stopped with its supervisor"
+    assert names(repo).count("snapshot") == snapshots
+    # A second supervisor starts cleanly afterwards, with the lock file it finds.
+    assert run_metasup(repo, "status").returncode == 1
+
+
+def test_recover_stops_the_lock_holder_the_kernel_names_not_the_pid_written_in_the_file(
+    repo: Path,
+) -> None:
+    (repo / "agent.py").write_text(SLEEPER)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    lock = repo / ".git" / "metasup" / "lock"
+    bystander = subprocess.Popen([sys.executable, "-c", SLEEPER])
+    try:
+        with supervising(repo) as proc:
+            wait_for(lambda: state(repo).get("good_commit"), what="a good commit")
+            with lock.open("r+") as f:  # the same file, another pid in it
+                f.truncate(0)
+                f.write(f"{bystander.pid}\n")
+            out = run_metasup(repo, "recover")
+            assert out.returncode == 0, out.stderr
+            assert proc.wait(timeout=20) == 0
+        assert bystander.poll() is None, "the pid written in the file was left alone"
+        # No supervisor now: a pid in the file names nobody.
+        lock.write_text(f"{bystander.pid}\n")
+        assert run_metasup(repo, "recover").returncode == 0
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -64,3 +64,29 @@ def test_the_supervisor_its_helpers_and_the_hook_import_nothing_from_the_tree(
         [sys.executable, "-c", "import json"], cwd=repo, capture_output=True, text=True
     )
     assert probe.returncode == 0 and log.exists(), "the plant works: the test can fail"
+
+
+def test_a_fifo_where_a_tracked_file_was_never_blocks_a_rollback(repo: Path) -> None:
+    (repo / "agent.py").write_text(
+        "import os, sys, time\n"
+        "if os.environ['METASUP_RUN'] == '2':\n"
+        "    os.unlink('data.txt')\n"
+        "    os.mkfifo('data.txt')  # a checkout writing here would wait for a reader for ever\n"
+        "    os.mkfifo('pipe')\n"
+        "    sys.exit(1)\n"
+        "time.sleep(0.5)  # ok: a healthy run outlasts min_runtime\n"
+    )
+    (repo / "data.txt").write_text("good data\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n"))
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("metasup")), "run", "--max-cycles", "3"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "rollback" in names(repo)
+    assert (repo / "data.txt").read_text() == "good data\n"
+    assert git(repo, "status", "--porcelain").strip() == ""
