@@ -33,7 +33,7 @@ from metasup.faults import child_env
 from metasup.journal import StateDir, public_status
 from metasup.mcppolicy import GiveUp, RestartPolicy, after_failure
 from metasup.process import Child, Reaper, SpawnError, python_module, spawn, stop_tree
-from metasup.safeio import read_regular
+from metasup.safeio import open_append, read_regular
 from metasup.statefile import clean_state
 
 # The server child: restarted at once, given up on after its 4th death within a minute.
@@ -93,7 +93,7 @@ class ApiProcess:
     def _spawn(self) -> None:
         assert self.sock is not None
         env = child_env()
-        log = (self.dirs.logs / "api.log").open("ab")
+        log = open_append(self.dirs.logs / "api.log")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.child = spawn(

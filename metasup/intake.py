@@ -16,7 +16,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from metasup import proposals
+from metasup.errors import UserError
 from metasup.events import Event
 from metasup.journal import write_json_atomic
 from metasup.policy import Policy
+from metasup.safeio import NotRegular, open_folder, read_regular, read_regular_at
 
 Emit = Callable[..., object]  # emit(event, **fields)
 Report = Callable[[dict[str, Any]], None]
@@ -51,64 +52,102 @@ class Claimed:
     source: str  # the name it had in the inbox
 
 
+class InboxRefused(UserError):
+    """The inbox, or the folder holding it, is not a real folder (a symlink, a file)."""
+
+
 class ProposalStore:
-    """The inbox in the working tree and the folders metasup keeps proposals in."""
+    """The inbox in the working tree and the folders metasup keeps proposals in.
+
+    The inbox is the agent's to write, so it is only ever reached through descriptors opened
+    step by step without following a symlink: an inbox made a link to `.git/metasup` (or
+    anywhere) is refused, never read."""
 
     def __init__(self, inbox: Path, root: Path) -> None:
         self.inbox = inbox
+        self._top, self._rel = inbox.parent.parent, f"{inbox.parent.name}/{inbox.name}"
         self.claimed = root / "claimed"
         self.rejected = root / "rejected"
         self.applied = root / "applied"
 
+    def open_inbox(self, create: bool = False) -> int:
+        """A descriptor on the inbox; InboxRefused where a step of it is no real folder."""
+        try:
+            return open_folder(self._top, self._rel, create=create)
+        except NotRegular as e:
+            raise InboxRefused(
+                f"{e.path} is {e.kind}, not a folder: metasup takes proposals only from a real "
+                f"folder at {self._rel}; remove it and metasup makes the folder again"
+            ) from None
+
     def create(self) -> None:
-        for d in (self.inbox, self.claimed, self.rejected, self.applied):
+        os.close(self.open_inbox(create=True))
+        for d in (self.claimed, self.rejected, self.applied):
             d.mkdir(parents=True, exist_ok=True)
 
     def enqueue(self, raw: bytes, suffix: str = ".json") -> str:
         """Put a proposal (or a restart request) in the inbox the way an agent should: write
         aside, rename in."""
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        pid = new_id()
-        tmp = self.inbox / f".{pid}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.inbox / f"{pid}{suffix}")
-        return pid
+        folder = self.open_inbox(create=True)
+        try:
+            pid = new_id()
+            tmp = f".{pid}.tmp"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o644, dir_fd=folder)
+            with os.fdopen(fd, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, f"{pid}{suffix}", src_dir_fd=folder, dst_dir_fd=folder)
+            return pid
+        finally:
+            os.close(folder)
 
     def take_restart_requests(self) -> list[tuple[str, str]]:
         """(id, reason) of each restart request in the inbox, taken (removed) once."""
         taken = []
         try:
-            entries = sorted(os.scandir(self.inbox), key=lambda e: e.name)
+            folder = self.open_inbox()
         except FileNotFoundError:
             return []
-        for e in entries:
-            if not e.name.endswith(RESTART_SUFFIX) or e.name.startswith("."):
-                continue
-            try:
-                raw = Path(e.path).read_bytes()[:4096]
-                os.unlink(e.path)  # one taker wins the unlink
-            except OSError:
-                continue
-            try:
-                reason = str(json.loads(raw).get("reason") or "")
-            except (ValueError, AttributeError):
-                reason = ""
-            taken.append((e.name.removesuffix(RESTART_SUFFIX), reason[:500]))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            for e in entries:
+                if not e.name.endswith(RESTART_SUFFIX) or e.name.startswith("."):
+                    continue
+                try:
+                    raw = read_regular_at(folder, e.name, 4096) or b""
+                except OSError:
+                    raw = b""  # a link or a fifo: taken as a request without a reason
+                try:
+                    os.unlink(e.name, dir_fd=folder)  # one taker wins the unlink
+                except OSError:
+                    continue
+                try:
+                    reason = str(json.loads(raw).get("reason") or "")
+                except (ValueError, AttributeError):
+                    reason = ""
+                taken.append((e.name.removesuffix(RESTART_SUFFIX), reason[:500]))
+        finally:
+            os.close(folder)
         return taken
 
     def waiting(self) -> list[Path]:
         """Proposals in the inbox, oldest name first; dot files are still being written."""
         try:
-            entries = list(os.scandir(self.inbox))
+            folder = self.open_inbox()
         except FileNotFoundError:
             return []
+        try:
+            entries = list(os.scandir(folder))
+        finally:
+            os.close(folder)
         return sorted(
-            Path(e.path)
+            self.inbox / e.name
             for e in entries
-            if e.name.endswith(".json") and not e.name.startswith(".") and e.is_file()
+            if e.name.endswith(".json")
+            and not e.name.startswith(".")
+            and e.is_file(follow_symlinks=False)
         )
 
     def claim(self, path: Path) -> Claimed | None:
@@ -117,19 +156,30 @@ class ProposalStore:
         pid = stem if _ID.match(stem) else new_id()
         target = self.claimed / f"{pid}.json"
         try:
-            os.rename(path, target)
+            folder = self.open_inbox()
+        except FileNotFoundError:
+            return None
+        try:
+            os.rename(path.name, target, src_dir_fd=folder)
         except FileNotFoundError:
             return None
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
-            # The git dir is on another filesystem: claim inside the inbox first, then move.
-            staging = self.inbox / f".claim-{pid}"
+            # The git dir is on another filesystem: claim inside the inbox first, then copy.
+            staging = f".claim-{pid}"
             try:
-                os.rename(path, staging)
+                os.rename(path.name, staging, src_dir_fd=folder, dst_dir_fd=folder)
             except FileNotFoundError:
                 return None
-            shutil.move(str(staging), target)
+            try:
+                data = read_regular_at(folder, staging) or b""
+            except OSError:
+                data = b""  # not a regular file: an empty claim, rejected as such
+            target.write_bytes(data)  # in metasup's own folder
+            os.unlink(staging, dir_fd=folder)
+        finally:
+            os.close(folder)
         return Claimed(pid, target, path.name)
 
     def left_claimed(self) -> list[Claimed]:
@@ -263,6 +313,7 @@ class Intake:
         self.counters = {"proposals_received": 0, "proposals_rejected": 0, "proposals_applied": 0}
         self.wake = WakePipe()
         self.watcher = InboxWatcher(store.inbox, self.wake.poke)
+        self.refused = False  # the inbox was found replaced (reported once)
 
     @property
     def fd(self) -> int:
@@ -284,18 +335,25 @@ class Intake:
     def take(self) -> bool:
         """Claim what waits in the inbox; True when something valid is queued. A restart
         request sets `restart_requested`."""
-        for rid, reason in self.store.take_restart_requests():
-            self.emit(Event.RESTART_REQUESTED, id=rid, reason=reason)
-            self.restart_requested = reason
-        for path in self.store.waiting():
-            item = self.store.claim(path)
-            if item is not None:
-                self._check(item)
+        try:
+            for rid, reason in self.store.take_restart_requests():
+                self.emit(Event.RESTART_REQUESTED, id=rid, reason=reason)
+                self.restart_requested = reason
+            for path in self.store.waiting():
+                item = self.store.claim(path)
+                if item is not None:
+                    self._check(item)
+        except InboxRefused as e:
+            if not self.refused:
+                self.report({"event": "inbox_refused", "reason": str(e)})
+            self.refused = True
+        else:
+            self.refused = False
         return bool(self.queue)
 
     def _check(self, item: Claimed, retaken: bool = False) -> None:
         try:
-            raw = item.path.read_bytes()
+            raw = read_regular(item.path) or b""
         except OSError as e:
             raw = b""
             self.report({"event": "proposal_unreadable", "id": item.id, "error": str(e)})

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from metasup.digest import sha256_hex
-from metasup.errors import RepoBusyError
-from metasup.safeio import open_regular, read_regular
+from metasup.errors import RepoBusyError, UserError
+from metasup.safeio import NotRegular, open_regular, read_regular, real_folder
 from metasup.statefile import read_state
 
 GENESIS = "0" * 64
@@ -90,6 +90,16 @@ class StateDir:
         return self.root / "mcp"
 
     def create(self) -> None:
+        """Make the folders, refusing any of them that is a symlink or a file: the agent can
+        write here when the jail is off, and metasup must never write through its links."""
+        for folder in (self.root, self.logs, self.preserve, self.backups, self.mcp):
+            try:
+                real_folder(folder)
+            except NotRegular as e:
+                raise UserError(
+                    f"{e.path} is {e.kind}, not a folder: metasup keeps its own state only in "
+                    "real folders; remove it"
+                ) from None
         self.logs.mkdir(parents=True, exist_ok=True)
 
 

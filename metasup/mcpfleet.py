@@ -28,6 +28,7 @@ from metasup.events import Event
 from metasup.faults import child_env
 from metasup.journal import StateDir
 from metasup.process import Child, Reaper, SpawnError, python_module, spawn, stop_tree
+from metasup.safeio import open_append
 
 Emit = Callable[..., object]
 Report = Callable[[dict[str, Any]], None]
@@ -109,7 +110,7 @@ class Fleet:
         """Start the worker and every server, on `commit`."""
         self.stopping = False
         env = child_env()
-        log = (self.dirs.logs / "mcp-worker.log").open("ab")
+        log = open_append(self.dirs.logs / "mcp-worker.log")
         try:
             self.child = spawn(
                 python_module("metasup.mcpworker"),

@@ -36,6 +36,7 @@ from metasup import mcppolicy
 from metasup.jail import Jail, Prepared, View, sandbox_from_json, view_from_json
 from metasup.mcpmux import PROBE, SERVER, Message, Out, Router
 from metasup.process import Child, Reaper, SpawnError, spawn, stop_tree
+from metasup.safeio import open_append
 
 LOG_MAX_BYTES = 5 << 20
 LINE_LIMIT = 64 << 20  # one JSON-RPC message; tool results can be large
@@ -601,7 +602,7 @@ def _open_log(path: Path) -> IO[bytes]:
     with contextlib.suppress(FileNotFoundError):
         if path.stat().st_size > LOG_MAX_BYTES:
             os.replace(path, path.with_suffix(".1.log"))
-    return path.open("ab")
+    return open_append(path)
 
 
 async def _wait_for_port(url: str, deadline: float) -> None:

@@ -50,17 +50,40 @@ class Policy:
         self._spec = pathspec.GitIgnoreSpec.from_lines(
             _fold(pattern) for pattern, _ in self.patterns
         )
+        # An exception (`!pattern`) holds for its exact spelling only: `.metasup/INBOX/x` is
+        # not the inbox, though protection itself matches any case.
+        self._exact = {
+            i: pathspec.GitIgnoreSpec.from_lines([pattern.lstrip()[1:]])
+            for i, (pattern, _) in enumerate(self.patterns)
+            if pattern.lstrip().startswith("!")
+        }
+        self._before: dict[int, pathspec.GitIgnoreSpec] = {}
+
+    def _decide(self, folded: str, exact: str) -> int | None:
+        """The index of the pattern protecting a path, or None."""
+        result = self._spec.check_file(folded)
+        while result.index is not None and not result.include:
+            spec = self._exact.get(result.index)
+            if spec is None or spec.check_file(exact).include:
+                return None
+            # Spelled otherwise: decided by the patterns before that exception.
+            before = self._before.get(result.index)
+            if before is None:
+                lines = [_fold(p) for p, _ in self.patterns[: result.index]]
+                before = self._before[result.index] = pathspec.GitIgnoreSpec.from_lines(lines)
+            result = before.check_file(folded)
+        return result.index if result.include else None
 
     def protecting_rule(self, path: str) -> str | None:
         """The rule protecting `path` (a checked, repo-relative path), or None."""
-        folded = _fold(path)
-        result = self._spec.check_file(folded)
-        if not result.include or result.index is None:
+        folded, exact = _fold(path), unicodedata.normalize("NFC", path)
+        index = self._decide(folded, exact)
+        if index is None:
             # A directory pattern also covers the directory entry itself.
-            result = self._spec.check_file(folded + "/")
-            if not result.include or result.index is None:
+            index = self._decide(folded + "/", exact + "/")
+            if index is None:
                 return None
-        pattern, source = self.patterns[result.index]
+        pattern, source = self.patterns[index]
         return f"{pattern!r} ({source})"
 
 

@@ -33,6 +33,8 @@ def _remove(path: Path) -> None:
 
 def stash(workdir: Path, paths: Sequence[str], staging: Path) -> list[str]:
     """Move each existing preserved path into `staging`; skip ones already there."""
+    if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
+        staging.unlink()  # metasup's own name, taken by something else: never followed
     staging.mkdir(parents=True, exist_ok=True)
     moved = []
     for rel in paths:

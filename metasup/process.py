@@ -30,6 +30,8 @@ from typing import IO, TYPE_CHECKING
 
 import psutil
 
+from metasup.safeio import open_append
+
 if TYPE_CHECKING:
     from metasup.jail import Prepared
 
@@ -671,7 +673,7 @@ class LaunchLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self.echo = echo
-        self._file: IO[bytes] = self.path.open("ab")
+        self._file: IO[bytes] = open_append(self.path)
         self._size = self._file.tell()
         self._partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self.stderr_tail: deque[str] = deque(maxlen=tail_lines)
@@ -708,7 +710,7 @@ class LaunchLog:
             src = self.path if n == 1 else Path(f"{stem}.{n - 1}.log")
             if src.exists():
                 os.replace(src, f"{stem}.{n}.log")
-        self._file = self.path.open("ab")
+        self._file = open_append(self.path)
         self._size = 0
 
     def close(self) -> None:

@@ -8,10 +8,12 @@ so a swap between a check and the open changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 from pathlib import Path
+from typing import IO
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR = _READ | os.O_DIRECTORY
@@ -20,8 +22,8 @@ _DIR = _READ | os.O_DIRECTORY
 class NotRegular(OSError):
     """A path that should be a regular file (or a folder) is something else."""
 
-    def __init__(self, path: Path, kind: str) -> None:
-        super().__init__(errno.EINVAL, f"{path} is {kind}, not a regular file")
+    def __init__(self, path: Path, kind: str, expected: str = "a regular file") -> None:
+        super().__init__(errno.EINVAL, f"{path} is {kind}, not {expected}")
         self.path = path
         self.kind = kind
 
@@ -88,6 +90,94 @@ def read_regular(path: Path, limit: int = 1 << 30) -> bytes | None:
         os.close(fd)
 
 
+def read_regular_at(folder: int, name: str, limit: int = 1 << 30) -> bytes | None:
+    """`read_regular` of `name` in the open folder `folder`."""
+    try:
+        fd = os.open(name, _READ, dir_fd=folder)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegular(Path(name), "a symbolic link") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegular(Path(name), kind_of(mode))
+        os.set_blocking(fd, True)
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def open_folder(root: Path, rel: str, create: bool = False) -> int:
+    """A descriptor on `root/rel`, each step of `rel` a real folder: a symlink anywhere on the
+    way is refused (NotRegular), never followed. `create` makes missing steps."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    here = root
+    try:
+        for part in rel.split("/"):
+            here = here / part
+            nfd = _step(fd, part, here, create)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _step(fd: int, part: str, here: Path, create: bool) -> int:
+    for _ in range(2):
+        try:
+            return os.open(part, _DIR, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+            raise NotRegular(here, kind_of(mode), "a folder") from None
+    return os.open(part, _DIR, dir_fd=fd)
+
+
+def open_append(path: Path) -> IO[bytes]:
+    """A log file in metasup's own folder, opened for appending: created when missing. A
+    symlink, fifo or socket found at its name (planted there) is removed and a file made in its
+    place: metasup never writes through a link, and never waits on a fifo."""
+    try:
+        return _open_append(path)
+    except NotRegular as e:
+        if e.kind == "a folder":
+            raise
+        os.unlink(path)
+        return _open_append(path)
+
+
+def _open_append(path: Path) -> IO[bytes]:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegular(path, "a symbolic link") from None
+        if e.errno == errno.ENXIO:
+            raise NotRegular(path, "a fifo or a socket") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegular(path, kind_of(mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def real_folder(path: Path) -> bool:
     """`path` is a folder and no symlink: True; missing: False; anything else: NotRegular."""
     try:
@@ -95,5 +185,5 @@ def real_folder(path: Path) -> bool:
     except FileNotFoundError:
         return False
     if not stat.S_ISDIR(st.st_mode):
-        raise NotRegular(path, kind_of(st.st_mode))
+        raise NotRegular(path, kind_of(st.st_mode), "a folder")
     return True

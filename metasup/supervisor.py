@@ -9,6 +9,7 @@ reports it; nothing polls.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import selectors
 import signal
@@ -62,6 +63,7 @@ from metasup.process import (
     stop_tree,
     tree_members,
 )
+from metasup.safeio import open_append
 from metasup.statefile import read_state
 
 if TYPE_CHECKING:
@@ -219,6 +221,8 @@ class Supervisor:
         lock = self.lock
         lock.acquire()
         try:
+            # Before anything binds, reads or writes it: the inbox must be a real folder.
+            ProposalStore(self.repo.workdir / INBOX, self.dirs.root / "proposals").create()
             self._install_signals()
             become_subreaper()
             self._start_jail()  # before the journal: a refusal changes nothing
@@ -240,7 +244,6 @@ class Supervisor:
                     jail=self._fleet_jail(),
                 )
             self.repo.ensure_excluded(f"/{INBOX}/")
-            (self.repo.workdir / INBOX).mkdir(parents=True, exist_ok=True)
             if self.live_view:
                 self._start_view()
             self._emit(
@@ -316,7 +319,7 @@ class Supervisor:
             self.report({"event": "view_failed", "error": str(e)})
             return
         self.echo = False
-        log = (self.dirs.logs / "supervisor.log").open("a", encoding="utf-8")
+        log = io.TextIOWrapper(open_append(self.dirs.logs / "supervisor.log"), encoding="utf-8")
         self.report = plain_reporter(log)
 
     def _stop_view(self) -> None:

@@ -15,6 +15,7 @@ from metasup.intake import InboxWatcher, ProposalStore, new_id
 
 @pytest.fixture
 def store(tmp_path: Path) -> ProposalStore:
+    (tmp_path / "work").mkdir()  # the working tree; the inbox is made in it
     s = ProposalStore(tmp_path / "work" / ".metasup" / "inbox", tmp_path / "state" / "proposals")
     s.create()
     return s

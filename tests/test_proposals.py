@@ -159,6 +159,8 @@ def test_blob_sha_matches_git() -> None:
         ("PROTECTED/x", "path_protected"),
         ("protected", "path_protected"),
         (".metasup/state.json", "path_protected"),
+        (".metasup/INBOX/x.json", "path_protected"),  # the exception is for the exact path
+        (".Metasup/inbox/x.json", "path_protected"),
         ("metasup.yaml", "path_protected"),
         ("backend/supervisor/main.py", "path_protected"),
         ("Backend/Supervisor/main.py", "path_protected"),

@@ -4,11 +4,15 @@ import them first."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import agent_config, git, names, write_config
+import pytest
+
+from tests.conftest import agent_config, git, names, run_metasup, write_config
 
 PLANTED = ("metasup/__init__.py", "json.py", "yaml.py", "pygit2.py", "typer.py")
 
@@ -90,3 +94,66 @@ def test_a_fifo_where_a_tracked_file_was_never_blocks_a_rollback(repo: Path) -> 
     assert "rollback" in names(repo)
     assert (repo / "data.txt").read_text() == "good data\n"
     assert git(repo, "status", "--porcelain").strip() == ""
+
+
+def test_an_inbox_made_a_symlink_is_refused_and_nothing_of_metasup_is_read_through_it(
+    repo: Path,
+) -> None:
+    (repo / "agent.py").write_text("print('ok')\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+    state_dir = repo / ".git" / "metasup"
+    before = {p.name: p.read_bytes() for p in state_dir.glob("*.json")}
+    assert "baseline.json" in before and "state.json" in before
+    inbox = repo / ".metasup" / "inbox"
+    inbox.rmdir()
+    inbox.symlink_to(state_dir)  # the agent's move: metasup would ingest its own state
+
+    out = run_metasup(repo, "run", "--max-cycles", "1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert ".metasup/inbox is a symbolic link, not a folder" in out.stderr, out.stderr
+    proposal = json.dumps({"reason": "r", "changes": [{"file": "x.txt", "content": "x"}]})
+    out = run_metasup(repo, "propose", "-", input=proposal)
+    assert out.returncode == 2 and "not a folder" in out.stderr, out.stderr
+    assert {p.name: p.read_bytes() for p in state_dir.glob("*.json")} == before
+    assert inbox.is_symlink(), "refused, not repaired behind the operator's back"
+
+
+def test_a_proposal_to_the_inbox_in_another_case_is_protected(repo: Path) -> None:
+    for path, code in ((".metasup/INBOX/x.json", 1), (".metasup/inbox/x.json", 0)):
+        raw = json.dumps({"reason": "r", "changes": [{"file": path, "content": "{}"}]})
+        out = run_metasup(repo, "validate", "-", "--json", input=raw)
+        assert out.returncode == code, (path, out.stdout)
+        if code:
+            assert json.loads(out.stdout)["errors"][0]["code"] == "path_protected"
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_logs_planted_as_symlinks_are_never_written_through(
+    repo: Path, tmp_path: Path, what: str
+) -> None:
+    (repo / "agent.py").write_text("print('ok')\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+    logs = repo / ".git" / "metasup" / "logs"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "bashrc").write_text("precious\n")
+    if what == "folder":
+        shutil.rmtree(logs)
+        logs.symlink_to(victim)
+    else:
+        # The next run's log, named ahead of time: its run number and the commit it runs.
+        head = git(repo, "rev-parse", "HEAD").strip()[:12]
+        (logs / f"run-000002-{head}.log").symlink_to(victim / "bashrc")
+    out = run_metasup(repo, "run", "--max-cycles", "1")
+    assert "Traceback" not in out.stderr
+    if what == "folder":
+        assert out.returncode == 2 and "logs is a symbolic link, not a folder" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        assert not (logs / f"run-000002-{head}.log").is_symlink()
+    assert (victim / "bashrc").read_text() == "precious\n"
+    assert [p.name for p in victim.iterdir()] == ["bashrc"]
