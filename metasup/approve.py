@@ -9,8 +9,10 @@ good, so the snapshot guard restores the approved content from then on, not the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from metasup import integrity
+from metasup.errors import IntegrityError
 from metasup.events import Event
 from metasup.gitrepo import GitRepo
 from metasup.journal import StateDir, locked_journal
@@ -25,33 +27,53 @@ class Approval:
     files: int
 
 
-def approve(repo: GitRepo, reason: str) -> Approval:
+def approve(repo: GitRepo, reason: str, config: Path | None = None) -> Approval:
+    """Approve the protected files as they are, and pin the config file in use (`config`, or
+    the one found as `metasup run` finds it)."""
     dirs = StateDir.for_git_dir(repo.git_dir)
-    policy = load_repo_policy(repo.workdir)
+    config_path = integrity.config_in_use(repo.workdir, config)
+    policy = load_repo_policy(repo.workdir, config_path)
 
     def protect(path: str) -> bool:
         return policy.protecting_rule(path) is not None
 
     with locked_journal(dirs, str(repo.workdir)) as journal:
-        current = repo.protected_in_worktree(protect)
-        differ = integrity.differences(integrity.load(dirs.baseline) or {}, current)
+        tracked, ignored = repo.protected_files(protect)
+        try:
+            old = integrity.load(dirs.baseline)
+        except IntegrityError:
+            old = None  # a malformed one: replaced by what the operator approves now
+        was = old or integrity.Baseline({})
+        differ = integrity.differences(was.files, tracked) + [
+            f"{line} (ignored by git)" for line in integrity.differences(was.ignored, ignored)
+        ]
+        key = integrity.config_key(repo.workdir, config_path)
+        if was.config is not None and was.config != key:
+            differ.append(f"config {was.config} -> {key}")
         message = f"metasup: approve\n\n{reason or 'protected files changed by the operator'}\n"
         head = repo.head()
         at_head = repo.protected_in_commit(head, protect) if head else {}
-        to_commit = integrity.differing(at_head, current)
+        to_commit = integrity.differing(at_head, tracked)
         commit = repo.commit_paths(to_commit, message) if to_commit else None
         good = repo.good()
         at_good = repo.protected_in_commit(good, protect) if good else {}
-        to_good = integrity.differing(at_good, current)
+        to_good = integrity.differing(at_good, tracked)
         new_good = repo.good_with(to_good, message) if to_good else good
-        integrity.save(dirs.baseline, current, reason or "approved", commit=commit, good=new_good)
+        integrity.save(
+            dirs.baseline,
+            integrity.Baseline(tracked, ignored, key),
+            reason or "approved",
+            commit=commit,
+            good=new_good,
+        )
         journal.append(
             Event.APPROVED,
             reason=reason,
             changes=differ,
-            files=len(current),
+            files=len(tracked),
             commit=commit,
             good=new_good,
+            config=key,
             by="operator",
         )
-    return Approval(differ, commit, new_good, len(current))
+    return Approval(differ, commit, new_good, len(tracked))

@@ -68,9 +68,16 @@ def _repo(start: Path | None = None) -> Any:
 
 
 def _config(repo_root: Path, explicit: Path | None) -> Any:
-    from metasup.config import find_config, load_config
+    from metasup.config import load_config
 
-    return load_config(find_config(repo_root, explicit))
+    return load_config(_config_path(repo_root, explicit))
+
+
+def _config_path(repo_root: Path, explicit: Path | None) -> Path:
+    """`--config`, else the config the last approval pinned, else the usual names."""
+    from metasup.integrity import config_in_use
+
+    return config_in_use(repo_root, explicit)
 
 
 @app.command()
@@ -111,11 +118,11 @@ def run(
 
     Exits 0 when stopped (Ctrl-C, SIGTERM, --max-cycles), 3 on an emergency stop.
     """
-    from metasup.config import find_config, parse_config
+    from metasup.config import parse_config
     from metasup.core import config_digest, exec_core
 
     repo = _repo()
-    path = find_config(repo.workdir, config).resolve()
+    path = _config_path(repo.workdir, config).resolve()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -519,16 +526,19 @@ def approve(
     reason: Annotated[
         str, typer.Option("--reason", help="Why the protected files changed (journalled).")
     ] = "",
+    config: ConfigOpt = None,
 ) -> None:
     """Record the protected files as they are now as the approved baseline (metasup stopped).
 
     The way an operator changes protected files: stop metasup, edit, run this. Where they
     differ from HEAD they are committed; the good commit gets them too, so metasup restores
-    the approved content from now on. Exits 0, or 2 while a supervisor runs.
+    the approved content from now on. The config file in use is pinned: later starts use it
+    (an agent's ./metasup.yaml is never taken instead) until an approval with --config names
+    another. Exits 0, or 2 while a supervisor runs.
     """
     from metasup.approve import approve as do_approve
 
-    done = do_approve(_repo(), reason)
+    done = do_approve(_repo(), reason, config)
     if done.differ:
         for line in done.differ:
             typer.echo(f"approved: {line}")

@@ -71,10 +71,11 @@ def _repository(start: Path) -> tuple[Check, Path | None]:
 
 
 def _config(workdir: Path) -> tuple[Check, object | None]:
-    from metasup.config import find_config, load_config
+    from metasup.config import load_config
+    from metasup.integrity import config_in_use
 
     try:
-        config = load_config(find_config(workdir))
+        config = load_config(config_in_use(workdir))
     except UserError as e:
         fix = "`metasup init` writes one; `metasup config` checks an edited one"
         return Check("config", False, str(e), fix), None

@@ -657,7 +657,16 @@ class GitRepo:
         """Each protected file of the working tree git would track (not ignored), and its blob
         id (`mode:blob id`): what the integrity check compares. The inbox and .git are not
         looked at."""
-        found: dict[str, str] = {}
+        return self.protected_files(protect)[0]
+
+    def protected_files(
+        self, protect: Callable[[str], bool]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The protected files of the working tree: those git would track, and those it
+        ignores (an ignored `metasup.yaml` beside the config in use is one), as `mode:blob id`.
+        Fifos, sockets and devices are never opened, and not listed: they hold no content."""
+        tracked: dict[str, str] = {}
+        ignored: dict[str, str] = {}
         for root, dirs, files in os.walk(self.workdir):
             rel_root = Path(root).relative_to(self.workdir).as_posix()
             rel_root = "" if rel_root == "." else rel_root + "/"
@@ -669,15 +678,21 @@ class GitRepo:
             ]
             for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
                 rel = rel_root + name
-                if not protect(rel) or self.repo.path_is_ignored(rel):
+                if not protect(rel):
                     continue
+                found = ignored if self.repo.path_is_ignored(rel) else tracked
                 full = self.workdir / rel
-                if full.is_symlink():
+                try:
+                    st = os.lstat(full)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(st.st_mode):
                     found[rel] = f"120000:{pygit2.hash(os.fsencode(os.readlink(full)))}"
-                else:
-                    mode = "100755" if os.access(full, os.X_OK) else "100644"
-                    found[rel] = f"{mode}:{pygit2.hashfile(str(full))}"
-        return found
+                elif stat.S_ISREG(st.st_mode):
+                    mode = "100755" if st.st_mode & stat.S_IXUSR else "100644"
+                    with contextlib.suppress(OSError):  # swapped for a fifo since: not listed
+                        found[rel] = f"{mode}:{pygit2.hash(read_regular(full) or b'')}"
+        return tracked, ignored
 
     def protected_in_commit(self, commit: str, protect: Callable[[str], bool]) -> dict[str, str]:
         """Each protected file of a commit's tree, as `mode:blob id`."""

@@ -1,30 +1,111 @@
 """The approved baseline of the protected files, and what differs from it.
 
 The baseline is `<git-dir>/metasup/baseline.json`: each protected file git would track, as
-`mode:blob id`. It is recorded at the first start (the operator's state) and by `metasup
-approve`; metasup refuses to start while the working tree differs from it, and stops if the good
-commit ever does. Pure apart from reading and writing that one file.
+`mode:blob id`, the protected files git ignores (checked against the tree only), and the config
+file in use, pinned. It is recorded at the first start (the operator's state) and by `metasup
+approve`; metasup refuses to start while the working tree differs from it or another config is
+in use, and stops if the good commit ever differs. A baseline missing where the repository was
+approved before is an error, never a first start.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metasup.errors import IntegrityError, UserError
 from metasup.journal import read_json, utc_now, write_json_atomic
 
+_ENTRY = re.compile(r"(100644|100755|120000):([0-9a-f]{40}|[0-9a-f]{64})")
 
-def load(path: Path) -> dict[str, str] | None:
+
+@dataclass(frozen=True)
+class Baseline:
+    """What was approved: the protected files git would track, the protected files git ignores
+    (compared with the tree only: no commit holds them), and the config file in use, pinned."""
+
+    files: dict[str, str]
+    ignored: dict[str, str] = field(default_factory=dict)
+    config: str | None = None  # relative to the working tree, or absolute outside it
+
+
+def load(path: Path) -> Baseline | None:
+    """The baseline, or None when there is none. A baseline that is there but malformed is an
+    IntegrityError: it is never taken for a first start."""
+    if not os.path.lexists(path):
+        return None
     doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        raise IntegrityError(
+            f"{path} is not an approval baseline metasup wrote; check the protected files, "
+            "then `metasup approve`"
+        )
+    parts: list[dict[str, str]] = []
+    for key in ("files", "ignored"):
+        entries = doc.get(key) or {}
+        if not isinstance(entries, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and _ENTRY.fullmatch(v)
+            for k, v in entries.items()
+        ):
+            raise IntegrityError(f"{path}: `{key}` is malformed; check, then `metasup approve`")
+        parts.append(dict(entries))
+    config = doc.get("config")
+    return Baseline(parts[0], parts[1], config if isinstance(config, str) and config else None)
+
+
+def save(path: Path, baseline: Baseline, reason: str, **extra: Any) -> None:
+    doc = {
+        "files": dict(sorted(baseline.files.items())),
+        "ignored": dict(sorted(baseline.ignored.items())),
+        "config": baseline.config,
+        "reason": reason,
+        "at": utc_now(),
+        **extra,
+    }
+    write_json_atomic(path, doc)
+
+
+def config_key(workdir: Path, config: Path) -> str:
+    """How a baseline names a config file: relative to the tree when inside it."""
+    config = config.resolve()
+    try:
+        return config.relative_to(workdir.resolve()).as_posix()
+    except ValueError:
+        return str(config)
+
+
+def config_in_use(workdir: Path, explicit: Path | None = None) -> Path:
+    """The config file metasup uses in `workdir`: `explicit`, else the one the last approval
+    pinned (while it exists), else `metasup.yaml`, else `config/metasup.yaml`. Pinning keeps
+    an agent's ignored `./metasup.yaml` from becoming the config of the next start."""
+    from metasup.config import find_config
+    from metasup.gitrepo import GitRepo
+    from metasup.journal import StateDir
+
+    if explicit is None:
+        try:
+            git_dir = GitRepo(workdir).git_dir
+        except UserError:
+            git_dir = None
+        if git_dir is not None:
+            pinned = pinned_config(workdir, StateDir.for_git_dir(git_dir).baseline)
+            if pinned is not None and pinned.is_file():
+                return pinned
+    return find_config(workdir, explicit)
+
+
+def pinned_config(workdir: Path, baseline_path: Path) -> Path | None:
+    """The config file the last approval pinned, when the baseline names one."""
+    try:
+        baseline = load(baseline_path)
+    except IntegrityError:
+        return None  # the start that follows says what is wrong with it
+    if baseline is None or baseline.config is None:
         return None
-    return {str(k): str(v) for k, v in doc["files"].items()}
-
-
-def save(path: Path, files: dict[str, str], reason: str, **extra: Any) -> None:
-    write_json_atomic(
-        path, {"files": dict(sorted(files.items())), "reason": reason, "at": utc_now(), **extra}
-    )
+    return workdir / baseline.config
 
 
 def differing(a: dict[str, str], b: dict[str, str]) -> list[str]:

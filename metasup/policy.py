@@ -121,11 +121,12 @@ def load_policy(
 def load_repo_policy(workdir: Path, config: Path | None = None) -> Policy:
     """The policy for a repository as its config (found, or `config`) makes it; without a
     config, the shipped and the repository's own rules."""
-    from metasup.config import find_config, load_config
+    from metasup.config import load_config
     from metasup.errors import ConfigError
+    from metasup.integrity import config_in_use
 
     try:
-        path = find_config(workdir, config)
+        path = config_in_use(workdir, config)
     except ConfigError:
         if config is not None:
             raise

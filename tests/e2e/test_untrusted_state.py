@@ -203,3 +203,53 @@ def test_recover_stops_the_lock_holder_the_kernel_names_not_the_pid_written_in_t
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_deleted_baseline_is_no_first_start(repo: Path) -> None:
+    (repo / "agent.py").write_text("print('ok')\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "start")
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+    # The agent's move: its own config, and the record that would have caught it gone.
+    (repo / ".git" / "metasup" / "baseline.json").unlink()
+    write_config(
+        repo, agent_config(min_runtime="0s", max_failures=99, extra="  sandbox: {mode: off}\n")
+    )
+    out = run_metasup(repo, "run", "--max-cycles", "1")
+    assert out.returncode == 2, out.stderr
+    assert "baseline" in out.stderr and "missing" in out.stderr and "metasup approve" in out.stderr
+    assert names(repo).count("launch") == 1, "nothing ran on the edited config"
+    assert run_metasup(repo, "approve", "--reason", "checked").returncode == 0
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+
+
+def test_an_ignored_config_beside_the_approved_one_is_never_taken(repo: Path) -> None:
+    (repo / "agent.py").write_text("print('ok')\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    (repo / "config").mkdir()
+    (repo / "config" / "metasup.yaml").write_text(
+        agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n")
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "start")
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+    # The agent writes its own config where metasup looks first, ignored by git.
+    with (repo / ".git" / "info" / "exclude").open("a") as f:
+        f.write("/metasup.yaml\n")
+    write_config(
+        repo, agent_config(min_runtime="0s", max_failures=99, extra="  sandbox: {mode: off}\n")
+    )
+    out = run_metasup(repo, "run", "--max-cycles", "1")
+    assert out.returncode == 2, out.stderr
+    assert "added metasup.yaml (ignored by git)" in out.stderr, out.stderr
+    out = run_metasup(repo, "run", "--config", "metasup.yaml", "--max-cycles", "1")
+    assert out.returncode == 2
+    assert "the approved one is config/metasup.yaml" in out.stderr, out.stderr
+    assert names(repo).count("launch") == 1
+    starts = [e["config"] for e in events(repo) if e["event"] == "supervisor_start"]
+    assert starts[1].endswith("config/metasup.yaml"), "the pinned config, not the agent's"
+    # Gone again, the approved config is the one in use.
+    (repo / "metasup.yaml").unlink()
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
