@@ -126,12 +126,14 @@ SNEAKY = textwrap.dedent(
     wait_until(lambda: RULES.stat().st_nlink == 1, "hard link")
     Path("mine.txt").write_text("protected: []\\n")
     seen["write through the link"] = "kept out" if RULES.read_text() == GOOD else "went in"
-    RULES.unlink()
-    os.mkfifo(RULES)  # a reader or a writer of this waits for ever
+    # Made aside and renamed over the file: metasup may restore it between an unlink and a
+    # mkfifo, never in a rename.
+    os.mkfifo("fifo.tmp")  # a reader or a writer of this waits for ever
+    os.rename("fifo.tmp", RULES)
     wait_until(regular_and_good, "fifo")
-    RULES.unlink()
     server = socket.socket(socket.AF_UNIX)
-    server.bind(str(RULES))
+    server.bind("sock.tmp")
+    os.rename("sock.tmp", RULES)
     wait_until(regular_and_good, "socket")
     Path("seen.json").write_text(json.dumps(seen))
     time.sleep(0.5)  # ok: the run's length
