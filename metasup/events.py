@@ -30,3 +30,4 @@ class Event(StrEnum):
     BACKUP = "backup"
     APPROVED = "approved"
     RECOVERED = "recovered"
+    REFS_RESTORED = "refs_restored"

@@ -450,6 +450,9 @@ class Experimenter:
                 if c.outcome == "passed" and merged is not None:
                     c.outcome = "lost"  # passed, but another one was merged
                 c.archive = self.repo.archive_commit(f"exp-{c.id}-{c.outcome}", c.commit)
+                self.emit(
+                    Event.ARCHIVE, ref=c.archive, commit=c.commit, reason=f"experiment {c.outcome}"
+                )
             self.repo.delete_ref(c.branch)
 
 

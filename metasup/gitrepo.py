@@ -821,6 +821,26 @@ class GitRepo:
         ]
         return clear_special(Path(repo.workdir), suspect) if suspect else []
 
+    def ref_value(self, name: str) -> str | None:
+        """What `name` holds: a commit id, `ref: <target>` for a symbolic ref, None when
+        missing or unreadable."""
+        try:
+            ref = self.repo.references.get(name)
+        except (pygit2.GitError, ValueError):
+            return None
+        if ref is None:
+            return None
+        target = ref.target
+        return str(target) if isinstance(target, pygit2.Oid) else f"ref: {target}"
+
+    def set_ref(self, name: str, sha: str) -> None:
+        """Point `name` at `sha`, replacing whatever it was (a symbolic ref included)."""
+        with contextlib.suppress(pygit2.GitError, ValueError):
+            existing = self.repo.references.get(name)
+            if existing is not None and not isinstance(existing.target, pygit2.Oid):
+                existing.delete()
+        self.repo.references.create(name, sha, force=True)
+
     def set_good(self, sha: str) -> None:
         self.repo.references.create(GOOD_REF, sha, force=True)
 

@@ -19,6 +19,7 @@ COUNTERS = {
     "health_kills": ("metasup_health_kills", "Agents killed for a health limit."),
     "emergency_stops": ("metasup_emergency_stops", "Emergency stops."),
     "tamper_restored": ("metasup_tamper_restored", "Protected paths put back."),
+    "refs_restored": ("metasup_refs_restored", "metasup refs put back as the journal has them."),
     "proposals_received": ("metasup_proposals_received", "Proposals taken from the inbox."),
     "proposals_rejected": ("metasup_proposals_rejected", "Proposals rejected."),
     "proposals_applied": ("metasup_proposals_applied", "Proposals applied."),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metasup import health, lifecycle, rollback
+from metasup import health, lifecycle, refguard, rollback
 from metasup.config import Config, format_size
 from metasup.errors import IntegrityError, UserError
 from metasup.events import Event
@@ -117,6 +117,7 @@ class Counters:
     tamper_restored: int = 0
     experiments_passed: int = 0
     experiments_failed: int = 0
+    refs_restored: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -186,6 +187,7 @@ class Supervisor:
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup = -1
         self.journal: Journal | None = None
+        self.expected = refguard.Expected()  # metasup's refs as the journal has them
         self.lock = RepoLock(self.dirs.lock, str(repo.workdir))
         self.policy: Policy = load_policy(repo.workdir, config.path, config.protected_paths)
         self.jail: Jail | None = None
@@ -228,6 +230,7 @@ class Supervisor:
             become_subreaper()
             self._start_jail()  # before the journal: a refusal changes nothing
             self.journal = Journal(self.dirs.events)
+            self.expected = refguard.Expected.from_journal(read_events(self.dirs.events))
             if self.config.api_listen:
                 self._start_api(self.config.api_listen)
             if self.config.mcp_servers:
@@ -263,6 +266,7 @@ class Supervisor:
                 names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
                 self.report({"event": "stale_locks_removed", "locks": ", ".join(names)})
             self._resume_intent()
+            self._check_refs()
             self._check_integrity_at_start()
             self._start_intake()
             self._start_tamper_watch()
@@ -598,6 +602,7 @@ class Supervisor:
         return None
 
     def _snapshot(self, run: int) -> lifecycle.Observation:
+        self._check_refs()
         self._verify_good()
         if self.intake is not None and self.experimenter is None:
             self.intake.apply_queued()  # direct mode; in experiment mode the queue waits its turn
@@ -1232,7 +1237,20 @@ class Supervisor:
 
     # --- quick failure: archive, reset, note ---------------------------------------------------
 
+    def _check_refs(self) -> None:
+        """Put back metasup's refs that differ from the journal (deleted, moved, made
+        symbolic) while their commits exist; report them, and those that cannot be."""
+        restored, lost = refguard.put_back(self.repo, self.expected)
+        if restored or lost:
+            self.counters.refs_restored += len(restored)
+            self._emit(
+                Event.REFS_RESTORED,
+                refs=refguard.as_fields(restored),
+                lost=refguard.as_fields(lost),
+            )
+
     def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation:
+        self._check_refs()  # the rollback's target must not have vanished with its ref
         self.counters.quick_failures += 1
         self._crashed_at = self._exit_mono
         details = {
@@ -1311,6 +1329,7 @@ class Supervisor:
         elif event is Event.EXPERIMENT_FAILED:
             self.counters.experiments_failed += 1
         record = self.journal.append(event, **fields)
+        self.expected.observe(record)
         self.report(record)
 
     def _write_state(self, status: str | None = None) -> None:

@@ -81,3 +81,27 @@ def test_an_intent_is_checked_field_by_field() -> None:
     assert intent_problem({**good, "target": "main"}) == "`target` is 'main'"
     del good["run"]
     assert intent_problem(good) == "`run` is missing"
+
+
+def test_refs_drift_from_the_journal() -> None:
+    from metasup.refguard import Drift, Expected, drift
+
+    log = [
+        {"event": "mark_good", "commit": "a" * 40},
+        {"event": "archive", "ref": "refs/metasup/archive/x", "commit": "b" * 40},
+        {"event": "approved", "good": None},
+        {"event": "archive", "ref": "refs/heads/main", "commit": "c" * 40},  # not metasup's
+        {"event": "recovered", "to": "d" * 40},
+    ]
+    expected = Expected.from_journal(log)
+    assert expected.good == "d" * 40
+    assert expected.archives == {"refs/metasup/archive/x": "b" * 40}
+    actual: dict[str, str | None] = {
+        "refs/metasup/good": "ref: refs/heads/main",
+        "refs/metasup/archive/x": "b" * 40,
+    }
+    assert drift(expected, actual) == [Drift("refs/metasup/good", "d" * 40, "ref: refs/heads/main")]
+    actual["refs/metasup/good"] = "d" * 40
+    assert drift(expected, actual) == []
+    del actual["refs/metasup/archive/x"]
+    assert drift(expected, actual) == [Drift("refs/metasup/archive/x", "b" * 40, None)]

@@ -79,7 +79,7 @@ def test_approve_with_nothing_changed_and_while_running(repo: Path) -> None:
         proc.wait(timeout=30)
 
 
-def test_a_good_commit_with_unapproved_protected_files_stops_metasup(repo: Path) -> None:
+def test_a_good_ref_moved_to_a_forged_commit_is_put_back(repo: Path) -> None:
     # Runs end after min_runtime, so there is a cycle (and a check) every ~0.3 s.
     setup(repo)
     proc = start_metasup(repo)
@@ -90,15 +90,52 @@ def test_a_good_commit_with_unapproved_protected_files_stops_metasup(repo: Path)
         good = git(repo, "rev-parse", "refs/metasup/good").strip()
         forged = git(repo, "commit-tree", tree, "-p", good, "-m", "forged").strip()
         git(repo, "update-ref", "refs/metasup/good", forged)
-        code = proc.wait(timeout=30)
-        assert proc.stderr is not None
-        err = proc.stderr.read()
+        restored = wait_for(
+            lambda: [e for e in events(repo) if e["event"] == "refs_restored"],
+            what="the good ref put back",
+        )
+        assert proc.poll() is None, "put back, and on it goes"
     finally:
         if proc.poll() is None:
-            proc.kill()
-    assert code == 2
-    assert f"the good commit {forged[:12]} has protected files that differ" in err
-    assert "changed protected/safety_rules.yaml" in err
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert restored[0]["refs"][0] == {"ref": "refs/metasup/good", "was": forged, "now": good}
+    marked = [e["commit"] for e in events(repo) if e["event"] == "mark_good"]
+    assert forged not in marked
+    assert git(repo, "rev-parse", "refs/metasup/good").strip() == marked[-1]
+
+
+def test_a_good_commit_with_unapproved_protected_files_stops_metasup(repo: Path) -> None:
+    """The ref and the journal forged together: the integrity check is the last line."""
+    setup(repo)
+    assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+    tree = _tree_with(repo, "protected/safety_rules.yaml", "protected: []\n")
+    good = git(repo, "rev-parse", "refs/metasup/good").strip()
+    forged = git(repo, "commit-tree", tree, "-p", good, "-m", "forged").strip()
+    git(repo, "update-ref", "refs/metasup/good", forged)
+    _append_event(repo, {"event": "mark_good", "commit": forged})
+    out = run_metasup(repo, "run", "--max-cycles", "1")
+    assert out.returncode == 2
+    assert f"the good commit {forged[:12]} has protected files that differ" in out.stderr
+    assert "changed protected/safety_rules.yaml" in out.stderr
+
+
+def _append_event(repo: Path, fields: dict[str, object]) -> None:
+    """A line chained to the journal as metasup would chain it (the agent can do as much
+    without the jail)."""
+    import hashlib
+    import json
+
+    path = repo / ".git" / "metasup" / "events.jsonl"
+    last = path.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    record = {
+        "ts": "2026-01-01T00:00:00.000000Z",
+        "seq": json.loads(last)["seq"] + 1,
+        "prev": hashlib.sha256(last).hexdigest(),
+        **fields,
+    }
+    with path.open("ab") as f:
+        f.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
 
 
 def _tree_with(repo: Path, path: str, content: str) -> str:

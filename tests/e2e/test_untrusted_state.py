@@ -253,3 +253,50 @@ def test_an_ignored_config_beside_the_approved_one_is_never_taken(repo: Path) ->
     # Gone again, the approved config is the one in use.
     (repo / "metasup.yaml").unlink()
     assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+
+
+REF_AGENT = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    from pathlib import Path
+    run = int(os.environ["METASUP_RUN"])
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+    if run == 2:
+        Path("broken.txt").write_text("broken\\n")
+        sys.exit(1)
+    if run == 4:
+        # Everything metasup would roll back with, gone, and its archive moved or deleted.
+        git("update-ref", "-d", "refs/metasup/good")
+        archives = git("for-each-ref", "--format=%(refname)", "refs/metasup/archive/").split()
+        git("update-ref", "-d", archives[0])
+        Path("work.txt").write_text("uncommitted\\n")
+        sys.exit(1)
+    time.sleep(0.5)  # ok: a healthy run outlasts min_runtime
+    """
+)
+
+
+def test_refs_deleted_behind_metasups_back_are_put_back_from_the_journal(repo: Path) -> None:
+    (repo / "agent.py").write_text(REF_AGENT)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n"))
+    out = run_metasup(repo, "run", "--max-cycles", "5")
+    assert out.returncode == 0, out.stderr
+    log = events(repo)
+    seen = [e["event"] for e in log]
+    assert seen.count("rollback") == 2 and "emergency_stop" not in seen
+    restored = [e for e in log if e["event"] == "refs_restored"]
+    assert restored, seen
+    fixed = {r["ref"] for e in restored for r in e["refs"]}
+    assert "refs/metasup/good" in fixed and any(
+        r.startswith("refs/metasup/archive/") for r in fixed
+    )
+    # Every ref is where the journal says, and the failed run's work is in an archive.
+    last_good = [e["commit"] for e in log if e["event"] == "mark_good"][-1]
+    assert git(repo, "rev-parse", "refs/metasup/good").strip() == last_good
+    for e in log:
+        if e["event"] == "archive":
+            assert git(repo, "rev-parse", e["ref"]).strip() == e["commit"]
+    rollbacks = [e for e in log if e["event"] == "rollback"]
+    assert git(repo, "show", f"{rollbacks[-1]['archive']}:work.txt") == "uncommitted\n"

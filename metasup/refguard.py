@@ -1,0 +1,84 @@
+"""metasup's refs, checked against its journal.
+
+Without the jail the agent can delete or move `refs/metasup/good` and the archive refs like any
+ref of its repository (`git update-ref -d`, `git gc` after that). The journal records every
+value metasup gave them, so the refs it should find are known: `Expected` follows the journal,
+`drift` says which refs differ from it (pure), and `put_back` makes them right again while
+their commits still exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from metasup.gitrepo import GOOD_REF, GitRepo
+
+# The events that set `refs/metasup/good`, and the field naming the commit.
+_GOOD_SETTERS = {"mark_good": "commit", "approved": "good", "recovered": "to"}
+_SHA_LENGTHS = (40, 64)
+
+
+def _sha(value: Any) -> str | None:
+    return value if isinstance(value, str) and len(value) in _SHA_LENGTHS else None
+
+
+@dataclass
+class Expected:
+    """The value of each of metasup's refs as its journal last recorded it."""
+
+    good: str | None = None
+    archives: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_journal(cls, records: Iterable[dict[str, Any]]) -> Expected:
+        expected = cls()
+        for record in records:
+            expected.observe(record)
+        return expected
+
+    def observe(self, record: dict[str, Any]) -> None:
+        event = str(record.get("event"))
+        if event in _GOOD_SETTERS:
+            commit = _sha(record.get(_GOOD_SETTERS[event]))
+            if commit is not None:
+                self.good = commit
+        elif event == "archive":
+            ref, commit = record.get("ref"), _sha(record.get("commit"))
+            if isinstance(ref, str) and ref.startswith("refs/metasup/") and commit:
+                self.archives[ref] = commit
+
+
+@dataclass(frozen=True)
+class Drift:
+    ref: str
+    expected: str
+    actual: str | None  # None: missing
+
+
+def drift(expected: Expected, actual: dict[str, str | None]) -> list[Drift]:
+    """The refs whose value differs from the journal's; `actual` maps each ref to its value."""
+    wanted = dict(expected.archives)
+    if expected.good is not None:
+        wanted[GOOD_REF] = expected.good
+    return [Drift(r, c, actual.get(r)) for r, c in sorted(wanted.items()) if actual.get(r) != c]
+
+
+def put_back(repo: GitRepo, expected: Expected) -> tuple[list[Drift], list[Drift]]:
+    """Check every ref the journal knows; put back those that drifted. Returns (restored, lost):
+    lost ones name a commit that no longer exists (collected), which nothing can bring back."""
+    names = [*expected.archives, GOOD_REF]
+    found = drift(expected, {name: repo.ref_value(name) for name in names})
+    restored, lost = [], []
+    for d in found:
+        if repo.commit_exists(d.expected):
+            repo.set_ref(d.ref, d.expected)
+            restored.append(d)
+        else:
+            lost.append(d)
+    return restored, lost
+
+
+def as_fields(items: list[Drift]) -> list[dict[str, str | None]]:
+    return [{"ref": d.ref, "was": d.actual, "now": d.expected} for d in items]
