@@ -821,6 +821,13 @@ class GitRepo:
         ]
         return clear_special(Path(repo.workdir), suspect) if suspect else []
 
+    def reaches(self, commit: str, ancestor: str) -> bool:
+        """`ancestor` is in the history of `commit`."""
+        try:
+            return bool(self.repo.descendant_of(commit, ancestor))
+        except (pygit2.GitError, ValueError, KeyError):
+            return False
+
     def ref_value(self, name: str) -> str | None:
         """What `name` holds: a commit id, `ref: <target>` for a symbolic ref, None when
         missing or unreadable."""

@@ -17,6 +17,15 @@ from metasup.gitrepo import GOOD_REF, GitRepo
 
 # The events that set `refs/metasup/good`, and the field naming the commit.
 _GOOD_SETTERS = {"mark_good": "commit", "approved": "good", "recovered": "to"}
+# The events after which metasup knows where the supervised branch is.
+_HEAD_SETTERS = {
+    "snapshot": "commit",
+    "launch": "commit",
+    "rollback": "to",
+    "merged": "commit",
+    "approved": "commit",
+    "recovered": "to",
+}
 _SHA_LENGTHS = (40, 64)
 
 
@@ -30,6 +39,7 @@ class Expected:
 
     good: str | None = None
     archives: dict[str, str] = field(default_factory=dict)
+    head: str | None = None  # where metasup last left the supervised branch
 
     @classmethod
     def from_journal(cls, records: Iterable[dict[str, Any]]) -> Expected:
@@ -40,6 +50,10 @@ class Expected:
 
     def observe(self, record: dict[str, Any]) -> None:
         event = str(record.get("event"))
+        if event in _HEAD_SETTERS:
+            commit = _sha(record.get(_HEAD_SETTERS[event]))
+            if commit is not None:
+                self.head = commit
         if event in _GOOD_SETTERS:
             commit = _sha(record.get(_GOOD_SETTERS[event]))
             if commit is not None:
@@ -78,6 +92,21 @@ def put_back(repo: GitRepo, expected: Expected) -> tuple[list[Drift], list[Drift
         else:
             lost.append(d)
     return restored, lost
+
+
+def rewritten(repo: GitRepo, expected: Expected) -> tuple[str, str | None] | None:
+    """(the head metasup left, the branch now) when the branch no longer reaches the head
+    metasup left: rewound, amended, rebased or deleted behind its back. None otherwise, and
+    when that commit is gone (nothing left to keep)."""
+    left = expected.head
+    if left is None:
+        return None
+    now = repo.head()
+    if now == left or not repo.commit_exists(left):
+        return None
+    if now is not None and repo.reaches(now, left):
+        return None  # commits added on top: the agent's own, kept by the next snapshot
+    return left, now
 
 
 def as_fields(items: list[Drift]) -> list[dict[str, str | None]]:

@@ -28,7 +28,7 @@ from metasup.errors import IntegrityError, UserError
 from metasup.events import Event
 from metasup.experiments import Experimenter, Outcome
 from metasup.faults import child_env, crashpoint
-from metasup.gitrepo import GitRepo, RollbackRefused
+from metasup.gitrepo import ARCHIVE_PREFIX, GitRepo, RollbackRefused, archive_ref_name
 from metasup.intake import INBOX, Intake, ProposalStore, WakePipe
 from metasup.jail import Jail, Prepared, View, make_view, sandbox_to_json, view_to_json
 from metasup.journal import (
@@ -603,6 +603,7 @@ class Supervisor:
 
     def _snapshot(self, run: int) -> lifecycle.Observation:
         self._check_refs()
+        self._keep_rewritten()
         self._verify_good()
         if self.intake is not None and self.experimenter is None:
             self.intake.apply_queued()  # direct mode; in experiment mode the queue waits its turn
@@ -1248,6 +1249,20 @@ class Supervisor:
                 refs=refguard.as_fields(restored),
                 lost=refguard.as_fields(lost),
             )
+
+    def _keep_rewritten(self) -> None:
+        """The branch rewound or rewritten behind metasup's back: what it no longer reaches
+        is archived before the next snapshot builds on the new history."""
+        found = refguard.rewritten(self.repo, self.expected)
+        if found is None:
+            return
+        left, now = found
+        ref = self.repo.archive_commit(
+            archive_ref_name("history_rewritten")[len(ARCHIVE_PREFIX) :], left
+        )
+        self._emit(
+            Event.ARCHIVE, ref=ref, commit=left, reason="history_rewritten", was=left, now=now
+        )
 
     def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation:
         self._check_refs()  # the rollback's target must not have vanished with its ref

@@ -300,3 +300,34 @@ def test_refs_deleted_behind_metasups_back_are_put_back_from_the_journal(repo: P
             assert git(repo, "rev-parse", e["ref"]).strip() == e["commit"]
     rollbacks = [e for e in log if e["event"] == "rollback"]
     assert git(repo, "show", f"{rollbacks[-1]['archive']}:work.txt") == "uncommitted\n"
+
+
+REWRITER = textwrap.dedent(
+    """
+    import os, subprocess, time
+    from pathlib import Path
+    run = int(os.environ["METASUP_RUN"])
+    if run == 1:
+        Path("notes.txt").write_text("worth keeping\\n")
+    if run == 2:
+        # The snapshot that holds the notes, dropped from the branch.
+        subprocess.run(["git", "reset", "-q", "--hard", "HEAD~1"], check=True)
+    time.sleep(0.5)  # ok: a healthy run outlasts min_runtime
+    """
+)
+
+
+def test_commits_a_rewound_branch_no_longer_reaches_are_archived(repo: Path) -> None:
+    (repo / "agent.py").write_text(REWRITER)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n"))
+    out = run_metasup(repo, "run", "--max-cycles", "3")
+    assert out.returncode == 0, out.stderr
+    log = events(repo)
+    second = [e["commit"] for e in log if e["event"] == "launch"][1]
+    kept = [e for e in log if e["event"] == "archive" and e["reason"] == "history_rewritten"]
+    assert len(kept) == 1 and kept[0]["commit"] == second, kept
+    assert git(repo, "show", f"{kept[0]['ref']}:notes.txt") == "worth keeping\n"
+    launches = [e["seq"] for e in log if e["event"] == "launch"]
+    assert launches[1] < kept[0]["seq"] < launches[2], "archived at the next cycle's start"
+    assert git(repo, "fsck", "--no-dangling").strip() == ""
