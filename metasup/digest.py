@@ -37,3 +37,13 @@ def sha256_hex(data: bytes) -> str:
 
 def sha1_hex(data: bytes) -> str:
     return str(_sha1(data).hexdigest())
+
+
+def hmac_sha256_hex(key: bytes, data: bytes) -> str:
+    """HMAC-SHA256 (RFC 2104) on the built-in SHA-256: `hmac` would load OpenSSL."""
+    block = 64
+    if len(key) > block:
+        key = _sha256(key).digest()
+    key = key.ljust(block, b"\0")
+    inner = _sha256(bytes(k ^ 0x36 for k in key) + data).digest()
+    return str(_sha256(bytes(k ^ 0x5C for k in key) + inner).hexdigest())

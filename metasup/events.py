@@ -31,3 +31,4 @@ class Event(StrEnum):
     APPROVED = "approved"
     RECOVERED = "recovered"
     REFS_RESTORED = "refs_restored"
+    JOURNAL_BROKEN = "journal_broken"

@@ -133,6 +133,7 @@ class View:
     placeholders: tuple[Path, ...] = ()  # missing protected paths: an empty read-only folder
     holes: tuple[Path, ...] = ()  # read-write again inside a read-only path (the inbox)
     writable: tuple[Path, ...] = ()  # outside the tree
+    hidden: tuple[Path, ...] = ()  # folders seen empty: metasup's secrets (the journal key)
     network: bool = True
     tmp_overlay: bool = True  # /tmp: the host's seen, writes kept in the jail; else empty
 
@@ -146,6 +147,7 @@ def view_to_json(view: View) -> dict[str, Any]:
         "placeholders": [str(p) for p in view.placeholders],
         "holes": [str(p) for p in view.holes],
         "writable": [str(p) for p in view.writable],
+        "hidden": [str(p) for p in view.hidden],
         "network": view.network,
     }
 
@@ -161,6 +163,7 @@ def view_from_json(doc: dict[str, Any]) -> View:
         placeholders=paths("placeholders"),
         holes=paths("holes"),
         writable=paths("writable"),
+        hidden=paths("hidden") if "hidden" in doc else (),
         network=bool(doc["network"]),
     )
 
@@ -227,6 +230,8 @@ def view_options(view: View, gate: tuple[int, int] | None = None) -> list[str]:
     args += ["--bind", str(view.tree), str(view.tree)]
     for path in (*above, *view.placeholders):
         args += ["--ro-bind", str(path), str(path)]
+    for path in view.hidden:  # an empty read-only folder over it
+        args += ["--tmpfs", str(path), "--remount-ro", str(path)]
     for path in view.holes:
         args += ["--bind", str(path), str(path)]
     args += ["--chdir", str(view.cwd)]
@@ -322,6 +327,8 @@ def make_view(
             readonly.append(path)
     hole_paths = [tree / rel for rel in freed if (tree / rel).exists()] + [*holes]
     ro = [p for p in dict.fromkeys(readonly) if p.is_symlink() or p.exists()]
+    secrets = [d / "metasup" / "secret" for d in (tree / ".git", *git_dirs(tree))]
+    hidden = [p for p in dict.fromkeys(secrets) if p.is_dir() and not p.is_symlink()]
     return View(
         tree=tree,
         cwd=(cwd or tree).resolve(),
@@ -329,6 +336,7 @@ def make_view(
         placeholders=tuple(dict.fromkeys(placeholders)),
         holes=tuple(dict.fromkeys(hole_paths)),
         writable=tuple(w for w in dict.fromkeys(writable) if not _within(w, tree)),
+        hidden=tuple(p.resolve() for p in hidden),
         network=sandbox.network,
     )
 
@@ -337,6 +345,8 @@ def settle(view: View) -> View:
     """`view` as the disk is now: a read-only path inside the tree that went away since the
     view was made (a rollback took an empty placeholder) is held by a placeholder again; one
     outside it is dropped (bwrap cannot bind what is not there)."""
+    if any(not p.is_dir() for p in view.hidden):
+        view = replace(view, hidden=tuple(p for p in view.hidden if p.is_dir()))
     gone = [p for p in view.readonly if not (p.exists() or p.is_symlink())]
     if not gone:
         return view

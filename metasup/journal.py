@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from metasup import chain
 from metasup.digest import sha256_hex
 from metasup.errors import RepoBusyError, UserError
 from metasup.safeio import NotRegular, open_regular, read_regular, real_folder
@@ -80,6 +81,11 @@ class StateDir:
         return self.root / "backups"
 
     @property
+    def secret(self) -> Path:
+        """What the jail hides from every run: the journal's key and tail."""
+        return self.root / "secret"
+
+    @property
     def baseline(self) -> Path:
         """The approved content of the protected files (`metasup approve`)."""
         return self.root / "baseline.json"
@@ -92,7 +98,7 @@ class StateDir:
     def create(self) -> None:
         """Make the folders, refusing any of them that is a symlink or a file: the agent can
         write here when the jail is off, and metasup must never write through its links."""
-        for folder in (self.root, self.logs, self.preserve, self.backups, self.mcp):
+        for folder in (self.root, self.logs, self.preserve, self.backups, self.mcp, self.secret):
             try:
                 real_folder(folder)
             except NotRegular as e:
@@ -101,6 +107,7 @@ class StateDir:
                     "real folders; remove it"
                 ) from None
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.secret.mkdir(mode=0o700, exist_ok=True)
 
 
 def utc_now() -> str:
@@ -115,12 +122,58 @@ def line_hash(line: bytes) -> str:
 class Journal:
     """The append side of `events.jsonl`. One writer: the supervisor holding the lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, secret: Path | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self.seq, self.prev = self._recover_tail()
+        self.mac = self._last_mac()
+        self.secret = chain.Secret(secret or path.parent / "secret")
+        key, made = self.secret.key(create=True)
+        assert key is not None
+        self._key = key
+        # What a check of the tail found at open: the supervisor reports it as an event.
+        self.breaks = self._check_tail(made)
         self._lock = threading.Lock()  # experiment threads record events too
+
+    def _last_mac(self) -> str:
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return ""
+        start = max(0, size - _TAIL_WINDOW)
+        lines = os.pread(self._fd, size - start, start).splitlines()
+        return chain.split(lines[-1])[1] or "" if lines else ""
+
+    def _check_tail(self, key_made: bool) -> list[str]:
+        """The end of the journal against the tail kept aside: cut off, edited, or extended
+        by someone without the key since the last writer closed it."""
+        tail = self.secret.read_tail()
+        if tail is None:
+            return []
+        if key_made:
+            return ["the journal key was missing: a new one was made; older macs cannot be checked"]
+        size = os.fstat(self._fd).st_size
+        start = max(0, size - _TAIL_WINDOW)
+        lines = os.pread(self._fd, size - start, start).splitlines(keepends=True)
+        if start > 0:
+            lines = lines[1:]
+        # From the line the tail names to the end; the tail's own mac starts the chain.
+        at = None
+        for i, raw in enumerate(lines):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if int(json.loads(chain.split(raw)[0]).get("seq")) == tail.seq:
+                    at = i
+        if at is None:
+            if self.seq < tail.seq:
+                return [
+                    f"the journal ends at seq {self.seq}, but seq {tail.seq} was written: "
+                    "events were cut off"
+                ]
+            return [f"seq {tail.seq}, kept aside as the last written, is not in the journal"]
+        problems = []
+        if chain.split(lines[at])[1] != tail.mac:
+            problems.append(f"seq {tail.seq} differs from the copy of its mac kept aside")
+        return problems + chain.verify_macs(lines[at + 1 :], self._key, None, start_mac=tail.mac)
 
     def _recover_tail(self) -> tuple[int, str]:
         """Seq and hash of the last whole record; a torn or garbled tail is cut off.
@@ -161,17 +214,22 @@ class Journal:
                 "prev": self.prev,
             }
             record.update(fields)
-            line = json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+            body = json.dumps(record, separators=(",", ":"), default=str).encode()
+            mac = chain.sign(self._key, self.mac, body)
+            line = chain.with_mac(body, mac) + b"\n"
             os.write(self._fd, line)
             os.fdatasync(self._fd)
             self.seq += 1
             self.prev = line_hash(line)
+            self.mac = mac
+            self.secret.write_tail(self.seq, mac)
             return record
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self.secret.close()
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
@@ -205,13 +263,22 @@ def tail_events(path: Path, window: int = 1 << 18) -> list[dict[str, Any]]:
     return out
 
 
-def verify_chain(path: Path) -> list[str]:
-    """Problems found in the hash chain; empty when every line links to the one before."""
+def verify_chain(path: Path, secret: Path | None = None) -> list[str]:
+    """Problems found in the journal: every line must link to the one before (`prev`), carry
+    the next seq, and a mac made with the key; the journal must reach the tail kept aside.
+    Empty when it is intact."""
     problems: list[str] = []
+    keys = chain.Secret(secret or path.parent / "secret")
+    tail = keys.read_tail()
+    if not path.exists():
+        if tail is not None:
+            problems.append(f"the journal is missing, but seq {tail.seq} was written")
+        return problems
+    key, _ = keys.key(create=False)
+    with path.open("rb") as f:
+        problems += chain.verify_macs(f, key, tail)
     prev = GENESIS
     expected_seq = 1
-    if not path.exists():
-        return problems
     with path.open("rb") as f:
         for n, raw in enumerate(f, start=1):
             try:
@@ -359,7 +426,9 @@ def locked_journal(dirs: StateDir, what: str) -> Iterator[Journal]:
     repo lock is held throughout (a running supervisor makes this a clear error)."""
     dirs.create()
     with RepoLock(dirs.lock, what):
-        journal = Journal(dirs.events)
+        journal = Journal(dirs.events, dirs.secret)
+        if journal.breaks:
+            journal.append("journal_broken", problems=journal.breaks)
         try:
             yield journal
         finally:

@@ -229,7 +229,9 @@ class Supervisor:
             self._install_signals()
             become_subreaper()
             self._start_jail()  # before the journal: a refusal changes nothing
-            self.journal = Journal(self.dirs.events)
+            self.journal = Journal(self.dirs.events, self.dirs.secret)
+            if self.journal.breaks:
+                self._emit(Event.JOURNAL_BROKEN, problems=self.journal.breaks)
             self.expected = refguard.Expected.from_journal(read_events(self.dirs.events))
             if self.config.api_listen:
                 self._start_api(self.config.api_listen)

@@ -61,7 +61,62 @@ def test_an_edited_line_breaks_the_chain(three_events: Path) -> None:
     lines[1] = lines[1].replace('"code":1', '"code":0')
     path.write_text("\n".join(lines) + "\n")
     problems = verify_chain(path)
-    assert problems and "line 3" in problems[0]
+    assert problems[0].startswith("line 2 (seq 2): mac does not match")
+    assert "line 3 (seq 3): prev does not match line 2" in problems
+
+
+def _rechain(lines: list[bytes]) -> list[bytes]:
+    """What an agent without the key can do: renumber and recompute every `prev`."""
+    out: list[bytes] = []
+    prev = GENESIS
+    for n, raw in enumerate(lines, start=1):
+        record = json.loads(raw)
+        record.update(seq=n, prev=prev)
+        line = json.dumps(record, separators=(",", ":")).encode()
+        out.append(line)
+        prev = line_hash(line)
+    return out
+
+
+def test_a_dropped_line_re_chained_is_still_seen(three_events: Path) -> None:
+    path = three_events
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join(_rechain([lines[0], lines[2]])) + b"\n")
+    problems = verify_chain(path)
+    assert any("mac does not match" in p for p in problems), problems
+    assert not any("prev does not match" in p for p in problems), "the plain chain is whole"
+
+
+def test_a_journal_cut_short_is_seen(three_events: Path) -> None:
+    path = three_events
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join(lines[:2]) + b"\n")
+    assert verify_chain(path) == [
+        "the journal ends at seq 2, but seq 3 was written: events were cut off"
+    ]
+    j = Journal(path)  # the writer's own check at open says the same
+    assert j.breaks == ["the journal ends at seq 2, but seq 3 was written: events were cut off"]
+    j.close()
+
+
+def test_macs_stripped_or_the_key_gone_are_seen(three_events: Path) -> None:
+    path = three_events
+    bare = [json.dumps({k: v for k, v in json.loads(raw).items() if k != "mac"}).encode()
+            for raw in path.read_bytes().splitlines()]  # fmt: skip
+    intact = path.read_bytes()
+    path.write_bytes(b"\n".join(_rechain(bare)) + b"\n")
+    assert verify_chain(path) == ["seq 3 differs from the copy of its mac kept aside"]
+    path.write_bytes(intact)
+    (path.parent / "secret" / "journal.key").unlink()
+    assert verify_chain(path) == ["line 1 (seq 1): keyed, but the journal key is missing"]
+
+
+def test_an_intact_journal_reopened_reports_nothing(three_events: Path) -> None:
+    j = Journal(three_events)
+    assert j.breaks == []
+    j.append("more")
+    j.close()
+    assert verify_chain(three_events) == []
 
 
 def test_a_deleted_line_breaks_the_chain(three_events: Path) -> None:

@@ -75,6 +75,7 @@ HOSTILE = textwrap.dedent(
     attempt("write the config", lambda: write("metasup.yaml", "supervisor: {}\\n"))
     attempt("write the policy", lambda: write("protected/safety_rules.yaml", "protected: []\\n"))
     attempt("write .metasup", lambda: write(".metasup/state", "x"))
+    attempt("read the journal key", lambda: open(".git/metasup/secret/journal.key", "rb").close())
     attempt("create a missing protected path", lambda: write("secrets/key.txt", "mine"))
     attempt("replace the inbox", lambda: os.rename(".metasup/inbox", ".metasup/gone"))
     probe = os.environ["METASUP_INBOX"] + "/.probe"
@@ -163,6 +164,7 @@ def test_a_hostile_agent_cannot_reach_what_is_not_its_own(repo: Path) -> None:
         "write the config",
         "write the policy",
         "write .metasup",
+        "read the journal key",
         "create a missing protected path",
         "replace the inbox",
         "metasup's code",
@@ -187,6 +189,7 @@ def test_a_hostile_agent_cannot_reach_what_is_not_its_own(repo: Path) -> None:
     assert git(repo, "for-each-ref", "refs/metasup") == refs_before
     assert git(repo, "fsck", "--no-progress", "--full", check=False) == ""
     assert (repo / "metasup.yaml").read_text() == config_before
+    assert (repo / ".git" / "metasup" / "secret" / "journal.key").stat().st_size == 32
     assert (repo / ".git" / "config").read_text() == git_config_before
     assert not (repo / ".git" / "hooks" / "post-checkout").exists()
     assert not Path(f"/tmp/metasup-attack-{attack_id}").exists(), "its /tmp was its own"

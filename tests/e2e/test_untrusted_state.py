@@ -331,3 +331,46 @@ def test_commits_a_rewound_branch_no_longer_reaches_are_archived(repo: Path) -> 
     launches = [e["seq"] for e in log if e["event"] == "launch"]
     assert launches[1] < kept[0]["seq"] < launches[2], "archived at the next cycle's start"
     assert git(repo, "fsck", "--no-dangling").strip() == ""
+
+
+@pytest.mark.parametrize("attack", ["edited", "dropped", "re-chained", "cut off"])
+def test_log_verify_sees_every_kind_of_journal_forgery(repo: Path, attack: str) -> None:
+    (repo / "agent.py").write_text("print('ok')\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    assert run_metasup(repo, "run", "--max-cycles", "2").returncode == 0
+    assert run_metasup(repo, "log", "--verify").returncode == 0
+    path = repo / ".git" / "metasup" / "events.jsonl"
+    lines = path.read_bytes().splitlines()
+    if attack == "edited":
+        lines[3] = lines[3].replace(b'"run":1', b'"run":7')
+    elif attack == "dropped":
+        del lines[3]
+    elif attack == "re-chained":
+        del lines[3]
+        lines = _rechain(lines)
+    else:
+        lines = lines[:-2]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    out = run_metasup(repo, "log", "--verify", "--json")
+    assert out.returncode == 1, out.stdout
+    assert json.loads(out.stdout)["problems"]
+    # The supervisor sees a cut-off tail as it starts, and records it.
+    if attack == "cut off":
+        assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
+        (broken,) = [e for e in events(repo) if e["event"] == "journal_broken"]
+        assert "events were cut off" in broken["problems"][0]
+
+
+def _rechain(lines: list[bytes]) -> list[bytes]:
+    """Renumbered and chained again, as one without the key can do."""
+    import hashlib
+
+    out, prev = [], "0" * 64
+    for n, raw in enumerate(lines, start=1):
+        record = json.loads(raw)
+        record.update(seq=n, prev=prev)
+        line = json.dumps(record, separators=(",", ":")).encode()
+        out.append(line)
+        prev = hashlib.sha256(line).hexdigest()
+    return out
