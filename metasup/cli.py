@@ -434,12 +434,14 @@ def rollback_cmd(
     from metasup import rollback
     from metasup.errors import ConfigError
     from metasup.gitrepo import GOOD_REF
-    from metasup.journal import StateDir, locked_journal
+    from metasup.journal import StateDir, locked_journal, read_events
     from metasup.statefile import read_state
 
     repo = _repo()
+    bounds = rollback.DEFAULT_BOUNDS
     try:
-        keep = _config(repo.workdir, config).rollback.preserve
+        cfg = _config(repo.workdir, config).rollback
+        keep, bounds = cfg.preserve, (cfg.max_file_size, cfg.max_files)
     except ConfigError:
         if config is not None or any(
             (repo.workdir / name).exists() for name in ("metasup.yaml", "config/metasup.yaml")
@@ -448,17 +450,26 @@ def rollback_cmd(
         keep = ()  # no config at all: nothing to preserve
     dirs = StateDir.for_git_dir(repo.git_dir)
     with locked_journal(dirs, str(repo.workdir)) as journal:
-        left = rollback.resume(repo, dirs.intent, dirs.events, dirs.preserve, keep, journal.append)
+        left = rollback.resume(
+            repo, dirs.intent, dirs.events, dirs.preserve, keep, journal.append, bounds
+        )
         if left is not None:
             typer.echo(f"finished an interrupted rollback to {left['target'][:12]}")
         if to is None and repo.good() is None:
             raise UserError(f"no good commit yet ({GOOD_REF}); pass --to REF")
         target = repo.check_rollback_target(to or GOOD_REF, failed=None)
         run = int(read_state(dirs.state).get("run") or 0)
+        since = rollback.good_since_ns(read_events(dirs.events))
         intent = rollback.plan(
-            run, repo.head(), target, "manual", dirs.preserve / "manual", by="operator"
+            run,
+            repo.head(),
+            target,
+            "manual",
+            dirs.preserve / "manual",
+            by="operator",
+            since_ns=since,
         )
-        done = rollback.carry_out(repo, intent, keep, dirs.intent, journal.append)
+        done = rollback.carry_out(repo, intent, keep, dirs.intent, journal.append, bounds)
     if done.get("archive"):
         typer.echo(f"archived the current state as {done['archive']}")
     typer.echo(f"reset to {target[:12]}")
@@ -505,15 +516,18 @@ def recover(config: ConfigOpt = None) -> None:
     Exits 0, or 1 when there is nothing good to go back to."""
     from metasup.errors import ConfigError
     from metasup.recover import recover as do_recover
+    from metasup.rollback import DEFAULT_BOUNDS
 
     repo = _repo()
+    bounds = DEFAULT_BOUNDS
     try:
-        keep = _config(repo.workdir, config).rollback.preserve
+        cfg = _config(repo.workdir, config).rollback
+        keep, bounds = cfg.preserve, (cfg.max_file_size, cfg.max_files)
     except ConfigError:
         if config is not None:
             raise
         keep = ()
-    done = do_recover(repo, keep)
+    done = do_recover(repo, keep, bounds)
     if done.stopped:
         typer.echo(f"stopped {done.stopped} process(es)")
     if done.archive:

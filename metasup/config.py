@@ -121,6 +121,10 @@ class RollbackConfig:
     keep_commits: int = 10
     backup_interval: float | None = None
     preserve: tuple[str, ...] = ()
+    # An untracked or ignored file over this size is quarantined (moved aside), not hashed;
+    # past this many files, the rest of an archive is quarantined too. None: no bound.
+    max_file_size: int | None = 100 << 20
+    max_files: int | None = 20_000
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,8 @@ class Config:
                     "keep_commits": r.keep_commits,
                     "backup_interval": r.backup_interval,
                     "preserve": list(r.preserve),
+                    "max_file_size": format_size(r.max_file_size) if r.max_file_size else None,
+                    "max_files": r.max_files,
                 },
                 "mcp_servers": [s.to_dict() for s in self.mcp_servers],
                 "proposals": {"mode": self.proposals_mode},
@@ -560,6 +566,8 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
             ("supervisor", "rollback", "backup_interval"), r.get("backup_interval"), None
         ),
         preserve=preserve,
+        max_file_size=parse_size(r["max_file_size"]) if "max_file_size" in r else 100 << 20,
+        max_files=r.get("max_files", 20_000),
     )
 
     experiments = _experiments(s.get("experiments", {}), dur)

@@ -13,23 +13,26 @@ The traps measured in the project notes shape this module:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pygit2
-from pygit2.enums import CheckoutStrategy, FileStatus
+from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
 
 from metasup.errors import UserError
 from metasup.faults import crashpoint, is_armed
 from metasup.safeio import is_special, read_regular
+from metasup.sweep import ARCHIVED, Sweep
+from metasup.sweep import plan as plan_sweep
 
 GOOD_REF = "refs/metasup/good"
 ARCHIVE_PREFIX = "refs/metasup/archive/"
@@ -77,6 +80,8 @@ class Archive:
     ref: str
     commit: str
     dirty: bool  # False: nothing uncommitted, the ref keeps the failed commit itself
+    ignored: int = 0  # ignored files taken into the archive
+    quarantined: list[str] = field(default_factory=list)  # moved aside, not hashed
 
 
 def _signature() -> pygit2.Signature:
@@ -496,16 +501,60 @@ class GitRepo:
         _write_file(target, blob.data, mode == pygit2.enums.FileMode.BLOB_EXECUTABLE)
         return True
 
-    def archive(self, reason: str, run: int) -> Archive | None:
+    def archive(
+        self,
+        reason: str,
+        run: int,
+        sweep: Sweep | None = None,
+        quarantine_root: Path | None = None,
+    ) -> Archive | None:
         """Save HEAD plus every uncommitted change (untracked too) under an archive ref.
 
-        HEAD, the index file and the working tree are left untouched. None when there is
-        nothing at all (an unborn branch with an empty tree).
+        With `sweep`, the ignored files changed since the good state are stored too (under
+        `.metasup/archived/ignored/` in the archive's tree) and then removed from the working
+        tree, and what is past the sweep's bounds is moved into `quarantine_root/<archive>/`
+        and listed in `.metasup/archived/manifest.json`. HEAD and the index file are left
+        untouched. None when there is nothing at all (an unborn branch with an empty tree).
         """
+        sweep = sweep or Sweep(since_ns=None, max_file_size=None, max_files=None)
+        status = self.repo.status(untracked_files="normal", ignored=sweep.since_ns is not None)
+        untracked = [p for p, f in status.items() if f & FileStatus.WT_NEW]
+        ignored = [p for p, f in status.items() if f & FileStatus.IGNORED]
+        taken = plan_sweep(self.workdir, untracked, ignored, sweep)
+        name = archive_ref_name(reason)
+        suffix = 1
+        while name in self.repo.references:
+            suffix += 1
+            name = f"{archive_ref_name(reason)}-{suffix}"
+        root = quarantine_root or self.git_dir / "metasup" / "quarantine"
+        folder = root / name.rsplit("/", 1)[1]
         index = self.repo.index
         index.read()
         try:
-            changed = self._stage_worktree(index)
+            tracked = {
+                p: f for p, f in status.items() if not f & (FileStatus.WT_NEW | FileStatus.IGNORED)
+            }
+            changed = self._stage_worktree(index, tracked)
+            for path in taken.hash_untracked:
+                with contextlib.suppress(OSError, pygit2.GitError):  # gone, or swapped since
+                    index.add(path)
+                    changed += 1
+            for path in taken.hash_ignored:
+                entry = self._entry_for(path, f"{ARCHIVED}/ignored/{path}")
+                if entry is not None:
+                    index.add(entry)
+                    changed += 1
+            for unit in taken.quarantine:
+                _move_aside(self.workdir / unit.path, folder / unit.path)
+            for path, _kind in taken.special:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.workdir / path)
+            if not taken.empty:
+                doc = taken.manifest(str(folder.relative_to(self.git_dir)))
+                data = (json.dumps(doc, indent=2) + "\n").encode()
+                blob = self.repo.create_blob(data)
+                index.add(pygit2.IndexEntry(f"{ARCHIVED}/manifest.json", blob, FileMode.BLOB))
+                changed += 1
             tree = index.write_tree()
         finally:
             index.read(force=True)  # drop the in-memory staging; the index file is never written
@@ -522,13 +571,35 @@ class GitRepo:
             parents = [pygit2.Oid(hex=head)] if head else []
             oid = self.repo.create_commit(None, _signature(), _signature(), message, tree, parents)
             commit, dirty = str(oid), True
-        name = archive_ref_name(reason)
-        suffix = 1
-        while name in self.repo.references:
-            suffix += 1
-            name = f"{archive_ref_name(reason)}-{suffix}"
         self.repo.references.create(name, commit)
-        return Archive(ref=name, commit=commit, dirty=dirty)
+        # Only now, with the commit holding them, are the ignored files taken out of the tree.
+        for path in taken.hash_ignored:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.workdir / path)
+        return Archive(
+            ref=name,
+            commit=commit,
+            dirty=dirty,
+            ignored=len(taken.hash_ignored),
+            quarantined=[u.path for u in taken.quarantine],
+        )
+
+    def _entry_for(self, path: str, stored_as: str) -> pygit2.IndexEntry | None:
+        """An index entry at `stored_as` for the file at `path` in the tree, its blob written
+        (streamed from disk for a file, never opened when it turned into a fifo)."""
+        full = self.workdir / path
+        try:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                blob = self.repo.create_blob(os.fsencode(os.readlink(full)))
+                return pygit2.IndexEntry(stored_as, blob, FileMode.LINK)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            data = read_regular(full)
+        except OSError:
+            return None
+        mode = FileMode.BLOB_EXECUTABLE if st.st_mode & stat.S_IXUSR else FileMode.BLOB
+        return pygit2.IndexEntry(stored_as, self.repo.create_blob(data or b""), mode)
 
     def check_rollback_target(self, target: str, failed: str | None) -> str:
         """The full sha of `target` when it is a safe place to reset to, else RollbackRefused.
@@ -949,6 +1020,19 @@ def clear_special(workdir: Path, paths: Iterable[str]) -> list[str]:
             os.unlink(full)
             removed.append(rel)
     return removed
+
+
+def _move_aside(src: Path, dst: Path) -> None:
+    """Move a file or folder out of the tree, by rename (copied only across filesystems)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dst)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno != 18:  # EXDEV: the git dir is on another filesystem
+            raise
+        shutil.move(str(src), str(dst))
 
 
 def _make_dirs(workdir: Path, path: str) -> None:

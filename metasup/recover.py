@@ -58,18 +58,23 @@ def stop_everything(dirs: StateDir, timeout: float = 30.0) -> int:
     return stopped
 
 
-def recover(repo: GitRepo, keep: tuple[str, ...]) -> Recovery:
+def recover(
+    repo: GitRepo, keep: tuple[str, ...], bounds: rollback.Bounds = rollback.DEFAULT_BOUNDS
+) -> Recovery:
     dirs = StateDir.for_git_dir(repo.git_dir)
     stopped = stop_everything(dirs)
     with locked_journal(dirs, str(repo.workdir)) as journal:
         # An interrupted rollback is finished first; one metasup cannot vouch for is archived
         # around and refused.
-        rollback.resume(repo, dirs.intent, dirs.events, dirs.preserve, keep, journal.append)
+        rollback.resume(repo, dirs.intent, dirs.events, dirs.preserve, keep, journal.append, bounds)
         target, source = _target(repo, dirs)
         state = read_state(dirs.state)
         run = int(state.get("run") or 0)
-        intent = rollback.plan(run, repo.head(), target, "recover", dirs.preserve / "recover")
-        done = rollback.carry_out(repo, intent, keep, dirs.intent, journal.append)
+        since = rollback.good_since_ns(read_events(dirs.events))
+        intent = rollback.plan(
+            run, repo.head(), target, "recover", dirs.preserve / "recover", since_ns=since
+        )
+        done = rollback.carry_out(repo, intent, keep, dirs.intent, journal.append, bounds)
         if repo.good() != target:
             repo.set_good(target)
         journal.append(

@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from metasup.gitrepo import GitRepo
 from metasup.journal import read_events, read_json, write_json_atomic
 from metasup.safeio import NotRegular, real_folder
 from metasup.statefile import intent_problem
+from metasup.sweep import Sweep
 
 Emit = Callable[..., object]  # emit(event, **fields): journal the event, report it
 
@@ -47,6 +49,28 @@ def plan(
         "step": "start",
         **details,
     }
+
+
+Bounds = tuple[int | None, int | None]  # rollback.max_file_size, rollback.max_files
+DEFAULT_BOUNDS: Bounds = (100 << 20, 20_000)
+# The events after which the tree is in a good state: ignored files changed later are the
+# failed run's (or someone's since), and a rollback takes them into its archive.
+GOOD_STATE_EVENTS = ("supervisor_start", "mark_good", "approved", "recovered")
+
+
+def good_since_ns(records: Iterable[dict[str, Any]]) -> int | None:
+    """When the tree was last known good, from the journal (nanoseconds since the epoch)."""
+    latest = None
+    for record in records:
+        if record.get("event") in GOOD_STATE_EVENTS and isinstance(record.get("ts"), str):
+            latest = record["ts"]
+    if latest is None:
+        return None
+    try:
+        when = datetime.strptime(latest, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
 def pending(intent_path: Path) -> dict[str, Any] | None:
@@ -107,6 +131,7 @@ def resume(
     preserve_root: Path,
     keep: Sequence[str],
     emit: Emit,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> dict[str, Any] | None:
     """Finish the rollback a killed process left half done, if metasup can vouch for it.
 
@@ -119,7 +144,7 @@ def resume(
     problem = resume_problem(intent, preserve_root, good)
     if problem is None:
         intent["resumed"] = True
-        return carry_out(repo, intent, keep, intent_path, emit)
+        return carry_out(repo, intent, keep, intent_path, emit, bounds)
     archive = repo.archive("untrusted-intent", int(intent.get("run") or 0) if _nat(intent) else 0)
     if archive is not None:
         emit(
@@ -149,6 +174,7 @@ def carry_out(
     keep: Sequence[str],
     intent_path: Path,
     emit: Emit,
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> dict[str, Any]:
     """Take `intent` from its recorded step to the end; return it, finished."""
     t0 = time.perf_counter()
@@ -157,7 +183,14 @@ def carry_out(
     if intent["step"] == "start":
         write_json_atomic(intent_path, intent)
         a0 = time.perf_counter()
-        archive = repo.archive(reason, run)
+        since = intent.get("since_ns")
+        sweep = Sweep(
+            since_ns=since if isinstance(since, int) and not isinstance(since, bool) else None,
+            keep=tuple(keep),
+            max_file_size=bounds[0],
+            max_files=bounds[1],
+        )
+        archive = repo.archive(reason, run, sweep)
         crashpoint("rollback:after-archive")
         intent.update(
             step="archived",
@@ -173,6 +206,8 @@ def carry_out(
                 reason=reason,
                 run=run,
                 duration_ms=_ms(a0),
+                **({"ignored": archive.ignored} if archive.ignored else {}),
+                **({"quarantined": archive.quarantined} if archive.quarantined else {}),
             )
         write_json_atomic(intent_path, intent)
     if intent["step"] == "archived":

@@ -188,6 +188,9 @@ class Supervisor:
         self._old_wakeup = -1
         self.journal: Journal | None = None
         self.expected = refguard.Expected()  # metasup's refs as the journal has them
+        # When the tree was last known good: ignored files changed later go with a rollback.
+        # The start is such a moment (the tree passed the integrity check).
+        self._good_since_ns = time.time_ns()
         self.lock = RepoLock(self.dirs.lock, str(repo.workdir))
         self.policy: Policy = load_policy(repo.workdir, config.path, config.protected_paths)
         self.jail: Jail | None = None
@@ -497,6 +500,7 @@ class Supervisor:
                 continue
             del self.timers[name]
             if name == "min_runtime":
+                self._good_since_ns = time.time_ns()  # the same commit, proven good again
                 observed.append(lifecycle.MinRuntimeReached(run=self.state.run))
             elif name == "backoff":
                 observed.append(lifecycle.BackoffElapsed())
@@ -573,6 +577,7 @@ class Supervisor:
             case lifecycle.Snapshot(run=run):
                 return self._snapshot(run)
             case lifecycle.MarkGood(commit=commit, baseline=baseline):
+                self._good_since_ns = time.time_ns()
                 self.repo.set_good(commit)
                 self.counters.good_marks += 1
                 self._emit(Event.MARK_GOOD, commit=commit, run=self.state.run, baseline=baseline)
@@ -1285,14 +1290,25 @@ class Supervisor:
             self._write_recovery(failure)
             return lifecycle.RollbackFailed(str(e))
         staging = self.dirs.preserve / f"run-{qf.run}"
-        intent = rollback.plan(qf.run, qf.failed, target, qf.reason, staging, **details)
+        intent = rollback.plan(
+            qf.run, qf.failed, target, qf.reason, staging, since_ns=self._good_since_ns, **details
+        )
         return self._carry_out(intent)
 
     def _carry_out(self, intent: dict[str, Any]) -> lifecycle.Observation:
         done = rollback.carry_out(
-            self.repo, intent, self.config.rollback.preserve, self.dirs.intent, self._emit
+            self.repo,
+            intent,
+            self.config.rollback.preserve,
+            self.dirs.intent,
+            self._emit,
+            self._bounds,
         )
         return self._rolled_back(done)
+
+    @property
+    def _bounds(self) -> rollback.Bounds:
+        return (self.config.rollback.max_file_size, self.config.rollback.max_files)
 
     def _rolled_back(self, done: dict[str, Any]) -> lifecycle.Observation:
         self.counters.rollbacks += 1
@@ -1315,6 +1331,7 @@ class Supervisor:
             self.dirs.preserve,
             self.config.rollback.preserve,
             self._emit,
+            self._bounds,
         )
         if done is not None:
             self._rolled_back(done)

@@ -208,13 +208,16 @@ def test_stragglers_are_stopped_before_the_rollback(repo: Path, sandbox: str) ->
     out = run_metasup(repo, "run", "--max-cycles", "1")
     assert out.returncode == 0, out.stderr
     assert f"sandbox mode={'bwrap' if sandbox == 'auto' else 'off'}" in out.stderr
-    assert (repo / "agent-1.started").exists(), "the daemon ran before the agent exited"
+    archive = by_name(repo, "archive")[0]["ref"]
+    # Ignored, made by the failed run: the rollback took it into the archive.
+    assert not (repo / "agent-1.started").exists()
+    started = git(repo, "show", f"{archive}:.metasup/archived/ignored/agent-1.started")
+    assert started == "1", "the daemon ran before the agent exited"
     assert marked_pids(f"daemon:{repo}") == []
     if sandbox == "off":  # metasup found and stopped it (in the jail it ends with the agent)
         assert "stragglers_stopped" in out.stderr
     # Had it survived the rollback, it would have written straggler.txt again.
     assert not (repo / "straggler.txt").exists()
-    archive = by_name(repo, "archive")[0]["ref"]
     assert "straggler.txt" in git(repo, "ls-tree", "--name-only", archive)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import agent_config, git, names, run_metasup, write_config
+from tests.conftest import agent_config, events, git, names, run_metasup, write_config
 
 PLANTED = ("metasup/__init__.py", "json.py", "yaml.py", "pygit2.py", "typer.py")
 
@@ -157,3 +157,93 @@ def test_logs_planted_as_symlinks_are_never_written_through(
         assert not (logs / f"run-000002-{head}.log").is_symlink()
     assert (victim / "bashrc").read_text() == "precious\n"
     assert [p.name for p in victim.iterdir()] == ["bashrc"]
+
+
+SHADOWER = """
+import importlib._bootstrap_external as bootstrap
+import os, sys, time
+from pathlib import Path
+import helper  # a tracked module of the agent's own
+run = int(os.environ["METASUP_RUN"])
+if run == 2:
+    # Ignored by git, found first by Python: the good commit would break on them for ever.
+    Path("json.py").write_text("raise SystemExit('a planted json.py')\\n")
+    st = os.stat("helper.py")
+    code = compile("raise SystemExit('a forged helper.pyc')", "helper.py", "exec")
+    tag = sys.implementation.cache_tag
+    forged = bootstrap._code_to_timestamp_pyc(code, int(st.st_mtime), st.st_size)
+    Path(f"__pycache__/helper.{tag}.pyc").write_bytes(forged)
+    Path("cache").mkdir(exist_ok=True)
+    Path("cache/new.txt").write_text("made by the failed run\\n")
+    sys.exit(1)
+import json  # the stdlib's, or the planted one
+time.sleep(0.5)  # ok: a healthy run outlasts min_runtime
+"""
+
+
+def test_ignored_files_a_failed_run_planted_go_into_the_archive(repo: Path) -> None:
+    (repo / "agent.py").write_text(SHADOWER)
+    (repo / "helper.py").write_text("VALUE = 1\n")
+    (repo / ".gitignore").write_text("__pycache__/\ncache/\nkeep/\n")
+    (repo / ".git" / "info" / "exclude").write_text("json.py\n")
+    (repo / "cache").mkdir()
+    (repo / "cache" / "old.txt").write_text("there before metasup started\n")
+    (repo / "__pycache__").mkdir()
+    write_config(
+        repo,
+        agent_config(
+            extra="  sandbox: {mode: off}\n  rollback: {preserve: [keep/]}\n",
+            agent_extra="",
+        ).replace('PYTHONDONTWRITEBYTECODE: "1"', 'PYTHONDONTWRITEBYTECODE: ""'),
+    )
+    (repo / "keep").mkdir()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "the agent")
+    out = run_metasup(repo, "run", "--max-cycles", "3")
+    assert out.returncode == 0, out.stderr
+    seen = names(repo)
+    assert seen.count("rollback") == 1 and "emergency_stop" not in seen, seen
+    exits = [e["code"] for e in events(repo) if e["event"] == "exit"]
+    assert exits == [0, 1, 0], "the run after the rollback is healthy again"
+    assert not (repo / "json.py").exists() and not (repo / "cache" / "new.txt").exists()
+    assert (repo / "cache" / "old.txt").exists(), "ignored files older than the good state stay"
+    archive = next(e for e in events(repo) if e["event"] == "archive")
+    assert archive["ignored"] >= 3
+    stored = git(repo, "ls-tree", "-r", "--name-only", archive["ref"], ".metasup/archived")
+    assert ".metasup/archived/ignored/json.py" in stored.split()
+    assert ".metasup/archived/ignored/cache/new.txt" in stored.split()
+    assert any("__pycache__/helper." in p for p in stored.split())
+
+
+def test_oversized_files_and_past_the_count_are_quarantined_not_hashed(repo: Path) -> None:
+    (repo / "agent.py").write_text(
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "if os.environ['METASUP_RUN'] == '2':\n"
+        "    with open('big.bin', 'wb') as f:\n"
+        "        f.truncate(2 << 30)  # 2 GiB, sparse: nothing to write, all to hash\n"
+        "    Path('many').mkdir()\n"
+        "    for n in range(300):\n"
+        "        Path(f'many/{n}.txt').write_text(str(n))\n"
+        "    Path('small.txt').write_text('kept in git')\n"
+        "    sys.exit(1)\n"
+        "time.sleep(0.5)  # ok: a healthy run outlasts min_runtime\n"
+    )
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(
+        repo,
+        agent_config(extra="  sandbox: {mode: off}\n  rollback: {max_files: 100}\n"),
+    )
+    out = run_metasup(repo, "run", "--max-cycles", "3", timeout=120)
+    assert out.returncode == 0, out.stderr
+    archive = next(e for e in events(repo) if e["event"] == "archive")
+    assert sorted(archive["quarantined"]) == ["big.bin", "many"]
+    assert archive["duration_ms"] < 2000
+    manifest = json.loads(git(repo, "show", f"{archive['ref']}:.metasup/archived/manifest.json"))
+    folder = repo / ".git" / manifest["quarantine"]
+    assert (folder / "big.bin").stat().st_size == 2 << 30
+    assert len(list((folder / "many").iterdir())) == 300
+    listed = {q["path"]: q for q in manifest["quarantined"]}
+    assert listed["many"]["files"] == 300 and listed["big.bin"]["bytes"] == 2 << 30
+    assert git(repo, "show", f"{archive['ref']}:small.txt") == "kept in git"
+    assert not (repo / "big.bin").exists() and not (repo / "many").exists()
