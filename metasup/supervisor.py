@@ -1287,7 +1287,19 @@ class Supervisor:
         try:
             target = self.repo.check_rollback_target(qf.target, self.repo.head())
         except RollbackRefused as e:
-            self._write_recovery(failure)
+            # No reset, but the failed state is kept all the same before the stop.
+            archive = self.repo.archive(qf.reason, qf.run)
+            if archive is not None:
+                self.last_archive = archive.ref
+                self._emit(
+                    Event.ARCHIVE,
+                    ref=archive.ref,
+                    commit=archive.commit,
+                    dirty=archive.dirty,
+                    reason=qf.reason,
+                    run=qf.run,
+                )
+            self._write_recovery({**failure, "archive": archive.ref if archive else None})
             return lifecycle.RollbackFailed(str(e))
         staging = self.dirs.preserve / f"run-{qf.run}"
         intent = rollback.plan(

@@ -162,6 +162,74 @@ def bench_archive_reset(repo: Path, files: int, repeats: int) -> dict[str, float
     return {"metasup_ms": median_ms(ours), "git_cli_ms": median_ms(cli)}
 
 
+def bench_bulk_archive(root: Path, repeats: int = 3) -> dict[str, Any]:
+    """A failed run that left a 2 GiB file, or 200k small files, untracked: the archive (and
+    the reset after it) against what hashing them would cost the git CLI, in the same run."""
+    from metasup.sweep import Sweep
+
+    out: dict[str, Any] = {}
+    repo = make_repo(root / "bulk", 100)
+    g = GitRepo(repo)
+    good = git(repo, "rev-parse", "HEAD")
+    sweep = Sweep(since_ns=time.time_ns())
+    ours, anchor = [], []
+    for r in range(repeats):
+        big = repo / "big.bin"
+        with big.open("wb") as f:
+            f.truncate(2 << 30)  # sparse: the disk holds nothing, a hash reads all of it
+        t = time.perf_counter()
+        g.archive("bench", r, sweep)
+        g.reset_to(good)
+        ours.append(time.perf_counter() - t)
+        with big.open("wb") as f:
+            f.truncate(2 << 30)
+        t = time.perf_counter()
+        git(repo, "hash-object", "big.bin")  # hashing alone, without writing the object
+        anchor.append(time.perf_counter() - t)
+        big.unlink()
+    out["file_2gib"] = {"metasup_ms": median_ms(ours), "git_hash_object_ms": median_ms(anchor)}
+
+    def small_files() -> None:
+        for d in range(200):
+            folder = repo / "out" / f"d{d:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(1000):
+                (folder / f"{n}.txt").write_text(f"{d}/{n}\n")
+
+    ours, anchor = [], []
+    tmp_index = repo / ".git" / "bench-index"
+    for r in range(max(1, repeats - 1)):
+        small_files()
+        t = time.perf_counter()
+        g.archive("bench", r, sweep)
+        g.reset_to(good)
+        ours.append(time.perf_counter() - t)
+        small_files()
+        t = time.perf_counter()
+        shutil.copy(repo / ".git" / "index", tmp_index)
+        env = {"GIT_INDEX_FILE": str(tmp_index)}
+        git(repo, "add", "-A", env=env)
+        git(repo, "write-tree", env=env)
+        anchor.append(time.perf_counter() - t)
+        shutil.rmtree(repo / "out")
+    out["files_200k"] = {"metasup_ms": median_ms(ours), "git_cli_add_ms": median_ms(anchor)}
+    shutil.rmtree(repo)
+    return out
+
+
+def print_bulk(b: dict[str, Any]) -> None:
+    f, m = b["file_2gib"], b["files_200k"]
+    print("\nArchive and reset of what a failed run left untracked (medians)")
+    print(
+        f"  one 2 GiB file: {f['metasup_ms']:.0f} ms (git hash-object alone: "
+        f"{f['git_hash_object_ms']:.0f} ms, {f['metasup_ms'] / f['git_hash_object_ms']:.3f}x)"
+    )
+    print(
+        f"  200k small files: {m['metasup_ms']:.0f} ms (git add -A alone: "
+        f"{m['git_cli_add_ms']:.0f} ms, {m['metasup_ms'] / m['git_cli_add_ms']:.3f}x)"
+    )
+
+
 def bench_validation(root: Path, repeats: int) -> dict[str, dict[str, float]]:
     """proposals.validate (schema, paths, policy, the tree) on 1- and 200-change proposals."""
     from metasup.policy import load_policy
@@ -663,7 +731,7 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
         "--only",
-        choices=["mcp", "api", "tamper", "jail"],
+        choices=["mcp", "api", "tamper", "jail", "archive"],
         default=None,
         help="Run one part only.",
     )
@@ -681,6 +749,7 @@ def main() -> int:
                 print_tamper,
             ),
             "jail": (lambda: bench_jail(root, args.cycles), print_jail),
+            "archive": (lambda: bench_bulk_archive(root), print_bulk),
             "api": (
                 lambda: bench_api(
                     make_repo(root / "small", 100),
@@ -709,6 +778,7 @@ def main() -> int:
             }
             shutil.rmtree(repo)
 
+        results["bulk_archive"] = bench_bulk_archive(root)
         results["validation"] = bench_validation(root, args.repeats)
         agent = build_agent(root)
         log = root / "agent.log"
@@ -916,6 +986,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"rss {idle['rss_mib']} MiB"
     )
     print_jail(r["jail"])
+    print_bulk(r["bulk_archive"])
     print_tamper(r["tamper"])
     print_api(r["api"])
     print_mcp(r["mcp"])
