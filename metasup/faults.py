@@ -6,8 +6,21 @@ each point costs one comparison. The kill is a real SIGKILL: no cleanup runs, as
 
 import os
 import signal
+import time
 
 _ARMED = os.environ.get("METASUP_CRASHPOINT") or None
+# `METASUP_HOLDPOINT=<name>:<file>` holds the supervisor at that point until `file` exists: a
+# test's way to look at it in the middle of a long step.
+_HOLD = os.environ.get("METASUP_HOLDPOINT") or None
+
+
+def holdpoint(name: str) -> None:
+    if _HOLD is None or not _HOLD.startswith(name + ":"):
+        return
+    release = _HOLD[len(name) + 1 :]
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)  # a test fixture's wait, bounded; never armed in use
 
 
 def crashpoint(name: str) -> None:
@@ -19,6 +32,7 @@ def child_env() -> dict[str, str]:
     """This process's environment for a child: a crash point is the supervisor's alone."""
     env = dict(os.environ)
     env.pop("METASUP_CRASHPOINT", None)
+    env.pop("METASUP_HOLDPOINT", None)
     return env
 
 

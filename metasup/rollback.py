@@ -20,7 +20,7 @@ from typing import Any
 from metasup import preserve
 from metasup.errors import UserError
 from metasup.events import Event
-from metasup.faults import crashpoint
+from metasup.faults import crashpoint, holdpoint
 from metasup.gitrepo import GitRepo
 from metasup.journal import read_events, read_json, write_json_atomic
 from metasup.safeio import NotRegular, real_folder
@@ -190,6 +190,7 @@ def carry_out(
             max_file_size=bounds[0],
             max_files=bounds[1],
         )
+        holdpoint("rollback:archive")
         archive = repo.archive(reason, run, sweep)
         crashpoint("rollback:after-archive")
         intent.update(

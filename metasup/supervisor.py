@@ -217,6 +217,11 @@ class Supervisor:
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
         self.last_crash_to_relaunch_s: float | None = None
         self._deferred: list[lifecycle.Observation] = []  # seen while waiting for the fleet
+        self._rb_thread: threading.Thread | None = None  # a rollback in progress
+        self._rb_done: dict[str, Any] | BaseException | None = None
+        self._rb_wake: WakePipe | None = None
+        self._deferred_tamper = False  # tamper events and proposals seen during a rollback
+        self._deferred_inbox = False
         self.recent_gains: deque[float] = deque(maxlen=5)
         self.recent_experiments: deque[dict[str, Any]] = deque(maxlen=10)
 
@@ -371,6 +376,9 @@ class Supervisor:
             self.report({"event": "leftovers_stopped", "processes": found})
 
     def _shutdown(self) -> None:
+        if self._rb_thread is not None:
+            # Let it finish (its intent would resume it at the next start otherwise).
+            self._rb_thread.join(timeout=120)
         if self.tamper is not None:
             self.tamper.stop()
         if self.intake is not None:
@@ -419,6 +427,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, "signals")
+        self._rb_wake = WakePipe()
+        self._selector.register(self._rb_wake.read_fd, selectors.EVENT_READ, "rollback")
         for sig in (signal.SIGCHLD, *STOP_SIGNALS):
             self._old_handlers[sig] = signal.signal(sig, _noop_handler)
         self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -434,6 +444,9 @@ class Supervisor:
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._wake_r = self._wake_w = -1
+        if self._rb_wake is not None:
+            self._rb_wake.close()
+            self._rb_wake = None
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -470,7 +483,14 @@ class Supervisor:
             if key.data == "signals":
                 observed += self._read_signals()
             elif key.data == "tamper":
-                observed += self._tamper_restore()
+                if self._rb_thread is not None:  # the reset is the tree's writer now
+                    assert self.tamper is not None
+                    self.tamper.wake.drain()
+                    self._deferred_tamper = True
+                else:
+                    observed += self._tamper_restore()
+            elif key.data == "rollback":
+                observed += self._rollback_finished()
             elif key.data == "backup":
                 self._backup_finished()
             elif key.data == "mcp":
@@ -479,7 +499,10 @@ class Supervisor:
                     self._write_state()
             elif key.data == "inbox":
                 assert self.intake is not None
-                if not self.intake.wake.drain():
+                if self._rb_thread is not None:
+                    self.intake.wake.drain()
+                    self._deferred_inbox = True
+                elif not self.intake.wake.drain():
                     # Only created, maybe still being written: look once the writer is done.
                     self.timers.setdefault("inbox", time.monotonic() + INBOX_GRACE_S)
                 else:
@@ -504,6 +527,11 @@ class Supervisor:
                 observed.append(lifecycle.MinRuntimeReached(run=self.state.run))
             elif name == "backoff":
                 observed.append(lifecycle.BackoffElapsed())
+            elif name in ("inbox", "tamper") and self._rb_thread is not None:
+                if name == "inbox":
+                    self._deferred_inbox = True
+                else:
+                    self._deferred_tamper = True
             elif name == "inbox":
                 observed += self._take_proposals()
             elif name == "tamper":
@@ -1271,7 +1299,7 @@ class Supervisor:
             Event.ARCHIVE, ref=ref, commit=left, reason="history_rewritten", was=left, now=now
         )
 
-    def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation:
+    def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation | None:
         self._check_refs()  # the rollback's target must not have vanished with its ref
         self.counters.quick_failures += 1
         self._crashed_at = self._exit_mono
@@ -1305,18 +1333,49 @@ class Supervisor:
         intent = rollback.plan(
             qf.run, qf.failed, target, qf.reason, staging, since_ns=self._good_since_ns, **details
         )
-        return self._carry_out(intent)
+        self._carry_out(intent)
+        return None  # RolledBack comes when the thread is done
 
-    def _carry_out(self, intent: dict[str, Any]) -> lifecycle.Observation:
-        done = rollback.carry_out(
-            self.repo,
-            intent,
-            self.config.rollback.preserve,
-            self.dirs.intent,
-            self._emit,
-            self._bounds,
-        )
-        return self._rolled_back(done)
+    def _carry_out(self, intent: dict[str, Any]) -> None:
+        """The rollback, on a thread of its own: an archive of a big tree takes a while, and
+        the loop stays there for signals and the status meanwhile. Nothing else touches the
+        tree until it is done (tamper restores and proposals wait; see `_wait`)."""
+        wake = self._rb_wake
+        assert wake is not None
+
+        def work() -> None:
+            try:
+                self._rb_done = rollback.carry_out(
+                    self.repo,
+                    intent,
+                    self.config.rollback.preserve,
+                    self.dirs.intent,
+                    self._emit,
+                    self._bounds,
+                )
+            except BaseException as e:  # re-raised on the loop's thread
+                self._rb_done = e
+            wake.poke()
+
+        self._rb_thread = threading.Thread(target=work, name="metasup-rollback", daemon=True)
+        self._rb_thread.start()
+
+    def _rollback_finished(self) -> list[lifecycle.Observation]:
+        assert self._rb_wake is not None and self._rb_thread is not None
+        self._rb_wake.drain()
+        self._rb_thread.join()
+        done, self._rb_thread, self._rb_done = self._rb_done, None, None
+        if isinstance(done, BaseException):
+            raise done
+        assert done is not None
+        observed = [self._rolled_back(done)]
+        if self._deferred_tamper and self.tamper is not None:
+            self._deferred_tamper = False
+            observed += self._tamper_restore()
+        if self._deferred_inbox:
+            self._deferred_inbox = False
+            observed += self._take_proposals()
+        return observed
 
     @property
     def _bounds(self) -> rollback.Bounds:

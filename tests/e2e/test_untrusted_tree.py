@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import agent_config, events, git, names, run_metasup, write_config
+from tests.conftest import (
+    agent_config,
+    events,
+    git,
+    names,
+    run_metasup,
+    start_metasup,
+    state,
+    wait_for,
+    write_config,
+)
 
 PLANTED = ("metasup/__init__.py", "json.py", "yaml.py", "pygit2.py", "typer.py")
 
@@ -247,3 +258,39 @@ def test_oversized_files_and_past_the_count_are_quarantined_not_hashed(repo: Pat
     assert listed["many"]["files"] == 300 and listed["big.bin"]["bytes"] == 2 << 30
     assert git(repo, "show", f"{archive['ref']}:small.txt") == "kept in git"
     assert not (repo / "big.bin").exists() and not (repo / "many").exists()
+
+
+def test_the_loop_answers_while_a_rollback_archives(repo: Path, tmp_path: Path) -> None:
+    """A long archive runs off the loop's thread: the status says so and a stop is heard."""
+    (repo / "agent.py").write_text(
+        "import os, sys, time\n"
+        "if os.environ['METASUP_RUN'] == '2':\n"
+        "    open('broken.txt', 'w').write('x')\n"
+        "    sys.exit(1)\n"
+        "time.sleep(0.5)  # ok: a healthy run outlasts min_runtime\n"
+    )
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n"))
+    release = tmp_path / "release"
+    proc = start_metasup(repo, env={"METASUP_HOLDPOINT": f"rollback:archive:{release}"})
+    try:
+        wait_for(lambda: state(repo).get("phase") == "rolling_back", what="the rollback")
+        assert "rollback" not in names(repo), "held in the archive"
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: proc.stderr is not None and _line_with(proc, "stop_requested"))
+        release.touch()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert names(repo).count("rollback") == 1 and names(repo).count("launch") == 2
+    assert not (repo / "broken.txt").exists()
+
+
+def _line_with(proc: subprocess.Popen[str], word: str) -> bool:
+    """Reads the supervisor's stderr a line at a time until one holds `word`."""
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    return word in line
