@@ -899,6 +899,21 @@ class GitRepo:
         except (pygit2.GitError, ValueError, KeyError):
             return False
 
+    def refs_stamp(self) -> tuple[int, ...]:
+        """Inode, mtime and size of the archive refs' folder and of packed-refs: what changes
+        when a ref there is created, deleted or moved by git (it writes through a rename)."""
+        common = Path(self.repo.path)
+        with contextlib.suppress(OSError):
+            common = (common / (common / "commondir").read_text().strip()).resolve()
+        out: list[int] = []
+        for path in (common / ARCHIVE_PREFIX.rstrip("/"), common / "packed-refs"):
+            try:
+                st = os.stat(path)
+                out += [st.st_ino, st.st_mtime_ns, st.st_size]
+            except OSError:
+                out += [0, 0, 0]
+        return tuple(out)
+
     def ref_value(self, name: str) -> str | None:
         """What `name` holds: a commit id, `ref: <target>` for a symbolic ref, None when
         missing or unreadable."""

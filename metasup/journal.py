@@ -147,11 +147,11 @@ class Journal:
     def _check_tail(self, key_made: bool) -> list[str]:
         """The end of the journal against the tail kept aside: cut off, edited, or extended
         by someone without the key since the last writer closed it."""
+        if key_made and self.mac:
+            return ["the journal key was missing: a new one was made; older macs cannot be checked"]
         tail = self.secret.read_tail()
         if tail is None:
             return []
-        if key_made:
-            return ["the journal key was missing: a new one was made; older macs cannot be checked"]
         size = os.fstat(self._fd).st_size
         start = max(0, size - _TAIL_WINDOW)
         lines = os.pread(self._fd, size - start, start).splitlines(keepends=True)

@@ -79,10 +79,15 @@ def drift(expected: Expected, actual: dict[str, str | None]) -> list[Drift]:
     return [Drift(r, c, actual.get(r)) for r, c in sorted(wanted.items()) if actual.get(r) != c]
 
 
-def put_back(repo: GitRepo, expected: Expected) -> tuple[list[Drift], list[Drift]]:
-    """Check every ref the journal knows; put back those that drifted. Returns (restored, lost):
-    lost ones name a commit that no longer exists (collected), which nothing can bring back."""
-    names = [*expected.archives, GOOD_REF]
+def put_back(
+    repo: GitRepo, expected: Expected, archives: bool = True
+) -> tuple[list[Drift], list[Drift]]:
+    """Check the refs the journal knows (the good ref alone unless `archives`); put back those
+    that drifted. Returns (restored, lost): lost ones name a commit that no longer exists
+    (collected), which nothing can bring back."""
+    names = [*(expected.archives if archives else ()), GOOD_REF]
+    if not archives:
+        expected = Expected(good=expected.good)
     found = drift(expected, {name: repo.ref_value(name) for name in names})
     restored, lost = [], []
     for d in found:

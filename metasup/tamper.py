@@ -22,12 +22,11 @@ MODES = ("restore", "restore_and_restart", "stop")
 
 
 class TamperWatch:
-    """Watches the working tree, `.git/` left out, and the supervisor's lock file.
+    """Watches the working tree, and the supervisor's lock file.
 
-    The tree is watched as a non-recursive watch on its root plus a recursive one for each
-    folder at the top, `.git` excepted: git's own churn (objects, refs, locks during every
-    snapshot and rollback) never reaches this watch, and folders made at the top later get
-    their watch when they appear."""
+    One recursive watch covers the tree, `.git/` included: watchdog cannot leave a folder out,
+    and a watch per folder at the top costs two threads each (a hundred on a tree of fifty
+    folders). Events under `.git/` are dropped as they arrive."""
 
     def __init__(
         self, workdir: Path, protect: Callable[[str], bool], lock_path: Path | None = None
@@ -39,7 +38,6 @@ class TamperWatch:
         self._lock = threading.Lock()
         self._queued: set[str] = set()
         self._observer: Any = None
-        self._tops: dict[str, Any] = {}  # top-level folder -> its recursive watch
 
     @property
     def fd(self) -> int:
@@ -75,19 +73,12 @@ class TamperWatch:
         changes = [FileModifiedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
                    FileMovedEvent, FileAttribEvent, DirCreatedEvent, DirDeletedEvent,
                    DirMovedEvent, DirAttribEvent]  # fmt: skip
-        self._changes = changes
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
-                src = os.fsdecode(event.src_path)
-                dest = os.fsdecode(getattr(event, "dest_path", "") or "")
-                for path in (src, dest):
-                    if path:
-                        watch._seen(path, root)
-                if event.is_directory and event.event_type in ("deleted", "moved"):
-                    watch._top_gone(src, root)
-                if event.is_directory and event.event_type in ("created", "moved"):
-                    watch._top_came(dest or src, root)
+                for raw in (event.src_path, getattr(event, "dest_path", "")):
+                    if raw:
+                        watch._seen(os.fsdecode(raw), root)
 
         class LockHandler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
@@ -97,13 +88,8 @@ class TamperWatch:
 
         observer = Observer(timeout=60.0)  # the timeout bounds idle wakeups, not detection
         self._observer = observer
-        self._handler = Handler()
         try:
-            observer.schedule(self._handler, root, recursive=False, event_filter=changes)
-            with os.scandir(root) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False) and entry.name.lower() != ".git":
-                        self._watch_top(entry.name)
+            observer.schedule(Handler(), root, recursive=True, event_filter=changes)
             if self.lock_path is not None:
                 observer.schedule(
                     LockHandler(),
@@ -117,41 +103,6 @@ class TamperWatch:
             self._observer = None
             return False
         return True
-
-    def _watch_top(self, name: str) -> None:
-        with self._lock:
-            if name in self._tops or self._observer is None:
-                return
-            self._tops[name] = self._observer.schedule(
-                self._handler,
-                str(self.workdir / name),
-                recursive=True,
-                event_filter=self._changes,
-            )
-
-    def _top_came(self, path: str, root: str) -> None:
-        """A folder appeared at the top: watch it, and look at what it already holds (it may
-        have been filled before the watch existed, or moved in whole)."""
-        parent, _, name = path.rpartition(os.sep)
-        if parent != root or name.lower() == ".git":
-            return
-        try:
-            self._watch_top(name)
-        except OSError:
-            return  # gone again, or out of watches: the snapshot guard stays behind
-        for folder, dirs, files in os.walk(path):
-            for entry in (*dirs, *files):
-                self._seen(os.path.join(folder, entry), root)
-
-    def _top_gone(self, path: str, root: str) -> None:
-        parent, _, name = path.rpartition(os.sep)
-        if parent != root:
-            return
-        with self._lock:
-            watched = self._tops.pop(name, None)
-        if watched is not None and self._observer is not None:
-            with contextlib.suppress(KeyError, OSError):
-                self._observer.unschedule(watched)
 
     def _seen(self, path: str, root: str) -> None:
         if not path.startswith(root + os.sep):

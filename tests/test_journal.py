@@ -109,6 +109,9 @@ def test_macs_stripped_or_the_key_gone_are_seen(three_events: Path) -> None:
     path.write_bytes(intact)
     (path.parent / "secret" / "journal.key").unlink()
     assert verify_chain(path) == ["line 1 (seq 1): keyed, but the journal key is missing"]
+    j = Journal(path)
+    assert j.breaks and "the journal key was missing" in j.breaks[0]
+    j.close()
 
 
 def test_an_intact_journal_reopened_reports_nothing(three_events: Path) -> None:
