@@ -21,7 +21,7 @@ from metasup import preserve
 from metasup.errors import UserError
 from metasup.events import Event
 from metasup.faults import crashpoint, holdpoint
-from metasup.gitrepo import GitRepo
+from metasup.gitrepo import Archive, GitRepo
 from metasup.journal import read_events, read_json, write_json_atomic
 from metasup.safeio import NotRegular, real_folder
 from metasup.statefile import intent_problem
@@ -145,15 +145,8 @@ def resume(
     if problem is None:
         intent["resumed"] = True
         return carry_out(repo, intent, keep, intent_path, emit, bounds)
-    archive = repo.archive("untrusted-intent", int(intent.get("run") or 0) if _nat(intent) else 0)
-    if archive is not None:
-        emit(
-            Event.ARCHIVE,
-            ref=archive.ref,
-            commit=archive.commit,
-            dirty=archive.dirty,
-            reason="untrusted_intent",
-        )
+    run = int(intent["run"]) if _nat(intent) else 0
+    archive = archive_now(repo, "untrusted_intent", run, emit)
     aside = intent_path.with_name(f"intent.refused-{int(time.time())}.json")
     os.replace(intent_path, aside)
     kept = f"; the current state was archived as {archive.ref}" if archive else ""
@@ -161,6 +154,27 @@ def resume(
         f"a half-done rollback was found and not resumed: {problem}{kept}. Its intent was set "
         f"aside as {aside.name}; start again to go on from the current state"
     )
+
+
+def archive_now(
+    repo: GitRepo, reason: str, run: int, emit: Emit, sweep: Sweep | None = None
+) -> Archive | None:
+    """Archive the current state and journal it (`archive`)."""
+    t0 = time.perf_counter()
+    archive = repo.archive(reason, run, sweep)
+    if archive is not None:
+        emit(
+            Event.ARCHIVE,
+            ref=archive.ref,
+            commit=archive.commit,
+            dirty=archive.dirty,
+            reason=reason,
+            run=run,
+            duration_ms=_ms(t0),
+            **({"ignored": archive.ignored} if archive.ignored else {}),
+            **({"quarantined": archive.quarantined} if archive.quarantined else {}),
+        )
+    return archive
 
 
 def _nat(intent: dict[str, Any]) -> bool:
@@ -182,7 +196,6 @@ def carry_out(
     staging = Path(intent["staging"])
     if intent["step"] == "start":
         write_json_atomic(intent_path, intent)
-        a0 = time.perf_counter()
         since = intent.get("since_ns")
         sweep = Sweep(
             since_ns=since if isinstance(since, int) and not isinstance(since, bool) else None,
@@ -191,25 +204,13 @@ def carry_out(
             max_files=bounds[1],
         )
         holdpoint("rollback:archive")
-        archive = repo.archive(reason, run, sweep)
+        archive = archive_now(repo, reason, run, emit, sweep)
         crashpoint("rollback:after-archive")
         intent.update(
             step="archived",
             archive=archive.ref if archive else None,
             archived_commit=archive.commit if archive else None,
         )
-        if archive is not None:
-            emit(
-                Event.ARCHIVE,
-                ref=archive.ref,
-                commit=archive.commit,
-                dirty=archive.dirty,
-                reason=reason,
-                run=run,
-                duration_ms=_ms(a0),
-                **({"ignored": archive.ignored} if archive.ignored else {}),
-                **({"quarantined": archive.quarantined} if archive.quarantined else {}),
-            )
         write_json_atomic(intent_path, intent)
     if intent["step"] == "archived":
         preserve.stash(repo.workdir, keep, staging)

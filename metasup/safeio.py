@@ -52,11 +52,19 @@ def open_regular(path: Path) -> int:
     """A read descriptor on `path`, a regular file reached without a symlink at its last step.
 
     FileNotFoundError when missing; NotRegular for anything else."""
+    return _open_checked(path, _READ)
+
+
+def _open_checked(path: Path, flags: int, mode: int = 0o644) -> int:
+    """`os.open` with O_NOFOLLOW | O_NONBLOCK in `flags`, then blocking again, where what
+    was opened is a regular file; NotRegular otherwise (the descriptor closed)."""
     try:
-        fd = os.open(path, _READ)
+        fd = os.open(path, flags, mode)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise NotRegular(path, "a symbolic link") from None
+        if e.errno == errno.ENXIO:  # a fifo with no reader, or a socket, opened for writing
+            raise NotRegular(path, "a fifo or a socket") from None
         raise
     try:
         mode = os.fstat(fd).st_mode
@@ -159,23 +167,7 @@ def open_append(path: Path) -> IO[bytes]:
 
 def _open_append(path: Path) -> IO[bytes]:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise NotRegular(path, "a symbolic link") from None
-        if e.errno == errno.ENXIO:
-            raise NotRegular(path, "a fifo or a socket") from None
-        raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegular(path, kind_of(mode))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "ab")
-    except BaseException:
-        os.close(fd)
-        raise
+    return os.fdopen(_open_checked(path, flags), "ab")
 
 
 def real_folder(path: Path) -> bool:

@@ -1329,17 +1329,8 @@ class Supervisor:
             target = self.repo.check_rollback_target(qf.target, self.repo.head())
         except RollbackRefused as e:
             # No reset, but the failed state is kept all the same before the stop.
-            archive = self.repo.archive(qf.reason, qf.run)
-            if archive is not None:
-                self.last_archive = archive.ref
-                self._emit(
-                    Event.ARCHIVE,
-                    ref=archive.ref,
-                    commit=archive.commit,
-                    dirty=archive.dirty,
-                    reason=qf.reason,
-                    run=qf.run,
-                )
+            archive = rollback.archive_now(self.repo, qf.reason, qf.run, self._emit)
+            self.last_archive = archive.ref if archive else self.last_archive
             self._write_recovery({**failure, "archive": archive.ref if archive else None})
             return lifecycle.RollbackFailed(str(e))
         staging = self.dirs.preserve / f"run-{qf.run}"

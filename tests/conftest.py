@@ -178,6 +178,21 @@ def marked_pids(marker: str, jail: bool = True) -> list[int]:
     return found
 
 
+def rechain(lines: list[bytes]) -> list[bytes]:
+    """Journal lines renumbered and chained again (`seq`, `prev`), as one without the key
+    can do after dropping or editing some: the plain chain is whole again."""
+    import hashlib
+
+    out, prev = [], "0" * 64
+    for n, raw in enumerate(lines, start=1):
+        record = json.loads(raw)
+        record.update(seq=n, prev=prev)
+        line = json.dumps(record, separators=(",", ":")).encode()
+        out.append(line)
+        prev = hashlib.sha256(line).hexdigest()
+    return out
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -20,6 +20,7 @@ from metasup.journal import (
     verify_chain,
     write_json_atomic,
 )
+from tests.conftest import rechain
 
 
 def test_events_are_chained(tmp_path: Path) -> None:
@@ -65,23 +66,10 @@ def test_an_edited_line_breaks_the_chain(three_events: Path) -> None:
     assert "line 3 (seq 3): prev does not match line 2" in problems
 
 
-def _rechain(lines: list[bytes]) -> list[bytes]:
-    """What an agent without the key can do: renumber and recompute every `prev`."""
-    out: list[bytes] = []
-    prev = GENESIS
-    for n, raw in enumerate(lines, start=1):
-        record = json.loads(raw)
-        record.update(seq=n, prev=prev)
-        line = json.dumps(record, separators=(",", ":")).encode()
-        out.append(line)
-        prev = line_hash(line)
-    return out
-
-
 def test_a_dropped_line_re_chained_is_still_seen(three_events: Path) -> None:
     path = three_events
     lines = path.read_bytes().splitlines()
-    path.write_bytes(b"\n".join(_rechain([lines[0], lines[2]])) + b"\n")
+    path.write_bytes(b"\n".join(rechain([lines[0], lines[2]])) + b"\n")
     problems = verify_chain(path)
     assert any("mac does not match" in p for p in problems), problems
     assert not any("prev does not match" in p for p in problems), "the plain chain is whole"
@@ -104,7 +92,7 @@ def test_macs_stripped_or_the_key_gone_are_seen(three_events: Path) -> None:
     bare = [json.dumps({k: v for k, v in json.loads(raw).items() if k != "mac"}).encode()
             for raw in path.read_bytes().splitlines()]  # fmt: skip
     intact = path.read_bytes()
-    path.write_bytes(b"\n".join(_rechain(bare)) + b"\n")
+    path.write_bytes(b"\n".join(rechain(bare)) + b"\n")
     assert verify_chain(path) == ["seq 3 differs from the copy of its mac kept aside"]
     path.write_bytes(intact)
     (path.parent / "secret" / "journal.key").unlink()

@@ -103,10 +103,12 @@ def test_the_four_fixture_servers_behave_as_described(repo: Path) -> None:
         hang = mcp_events(repo, "hanging", "mcp_unhealthy")[0]
         assert hang["reason"] == "no answer to tools/list within 0.5s"
 
+        # The worker's status follows its events: wait for the one that has seen them.
         doc = wait_for(
             lambda: (
                 (s := state(repo)).get("mcp", {}).get("healthy", {}).get("latency_ms")
                 and s["agent"]["pid"]
+                and s.get("mcp_servers", {}).get("broken") == "failed"
                 and s
             )
         )

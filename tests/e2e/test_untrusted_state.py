@@ -20,6 +20,7 @@ from tests.conftest import (
     git,
     names,
     pid_alive,
+    rechain,
     run_metasup,
     start_metasup,
     state,
@@ -140,8 +141,8 @@ def test_a_forged_half_done_rollback_is_never_resumed(
     assert (repo / "work.txt").read_text() == "uncommitted work\n"
     assert git(repo, "rev-parse", "HEAD").strip() != built
     archives = git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/archive/").split()
-    assert any("untrusted-intent" in a for a in archives)
-    latest = [a for a in archives if "untrusted-intent" in a][-1]
+    assert any("untrusted_intent" in a for a in archives)
+    latest = [a for a in archives if "untrusted_intent" in a][-1]
     assert git(repo, "show", f"{latest}:work.txt") == "uncommitted work\n"
     assert not (state_dir / "intent.json").exists()
     assert list(state_dir.glob("intent.refused-*.json"))
@@ -348,7 +349,7 @@ def test_log_verify_sees_every_kind_of_journal_forgery(repo: Path, attack: str) 
         del lines[3]
     elif attack == "re-chained":
         del lines[3]
-        lines = _rechain(lines)
+        lines = rechain(lines)
     else:
         lines = lines[:-2]
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -360,17 +361,3 @@ def test_log_verify_sees_every_kind_of_journal_forgery(repo: Path, attack: str) 
         assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
         (broken,) = [e for e in events(repo) if e["event"] == "journal_broken"]
         assert "events were cut off" in broken["problems"][0]
-
-
-def _rechain(lines: list[bytes]) -> list[bytes]:
-    """Renumbered and chained again, as one without the key can do."""
-    import hashlib
-
-    out, prev = [], "0" * 64
-    for n, raw in enumerate(lines, start=1):
-        record = json.loads(raw)
-        record.update(seq=n, prev=prev)
-        line = json.dumps(record, separators=(",", ":")).encode()
-        out.append(line)
-        prev = hashlib.sha256(line).hexdigest()
-    return out
