@@ -1249,6 +1249,8 @@ class Supervisor:
         if recheck:
             touched |= self._tamper_recent
         restored = self.repo.restore_protected(sorted(touched), self._is_protected)
+        if self.tamper.take_overflow():  # events were lost: the guard looks at everything
+            restored = tuple(sorted({*restored, *self.repo.guard_protected(self._is_protected)}))
         if not restored:
             if recheck:
                 self._tamper_recent = set()

@@ -1,32 +1,28 @@
 """The tamper watch: protected paths changed while the agent runs are noticed at once.
 
-watchdog (inotify) watches the working tree; a write, delete, rename or chmod of a protected
-path queues the path and wakes the supervisor's loop, which restores it from the good commit
-(on its own thread: a restore never races a snapshot or a rollback). The snapshot guard stays
-behind it for whatever an event could miss.
+inotify watches the working tree, `.git/` and the inbox left out (`inotify.TreeWatch`); a
+write, delete, rename, chmod or new hard link of a protected path queues the path and wakes
+the supervisor's loop, which restores it from the good commit (on its own thread: a restore
+never races a snapshot or a rollback). The snapshot guard stays behind it for whatever an event
+could miss; a queue overflow asks for it at once. The supervisor's lock file is watched too: a
+lock removed or replaced wakes the loop, which then stops.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from metasup.inotify import TreeWatch
 from metasup.intake import INBOX, WakePipe
 
 MODES = ("restore", "restore_and_restart", "stop")
 
 
 class TamperWatch:
-    """Watches the working tree, and the supervisor's lock file.
-
-    One recursive watch covers the tree, `.git/` included: watchdog cannot leave a folder out,
-    and a watch per folder at the top costs two threads each (a hundred on a tree of fifty
-    folders). Events under `.git/` are dropped as they arrive."""
+    """Watches the working tree (not `.git/`, not the inbox) and the supervisor's lock file."""
 
     def __init__(
         self, workdir: Path, protect: Callable[[str], bool], lock_path: Path | None = None
@@ -37,7 +33,9 @@ class TamperWatch:
         self.wake = WakePipe()
         self._lock = threading.Lock()
         self._queued: set[str] = set()
-        self._observer: Any = None
+        self._overflowed = False
+        also = (lock_path.parent,) if lock_path is not None else ()
+        self._watch = TreeWatch(workdir, _left_out, self._changed, self._overflow, also)
 
     @property
     def fd(self) -> int:
@@ -45,64 +43,31 @@ class TamperWatch:
 
     def start(self) -> bool:
         """False where the tree cannot be watched (no inotify, too many folders)."""
-        from watchdog.events import (
-            DirAttribEvent,
-            DirCreatedEvent,
-            DirDeletedEvent,
-            DirMovedEvent,
-            FileAttribEvent,
-            FileClosedEvent,
-            FileCreatedEvent,
-            FileDeletedEvent,
-            FileModifiedEvent,
-            FileMovedEvent,
-            FileSystemEvent,
-            FileSystemEventHandler,
-        )
-        from watchdog.observers import Observer
-
-        # watchdog warns when a folder comes back at a path it watched before (the jail's
-        # placeholders do): harmless, and not the operator's to read.
-        warnings.filterwarnings("ignore", "Callback with id", RuntimeWarning)
-
-        watch = self
-        root = str(self.workdir)
-        # Changes only: reads (open, access, close without a write) never reach inotify's
-        # queue, so an agent reading its files all day costs nothing here. Attribute events
-        # carry chmod, and a new hard link (its target's link count changes).
-        changes = [FileModifiedEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
-                   FileMovedEvent, FileAttribEvent, DirCreatedEvent, DirDeletedEvent,
-                   DirMovedEvent, DirAttribEvent]  # fmt: skip
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                for raw in (event.src_path, getattr(event, "dest_path", "")):
-                    if raw:
-                        watch._seen(os.fsdecode(raw), root)
-
-        class LockHandler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                names = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", ""))}
-                if str(watch.lock_path) in names:
-                    watch.wake.poke()  # the loop checks the lock at every wake-up
-
-        observer = Observer(timeout=60.0)  # the timeout bounds idle wakeups, not detection
-        self._observer = observer
         try:
-            observer.schedule(Handler(), root, recursive=True, event_filter=changes)
-            if self.lock_path is not None:
-                observer.schedule(
-                    LockHandler(),
-                    str(self.lock_path.parent),
-                    recursive=False,
-                    event_filter=[FileDeletedEvent, FileMovedEvent, FileCreatedEvent],
-                )
-            observer.daemon = True
-            observer.start()
+            self._watch.start()
         except OSError:
-            self._observer = None
             return False
         return True
+
+    def watched(self) -> list[str]:
+        return self._watch.watched()
+
+    def _changed(self, path: str) -> None:
+        if self.lock_path is not None and path == str(self.lock_path):
+            self.wake.poke()  # the loop checks the lock at every wake-up
+            return
+        self._seen(path, str(self.workdir))
+
+    def _overflow(self) -> None:
+        with self._lock:
+            self._overflowed = True
+        self.wake.poke()
+
+    def take_overflow(self) -> bool:
+        """Whether events were lost since the last call: the guard must look at everything."""
+        with self._lock:
+            lost, self._overflowed = self._overflowed, False
+        return lost
 
     def _seen(self, path: str, root: str) -> None:
         if not path.startswith(root + os.sep):
@@ -124,9 +89,10 @@ class TamperWatch:
         return sorted(queued)
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            with contextlib.suppress(RuntimeError):
-                self._observer.join(timeout=5)
-            self._observer = None
+        self._watch.stop()
         self.wake.close()
+
+
+def _left_out(rel: str) -> bool:
+    """Folders the watch leaves out: git's own (at the top, in any case) and the inbox."""
+    return rel.split("/")[0].lower() == ".git" or rel == INBOX

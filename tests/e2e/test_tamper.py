@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import agent_config, events, run_metasup, write_config
+from tests.conftest import (
+    agent_config,
+    events,
+    run_metasup,
+    supervising,
+    wait_for,
+    write_config,
+)
 
 RULES = "protected: [/secrets]\n"
 NO_JAIL = "  sandbox: {mode: off}\n"
@@ -157,3 +166,47 @@ def test_chmod_hard_links_fifos_and_sockets_at_protected_paths_are_undone(repo: 
     }
     rules = repo / "protected" / "safety_rules.yaml"
     assert rules.read_text() == RULES and rules.stat().st_nlink == 1
+
+
+def _inotify_watches(pid: int) -> list[set[int]]:
+    """The inodes each inotify descriptor of `pid` watches, from /proc's fdinfo."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        inodes = {int(m, 16) for m in re.findall(r"^inotify wd:\S+ ino:([0-9a-f]+)", text, re.M)}
+        if inodes:
+            found.append(inodes)
+    return found
+
+
+def test_the_watch_leaves_git_out_and_follows_new_folders(repo: Path) -> None:
+    """git's own churn never reaches the watch; a folder made while the agent runs is watched
+    from the start, what it already holds included."""
+    (repo / "agent.py").write_text(
+        "import time\n"
+        "from pathlib import Path\n"
+        "Path('made/later').mkdir(parents=True)\n"
+        "Path('made/later/key.txt').write_text('mine')\n"
+        "time.sleep(60)  # ok: stopped by the test\n"
+    )
+    (repo / "sub").mkdir()
+    (repo / "sub" / "x.txt").write_text("x")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(extra=NO_JAIL + "  protected_paths: [/made/later/key.txt]\n"))
+    with supervising(repo) as proc:
+        wait_for(
+            lambda: any(e["event"] == "tamper_restored" for e in events(repo)),
+            what="the new folder's file put back",
+        )
+        watches = _inotify_watches(proc.pid)
+        tree = next(w for w in watches if os.stat(repo).st_ino in w)
+    restored = [p for e in events(repo) if e["event"] == "tamper_restored" for p in e["paths"]]
+    assert "made/later/key.txt" in restored and not (repo / "made/later/key.txt").exists()
+    ino = lambda p: os.stat(repo / p).st_ino  # noqa: E731
+    assert {ino("sub"), ino("made"), ino("made/later"), ino(".git/metasup")} <= tree
+    git_dirs = {ino(Path(d).relative_to(repo)) for d, _, _ in os.walk(repo / ".git")}
+    assert tree & git_dirs == {ino(".git/metasup")}, "only the lock's folder, of all of .git"
+    assert ino(".metasup/inbox") not in tree
