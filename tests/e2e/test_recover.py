@@ -4,6 +4,8 @@ good ref."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import agent_config, events, git, run_metasup, start_metasup, wait_for
@@ -86,3 +88,22 @@ def test_nothing_to_recover_to(repo: Path) -> None:
     out = run_metasup(repo, "recover")
     assert out.returncode == 1 and "no good state to recover to" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_recover_takes_an_ignored_plant_out_of_the_tree(repo: Path) -> None:
+    """A `json.py` excluded from git, left after the emergency stop, would break the good
+    commit at the next start: recover archives it and takes it out."""
+    good = crashed(repo)
+    with (repo / ".git" / "info" / "exclude").open("a") as f:
+        f.write("json.py\n")
+    (repo / "json.py").write_text("raise SystemExit('planted')\n")
+    # The metasup command, as a user runs it: `python -m metasup` in the tree would import it.
+    metasup = str(Path(sys.executable).with_name("metasup"))
+    out = subprocess.run([metasup, "recover"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert git(repo, "rev-parse", "HEAD").strip() == good
+    assert not (repo / "json.py").exists()
+    (archived,) = [e for e in events(repo) if e["event"] == "archive" and e["reason"] == "recover"]
+    assert archived["ignored"] == 1
+    stored = git(repo, "show", f"{archived['ref']}:.metasup/archived/ignored/json.py")
+    assert stored == "raise SystemExit('planted')\n"
