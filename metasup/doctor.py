@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +54,10 @@ def _git_cli() -> Check:
     git = shutil.which("git")
     if git is None:
         return Check("git", False, "no git on PATH", "install git")
-    out = subprocess.run([git, "--version"], capture_output=True, text=True, timeout=10)
-    return Check("git", out.returncode == 0, out.stdout.strip() or out.stderr.strip())
+    from metasup.process import run_captured
+
+    code, stdout, stderr = run_captured([git, "--version"], timeout=10)
+    return Check("git", code == 0, stdout.strip() or stderr.strip())
 
 
 def _repository(start: Path) -> tuple[Check, Path | None]:
@@ -112,7 +113,8 @@ def _policy(workdir: Path) -> Check:
 
 
 def _hook(workdir: Path) -> Check:
-    from metasup.hook import hooks_dir, installed
+    from metasup.gitrepo import hooks_dir
+    from metasup.hook import installed
 
     if installed(workdir):
         return Check("hook", True, f"installed in {hooks_dir(workdir)}")

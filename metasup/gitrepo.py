@@ -197,6 +197,50 @@ def write_bundle(workdir: Path, folder: Path, keep: int, head: str | None, reape
     return target
 
 
+def head_blobs(workdir: Path, paths: Iterable[str]) -> dict[str, bytes] | None:
+    """The content HEAD has for each of `paths` that it holds as a file; None on an unborn
+    branch."""
+    repo = pygit2.Repository(str(workdir))
+    if repo.head_is_unborn:
+        return None
+    tree = repo.head.peel(pygit2.Commit).tree
+    found = {}
+    for rel in paths:
+        try:
+            blob = repo[tree[rel].id]
+        except KeyError:
+            continue
+        if isinstance(blob, pygit2.Blob):
+            found[rel] = bytes(blob.data)
+    return found
+
+
+def hooks_dir(workdir: Path) -> Path:
+    """Where git looks for hooks: core.hooksPath (relative to the working tree), else the
+    common git dir's hooks/."""
+    repo = pygit2.Repository(str(workdir))
+    config = repo.config  # pygit2's Config has `in` and [], not .get
+    configured = config["core.hooksPath"] if "core.hooksPath" in config else None  # noqa: SIM401
+    if configured:
+        path = Path(os.path.expanduser(str(configured)))
+        return path if path.is_absolute() else workdir / path
+    common = Path(repo.path)
+    commondir = common / "commondir"
+    if commondir.is_file():
+        common = (common / commondir.read_text().strip()).resolve()
+    return common / "hooks"
+
+
+def discover(start: Path) -> tuple[str, Path | None] | None:
+    """The repository holding `start`: (its git dir, its working tree or None when bare);
+    None when there is none."""
+    found = pygit2.discover_repository(str(start))
+    if found is None:
+        return None
+    workdir = pygit2.Repository(found).workdir
+    return found, Path(workdir).resolve() if workdir else None
+
+
 def init_repository(path: Path, branch: str = "main") -> None:
     """`git init -b BRANCH` for a new supervised repo."""
     pygit2.init_repository(str(path), initial_head=branch)
@@ -1067,17 +1111,6 @@ def _make_dirs(workdir: Path, path: str) -> None:
 
 
 def _git_processes_in(*roots: Path) -> list[int]:
-    """Pids of running git programs whose working directory is inside one of `roots`."""
-    import psutil
+    from metasup.process import git_processes_in  # processes are process.py's to look at
 
-    me = os.getpid()
-    found = []
-    prefixes = [str(r) for r in roots]
-    for proc in psutil.process_iter(["pid", "name", "cwd"]):
-        info = proc.info
-        if info["pid"] == me or not (info.get("name") or "").startswith("git"):
-            continue
-        cwd = info.get("cwd") or ""
-        if any(cwd == p or cwd.startswith(p + os.sep) for p in prefixes):
-            found.append(info["pid"])
-    return found
+    return git_processes_in(*roots)

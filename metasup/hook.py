@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from metasup.gitrepo import Staged
+from metasup.gitrepo import Staged, hooks_dir
 
 if TYPE_CHECKING:
     from metasup.policy import Policy
@@ -104,26 +104,19 @@ def policy_for_commit(workdir: Path) -> Protecting:
 
 def _head_policy(workdir: Path) -> Policy | None:
     """The policy as HEAD has it: its rules and its config, read into a scratch folder."""
-    import pygit2
-
     from metasup.config import CONFIG_CANDIDATES
     from metasup.errors import UserError
+    from metasup.gitrepo import head_blobs
     from metasup.policy import load_repo_policy
 
-    repo = pygit2.Repository(str(workdir))
-    if repo.head_is_unborn:
+    blobs = head_blobs(workdir, ("protected/safety_rules.yaml", *CONFIG_CANDIDATES))
+    if blobs is None:
         return None
-    tree = repo.head.peel(pygit2.Commit).tree
     with tempfile.TemporaryDirectory(prefix="metasup-hook-") as scratch:
         root = Path(scratch)
-        for rel in ("protected/safety_rules.yaml", *CONFIG_CANDIDATES):
-            try:
-                blob = repo[tree[rel].id]
-            except KeyError:
-                continue
-            if isinstance(blob, pygit2.Blob):
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                (root / rel).write_bytes(bytes(blob.data))
+        for rel, data in blobs.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
         try:
             return load_repo_policy(root)
         except UserError:
@@ -150,24 +143,6 @@ def run_pre_commit(start: Path) -> int:
 
 
 # --- installing it --------------------------------------------------------------------------
-
-
-def hooks_dir(workdir: Path) -> Path:
-    """Where git looks for hooks: core.hooksPath (relative to the working tree), else the
-    common git dir's hooks/."""
-    import pygit2
-
-    repo = pygit2.Repository(str(workdir))
-    config = repo.config  # pygit2's Config has `in` and [], not .get
-    configured = config["core.hooksPath"] if "core.hooksPath" in config else None  # noqa: SIM401
-    if configured:
-        path = Path(os.path.expanduser(str(configured)))
-        return path if path.is_absolute() else workdir / path
-    common = Path(repo.path)
-    commondir = common / "commondir"
-    if commondir.is_file():
-        common = (common / commondir.read_text().strip()).resolve()
-    return common / "hooks"
 
 
 def hook_script(python: str) -> str:

@@ -587,6 +587,27 @@ def kill_descendants(reaper: Reaper, timeout: float = 5.0) -> int:
     return len(procs)
 
 
+def git_processes_in(*roots: Path) -> list[int]:
+    """Pids of running git programs whose working directory is inside one of `roots`."""
+    me = os.getpid()
+    found = []
+    prefixes = [str(r) for r in roots]
+    for proc in psutil.process_iter(["pid", "name", "cwd"]):
+        info = proc.info
+        if info["pid"] == me or not (info.get("name") or "").startswith("git"):
+            continue
+        cwd = info.get("cwd") or ""
+        if any(cwd == p or cwd.startswith(p + os.sep) for p in prefixes):
+            found.append(info["pid"])
+    return found
+
+
+def run_captured(argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a short command run to its end, for a check."""
+    out = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    return out.returncode, out.stdout, out.stderr
+
+
 def stop_leftover_tree(pgid: int | None, token: str, sig: int, timeout: float) -> int:
     """Stop a tree a previous supervisor left running when it was killed (kill -9).
 

@@ -18,24 +18,22 @@ from metasup.resources import config_examples_dir, protected_dir
 
 def init(target: Path) -> list[str]:
     """Set `target` up; what was done, one line each (nothing new: everything says "kept")."""
-    import pygit2
-
-    from metasup.gitrepo import GitRepo, init_repository
+    from metasup.gitrepo import GitRepo, discover, init_repository
     from metasup.hook import install
     from metasup.intake import INBOX
 
     done: list[str] = []
     target = target.resolve()
     existing = next(p for p in (target, *target.parents) if p.exists())
-    found = pygit2.discover_repository(str(existing))
+    found = discover(existing)
     if found is None:
         target.mkdir(parents=True, exist_ok=True)
         init_repository(target)
         done.append(f"made a git repository in {target}")
     else:
-        workdir = pygit2.Repository(found).workdir
-        if workdir is None or Path(workdir).resolve() != target:
-            where = workdir or found
+        git_dir, workdir = found
+        if workdir is None or workdir != target:
+            where = workdir or git_dir
             raise UserError(
                 f"{target} is inside the repository at {where}; run `metasup init` at its top"
             )
