@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from metasup.errors import ConfigError
+from metasup.gitpaths import in_git_dir
 from metasup.resources import schema_path
 from metasup.verdict import Criteria
 
@@ -716,7 +717,7 @@ def _repo_relative(
         return ""
     if not parts or parts == (".",):
         raise _fail(name, lines, at, f"{raw!r} would preserve the whole working tree")
-    if parts[0].lower() == ".git":
+    if in_git_dir(parts[0]):
         raise _fail(name, lines, at, f"{raw!r} is inside .git")
     return "/".join(part for part in parts if part != ".")
 

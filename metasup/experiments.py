@@ -32,6 +32,7 @@ from metasup.config import Config
 from metasup.errors import UserError
 from metasup.events import Event
 from metasup.faults import child_env
+from metasup.gitpaths import ms_since
 from metasup.gitrepo import EXP_BRANCH_PREFIX, GitRepo, MergeConflict
 from metasup.intake import new_id
 from metasup.jail import Jail, Prepared, make_view
@@ -328,7 +329,7 @@ class Experimenter:
                 score=v.score,
                 baseline_score=v.baseline_score,
                 improvement=v.improvement,
-                duration_ms=_ms(t0),
+                duration_ms=ms_since(t0),
             )
         else:
             self._failed(c, t0)
@@ -346,7 +347,7 @@ class Experimenter:
             outcome=c.outcome,
             reason=reason,
             improvement=c.verdict.improvement,
-            duration_ms=_ms(t0),
+            duration_ms=ms_since(t0),
         )
 
     def _fitness(self, where: Path, env: dict[str, str]) -> dict[str, float] | str:
@@ -423,7 +424,7 @@ class Experimenter:
                 )
             except MergeConflict as e:
                 best.outcome = "failed"
-                best.steps.append(StepResult("merge", False, str(e), _ms(t0) / 1000))
+                best.steps.append(StepResult("merge", False, str(e), ms_since(t0) / 1000))
                 self.emit(Event.EXPERIMENT_FAILED, id=best.id, commit=best.commit, reason=str(e))
                 return None, False
             if fast and mark_good:
@@ -435,7 +436,7 @@ class Experimenter:
             commit=head,
             candidate=best.commit,
             fast_forward=fast,
-            duration_ms=_ms(t0),
+            duration_ms=ms_since(t0),
         )
         if fast and mark_good:
             self.emit(Event.MARK_GOOD, commit=head, reason="passed an experiment")
@@ -488,7 +489,3 @@ def _step(name: str, done: Completed) -> StepResult:
 def _tail(done: Completed, lines: int = 3) -> str:
     text = (done.stderr or done.stdout).strip().splitlines()
     return " | ".join(text[-lines:])
-
-
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 3)

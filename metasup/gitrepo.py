@@ -30,6 +30,7 @@ from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
 
 from metasup.errors import UserError
 from metasup.faults import crashpoint, is_armed
+from metasup.gitpaths import in_git_dir, is_git_dir_name
 from metasup.safeio import is_special, read_regular
 from metasup.sweep import ARCHIVED, Sweep
 from metasup.sweep import plan as plan_sweep
@@ -477,7 +478,7 @@ class GitRepo:
         candidates: set[str] = set()
         for path in paths:
             path = path.strip("/")
-            if not path or path.split("/")[0].lower() == ".git":
+            if not path or in_git_dir(path):
                 continue
             candidates.add(path)
             try:
@@ -788,7 +789,7 @@ class GitRepo:
             dirs[:] = [
                 d
                 for d in dirs
-                if not (rel_root == "" and d.lower() == ".git")
+                if not (rel_root == "" and is_git_dir_name(d))
                 and f"{rel_root}{d}" != ".metasup/inbox"
             ]
             for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:

@@ -14,6 +14,8 @@ import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from metasup.gitpaths import in_git_dir
+
 STATES = ("starting", "healthy", "unhealthy", "failed", "stopped")
 
 
@@ -104,7 +106,7 @@ def _inside(path: str, base: str, root: str) -> str | None:
     norm = posixpath.normpath(path) if path else "."
     if norm == ".":
         return ""
-    if norm == ".." or norm.startswith("../") or norm.split("/")[0].lower() == ".git":
+    if norm == ".." or norm.startswith("../") or in_git_dir(norm):
         return None
     return norm
 

@@ -17,6 +17,7 @@ import pathspec
 import yaml
 
 from metasup.errors import ConfigError
+from metasup.gitpaths import is_git_dir_name
 from metasup.resources import protected_dir
 
 
@@ -187,7 +188,7 @@ def check_path(raw: object, limits: Limits = Limits()) -> PathProblem | None:
                 f"a path component is longer than {limits.max_segment_bytes} bytes",
             )
     for part in parts:
-        if part.casefold().rstrip(". ") == ".git":
+        if is_git_dir_name(part):
             return PathProblem("path_git", "the path goes into .git")
     if any(part in ("", ".") for part in parts):
         return PathProblem(

@@ -21,6 +21,7 @@ from metasup import preserve
 from metasup.errors import UserError
 from metasup.events import Event
 from metasup.faults import crashpoint, holdpoint
+from metasup.gitpaths import ms_since
 from metasup.gitrepo import Archive, GitRepo
 from metasup.journal import read_events, read_json, write_json_atomic
 from metasup.safeio import NotRegular, real_folder
@@ -170,7 +171,7 @@ def archive_now(
             dirty=archive.dirty,
             reason=reason,
             run=run,
-            duration_ms=_ms(t0),
+            duration_ms=ms_since(t0),
             **({"ignored": archive.ignored} if archive.ignored else {}),
             **({"quarantined": archive.quarantined} if archive.quarantined else {}),
         )
@@ -230,13 +231,9 @@ def carry_out(
         to=intent["target"],
         archive=intent.get("archive"),
         reason=reason,
-        duration_ms=_ms(t0),
+        duration_ms=ms_since(t0),
         **({"resumed": True} if intent.get("resumed") else {}),
     )
     with contextlib.suppress(FileNotFoundError):
         intent_path.unlink()
     return intent
-
-
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 3)

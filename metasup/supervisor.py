@@ -28,6 +28,7 @@ from metasup.errors import IntegrityError, UserError
 from metasup.events import Event
 from metasup.experiments import Experimenter, Outcome
 from metasup.faults import child_env, crashpoint
+from metasup.gitpaths import ms_since
 from metasup.gitrepo import ARCHIVE_PREFIX, GitRepo, RollbackRefused, archive_ref_name
 from metasup.intake import INBOX, Intake, ProposalStore, WakePipe
 from metasup.jail import Jail, Prepared, View, make_view, sandbox_to_json, view_to_json
@@ -658,7 +659,7 @@ class Supervisor:
                 commit=snap.commit,
                 run=run,
                 files=snap.changed,
-                duration_ms=_ms(t0),
+                duration_ms=ms_since(t0),
             )
         assert snap.head is not None
         head = snap.head
@@ -1217,7 +1218,7 @@ class Supervisor:
                 path=done.name,
                 bytes=done.stat().st_size,
                 kept=self.config.rollback.keep_commits,
-                duration_ms=_ms(self._backup_started),
+                duration_ms=ms_since(self._backup_started),
             )
         else:
             self.report({"event": "backup_failed", "error": str(done)})
@@ -1497,7 +1498,3 @@ class Supervisor:
 
 def _noop_handler(signum: int, frame: object) -> None:
     """Signals are read from the wakeup pipe; the handler only has to exist."""
-
-
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 3)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from metasup.gitpaths import in_git_dir
 from metasup.inotify import TreeWatch
 from metasup.intake import INBOX, WakePipe
 
@@ -73,7 +74,7 @@ class TamperWatch:
         if not path.startswith(root + os.sep):
             return
         rel = path[len(root) + 1 :].replace(os.sep, "/")
-        if rel.split("/")[0].lower() == ".git" or rel == INBOX or rel.startswith(INBOX + "/"):
+        if in_git_dir(rel) or rel == INBOX or rel.startswith(INBOX + "/"):
             return  # git's own files, and the agents' drop box
         if not self.protect(rel):
             return
@@ -95,4 +96,4 @@ class TamperWatch:
 
 def _left_out(rel: str) -> bool:
     """Folders the watch leaves out: git's own (at the top, in any case) and the inbox."""
-    return rel.split("/")[0].lower() == ".git" or rel == INBOX
+    return in_git_dir(rel) or rel == INBOX

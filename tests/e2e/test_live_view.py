@@ -84,8 +84,11 @@ def test_the_live_view_draws_follows_a_rollback_and_quits_on_q(repo: Path) -> No
             assert "run=1" in rollback
             wait_for(lambda: "failures 1 in a row" in " ".join(screen(base, target).split()))
             subprocess.run([*base, "send-keys", "-t", target, "q"], check=True)
-            wait_for(lambda: done.exists(), what="the view to quit on q")
-            assert done.read_text().strip() == "0"
+            # The shell creates the file, then writes the code: wait for the code itself.
+            code = wait_for(
+                lambda: done.exists() and done.read_text().strip(), what="the view to quit on q"
+            )
+            assert code == "0"
             last = json.loads((repo / ".git" / "metasup" / "state.json").read_text())
             assert last["api_url"]  # it was fed by the API
     finally:
@@ -113,8 +116,10 @@ def test_run_on_a_terminal_shows_the_view_inline(repo: Path) -> None:
         )
         assert "agent says hi" not in screen(base, target), "its output goes to its log only"
         subprocess.run([*base, "send-keys", "-t", target, "C-c"], check=True)
-        wait_for(lambda: done.exists(), what="metasup run to end on Ctrl-C")
-        assert done.read_text().strip() == "0"
+        code = wait_for(
+            lambda: done.exists() and done.read_text().strip(), what="metasup run to end on Ctrl-C"
+        )
+        assert code == "0"
     assert (repo / ".git" / "metasup" / "logs" / "supervisor.log").exists()
 
 
