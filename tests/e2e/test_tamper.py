@@ -21,10 +21,11 @@ from tests.conftest import (
 RULES = "protected: [/secrets]\n"
 NO_JAIL = "  sandbox: {mode: off}\n"
 
-# The agent tampers, then waits (bounded) to see metasup put things back, and records it.
-AGENT = textwrap.dedent(
+# What each tampering agent starts with: a wait (bounded) to see metasup put a thing back,
+# recorded in `seen`.
+WATCHER = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, socket, stat, sys, time
     from pathlib import Path
     RULES = Path("protected/safety_rules.yaml")
     GOOD = RULES.read_text()
@@ -38,6 +39,12 @@ AGENT = textwrap.dedent(
                 return
             time.sleep(0.005)  # ok: the agent polls for metasup's restore, bounded
         seen[what] = "restored"
+    """
+)
+
+# The agent tampers, then waits to see metasup put things back, and records it.
+AGENT = WATCHER + textwrap.dedent(
+    """
 
     if os.environ["METASUP_RUN"] == "1":
         # Busy: writes of its own all along, among the tampering.
@@ -108,22 +115,8 @@ def test_on_tamper_stop(repo: Path) -> None:
     assert (repo / "protected" / "safety_rules.yaml").read_text() == RULES
 
 
-SNEAKY = textwrap.dedent(
+SNEAKY = WATCHER + textwrap.dedent(
     """
-    import json, os, socket, stat, time
-    from pathlib import Path
-    RULES = Path("protected/safety_rules.yaml")
-    GOOD = RULES.read_text()
-    seen = {}
-
-    def wait_until(test, what):
-        deadline = time.monotonic() + 10
-        while not test():
-            if time.monotonic() > deadline:
-                seen[what] = "not restored"
-                return
-            time.sleep(0.005)  # ok: the agent polls for metasup's restore, bounded
-        seen[what] = "restored"
 
     def regular_and_good():
         st = os.lstat(RULES)
