@@ -810,6 +810,19 @@ class GitRepo:
                         found[rel] = f"{mode}:{pygit2.hash(read_regular(full) or b'')}"
         return tracked, ignored
 
+    def entries_at(self, commit: str, paths: Iterable[str]) -> dict[str, str]:
+        """`mode:blob id` of each of `paths` that is a file in `commit`'s tree."""
+        tree = self.repo[commit].peel(pygit2.Commit).tree
+        found = {}
+        for path in paths:
+            try:
+                entry = tree[path]
+            except KeyError:
+                continue
+            if entry.type_str == "blob":
+                found[path] = f"{entry.filemode:o}:{entry.id}"
+        return found
+
     def protected_in_commit(self, commit: str, protect: Callable[[str], bool]) -> dict[str, str]:
         """Each protected file of a commit's tree, as `mode:blob id`."""
         tree = self.repo[commit].peel(pygit2.Commit).tree

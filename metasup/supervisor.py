@@ -1160,13 +1160,22 @@ class Supervisor:
         if good is None or good == self._verified_good:
             return
         if self._verified_good is not None:
-            changed = self.repo.changed_paths(self._verified_good, good)
-            if not any(self._is_protected(p) for p in changed):
+            # The last verified good matched the baseline everywhere: only the protected
+            # paths changed since can differ now (a full walk of a big tree takes 100 ms).
+            changed = [
+                p
+                for p in self.repo.changed_paths(self._verified_good, good)
+                if self._is_protected(p)
+            ]
+            if not changed:
                 self._verified_good = good
                 return
-        differ = integrity.differences(
-            self._baseline, self.repo.protected_in_commit(good, self._is_protected)
-        )
+            baseline = {p: self._baseline[p] for p in changed if p in self._baseline}
+            differ = integrity.differences(baseline, self.repo.entries_at(good, changed))
+        else:
+            differ = integrity.differences(
+                self._baseline, self.repo.protected_in_commit(good, self._is_protected)
+            )
         if differ:
             self._good_forged = True
             self.report({"event": "integrity_stop", "good": good, "differ": differ})

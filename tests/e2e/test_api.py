@@ -86,8 +86,10 @@ def test_status_metrics_events_and_proposals(repo: Path) -> None:
         assert doc["status"] == "running" and doc["run"] == 1
         assert set(doc["agent"]) >= {"pid", "state", "rss_mb", "cpu_percent"}
         assert "token" not in doc["agent"] and "helper_trees" not in doc
-        wait_for(lambda: (repo / "agent-env.json").exists(), what="the agent's environment")
-        env = json.loads((repo / "agent-env.json").read_text())
+        # Created, then written: wait for the whole document.
+        written = repo / "agent-env.json"
+        text = wait_for(lambda: written.exists() and written.read_text(), what="the agent's env")
+        env = json.loads(text)
         assert env["METASUP_API"] == url + "/supervisor/status"
 
         status, headers, body = request(url, "GET", "/metrics")

@@ -51,8 +51,8 @@ def test_a_run_that_outlived_min_runtime_while_the_supervisor_was_paused_is_no_q
     write_config(repo, agent_config(min_runtime="3s", extra="  sandbox: {mode: off}\n"))
     proc = start_metasup(repo, "--max-cycles", "1")
     try:
-        wait_for(ready.exists, what="the agent's start")
-        agent = int(ready.read_text())
+        # Created, then written: wait for the pid itself.
+        agent = int(wait_for(lambda: ready.exists() and ready.read_text(), what="the agent"))
         proc.send_signal(signal.SIGSTOP)  # the supervisor misses its min_runtime timer
         go.touch()
 
