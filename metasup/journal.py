@@ -30,6 +30,10 @@ from metasup.safeio import NotRegular, open_regular, read_regular, real_folder
 from metasup.statefile import read_state
 
 GENESIS = "0" * 64
+# Fields of a journal line that link it to the chain and say nothing of what happened.
+CHAIN_FIELDS = frozenset({"prev", "mac"})
+# What a one-line rendering of an event leaves out: its place in the journal.
+HEADER_FIELDS = frozenset({"ts", "seq", "event"}) | CHAIN_FIELDS
 _TAIL_WINDOW = 1 << 20
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 

@@ -17,7 +17,13 @@ from typing import Any
 
 from metasup import proposals
 from metasup.intake import INBOX, RESTART_SUFFIX, ProposalStore
-from metasup.journal import StateDir, current_status, public_status, tail_events
+from metasup.journal import (
+    CHAIN_FIELDS,
+    StateDir,
+    current_status,
+    public_status,
+    tail_events,
+)
 from metasup.policy import load_repo_policy
 from metasup.resources import schema_path
 
@@ -94,7 +100,7 @@ class Tools:
 
 
 def _without_chain(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "prev"}
+    return {k: v for k, v in record.items() if k not in CHAIN_FIELDS}
 
 
 def tool_specs() -> list[tuple[str, str, dict[str, Any]]]:

@@ -33,6 +33,7 @@ from metasup.gitrepo import ARCHIVE_PREFIX, GitRepo, RollbackRefused, archive_re
 from metasup.intake import INBOX, Intake, ProposalStore, WakePipe
 from metasup.jail import Jail, Prepared, View, make_view, sandbox_to_json, view_to_json
 from metasup.journal import (
+    HEADER_FIELDS,
     Journal,
     RepoLock,
     StateDir,
@@ -90,8 +91,7 @@ def plain_reporter(stream: Any = None) -> Reporter:
 
     def report(record: dict[str, Any]) -> None:
         out = stream or sys.stderr
-        skip = {"ts", "seq", "event", "prev"}
-        detail = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in skip)
+        detail = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in HEADER_FIELDS)
         with contextlib.suppress(OSError, ValueError):
             out.write(f"metasup: {record['event']} {detail}\n")
             out.flush()

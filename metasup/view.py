@@ -25,7 +25,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from metasup.journal import StateDir, current_status, human_duration, tail_events
+from metasup.journal import (
+    HEADER_FIELDS,
+    StateDir,
+    current_status,
+    human_duration,
+    tail_events,
+)
 
 EVENT_COLOURS = {
     "mark_good": "green",
@@ -55,7 +61,6 @@ MCP_COLOURS = {
     "failed": "bold red",
     "stopped": "dim",
 }
-EVENT_SKIP = {"ts", "seq", "event", "prev"}
 EVENTS_SHOWN = 10
 
 
@@ -77,7 +82,7 @@ def event_text(record: dict[str, Any]) -> str:
     fields = " ".join(
         f"{k}={short(v)}"
         for k, v in record.items()
-        if k not in EVENT_SKIP and k not in ("stderr_tail", "errors") and v not in (None, "")
+        if k not in HEADER_FIELDS and k not in ("stderr_tail", "errors") and v not in (None, "")
     )
     return f"{ts} {record.get('event', '?'):<18} {fields}".rstrip()
 

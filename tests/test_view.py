@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from metasup.view import plain, render
+from metasup.view import event_text, plain, render
 
 NOW = 1_800_000_000.0
 GOOD = "a" * 40
@@ -145,3 +145,16 @@ def test_plain_lines_for_a_pipe() -> None:
     assert "status:   running" in out and "uptime:   1m15s" in out
     assert "api:      http://127.0.0.1:9000" in out
     assert "mcp:      notes: healthy, 2 tools, probe 1.2 ms, 0 restarts, pid 7" in out
+
+
+def test_an_event_line_leaves_its_chain_out() -> None:
+    record = {
+        "ts": "2026-11-27T20:00:00.000000Z",
+        "seq": 3,
+        "event": "exit",
+        "prev": "a" * 64,
+        "code": 1,
+        "mac": "b" * 64,
+    }
+    line = event_text(record)
+    assert line == "20:00:00 exit               code=1"
