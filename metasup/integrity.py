@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metasup.errors import IntegrityError, UserError
-from metasup.journal import read_json, utc_now, write_json_atomic
+from metasup.errors import IntegrityError
+from metasup.journal import utc_now, write_json_atomic
+from metasup.safeio import read_json
 
 _ENTRY = re.compile(r"(100644|100755|120000):([0-9a-f]{40}|[0-9a-f]{64})")
 
@@ -82,18 +83,15 @@ def config_in_use(workdir: Path, explicit: Path | None = None) -> Path:
     pinned (while it exists), else `metasup.yaml`, else `config/metasup.yaml`. Pinning keeps
     an agent's ignored `./metasup.yaml` from becoming the config of the next start."""
     from metasup.config import find_config
-    from metasup.gitrepo import GitRepo
+    from metasup.gitrepo import discover
     from metasup.journal import StateDir
 
-    if explicit is None:
-        try:
-            git_dir = GitRepo(workdir).git_dir
-        except UserError:
-            git_dir = None
-        if git_dir is not None:
-            pinned = pinned_config(workdir, StateDir.for_git_dir(git_dir).baseline)
-            if pinned is not None and pinned.is_file():
-                return pinned
+    # Only the git dir is needed: found on a detached HEAD too (the hook during a rebase).
+    found = discover(workdir) if explicit is None else None
+    if found is not None:
+        pinned = pinned_config(workdir, StateDir.for_git_dir(Path(found[0]).resolve()).baseline)
+        if pinned is not None and pinned.is_file():
+            return pinned
     return find_config(workdir, explicit)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from metasup import chain
 from metasup.digest import sha256_hex
 from metasup.errors import RepoBusyError, UserError
-from metasup.safeio import NotRegular, open_regular, read_regular, real_folder
+from metasup.safeio import NotRegular, open_regular, real_folder
 from metasup.statefile import read_state
 
 GENESIS = "0" * 64
@@ -130,8 +130,7 @@ class Journal:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self.seq, self.prev = self._recover_tail()
-        self.mac = self._last_mac()
+        self.seq, self.prev, self.mac = self._recover_tail()
         self.secret = chain.Secret(secret or path.parent / "secret")
         key, made = self.secret.key(create=True)
         assert key is not None
@@ -139,14 +138,6 @@ class Journal:
         # What a check of the tail found at open: the supervisor reports it as an event.
         self.breaks = self._check_tail(made)
         self._lock = threading.Lock()  # experiment threads record events too
-
-    def _last_mac(self) -> str:
-        size = os.fstat(self._fd).st_size
-        if size == 0:
-            return ""
-        start = max(0, size - _TAIL_WINDOW)
-        lines = os.pread(self._fd, size - start, start).splitlines()
-        return chain.split(lines[-1])[1] or "" if lines else ""
 
     def _check_tail(self, key_made: bool) -> list[str]:
         """The end of the journal against the tail kept aside: cut off, edited, or extended
@@ -179,8 +170,9 @@ class Journal:
             problems.append(f"seq {tail.seq} differs from the copy of its mac kept aside")
         return problems + chain.verify_macs(lines[at + 1 :], self._key, None, start_mac=tail.mac)
 
-    def _recover_tail(self) -> tuple[int, str]:
-        """Seq and hash of the last whole record; a torn or garbled tail is cut off.
+    def _recover_tail(self) -> tuple[int, str, str]:
+        """Seq, hash and mac ("" for none) of the last whole record; a torn or garbled tail
+        is cut off.
 
         A torn line is a crash mid-write: it was never reported done (the sync comes first), so
         dropping it loses nothing anyone was told happened, and keeps the chain verifiable.
@@ -203,11 +195,11 @@ class Journal:
                 else:
                     if end < len(tail):
                         os.ftruncate(self._fd, start + end)
-                    return seq, line_hash(line)
+                    return seq, line_hash(line), chain.split(line)[1] or ""
             end = line_start
         if end < len(tail):
             os.ftruncate(self._fd, start + end)
-        return 0, GENESIS
+        return 0, GENESIS, ""
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         with self._lock:
@@ -322,21 +314,6 @@ def write_json_atomic(path: Path, data: Any, *, sync: bool = True) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def read_json(path: Path) -> Any:
-    """The document at `path`; None when it is missing, not JSON, or no regular file (a fifo
-    there would block the reader for ever)."""
-    try:
-        data = read_regular(path)
-    except OSError:
-        return None
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
 
 
 class LockLost(RepoBusyError):

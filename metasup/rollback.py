@@ -23,8 +23,8 @@ from metasup.events import Event
 from metasup.faults import crashpoint, holdpoint
 from metasup.gitpaths import ms_since
 from metasup.gitrepo import Archive, GitRepo
-from metasup.journal import read_events, read_json, write_json_atomic
-from metasup.safeio import NotRegular, real_folder
+from metasup.journal import read_events, write_json_atomic
+from metasup.safeio import NotRegular, read_json, real_folder
 from metasup.statefile import intent_problem
 from metasup.sweep import Sweep
 

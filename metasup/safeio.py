@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import stat
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR = _READ | os.O_DIRECTORY
@@ -168,6 +169,20 @@ def open_append(path: Path) -> IO[bytes]:
 def _open_append(path: Path) -> IO[bytes]:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     return os.fdopen(_open_checked(path, flags), "ab")
+
+
+def read_json(path: Path) -> Any:
+    """The document at `path`; None when it is missing, not JSON, or no regular file."""
+    try:
+        data = read_regular(path)
+    except OSError:
+        return None
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def real_folder(path: Path) -> bool:

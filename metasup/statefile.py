@@ -8,13 +8,12 @@ that is not an object reads as none. Pure: the checks take parsed JSON.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metasup.safeio import read_regular
+from metasup.safeio import read_json
 
 Check = Callable[[Any], bool]
 
@@ -172,11 +171,7 @@ def clean_state(doc: Any) -> dict[str, Any]:
 
 def read_state(path: Path) -> dict[str, Any]:
     """`state.json`, cleaned; {} when missing, unreadable or not JSON."""
-    try:
-        data = read_regular(path)
-        return clean_state(json.loads(data)) if data is not None else {}
-    except (OSError, ValueError):
-        return {}
+    return clean_state(read_json(path))
 
 
 INTENT_STEPS = ("start", "archived", "stashed", "reset")

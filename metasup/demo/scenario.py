@@ -16,9 +16,10 @@ from metasup.config import Config, load_config
 from metasup.errors import UserError
 from metasup.experiments import Experimenter
 from metasup.gitrepo import GOOD_REF, GitRepo, init_repository
-from metasup.journal import StateDir, locked_journal, read_events, read_json
+from metasup.journal import StateDir, locked_journal, read_events
 from metasup.policy import load_policy
 from metasup.process import Reaper
+from metasup.safeio import read_json
 from metasup.supervisor import Supervisor
 
 FILES = Path(__file__).resolve().parent / "files"

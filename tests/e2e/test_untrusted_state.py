@@ -361,3 +361,24 @@ def test_log_verify_sees_every_kind_of_journal_forgery(repo: Path, attack: str) 
         assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
         (broken,) = [e for e in events(repo) if e["event"] == "journal_broken"]
         assert "events were cut off" in broken["problems"][0]
+
+
+def test_the_pinned_config_holds_on_a_detached_head_too(repo: Path) -> None:
+    """During a rebase HEAD is detached (the pre-commit hook runs then): the config in use is
+    still the approved one, found from the git dir alone."""
+    from metasup.integrity import config_in_use
+
+    (repo / "agent.py").write_text("print('ok')\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    (repo / "config").mkdir()
+    (repo / "config" / "metasup.yaml").write_text(
+        agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n")
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "start")
+    assert run_metasup(repo, "approve").returncode == 0
+    with (repo / ".git" / "info" / "exclude").open("a") as f:
+        f.write("/metasup.yaml\n")
+    write_config(repo, agent_config(min_runtime="0s"))  # the agent's, found first by name
+    git(repo, "checkout", "-q", "--detach")
+    assert config_in_use(repo) == repo / "config" / "metasup.yaml"
