@@ -30,8 +30,8 @@ from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
 
 from metasup.errors import UserError
 from metasup.faults import crashpoint, is_armed
-from metasup.gitpaths import in_git_dir, is_git_dir_name
-from metasup.safeio import is_special, read_regular
+from metasup.gitpaths import common_dir, in_git_dir, is_git_dir_name
+from metasup.safeio import is_special, move, read_regular, write_all
 from metasup.sweep import ARCHIVED, Sweep
 from metasup.sweep import plan as plan_sweep
 
@@ -225,11 +225,7 @@ def hooks_dir(workdir: Path) -> Path:
     if configured:
         path = Path(os.path.expanduser(str(configured)))
         return path if path.is_absolute() else workdir / path
-    common = Path(repo.path)
-    commondir = common / "commondir"
-    if commondir.is_file():
-        common = (common / commondir.read_text().strip()).resolve()
-    return common / "hooks"
+    return common_dir(Path(repo.path)) / "hooks"
 
 
 def discover(start: Path) -> tuple[str, Path | None] | None:
@@ -590,7 +586,8 @@ class GitRepo:
                     index.add(entry)
                     changed += 1
             for unit in taken.quarantine:
-                _move_aside(self.workdir / unit.path, folder / unit.path)
+                with contextlib.suppress(FileNotFoundError):  # gone since the walk
+                    move(self.workdir / unit.path, folder / unit.path)
             for path, _kind in taken.special:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.workdir / path)
@@ -960,9 +957,7 @@ class GitRepo:
     def refs_stamp(self) -> tuple[int, ...]:
         """Inode, mtime and size of the archive refs' folder and of packed-refs: what changes
         when a ref there is created, deleted or moved by git (it writes through a rename)."""
-        common = Path(self.repo.path)
-        with contextlib.suppress(OSError):
-            common = (common / (common / "commondir").read_text().strip()).resolve()
+        common = common_dir(Path(self.repo.path))
         out: list[int] = []
         for path in (common / ARCHIVE_PREFIX.rstrip("/"), common / "packed-refs"):
             try:
@@ -1056,7 +1051,7 @@ def _write_file(target: Path, data: bytes, executable: bool) -> None:
             st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
                 os.ftruncate(fd, 0)
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fchmod(fd, perm)
                 return
         finally:
@@ -1066,17 +1061,11 @@ def _write_file(target: Path, data: bytes, executable: bool) -> None:
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fchmod(fd, perm)
     finally:
         os.close(fd)
     os.replace(tmp, target)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def clear_special(workdir: Path, paths: Iterable[str]) -> list[str]:
@@ -1093,19 +1082,6 @@ def clear_special(workdir: Path, paths: Iterable[str]) -> list[str]:
             os.unlink(full)
             removed.append(rel)
     return removed
-
-
-def _move_aside(src: Path, dst: Path) -> None:
-    """Move a file or folder out of the tree, by rename (copied only across filesystems)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(src, dst)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        if e.errno != 18:  # EXDEV: the git dir is on another filesystem
-            raise
-        shutil.move(str(src), str(dst))
 
 
 def _make_dirs(workdir: Path, path: str) -> None:

@@ -43,6 +43,7 @@ from typing import Any
 from metasup import cgroups, landlock
 from metasup.cgroups import Cgroup
 from metasup.config import SandboxConfig, SandboxLimits, format_size
+from metasup.gitpaths import common_dir, git_dir_of
 from metasup.process import Reaper, run_command
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -278,21 +279,11 @@ def _within(path: Path, root: Path) -> bool:
 def git_dirs(tree: Path) -> list[Path]:
     """The git dir of `tree` and, for a linked worktree, the common dir its `commondir` names:
     where refs, objects and config live."""
-    dot = tree / ".git"
-    if dot.is_file():
-        text = dot.read_text(encoding="utf-8", errors="replace").strip()
-        if not text.startswith("gitdir:"):
-            return []
-        git_dir = (tree / text.removeprefix("gitdir:").strip()).resolve()
-    elif dot.is_dir():
-        git_dir = dot.resolve()
-    else:
+    git_dir = git_dir_of(tree)
+    if git_dir is None:
         return []
-    found = [git_dir]
-    with contextlib.suppress(OSError):
-        named = (git_dir / "commondir").read_text(encoding="utf-8").strip()
-        found.append((git_dir / named).resolve())
-    return found
+    common = common_dir(git_dir)
+    return [git_dir] if common == git_dir else [git_dir, common]
 
 
 def make_view(

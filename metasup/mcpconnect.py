@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from metasup.errors import UserError
+from metasup.gitpaths import common_dir, git_dir_of
 from metasup.journal import StateDir
+from metasup.safeio import write_all
 
 CHUNK = 1 << 16
 
@@ -35,17 +37,9 @@ def socket_dir(start: Path, repo: Path | None = None) -> Path:
 def git_common_dir(start: Path) -> Path:
     """The repository's git dir (the main one, from inside a linked worktree too)."""
     for folder in (start.resolve(), *start.resolve().parents):
-        dot = folder / ".git"
-        if dot.is_dir():
-            return dot
-        if dot.is_file():
-            text = dot.read_text(encoding="utf-8", errors="replace").strip()
-            if text.startswith("gitdir:"):
-                git_dir = (folder / text.removeprefix("gitdir:").strip()).resolve()
-                common = git_dir / "commondir"
-                if common.is_file():
-                    return (git_dir / common.read_text().strip()).resolve()
-                return git_dir
+        git_dir = git_dir_of(folder)
+        if git_dir is not None:
+            return common_dir(git_dir)
     raise UserError(f"{start} is not inside a git repository; pass --repo or set METASUP_MCP_DIR")
 
 
@@ -115,11 +109,4 @@ def pump(sock: socket.socket, stdin: int = 0, stdout: int = 1) -> int:
                         return 1
                     if not data:
                         return 0
-                    _write_all(stdout, data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+                    write_all(stdout, data)

@@ -8,20 +8,11 @@ staging directory (recorded in the rollback intent) and finishes the job.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-
-def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(src, dst)
-    except OSError as e:
-        if e.errno != 18:  # EXDEV: the state directory lives on another filesystem
-            raise
-        shutil.move(str(src), str(dst))
+from metasup.safeio import move
 
 
 def _remove(path: Path) -> None:
@@ -43,7 +34,7 @@ def stash(workdir: Path, paths: Sequence[str], staging: Path) -> list[str]:
             moved.append(rel)  # stashed before a crash
             continue
         if src.exists() or src.is_symlink():
-            _move(src, dst)
+            move(src, dst)
             moved.append(rel)
     return moved
 
@@ -60,6 +51,6 @@ def restore(workdir: Path, paths: Sequence[str], staging: Path) -> None:
             p = workdir / parent
             if p.is_symlink() or (p.exists() and not p.is_dir()):
                 p.unlink()
-        _move(src, dst)
+        move(src, dst)
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(staging)

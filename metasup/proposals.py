@@ -22,6 +22,7 @@ from typing import Any
 from metasup.digest import sha1_hex
 from metasup.policy import Policy, check_path, fold_key
 from metasup.resources import schema_path
+from metasup.safeio import write_all
 
 CODES = (
     "schema",
@@ -345,9 +346,7 @@ class _Transaction:
         )
         self.staged[ch.index] = tmp
         try:
-            view = memoryview(ch.data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, ch.data)
             os.fchmod(fd, _file_mode(ch.mode, target))
             os.fsync(fd)
         finally:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import IO, Any
@@ -183,6 +184,25 @@ def read_json(path: Path) -> Any:
         return json.loads(data)
     except ValueError:
         return None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Every byte of `data` to `fd`: a write may take only part of it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def move(src: Path, dst: Path) -> None:
+    """Move a file or a folder by rename, which copies nothing and is atomic; copied only
+    where `dst` is on another filesystem. The parents of `dst` are made."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        shutil.move(str(src), str(dst))
 
 
 def real_folder(path: Path) -> bool:

@@ -74,7 +74,7 @@ class TamperWatch:
         if not path.startswith(root + os.sep):
             return
         rel = path[len(root) + 1 :].replace(os.sep, "/")
-        if in_git_dir(rel) or rel == INBOX or rel.startswith(INBOX + "/"):
+        if _left_out(rel) or rel.startswith(INBOX + "/"):
             return  # git's own files, and the agents' drop box
         if not self.protect(rel):
             return
