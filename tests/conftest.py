@@ -161,6 +161,14 @@ def agent_repo(repo: Path) -> Iterator[Callable[..., Path]]:
     yield make
 
 
+def jail_off(repo: Path, code: str, **config: Any) -> None:
+    """A repository whose agent runs `code`, supervised with the jail off: for the defences
+    that must hold without it."""
+    (repo / "agent.py").write_text(code)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n", **config))
+
+
 def marked_pids(marker: str, jail: bool = True) -> list[int]:
     """Live processes (zombies aside) with `marker` as an argument. A jailed process knows only
     its pid in the jail's namespace: a test finds it from outside by what it runs. `jail`:

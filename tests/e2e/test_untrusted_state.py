@@ -18,6 +18,7 @@ from tests.conftest import (
     agent_config,
     events,
     git,
+    jail_off,
     names,
     pid_alive,
     rechain,
@@ -34,7 +35,8 @@ def test_a_run_that_outlived_min_runtime_while_the_supervisor_was_paused_is_no_q
     repo: Path, tmp_path: Path
 ) -> None:
     ready, go = tmp_path / "ready", tmp_path / "go"
-    (repo / "agent.py").write_text(
+    jail_off(
+        repo,
         textwrap.dedent(
             f"""
             import os, sys, time
@@ -45,10 +47,9 @@ def test_a_run_that_outlived_min_runtime_while_the_supervisor_was_paused_is_no_q
                 time.sleep(0.02)  # ok: waits for the test, then outlives min_runtime
             sys.exit(1)
             """
-        )
+        ),
+        min_runtime="3s",
     )
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="3s", extra="  sandbox: {mode: off}\n"))
     proc = start_metasup(repo, "--max-cycles", "1")
     try:
         # Created, then written: wait for the pid itself.
@@ -77,9 +78,7 @@ def test_a_run_that_outlived_min_runtime_while_the_supervisor_was_paused_is_no_q
 
 
 def test_a_forged_state_file_is_read_as_untrusted_input(repo: Path) -> None:
-    (repo / "agent.py").write_text("print('ok')\n")
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, "print('ok')\n", min_runtime="0s")
     forged = {
         "status": "running",
         "run": "many",
@@ -109,9 +108,7 @@ def test_a_forged_state_file_is_read_as_untrusted_input(repo: Path) -> None:
 def test_a_forged_half_done_rollback_is_never_resumed(
     repo: Path, tmp_path: Path, forged: str
 ) -> None:
-    (repo / "agent.py").write_text("print('ok')\n")
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, "print('ok')\n", min_runtime="0s")
     assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
     good = git(repo, "rev-parse", "refs/metasup/good").strip()
     # The agent's move: a commit of its own, uncommitted work, a folder it wants gone, and an
@@ -158,9 +155,7 @@ def test_a_forged_half_done_rollback_is_never_resumed(
 def test_a_lock_file_taken_away_stops_the_supervisor_before_it_touches_git(
     repo: Path, how: str
 ) -> None:
-    (repo / "agent.py").write_text(SLEEPER)
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, SLEEPER, min_runtime="0s")
     lock = repo / ".git" / "metasup" / "lock"
     with supervising(repo) as proc:
         agent = wait_for(lambda: state(repo).get("agent", {}).get("pid"), what="the agent")
@@ -182,9 +177,7 @@ def test_a_lock_file_taken_away_stops_the_supervisor_before_it_touches_git(
 def test_recover_stops_the_lock_holder_the_kernel_names_not_the_pid_written_in_the_file(
     repo: Path,
 ) -> None:
-    (repo / "agent.py").write_text(SLEEPER)
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, SLEEPER, min_runtime="0s")
     lock = repo / ".git" / "metasup" / "lock"
     bystander = subprocess.Popen([sys.executable, "-c", SLEEPER])
     try:
@@ -207,9 +200,7 @@ def test_recover_stops_the_lock_holder_the_kernel_names_not_the_pid_written_in_t
 
 
 def test_a_deleted_baseline_is_no_first_start(repo: Path) -> None:
-    (repo / "agent.py").write_text("print('ok')\n")
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, "print('ok')\n", min_runtime="0s")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "start")
     assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
@@ -279,9 +270,7 @@ REF_AGENT = textwrap.dedent(
 
 
 def test_refs_deleted_behind_metasups_back_are_put_back_from_the_journal(repo: Path) -> None:
-    (repo / "agent.py").write_text(REF_AGENT)
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, REF_AGENT)
     out = run_metasup(repo, "run", "--max-cycles", "5")
     assert out.returncode == 0, out.stderr
     log = events(repo)
@@ -319,9 +308,7 @@ REWRITER = textwrap.dedent(
 
 
 def test_commits_a_rewound_branch_no_longer_reaches_are_archived(repo: Path) -> None:
-    (repo / "agent.py").write_text(REWRITER)
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, REWRITER)
     out = run_metasup(repo, "run", "--max-cycles", "3")
     assert out.returncode == 0, out.stderr
     log = events(repo)
@@ -336,9 +323,7 @@ def test_commits_a_rewound_branch_no_longer_reaches_are_archived(repo: Path) -> 
 
 @pytest.mark.parametrize("attack", ["edited", "dropped", "re-chained", "cut off"])
 def test_log_verify_sees_every_kind_of_journal_forgery(repo: Path, attack: str) -> None:
-    (repo / "agent.py").write_text("print('ok')\n")
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, "print('ok')\n", min_runtime="0s")
     assert run_metasup(repo, "run", "--max-cycles", "2").returncode == 0
     assert run_metasup(repo, "log", "--verify").returncode == 0
     path = repo / ".git" / "metasup" / "events.jsonl"

@@ -17,6 +17,7 @@ from tests.conftest import (
     agent_config,
     events,
     git,
+    jail_off,
     names,
     run_metasup,
     start_metasup,
@@ -110,9 +111,7 @@ def test_a_fifo_where_a_tracked_file_was_never_blocks_a_rollback(repo: Path) -> 
 def test_an_inbox_made_a_symlink_is_refused_and_nothing_of_metasup_is_read_through_it(
     repo: Path,
 ) -> None:
-    (repo / "agent.py").write_text("print('ok')\n")
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, "print('ok')\n", min_runtime="0s")
     assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
     state_dir = repo / ".git" / "metasup"
     before = {p.name: p.read_bytes() for p in state_dir.glob("*.json")}
@@ -144,9 +143,7 @@ def test_a_proposal_to_the_inbox_in_another_case_is_protected(repo: Path) -> Non
 def test_logs_planted_as_symlinks_are_never_written_through(
     repo: Path, tmp_path: Path, what: str
 ) -> None:
-    (repo / "agent.py").write_text("print('ok')\n")
-    (repo / ".gitignore").write_text("__pycache__/\n")
-    write_config(repo, agent_config(min_runtime="0s", extra="  sandbox: {mode: off}\n"))
+    jail_off(repo, "print('ok')\n", min_runtime="0s")
     assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
     logs = repo / ".git" / "metasup" / "logs"
     victim = tmp_path / "victim"
