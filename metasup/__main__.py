@@ -1,3 +1,3 @@
-from metasup.cli import main
+from metasup.faces.cli.main import main
 
 main()

@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 
-from metasup.gitrepo import GitRepo
+from metasup.effects.git.repo import GitRepo
 
 AGENT_C = r"""
 #include <stdio.h>
@@ -165,7 +165,7 @@ def bench_archive_reset(repo: Path, files: int, repeats: int) -> dict[str, float
 def bench_bulk_archive(root: Path, repeats: int = 3) -> dict[str, Any]:
     """A failed run that left a 2 GiB file, or 200k small files, untracked: the archive (and
     the reset after it) against what hashing them would cost the git CLI, in the same run."""
-    from metasup.sweep import Sweep
+    from metasup.effects.git.sweep import Sweep
 
     out: dict[str, Any] = {}
     repo = make_repo(root / "bulk", 100)
@@ -232,8 +232,8 @@ def print_bulk(b: dict[str, Any]) -> None:
 
 def bench_validation(root: Path, repeats: int) -> dict[str, dict[str, float]]:
     """proposals.validate (schema, paths, policy, the tree) on 1- and 200-change proposals."""
-    from metasup.policy import load_policy
-    from metasup.proposals import validate
+    from metasup.facts.policy import load_policy
+    from metasup.pipelines.proposals import validate
 
     work = root / "validation"
     (work / "src").mkdir(parents=True)
@@ -263,10 +263,10 @@ def bench_validation(root: Path, repeats: int) -> dict[str, dict[str, float]]:
 def bench_experiments(repo: Path, agent: Path, log: Path, repeats: int) -> dict[str, Any]:
     """Shadow spawn with a warm worktree pool vs `git worktree add`; 4 candidates at
     max_concurrent 1 vs 2."""
-    from metasup.config import parse_config
-    from metasup.experiments import Experimenter
-    from metasup.policy import load_policy
-    from metasup.process import Reaper, become_subreaper
+    from metasup.effects.process.spawn import Reaper, become_subreaper
+    from metasup.facts.config import parse_config
+    from metasup.facts.policy import load_policy
+    from metasup.pipelines.experiments import Experimenter
 
     become_subreaper()
     g = GitRepo(repo)
@@ -527,7 +527,7 @@ def bench_api(repo: Path, agent: Path, log: Path, idle_seconds: float) -> dict[s
         url = _wait_api(repo)
         time.sleep(1.5)  # min_runtime passes and start-up work settles before measuring
         sup = psutil.Process(proc.pid)
-        (api,) = [p for p in sup.children() if "metasup.api" in " ".join(p.cmdline())]
+        (api,) = [p for p in sup.children() if "metasup.faces.api" in " ".join(p.cmdline())]
         before = cpu_ns(sup.pid), cpu_ns(api.pid)
         t0 = time.monotonic()
         time.sleep(idle_seconds)  # the measurement window
@@ -608,7 +608,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mcp" / "
 
 
 class FleetWorker:
-    """The fleet worker (`python -m metasup.mcpworker`) driven the way the supervisor does."""
+    """The fleet worker (`-m metasup.pipelines.mcp.worker`), driven as the supervisor drives it."""
 
     def __init__(self, root: Path, **server: Any) -> None:
         spec = {
@@ -634,7 +634,7 @@ class FleetWorker:
             ],
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metasup.mcpworker"],
+            [sys.executable, "-m", "metasup.pipelines.mcp.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -849,9 +849,9 @@ def bench_jail(
 def _command_in_jail(repo: Path, samples: int) -> dict[str, Any]:
     """A command run to its end (`true`) as checks, fitness and MCP servers are started: no
     jail made ahead, so the cgroup move is paid here. Off and jailed in turns."""
-    from metasup.config import SandboxConfig
-    from metasup.jail import Jail, make_view
-    from metasup.process import Reaper, run_command
+    from metasup.effects.process.jail import Jail, make_view
+    from metasup.effects.process.spawn import Reaper, run_command
+    from metasup.facts.config import SandboxConfig
 
     reaper = Reaper()
     jail = Jail(SandboxConfig(), reaper=reaper)

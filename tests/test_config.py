@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasup.config import (
+from metasup.facts.config import (
     ConfigError,
     find_config,
     format_duration,

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metasup.errors import UserError
-from metasup.gitrepo import (
+from metasup.effects.git.repo import (
     ARCHIVE_PREFIX,
     GOOD_REF,
     GitError,
@@ -21,6 +20,7 @@ from metasup.gitrepo import (
     MergeConflict,
     RollbackRefused,
 )
+from metasup.facts.errors import UserError
 from tests.conftest import git, make_repo
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metasup.health import Limits, judge
+from metasup.decisions.health import Limits, judge
 
 
 def test_no_limits_no_breach() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasup.httpwire import BadRequest, find_head, parse_head, response
+from metasup.faces.api.wire import BadRequest, find_head, parse_head, response
 
 
 def test_a_request_head() -> None:

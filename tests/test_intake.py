@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metasup.intake import InboxWatcher, ProposalStore, new_id
+from metasup.pipelines.intake import InboxWatcher, ProposalStore, new_id
 
 
 @pytest.fixture

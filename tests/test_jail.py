@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metasup import cgroups
-from metasup.config import SandboxConfig, format_size, parse_size
-from metasup.jail import (
+from metasup.effects.process import cgroups
+from metasup.effects.process.jail import (
     GUARANTEES,
     Jail,
     Machine,
@@ -24,6 +23,7 @@ from metasup.jail import (
     settle,
     view_options,
 )
+from metasup.facts.config import SandboxConfig, format_size, parse_size
 
 FULL = Machine("/usr/bin/bwrap", True, "namespaces work", 7, "v1", "cgroup v1")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metasup.journal import (
+from metasup.effects.records.journal import (
     GENESIS,
     Journal,
     RepoLock,
@@ -146,7 +146,8 @@ def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
         assert holder_pid(path) == os.getpid()
         # flock is per open file description: a second process is refused.
         code = (
-            "import sys; from pathlib import Path; from metasup.journal import RepoLock\n"
+            "import sys; from pathlib import Path\n"
+            "from metasup.effects.records.journal import RepoLock\n"
             "try:\n    RepoLock(Path(sys.argv[1]), 'the repo').acquire()\n"
             "except Exception as e:\n    print(e); sys.exit(2)\n"
         )
@@ -161,7 +162,8 @@ def test_second_lock_holder_is_refused_with_the_pid(tmp_path: Path) -> None:
 def test_a_killed_holder_leaves_no_lock(tmp_path: Path) -> None:
     path = tmp_path / "lock"
     code = (
-        "import os, signal, sys; from pathlib import Path; from metasup.journal import RepoLock\n"
+        "import os, signal, sys; from pathlib import Path\n"
+        "from metasup.effects.records.journal import RepoLock\n"
         "RepoLock(Path(sys.argv[1]), 'r').acquire(); os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(path)])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasup.lifecycle import (
+from metasup.decisions.lifecycle import (
     ArmTimer,
     BackoffElapsed,
     CancelTimers,

@@ -5,7 +5,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasup.mcpmux import PROBE, SERVER, Router
+from metasup.effects.mcp.mux import PROBE, SERVER, Router
 
 INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s"}}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from metasup.process import (
+from metasup.effects.process.spawn import (
     PR_SET_CHILD_SUBREAPER,
     LaunchLog,
     Reaper,

@@ -13,9 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metasup import proposals
-from metasup.policy import Limits, Policy, load_policy
-from metasup.proposals import CODES, ApplyError, Change, Proposal, apply, blob_sha, validate
+from metasup.facts.policy import Limits, Policy, load_policy
+from metasup.pipelines import proposals
+from metasup.pipelines.proposals import (
+    CODES,
+    ApplyError,
+    Change,
+    Proposal,
+    apply,
+    blob_sha,
+    validate,
+)
 
 
 def doc(*changes: dict[str, Any], **extra: Any) -> bytes:

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from metasup.journal import public_status, recorded_trees
-from metasup.statefile import STATE_FIELDS, clean_state, intent_problem
-from metasup.view import plain, render
+from metasup.effects.records.journal import public_status, recorded_trees
+from metasup.effects.records.statefile import STATE_FIELDS, clean_state, intent_problem
+from metasup.faces.view.render import plain, render
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
@@ -84,7 +84,7 @@ def test_an_intent_is_checked_field_by_field() -> None:
 
 
 def test_refs_drift_from_the_journal() -> None:
-    from metasup.refguard import Drift, Expected, drift
+    from metasup.pipelines.refguard import Drift, Expected, drift
 
     log = [
         {"event": "mark_good", "commit": "a" * 40},

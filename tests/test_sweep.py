@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from metasup.sweep import Sweep, kept, plan
+from metasup.effects.git.sweep import Sweep, kept, plan
 
 
 def test_kept_covers_the_path_its_insides_and_its_parents() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metasup.verdict import Criteria, Verdict, improvement, judge, mean_metrics, winner
+from metasup.decisions.verdict import Criteria, Verdict, improvement, judge, mean_metrics, winner
 
 GOOD = {"score": 1.0, "success_rate": 0.99, "error_rate": 0.0, "response_time_ms": 100}
 

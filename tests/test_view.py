@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from metasup.view import event_text, plain, render
+from metasup.faces.view.render import event_text, plain, render
 
 NOW = 1_800_000_000.0
 GOOD = "a" * 40

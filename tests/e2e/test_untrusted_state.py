@@ -351,7 +351,7 @@ def test_log_verify_sees_every_kind_of_journal_forgery(repo: Path, attack: str) 
 def test_the_pinned_config_holds_on_a_detached_head_too(repo: Path) -> None:
     """During a rebase HEAD is detached (the pre-commit hook runs then): the config in use is
     still the approved one, found from the git dir alone."""
-    from metasup.integrity import config_in_use
+    from metasup.pipelines.integrity import config_in_use
 
     (repo / "agent.py").write_text("print('ok')\n")
     (repo / ".gitignore").write_text("__pycache__/\n")

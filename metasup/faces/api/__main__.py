@@ -1,0 +1,5 @@
+import sys
+
+from metasup.faces.api.app import main
+
+sys.exit(main())

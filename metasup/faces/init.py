@@ -1,0 +1,85 @@
+"""`metasup init [DIR]`: make a directory a supervised repository. Idempotent.
+
+A git repository if there is none; `metasup.yaml` from the shipped default; the shipped policy in
+`protected/`; the inbox excluded from git; the pre-commit hook (core.hooksPath honoured, an
+existing hook chained). The files it creates are committed at once, by metasup: they are
+protected, and the hook would refuse the operator's own commit of them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from metasup.facts.config import CONFIG_CANDIDATES
+from metasup.facts.errors import UserError
+from metasup.facts.resources import config_examples_dir, protected_dir
+
+
+def init(target: Path) -> list[str]:
+    """Set `target` up; what was done, one line each (nothing new: everything says "kept")."""
+    from metasup.effects.git.repo import GitRepo, discover, init_repository
+    from metasup.faces.hook import install
+    from metasup.pipelines.intake import INBOX
+
+    done: list[str] = []
+    target = target.resolve()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    found = discover(existing)
+    if found is None:
+        target.mkdir(parents=True, exist_ok=True)
+        init_repository(target)
+        done.append(f"made a git repository in {target}")
+    else:
+        git_dir, workdir = found
+        if workdir is None or workdir != target:
+            where = workdir or git_dir
+            raise UserError(
+                f"{target} is inside the repository at {where}; run `metasup init` at its top"
+            )
+    repo = GitRepo(target)
+    created: list[str] = []
+    if not any((target / name).is_file() for name in CONFIG_CANDIDATES):
+        shutil.copy(config_examples_dir() / "metasup.yaml", target / "metasup.yaml")
+        created.append("metasup.yaml")
+        done.append("wrote metasup.yaml (set agent.command to start your agent)")
+    else:
+        done.append("kept the existing config")
+    shipped = protected_dir()
+    for src in sorted(p for p in shipped.rglob("*") if p.is_file()):
+        rel = src.relative_to(shipped).as_posix()
+        dest = target / "protected" / rel
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dest)
+        created.append(f"protected/{rel}")
+    policy_files = [c for c in created if c.startswith("protected/")]
+    done.append(
+        f"wrote the policy in protected/ ({len(policy_files)} files)"
+        if policy_files
+        else "kept the existing policy in protected/"
+    )
+    repo.ensure_excluded(f"/{INBOX}/")
+    (target / INBOX).mkdir(parents=True, exist_ok=True)
+    done.append(f"{INBOX}/ is excluded from git (.git/info/exclude)")
+    if created:
+        commit = repo.commit_paths(created, "metasup: init\n\nThe policy and the config.\n")
+        done.append(f"committed {len(created)} new files as {commit[:12]} (metasup: init)")
+    hook, chained = install(target)
+    done.append(
+        f"installed the pre-commit hook at {hook}"
+        + (f", running {chained.name} after it" if chained else "")
+    )
+    return done
+
+
+NEXT_STEPS = """\
+Next:
+  1. edit metasup.yaml: agent.command starts your agent; min_runtime, max_failures
+  2. metasup config                         # check it
+  3. metasup approve --reason "my agent"    # it is protected: approve commits it
+  4. metasup run                            # supervise; Ctrl-C stops everything
+  5. metasup status --watch                 # from a second terminal
+protected/ and metasup.yaml change only by an operator: stop metasup, edit, then
+`metasup approve --reason WHY` (it commits them)."""

@@ -1,0 +1,5 @@
+import sys
+
+from metasup.faces.view.render import main
+
+sys.exit(main())

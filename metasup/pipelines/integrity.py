@@ -1,0 +1,132 @@
+"""The approved baseline of the protected files, and what differs from it.
+
+The baseline is `<git-dir>/metasup/baseline.json`: each protected file git would track, as
+`mode:blob id`, the protected files git ignores (checked against the tree only), and the config
+file in use, pinned. It is recorded at the first start (the operator's state) and by `metasup
+approve`; metasup refuses to start while the working tree differs from it or another config is
+in use, and stops if the good commit ever differs. A baseline missing where the repository was
+approved before is an error, never a first start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metasup.effects.files.safeio import read_json
+from metasup.effects.records.journal import utc_now, write_json_atomic
+from metasup.facts.errors import IntegrityError
+
+_ENTRY = re.compile(r"(100644|100755|120000):([0-9a-f]{40}|[0-9a-f]{64})")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What was approved: the protected files git would track, the protected files git ignores
+    (compared with the tree only: no commit holds them), and the config file in use, pinned."""
+
+    files: dict[str, str]
+    ignored: dict[str, str] = field(default_factory=dict)
+    config: str | None = None  # relative to the working tree, or absolute outside it
+
+
+def load(path: Path) -> Baseline | None:
+    """The baseline, or None when there is none. A baseline that is there but malformed is an
+    IntegrityError: it is never taken for a first start."""
+    if not os.path.lexists(path):
+        return None
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        raise IntegrityError(
+            f"{path} is not an approval baseline metasup wrote; check the protected files, "
+            "then `metasup approve`"
+        )
+    parts: list[dict[str, str]] = []
+    for key in ("files", "ignored"):
+        entries = doc.get(key) or {}
+        if not isinstance(entries, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and _ENTRY.fullmatch(v)
+            for k, v in entries.items()
+        ):
+            raise IntegrityError(f"{path}: `{key}` is malformed; check, then `metasup approve`")
+        parts.append(dict(entries))
+    config = doc.get("config")
+    return Baseline(parts[0], parts[1], config if isinstance(config, str) and config else None)
+
+
+def save(path: Path, baseline: Baseline, reason: str, **extra: Any) -> None:
+    doc = {
+        "files": dict(sorted(baseline.files.items())),
+        "ignored": dict(sorted(baseline.ignored.items())),
+        "config": baseline.config,
+        "reason": reason,
+        "at": utc_now(),
+        **extra,
+    }
+    write_json_atomic(path, doc)
+
+
+def config_key(workdir: Path, config: Path) -> str:
+    """How a baseline names a config file: relative to the tree when inside it."""
+    config = config.resolve()
+    try:
+        return config.relative_to(workdir.resolve()).as_posix()
+    except ValueError:
+        return str(config)
+
+
+def config_in_use(workdir: Path, explicit: Path | None = None) -> Path:
+    """The config file metasup uses in `workdir`: `explicit`, else the one the last approval
+    pinned (while it exists), else `metasup.yaml`, else `config/metasup.yaml`. Pinning keeps
+    an agent's ignored `./metasup.yaml` from becoming the config of the next start."""
+    from metasup.effects.git.repo import discover
+    from metasup.effects.records.journal import StateDir
+    from metasup.facts.config import find_config
+
+    # Only the git dir is needed: found on a detached HEAD too (the hook during a rebase).
+    found = discover(workdir) if explicit is None else None
+    if found is not None:
+        pinned = pinned_config(workdir, StateDir.for_git_dir(Path(found[0]).resolve()).baseline)
+        if pinned is not None and pinned.is_file():
+            return pinned
+    return find_config(workdir, explicit)
+
+
+def pinned_config(workdir: Path, baseline_path: Path) -> Path | None:
+    """The config file the last approval pinned, when the baseline names one."""
+    try:
+        baseline = load(baseline_path)
+    except IntegrityError:
+        return None  # the start that follows says what is wrong with it
+    if baseline is None or baseline.config is None:
+        return None
+    return workdir / baseline.config
+
+
+def differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """The paths whose entry differs between two listings (present in one only included)."""
+    return sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
+
+
+def differences(baseline: dict[str, str], current: dict[str, str]) -> list[str]:
+    """What differs, a line a path: `changed X`, `added Y`, `removed Z`, `mode of X`."""
+    out = []
+    for path in differing(baseline, current):
+        was, now = baseline.get(path), current.get(path)
+        if was is None:
+            out.append(f"added {path}")
+        elif now is None:
+            out.append(f"removed {path}")
+        elif was.split(":")[1] == now.split(":")[1]:
+            out.append(f"mode of {path}")
+        else:
+            out.append(f"changed {path}")
+    return out
+
+
+def summary(lines: list[str], most: int = 8) -> str:
+    shown = ", ".join(lines[:most])
+    return shown + (f" and {len(lines) - most} more" if len(lines) > most else "")

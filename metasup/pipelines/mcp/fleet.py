@@ -1,0 +1,348 @@
+"""The supervisor's side of the MCP servers: the fleet worker, its reports, the commit it runs.
+
+The servers run in a worker process (`metasup.pipelines.mcp.worker`) that the supervisor
+starts before the first agent launch and stops after the last. This side never imports the `mcp`
+SDK: it writes commands to the worker's stdin, reads its report lines from a pipe the
+supervisor's selector watches, journals the events and keeps each server's status for `state.json`.
+
+Servers are tied to the commit: before each launch, the servers whose watched paths differ
+between the commit they run and the one about to run are restarted on the new code, and the
+agent starts once they answer again (or their start timeout passes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from metasup.decisions import mcp_restarts
+from metasup.effects.files.safeio import open_append
+from metasup.effects.process.spawn import Child, Reaper, SpawnError, python_module, spawn, stop_tree
+from metasup.effects.records.journal import StateDir
+from metasup.facts.config import McpServerConfig
+from metasup.facts.events import Event
+from metasup.facts.faults import child_env
+
+Emit = Callable[..., object]
+Report = Callable[[dict[str, Any]], None]
+
+# The worker itself: restarted at once, given up on after its 4th death within a minute.
+WORKER_RESTARTS = mcp_restarts.RestartPolicy(initial=0.0, max=0.0, max_restarts=3, period=60.0)
+EVENTS = {
+    e.value: e
+    for e in (Event.MCP_STARTED, Event.MCP_UNHEALTHY, Event.MCP_RESTARTED, Event.MCP_FAILED)
+}
+
+
+def _blank(server: McpServerConfig, state: str) -> dict[str, Any]:
+    return {
+        "state": state,
+        "restarts": 0,
+        "latency_ms": None,
+        "tools": None,
+        "pid": None,
+        "pgid": None,
+        "token": None,
+        "reason": None,
+        "transport": server.transport,
+        "url": server.url,
+        "clients": 0,
+    }
+
+
+class Fleet:
+    def __init__(
+        self,
+        servers: tuple[McpServerConfig, ...],
+        workdir: Path,
+        dirs: StateDir,
+        reaper: Reaper,
+        selector: selectors.BaseSelector,
+        emit: Emit,
+        report: Report,
+        jail: dict[str, Any] | None = None,
+    ) -> None:
+        self.servers = {s.name: s for s in servers}
+        self.jail = jail  # {"sandbox", "view"} for the worker to jail the servers in
+        self.workdir = workdir
+        self.dirs = dirs
+        self.reaper = reaper
+        self.selector = selector
+        self.emit = emit
+        self.report = report
+        self.watch = {s.name: self._watch(s) for s in servers}
+        self.status: dict[str, dict[str, Any]] = {
+            n: _blank(s, "stopped") for n, s in self.servers.items()
+        }
+        self.commits: dict[str, str] = {}
+        self.child: Child | None = None
+        self.seq = 0  # the last command sent
+        self.acked = 0  # the last command the worker reported on
+        self.stopping = False
+        self._buf = b""
+        self._fd = -1
+        self._worker_restarts: tuple[float, ...] = ()
+        self.gave_up = False
+
+    def __bool__(self) -> bool:
+        return bool(self.servers)
+
+    def _watch(self, s: McpServerConfig) -> tuple[str, ...]:
+        if s.watch is not None:
+            return s.watch
+
+        def kind(rel: str) -> str | None:
+            p = self.workdir / rel
+            return "file" if p.is_file() else ("dir" if p.is_dir() else None)
+
+        return mcp_restarts.default_watch(s.command, s.args, s.cwd, str(self.workdir), kind)
+
+    # --- the worker ---------------------------------------------------------------------------
+
+    def start(self, commit: str) -> None:
+        """Start the worker and every server, on `commit`."""
+        self.stopping = False
+        env = child_env()
+        log = open_append(self.dirs.logs / "mcp-worker.log")
+        try:
+            self.child = spawn(
+                python_module("metasup.pipelines.mcp.worker"),
+                cwd=self.dirs.root,  # outside the tree
+                env=env,
+                stdin=True,
+                stderr=log,
+            )
+        except SpawnError as e:
+            self.report({"event": "mcp_worker_failed", "error": str(e)})
+            self._all("failed", reason=str(e))
+            return
+        finally:
+            log.close()
+        spec = {
+            "seq": self.seq,
+            "sockets": str(self.dirs.mcp),
+            "logs": str(self.dirs.logs),
+            "servers": [self._spec(s) for s in self.servers.values()],
+            "jail": self.jail,
+        }
+        self._write(spec)
+        assert self.child.popen.stdout is not None
+        self._fd = self.child.popen.stdout.fileno()
+        self.selector.register(self._fd, selectors.EVENT_READ, "mcp")
+        self.acked = self.seq
+        self._all("starting")
+        for name in self.servers:
+            self.commits[name] = commit
+
+    def _spec(self, s: McpServerConfig) -> dict[str, Any]:
+        env = child_env()
+        env.update(s.env)
+        env["METASUP_MCP_SERVER"] = s.name
+        cwd = (self.workdir / s.cwd) if s.cwd else self.workdir
+        return {
+            **s.to_dict(),
+            "argv": [s.command, *s.args] if s.command else None,
+            "cwd": str(cwd),
+            "env": env,
+        }
+
+    def _write(self, doc: dict[str, Any]) -> None:
+        if self.child is None or self.child.popen.stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            self.child.popen.stdin.write((json.dumps(doc) + "\n").encode())
+            self.child.popen.stdin.flush()
+
+    def _all(self, state: str, reason: str | None = None) -> None:
+        for name, s in self.servers.items():
+            self.status[name] = {**_blank(s, state), "restarts": self.status[name]["restarts"]}
+            self.status[name]["reason"] = reason
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def read(self) -> bool:
+        """Take what the worker reported; True when anything changed."""
+        if self.child is None or self.child.popen.stdout is None:
+            return False
+        changed = False
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._unwatch()
+                break
+            self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            changed |= self._take(doc)
+        return changed
+
+    def _take(self, doc: dict[str, Any]) -> bool:
+        if doc.get("type") == "event" and doc.get("event") in EVENTS:
+            fields = {k: v for k, v in doc.items() if k not in ("type", "event")}
+            self.emit(EVENTS[doc["event"]], **fields)
+            return False
+        if doc.get("type") == "status" and isinstance(doc.get("servers"), dict):
+            self.acked = max(self.acked, int(doc.get("seq", 0)))
+            if doc["seq"] < self.seq:
+                return False  # from before the last command: the restarts it asked are not in it
+            for name, st in doc["servers"].items():
+                if name in self.status and isinstance(st, dict):
+                    self.status[name] = st
+            return True
+        return False
+
+    def _unwatch(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self._fd)
+            self._fd = -1
+
+    def check_worker(self) -> bool:
+        """After a SIGCHLD: when the worker died, stop what it left and start it again (at most
+        3 times a minute: WORKER_RESTARTS). True when it had died."""
+        c = self.child
+        if c is None:
+            return False
+        code = self.reaper.pop(c.pid)
+        if code is None:
+            return False
+        self.read()
+        self._unwatch()
+        self._close_pipes()
+        self.child = None
+        self._stop_leftovers()
+        if self.stopping:
+            return True
+        decision, self._worker_restarts = mcp_restarts.after_failure(
+            WORKER_RESTARTS, self._worker_restarts, time.monotonic()
+        )
+        self.report({"event": "mcp_worker_exited", "code": code})
+        if isinstance(decision, mcp_restarts.GiveUp):
+            self.gave_up = True
+            for name in self.servers:
+                self.emit(
+                    Event.MCP_FAILED, server=name, reason="the MCP worker keeps dying; see its log"
+                )
+            self._all("failed", reason="the MCP worker keeps dying")
+            return True
+        commits = dict(self.commits)
+        self.start(next(iter(commits.values())) if commits else "")
+        self.commits = commits
+        return True
+
+    def _close_pipes(self) -> None:
+        c = self.child
+        if c is None:
+            return
+        for stream in (c.popen.stdin, c.popen.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def _stop_leftovers(self) -> None:
+        """Servers of a worker that died: stop them by their group and marker."""
+        for st in self.status.values():
+            if st.get("pgid") and st.get("token"):
+                stop_tree(int(st["pgid"]), str(st["token"]), signal.SIGKILL, 0.0, self.reaper)
+
+    def stop(self) -> None:
+        """Stop every server, then the worker (servers get their stop_timeout each)."""
+        c = self.child
+        self.stopping = True
+        if c is None:
+            return
+        self._write({"op": "stop"})
+        budget = max((s.stop_timeout for s in self.servers.values()), default=0.0) + 5.0
+        self.reaper.wait(c.pid, budget)  # the worker stops its servers, reports, and exits
+        self.read()
+        stop_tree(c.pgid, c.token, signal.SIGKILL, 0.0, self.reaper)
+        self.reaper.pop(c.pid)
+        self._unwatch()
+        self._close_pipes()
+        self.child = None
+        self._stop_leftovers()
+        for st in self.status.values():  # the last probe's figures stay, for the record
+            st.update(state="stopped", pid=None, pgid=None, token=None, clients=0)
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def restart(self, names: list[str], reason: str) -> None:
+        if not names or self.child is None:
+            return
+        self.seq += 1
+        for name in names:
+            self.status[name]["state"] = "starting"
+        self._write({"op": "restart", "names": names, "reason": reason, "seq": self.seq})
+
+    def sync(self, commit: str, changed: Callable[[str, str], set[str]]) -> list[str]:
+        """Before a launch on `commit`: restart the servers whose files differ. Returns them."""
+        if not self.servers:
+            return []
+        if self.child is None and not self.gave_up:
+            self.start(commit)
+            return list(self.servers)
+        names = []
+        for name, was in self.commits.items():
+            if (
+                was != commit
+                and was
+                and mcp_restarts.touched(self.watch[name], changed(was, commit))
+            ):
+                names.append(name)
+            self.commits[name] = commit
+        self.restart(names, "its files changed")
+        return names
+
+    def waiting_for(self, names: list[str]) -> bool:
+        """True while one of `names` is still starting, as far as the worker has reported."""
+        if self.child is None:
+            return False
+        if self.acked < self.seq:
+            return True
+        return any(self.status[n]["state"] == "starting" for n in names if n in self.status)
+
+    def start_timeout(self, names: list[str]) -> float:
+        return max((self.servers[n].start_timeout for n in names if n in self.servers), default=0)
+
+    # --- for state.json -----------------------------------------------------------------------
+
+    def states(self) -> dict[str, str]:
+        return {n: str(st["state"]) for n, st in self.status.items()}
+
+    def details(self) -> dict[str, dict[str, Any]]:
+        keep = ("state", "restarts", "latency_ms", "tools", "pid", "transport", "url", "clients")
+        out = {n: {k: st.get(k) for k in keep} for n, st in self.status.items()}
+        for n, st in out.items():
+            st["reason"] = self.status[n].get("reason")
+            st["commit"] = self.commits.get(n)
+            if self.servers[n].transport == "stdio":
+                st["socket"] = str(self.dirs.mcp / f"{n}.sock")
+        return out
+
+    def trees(self) -> list[dict[str, Any]]:
+        """Every process tree the fleet has running: for a supervisor after a kill -9."""
+        trees = []
+        if self.child is not None:
+            trees.append({"pgid": self.child.pgid, "token": self.child.token})
+        for st in self.status.values():
+            if st.get("pgid") and st.get("token"):
+                trees.append({"pgid": st["pgid"], "token": st["token"]})
+        return trees

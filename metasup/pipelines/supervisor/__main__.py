@@ -1,0 +1,5 @@
+import sys
+
+from metasup.pipelines.supervisor.launch import main
+
+sys.exit(main())
