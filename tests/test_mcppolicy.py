@@ -3,14 +3,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasup.decisions.mcp_restarts import (
-    GiveUp,
-    Restart,
-    RestartPolicy,
-    after_failure,
-    default_watch,
-    touched,
-)
+from metasup.decisions.mcp_watch import default_watch, touched
+from metasup.decisions.restarts import GiveUp, Restart, RestartPolicy, after_failure
 
 POLICY = RestartPolicy(initial=1.0, max=8.0, max_restarts=3, period=60.0)
 

@@ -17,17 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from metasup.facts.config import Criteria
+
 Metrics = Mapping[str, float]
 
 NOISE_GUARD_REPEATS = 3
-
-
-@dataclass(frozen=True)
-class Criteria:
-    min_success_rate: float | None = None
-    max_error_rate: float | None = None
-    max_response_time: float | None = None  # seconds; compared with response_time_ms / 1000
-    min_improvement: float | None = None  # relative: 0.1 = the score is 10% above the baseline's
+NO_CRITERIA = Criteria()
 
 
 @dataclass(frozen=True)
@@ -60,8 +55,8 @@ def improvement(score: float, baseline: float) -> float:
 def judge(
     candidate: Sequence[Metrics],
     baseline: Sequence[Metrics],
-    success: Criteria = Criteria(),
-    failure: Criteria = Criteria(),
+    success: Criteria = NO_CRITERIA,
+    failure: Criteria = NO_CRITERIA,
 ) -> Verdict:
     """The verdict on one candidate's fitness runs, against the baseline's runs."""
     if not candidate:

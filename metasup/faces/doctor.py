@@ -85,7 +85,7 @@ def _config(workdir: Path) -> tuple[Check, object | None]:
 
 
 def _policy(workdir: Path) -> Check:
-    from metasup.facts.policy import load_repo_policy
+    from metasup.pipelines.integrity import load_repo_policy
 
     rules = workdir / "protected" / "safety_rules.yaml"
     if not rules.is_file():

@@ -86,7 +86,7 @@ def _link_target(link: str, target: str) -> str | None:
 
 def policy_for_commit(workdir: Path) -> Protecting:
     """The union of the protections in the working tree and in HEAD, as one question."""
-    from metasup.facts.policy import load_repo_policy
+    from metasup.pipelines.integrity import load_repo_policy
 
     current = load_repo_policy(workdir)
     head = _head_policy(workdir)
@@ -107,7 +107,7 @@ def _head_policy(workdir: Path) -> Policy | None:
     from metasup.effects.git.repo import head_blobs
     from metasup.facts.config import CONFIG_CANDIDATES
     from metasup.facts.errors import UserError
-    from metasup.facts.policy import load_repo_policy
+    from metasup.pipelines.integrity import load_repo_policy
 
     blobs = head_blobs(workdir, ("protected/safety_rules.yaml", *CONFIG_CANDIDATES))
     if blobs is None:

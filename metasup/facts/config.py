@@ -19,7 +19,6 @@ from typing import Any
 
 import yaml
 
-from metasup.decisions.verdict import Criteria
 from metasup.facts.errors import ConfigError
 from metasup.facts.gitpaths import in_git_dir
 from metasup.facts.resources import schema_path
@@ -171,6 +170,16 @@ class McpServerConfig:
             "restart_period": self.restart_period,
             "watch": list(self.watch) if self.watch is not None else None,
         }
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What an experiment must meet to pass (success) or fails on at once (failure)."""
+
+    min_success_rate: float | None = None
+    max_error_rate: float | None = None
+    max_response_time: float | None = None  # seconds; compared with response_time_ms / 1000
+    min_improvement: float | None = None  # relative: 0.1 = the score is 10% above the baseline's
 
 
 @dataclass(frozen=True)

@@ -119,23 +119,6 @@ def load_policy(
     return Policy(patterns, limits, modes)
 
 
-def load_repo_policy(workdir: Path, config: Path | None = None) -> Policy:
-    """The policy for a repository as its config (found, or `config`) makes it; without a
-    config, the shipped and the repository's own rules."""
-    from metasup.facts.config import load_config
-    from metasup.facts.errors import ConfigError
-    from metasup.pipelines.integrity import config_in_use
-
-    try:
-        path = config_in_use(workdir, config)
-    except ConfigError:
-        if config is not None:
-            raise
-        return load_policy(workdir)
-    cfg = load_config(path)
-    return load_policy(workdir, cfg.path, cfg.protected_paths)
-
-
 def _read_rules(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

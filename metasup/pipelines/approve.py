@@ -15,8 +15,8 @@ from metasup.effects.git.repo import GitRepo
 from metasup.effects.records.journal import StateDir, locked_journal
 from metasup.facts.errors import IntegrityError
 from metasup.facts.events import Event
-from metasup.facts.policy import load_repo_policy
 from metasup.pipelines import integrity
+from metasup.pipelines.integrity import load_repo_policy
 
 
 @dataclass

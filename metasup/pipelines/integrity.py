@@ -18,7 +18,8 @@ from typing import Any
 
 from metasup.effects.files.safeio import read_json
 from metasup.effects.records.journal import utc_now, write_json_atomic
-from metasup.facts.errors import IntegrityError
+from metasup.facts.errors import ConfigError, IntegrityError
+from metasup.facts.policy import Policy, load_policy
 
 _ENTRY = re.compile(r"(100644|100755|120000):([0-9a-f]{40}|[0-9a-f]{64})")
 
@@ -130,3 +131,18 @@ def differences(baseline: dict[str, str], current: dict[str, str]) -> list[str]:
 def summary(lines: list[str], most: int = 8) -> str:
     shown = ", ".join(lines[:most])
     return shown + (f" and {len(lines) - most} more" if len(lines) > most else "")
+
+
+def load_repo_policy(workdir: Path, config: Path | None = None) -> Policy:
+    """The policy for a repository as its config (found, or `config`) makes it; without a
+    config, the shipped and the repository's own rules."""
+    from metasup.facts.config import load_config
+
+    try:
+        path = config_in_use(workdir, config)
+    except ConfigError:
+        if config is not None:
+            raise
+        return load_policy(workdir)
+    cfg = load_config(path)
+    return load_policy(workdir, cfg.path, cfg.protected_paths)

@@ -269,7 +269,7 @@ def _follow(path: Path, show: Any, seen: int) -> None:
 
 
 def _policy(repo: Any, config: Path | None) -> Any:
-    from metasup.facts.policy import load_repo_policy
+    from metasup.pipelines.integrity import load_repo_policy
 
     return load_repo_policy(repo.workdir, config)
 

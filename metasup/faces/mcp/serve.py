@@ -22,10 +22,10 @@ from metasup.effects.records.journal import (
     public_status,
     tail_events,
 )
-from metasup.facts.policy import load_repo_policy
 from metasup.facts.resources import schema_path
 from metasup.pipelines import proposals
 from metasup.pipelines.intake import INBOX, RESTART_SUFFIX, ProposalStore
+from metasup.pipelines.integrity import load_repo_policy
 
 EXPERIMENT_EVENTS = ("experiment_started", "experiment_passed", "experiment_failed", "merged")
 

@@ -17,24 +17,21 @@ import json
 import os
 import selectors
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metasup.decisions import mcp_restarts
-from metasup.effects.files.safeio import open_append
-from metasup.effects.process.spawn import Child, Reaper, SpawnError, python_module, spawn, stop_tree
+from metasup.decisions import mcp_watch, restarts
+from metasup.effects.process.spawn import Reaper, SpawnError, stop_tree
 from metasup.effects.records.journal import StateDir
 from metasup.facts.config import McpServerConfig
 from metasup.facts.events import Event
 from metasup.facts.faults import child_env
+from metasup.pipelines.supervisor.helper import Helper
 
 Emit = Callable[..., object]
 Report = Callable[[dict[str, Any]], None]
 
-# The worker itself: restarted at once, given up on after its 4th death within a minute.
-WORKER_RESTARTS = mcp_restarts.RestartPolicy(initial=0.0, max=0.0, max_restarts=3, period=60.0)
 EVENTS = {
     e.value: e
     for e in (Event.MCP_STARTED, Event.MCP_UNHEALTHY, Event.MCP_RESTARTED, Event.MCP_FAILED)
@@ -82,13 +79,18 @@ class Fleet:
             n: _blank(s, "stopped") for n, s in self.servers.items()
         }
         self.commits: dict[str, str] = {}
-        self.child: Child | None = None
+        self.worker = Helper(
+            "metasup.pipelines.mcp.worker",
+            cwd=dirs.root,  # outside the tree
+            reaper=reaper,
+            log=dirs.logs / "mcp-worker.log",
+            capture=True,  # its report lines
+        )
         self.seq = 0  # the last command sent
         self.acked = 0  # the last command the worker reported on
         self.stopping = False
         self._buf = b""
         self._fd = -1
-        self._worker_restarts: tuple[float, ...] = ()
         self.gave_up = False
 
     def __bool__(self) -> bool:
@@ -102,29 +104,19 @@ class Fleet:
             p = self.workdir / rel
             return "file" if p.is_file() else ("dir" if p.is_dir() else None)
 
-        return mcp_restarts.default_watch(s.command, s.args, s.cwd, str(self.workdir), kind)
+        return mcp_watch.default_watch(s.command, s.args, s.cwd, str(self.workdir), kind)
 
     # --- the worker ---------------------------------------------------------------------------
 
     def start(self, commit: str) -> None:
         """Start the worker and every server, on `commit`."""
         self.stopping = False
-        env = child_env()
-        log = open_append(self.dirs.logs / "mcp-worker.log")
         try:
-            self.child = spawn(
-                python_module("metasup.pipelines.mcp.worker"),
-                cwd=self.dirs.root,  # outside the tree
-                env=env,
-                stdin=True,
-                stderr=log,
-            )
+            self.worker.start()
         except SpawnError as e:
             self.report({"event": "mcp_worker_failed", "error": str(e)})
             self._all("failed", reason=str(e))
             return
-        finally:
-            log.close()
         spec = {
             "seq": self.seq,
             "sockets": str(self.dirs.mcp),
@@ -132,9 +124,8 @@ class Fleet:
             "servers": [self._spec(s) for s in self.servers.values()],
             "jail": self.jail,
         }
-        self._write(spec)
-        assert self.child.popen.stdout is not None
-        self._fd = self.child.popen.stdout.fileno()
+        self.worker.write(spec)
+        self._fd = self.worker.stdout_fd
         self.selector.register(self._fd, selectors.EVENT_READ, "mcp")
         self.acked = self.seq
         self._all("starting")
@@ -153,13 +144,6 @@ class Fleet:
             "env": env,
         }
 
-    def _write(self, doc: dict[str, Any]) -> None:
-        if self.child is None or self.child.popen.stdin is None:
-            return
-        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
-            self.child.popen.stdin.write((json.dumps(doc) + "\n").encode())
-            self.child.popen.stdin.flush()
-
     def _all(self, state: str, reason: str | None = None) -> None:
         for name, s in self.servers.items():
             self.status[name] = {**_blank(s, state), "restarts": self.status[name]["restarts"]}
@@ -171,7 +155,7 @@ class Fleet:
 
     def read(self) -> bool:
         """Take what the worker reported; True when anything changed."""
-        if self.child is None or self.child.popen.stdout is None:
+        if self._fd < 0:
             return False
         changed = False
         while True:
@@ -217,25 +201,19 @@ class Fleet:
 
     def check_worker(self) -> bool:
         """After a SIGCHLD: when the worker died, stop what it left and start it again (at most
-        3 times a minute: WORKER_RESTARTS). True when it had died."""
-        c = self.child
-        if c is None:
+        3 times a minute, as any helper). True when it had died."""
+        if self.worker.child is None:
             return False
-        code = self.reaper.pop(c.pid)
+        self.read()  # its last reports, before its exit is taken and its pipe closed
+        code = self.worker.exited()
         if code is None:
             return False
-        self.read()
         self._unwatch()
-        self._close_pipes()
-        self.child = None
         self._stop_leftovers()
         if self.stopping:
             return True
-        decision, self._worker_restarts = mcp_restarts.after_failure(
-            WORKER_RESTARTS, self._worker_restarts, time.monotonic()
-        )
         self.report({"event": "mcp_worker_exited", "code": code})
-        if isinstance(decision, mcp_restarts.GiveUp):
+        if isinstance(self.worker.after_exit(), restarts.GiveUp):
             self.gave_up = True
             for name in self.servers:
                 self.emit(
@@ -248,15 +226,6 @@ class Fleet:
         self.commits = commits
         return True
 
-    def _close_pipes(self) -> None:
-        c = self.child
-        if c is None:
-            return
-        for stream in (c.popen.stdin, c.popen.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-
     def _stop_leftovers(self) -> None:
         """Servers of a worker that died: stop them by their group and marker."""
         for st in self.status.values():
@@ -265,19 +234,15 @@ class Fleet:
 
     def stop(self) -> None:
         """Stop every server, then the worker (servers get their stop_timeout each)."""
-        c = self.child
         self.stopping = True
-        if c is None:
+        if self.worker.child is None:
             return
-        self._write({"op": "stop"})
+        self.worker.write({"op": "stop"})
         budget = max((s.stop_timeout for s in self.servers.values()), default=0.0) + 5.0
-        self.reaper.wait(c.pid, budget)  # the worker stops its servers, reports, and exits
+        self.worker.wait(budget)  # the worker stops its servers, reports, and exits
         self.read()
-        stop_tree(c.pgid, c.token, signal.SIGKILL, 0.0, self.reaper)
-        self.reaper.pop(c.pid)
         self._unwatch()
-        self._close_pipes()
-        self.child = None
+        self.worker.kill()
         self._stop_leftovers()
         for st in self.status.values():  # the last probe's figures stay, for the record
             st.update(state="stopped", pid=None, pgid=None, token=None, clients=0)
@@ -285,27 +250,23 @@ class Fleet:
     # --- commands -----------------------------------------------------------------------------
 
     def restart(self, names: list[str], reason: str) -> None:
-        if not names or self.child is None:
+        if not names or self.worker.child is None:
             return
         self.seq += 1
         for name in names:
             self.status[name]["state"] = "starting"
-        self._write({"op": "restart", "names": names, "reason": reason, "seq": self.seq})
+        self.worker.write({"op": "restart", "names": names, "reason": reason, "seq": self.seq})
 
     def sync(self, commit: str, changed: Callable[[str, str], set[str]]) -> list[str]:
         """Before a launch on `commit`: restart the servers whose files differ. Returns them."""
         if not self.servers:
             return []
-        if self.child is None and not self.gave_up:
+        if self.worker.child is None and not self.gave_up:
             self.start(commit)
             return list(self.servers)
         names = []
         for name, was in self.commits.items():
-            if (
-                was != commit
-                and was
-                and mcp_restarts.touched(self.watch[name], changed(was, commit))
-            ):
+            if was != commit and was and mcp_watch.touched(self.watch[name], changed(was, commit)):
                 names.append(name)
             self.commits[name] = commit
         self.restart(names, "its files changed")
@@ -313,7 +274,7 @@ class Fleet:
 
     def waiting_for(self, names: list[str]) -> bool:
         """True while one of `names` is still starting, as far as the worker has reported."""
-        if self.child is None:
+        if self.worker.child is None:
             return False
         if self.acked < self.seq:
             return True
@@ -339,9 +300,7 @@ class Fleet:
 
     def trees(self) -> list[dict[str, Any]]:
         """Every process tree the fleet has running: for a supervisor after a kill -9."""
-        trees = []
-        if self.child is not None:
-            trees.append({"pgid": self.child.pgid, "token": self.child.token})
+        trees = self.worker.trees()
         for st in self.status.values():
             if st.get("pgid") and st.get("token"):
                 trees.append({"pgid": st["pgid"], "token": st["token"]})

@@ -47,7 +47,6 @@ from metasup.effects.process.spawn import (
     kill_descendants,
     listen_in_netns,
     prune_logs,
-    python_module,
     signal_tree,
     spawn,
     stop_leftover_tree,
@@ -76,10 +75,11 @@ from metasup.facts.policy import Policy, load_policy
 from metasup.pipelines import refguard, rollback
 from metasup.pipelines.experiments import Experimenter, Outcome
 from metasup.pipelines.intake import INBOX, Intake, ProposalStore, WakePipe
+from metasup.pipelines.supervisor.helper import Helper
 
 if TYPE_CHECKING:
-    from metasup.faces.api.app import ApiProcess
     from metasup.pipelines.mcp.fleet import Fleet
+    from metasup.pipelines.supervisor.api_child import ApiProcess
     from metasup.pipelines.tamper import TamperWatch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -179,7 +179,7 @@ class Supervisor:
         )
         self.echo = echo
         self.live_view = live_view
-        self.view: Child | None = None
+        self.view: Helper | None = None
         self.report = reporter or plain_reporter()
         self.state = lifecycle.LoopState()
         self.counters = Counters()
@@ -333,35 +333,24 @@ class Supervisor:
     def _start_view(self) -> None:
         """On a terminal, the live view draws it (a child, so the supervisor never loads rich);
         the agent's output then goes to its log only, and report lines to logs/supervisor.log."""
-        env = child_env()
+        view = Helper("metasup.faces.view", cwd=self.dirs.root, reaper=self.reaper)
         try:
-            self.view = spawn(
-                python_module("metasup.faces.view", "--git-dir", str(self.repo.git_dir)),
-                cwd=self.dirs.root,  # outside the tree
-                env=env,
-                capture=False,
-                stdin=True,
-            )
+            view.start("--git-dir", str(self.repo.git_dir))
         except SpawnError as e:
             self.report({"event": "view_failed", "error": str(e)})
             return
+        self.view = view
         self.echo = False
         log = io.TextIOWrapper(open_append(self.dirs.logs / "supervisor.log"), encoding="utf-8")
         self.report = plain_reporter(log)
 
     def _stop_view(self) -> None:
-        v = self.view
-        if v is None:
-            return
-        if v.popen.stdin is not None:
-            with contextlib.suppress(OSError):
-                v.popen.stdin.close()  # the view draws its last frame and ends
-        if self.reaper.wait(v.pid, 2.0) is None:
-            stop_tree(v.pgid, v.token, signal.SIGTERM, 1.0, self.reaper)
-        self.view = None
+        if self.view is not None:
+            self.view.stop(grace=2.0, timeout=1.0)  # its stdin ends: it draws a last frame
+            self.view = None
 
     def _start_api(self, listen: str) -> None:
-        from metasup.faces.api.app import ApiProcess
+        from metasup.pipelines.supervisor.api_child import ApiProcess
 
         self.api = ApiProcess(
             listen, self.dirs, self.repo.workdir, self.config.path, self.reaper, self.report

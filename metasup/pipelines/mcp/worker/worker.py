@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import anyio
 
-from metasup.decisions import mcp_restarts
+from metasup.decisions import restarts
 from metasup.effects.files.safeio import open_append
 from metasup.effects.mcp.mux import PROBE, SERVER, Message, Out, Router
 from metasup.effects.process.jail import Jail, Prepared, View, sandbox_from_json, view_from_json
@@ -160,7 +160,7 @@ class ServerRunner:
         self.name: str = spec["name"]
         self.worker = worker
         self.router = Router(self.name)
-        self.policy = mcp_restarts.RestartPolicy(
+        self.policy = restarts.RestartPolicy(
             enabled=spec["restart_on_failure"],
             initial=spec["restart_backoff"]["initial"],
             max=spec["restart_backoff"]["max"],
@@ -248,10 +248,10 @@ class ServerRunner:
                 pid=self.child.pid if self.child else None,
                 reason=outcome,
             )
-            decision, self.history = mcp_restarts.after_failure(
+            decision, self.history = restarts.after_failure(
                 self.policy, self.history, time.monotonic()
             )
-            if isinstance(decision, mcp_restarts.GiveUp):
+            if isinstance(decision, restarts.GiveUp):
                 self.worker.event(
                     "mcp_failed", server=self.name, reason=decision.reason, last_error=outcome
                 )

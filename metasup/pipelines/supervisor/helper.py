@@ -1,0 +1,136 @@
+"""The supervisor's helper children: the API server, the MCP fleet worker, the live view.
+
+Each is one of metasup's own Python processes, in isolated mode and run from `<git-dir>/metasup`
+(never from the tree, see `python_module`). Its stdin is a pipe from the supervisor and is its
+lifeline: the helper ends when the pipe does, so a supervisor killed with -9 leaves none behind.
+One that dies is started again under its restart policy (`decisions.restarts`), or given up on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metasup.decisions.restarts import GiveUp, Restart, RestartPolicy, after_failure
+from metasup.effects.files.safeio import open_append
+from metasup.effects.process.spawn import Child, Reaper, python_module, spawn, stop_tree
+from metasup.facts.faults import child_env
+
+# A helper that dies is started again at once, and given up on after its 4th death in a minute.
+HELPER_RESTARTS = RestartPolicy(initial=0.0, max=0.0, max_restarts=3, period=60.0)
+
+
+class Helper:
+    """One helper child: started, written to, watched for its exit, restarted, stopped."""
+
+    def __init__(
+        self,
+        module: str,
+        *,
+        cwd: Path,
+        reaper: Reaper,
+        log: Path | None = None,
+        capture: bool = False,
+        restarts: RestartPolicy = HELPER_RESTARTS,
+    ) -> None:
+        self.module = module
+        self.cwd = cwd
+        self.reaper = reaper
+        self.log = log
+        self.capture = capture  # its stdout comes back as a pipe (a protocol, not a terminal)
+        self.restarts = restarts
+        self.child: Child | None = None
+        self._history: tuple[float, ...] = ()
+
+    def start(self, *args: str, pass_fds: Sequence[int] = ()) -> Child:
+        """Spawn it; SpawnError when it cannot start at all."""
+        log = open_append(self.log) if self.log is not None else None
+        try:
+            self.child = spawn(
+                python_module(self.module, *args),
+                cwd=self.cwd,
+                env=child_env(),
+                capture=self.capture,
+                stdin=True,
+                stderr=log,
+                pass_fds=pass_fds,
+            )
+        finally:
+            if log is not None:
+                log.close()
+        return self.child
+
+    @property
+    def stdout_fd(self) -> int:
+        c = self.child
+        return c.popen.stdout.fileno() if c is not None and c.popen.stdout is not None else -1
+
+    def write(self, doc: dict[str, Any]) -> None:
+        """One JSON line to its stdin; nothing when it is gone (its exit is seen by `exited`)."""
+        c = self.child
+        if c is None or c.popen.stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            c.popen.stdin.write((json.dumps(doc) + "\n").encode())
+            c.popen.stdin.flush()
+
+    def exited(self) -> int | None:
+        """After a SIGCHLD: its exit code when it died (it is then forgotten), else None."""
+        c = self.child
+        if c is None:
+            return None
+        code = self.reaper.pop(c.pid)
+        if code is None:
+            return None
+        self._close(c)
+        self.child = None
+        return code
+
+    def after_exit(self) -> Restart | GiveUp:
+        """Whether a helper that died is started again, by its restart policy."""
+        decision, self._history = after_failure(self.restarts, self._history, time.monotonic())
+        return decision
+
+    def stop(self, grace: float, sig: int = signal.SIGTERM, timeout: float = 2.0) -> None:
+        """End its stdin and give it `grace` seconds to end; then `sig` to its whole tree, and
+        SIGKILL after `timeout`. Its pipes are closed."""
+        c = self.child
+        if c is None:
+            return
+        if c.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                c.popen.stdin.close()
+        self.wait(grace)
+        self.kill(sig, timeout)
+
+    def wait(self, timeout: float) -> int | None:
+        """Its exit code once it ends by itself, or None after `timeout` seconds."""
+        c = self.child
+        return self.reaper.wait(c.pid, timeout) if c is not None else None
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 0.0) -> None:
+        """Stop its tree (whatever it started too), reap it, close its pipes."""
+        c = self.child
+        if c is None:
+            return
+        stop_tree(c.pgid, c.token, sig, timeout, self.reaper)
+        self.reaper.pop(c.pid)
+        self._close(c)
+        self.child = None
+
+    def trees(self) -> list[dict[str, Any]]:
+        """For `state.json`: what a supervisor killed with -9 must stop at its next start."""
+        c = self.child
+        return [{"pgid": c.pgid, "token": c.token}] if c is not None else []
+
+    @staticmethod
+    def _close(c: Child) -> None:
+        for stream in (c.popen.stdin, c.popen.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
