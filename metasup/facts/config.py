@@ -602,6 +602,11 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
     )
 
 
+# The API's listen queue: room for hundreds of clients connecting at once (asyncio's default of
+# 100 overflowed under 200 status pollers). The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """("127.0.0.1", 9000) from "127.0.0.1:9000"; IPv6 in brackets: "[::1]:9000"."""
     host, _, port = listen.rpartition(":")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
 import re
+import select
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
@@ -143,12 +147,13 @@ def test_status_metrics_events_and_proposals(repo: Path) -> None:
         statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", pipelined)
         assert statuses == [b"200", b"404", b"200"], "answered in order, each once"
         assert pipelined.count(b"HTTP/1.1 200 OK") == 2 and b"HTTP/1.1 404 Not Found" in pipelined
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (protected[:9], protected[9:]))
         chunked = raw(
             url,
             b"POST /proposals HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-            b"Authorization: Bearer " + token.encode() + b"\r\n\r\n0\r\n\r\n",
+            b"Authorization: Bearer " + token.encode() + b"\r\n\r\n" + chunks + b"0\r\n\r\n",
         )
-        assert chunked.startswith(b"HTTP/1.1 411 Length Required")
+        assert chunked.startswith(b"HTTP/1.1 400 ") and b"path_protected" in chunked, "read whole"
         assert b"Traceback" not in raw(url, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
 
         seqs = [e["seq"] for e in events(repo)]
@@ -186,3 +191,46 @@ def test_a_port_in_use_is_a_clear_error(repo: Path) -> None:
     assert out.returncode == 2
     assert f"cannot serve the API on 127.0.0.1:{port}: Address already in use" in out.stderr
     assert "Traceback" not in out.stderr and not os.path.exists(repo / "agent-ran")
+
+
+def test_a_burst_of_clients_waits_in_the_listen_queue(repo: Path) -> None:
+    """300 clients connect while the API cannot accept (stopped): the kernel queues them all,
+    and each is answered once it runs again (asyncio's own backlog of 100 dropped the rest)."""
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(repo, api_config())
+    with supervising(repo) as proc:
+        url = wait_for(lambda: state(repo).get("api_url"), what="the API's URL")
+        parts = urlsplit(url)
+        request(url, "GET", "/supervisor/status")  # serving
+        (api,) = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "metasup.faces.api" in p.cmdline()
+        ]
+        api.suspend()
+        clients = []
+        try:
+            for _ in range(300):
+                s = socket.socket()
+                s.setblocking(False)
+                assert s.connect_ex((parts.hostname, parts.port)) in (0, errno.EINPROGRESS)
+                clients.append(s)
+            pending = set(clients)
+            deadline = time.monotonic() + 5.0
+            while pending and time.monotonic() < deadline:
+                _, writable, _ = select.select([], list(pending), [], 0.1)
+                pending -= set(writable)
+            assert not pending, f"{len(pending)} of 300 connections not established"
+            assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in clients)
+        finally:
+            api.resume()
+        for s in clients:
+            s.setblocking(True)
+            s.settimeout(10)
+            s.sendall(b"GET /supervisor/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for s in clients:
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            s.close()
+            assert out.startswith(b"HTTP/1.1 200 OK")

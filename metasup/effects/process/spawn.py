@@ -241,7 +241,7 @@ def listen_in_netns(pid: int, host: str, port: int, reaper: Reaper) -> socket.so
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
-            sock.listen(128)
+            sock.listen(4096)  # as the API's own (config.LISTEN_BACKLOG)
             socket.send_fds(theirs, [b"ok"], [sock.fileno()])
             os._exit(0)
         except BaseException as e:

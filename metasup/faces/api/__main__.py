@@ -1,5 +1,5 @@
 import sys
 
-from metasup.faces.api.app import main
+from metasup.faces.api.server import main
 
 sys.exit(main())

@@ -17,10 +17,8 @@ again on the same socket.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +27,6 @@ from typing import Any
 from metasup.effects.files.safeio import read_regular
 from metasup.effects.records.journal import StateDir, public_status
 from metasup.effects.records.statefile import clean_state
-
-IDLE_CONNECTION_S = 120.0
 
 
 @dataclass
@@ -150,25 +146,3 @@ class Api:
             return json_reply(400, {"ok": False, "errors": [e.as_dict() for e in errors]})
         store = ProposalStore(self.workdir / INBOX, self.dirs.root / "proposals")
         return json_reply(202, {"ok": True, "id": store.enqueue(body)})
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import asyncio
-
-    parser = argparse.ArgumentParser(prog="metasup.faces.api")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--git-dir", type=Path, required=True)
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--control", type=int, default=None)
-    args = parser.parse_args(argv)
-    sock = socket.socket(fileno=args.fd)
-    control = socket.socket(fileno=args.control) if args.control is not None else None
-    api = Api(args.git_dir, args.workdir, args.config)
-    api.load_policy()
-    from metasup.faces.api.server import Server
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Server(api).run(sock, control))
-    return 0

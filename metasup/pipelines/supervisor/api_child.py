@@ -17,11 +17,8 @@ from typing import Any
 from metasup.decisions.restarts import GiveUp
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
-from metasup.facts.config import split_listen
+from metasup.facts.config import LISTEN_BACKLOG, split_listen
 from metasup.pipelines.supervisor.helper import Helper
-
-# Room for a burst of clients connecting at once (the kernel caps it at net.core.somaxconn).
-LISTEN_BACKLOG = 4096
 
 
 class ApiProcess:
