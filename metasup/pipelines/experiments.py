@@ -489,3 +489,27 @@ def _step(name: str, done: Completed) -> StepResult:
 def _tail(done: Completed, lines: int = 3) -> str:
     text = (done.stderr or done.stdout).strip().splitlines()
     return " | ".join(text[-lines:])
+
+
+def run_offline(
+    repo: GitRepo, cfg: Config, policy: Policy, sources: list[tuple[str, bytes]], dry_run: bool
+) -> Outcome:
+    """`metasup experiment`, with no supervisor: under the repository's lock, journalled, and
+    with the current work snapshotted before a merge's checkout could lose it."""
+    from metasup.effects.process.spawn import become_subreaper
+    from metasup.effects.records.journal import StateDir, locked_journal
+    from metasup.effects.records.statefile import read_state
+
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    with locked_journal(dirs, str(repo.workdir)) as journal:
+        become_subreaper()  # so what an evaluator leaves behind is found and stopped
+        runner = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
+        runner.clean_leftovers()
+        run = int(read_state(dirs.state).get("run") or 0)
+
+        def before_merge() -> None:
+            snap = repo.snapshot(run, protect=lambda p: policy.protecting_rule(p) is not None)
+            if snap.commit is not None:
+                journal.append("snapshot", commit=snap.commit, run=run, files=snap.changed)
+
+        return runner.run(sources, dry_run=dry_run, before_merge=before_merge)

@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,38 @@ def carry_out(
     with contextlib.suppress(FileNotFoundError):
         intent_path.unlink()
     return intent
+
+
+@dataclass(frozen=True)
+class Manual:
+    resumed: str | None  # the target of an interrupted rollback finished first
+    archive: str | None
+    target: str
+
+
+def manual(repo: GitRepo, to: str | None, keep: Sequence[str], bounds: Bounds) -> Manual:
+    """`metasup rollback`, with metasup stopped: under the repository's lock, an interrupted
+    rollback finished first; then the state archived and the tree reset to `to` or good."""
+    from metasup.effects.git.repo import GOOD_REF
+    from metasup.effects.records.journal import StateDir, locked_journal
+    from metasup.effects.records.statefile import read_state
+
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    with locked_journal(dirs, str(repo.workdir)) as journal:
+        left = resume(repo, dirs.intent, dirs.events, dirs.preserve, keep, journal.append, bounds)
+        if to is None and repo.good() is None:
+            raise UserError(f"no good commit yet ({GOOD_REF}); pass --to REF")
+        target = repo.check_rollback_target(to or GOOD_REF, failed=None)
+        run = int(read_state(dirs.state).get("run") or 0)
+        since = good_since_ns(read_events(dirs.events))
+        intent = plan(
+            run,
+            repo.head(),
+            target,
+            "manual",
+            dirs.preserve / "manual",
+            by="operator",
+            since_ns=since,
+        )
+        done = carry_out(repo, intent, keep, dirs.intent, journal.append, bounds)
+    return Manual(left["target"] if left else None, done.get("archive"), target)
