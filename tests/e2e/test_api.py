@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import (
+from testing.fixtures import (
     SLEEPER,
     agent_config,
     events,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import agent_config, events, git, start_metasup, wait_for, write_config
+from testing.fixtures import agent_config, events, git, start_metasup, wait_for, write_config
 
 AGENT = """
 import os, time

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
+from testing.fixtures import (
     agent_config,
     git,
     metasup_cmd,

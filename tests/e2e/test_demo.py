@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.conftest import git, run_metasup
+from testing.fixtures import git, run_metasup
 
 
 def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.conftest import make_repo, run_metasup
+from testing.fixtures import make_repo, run_metasup
 
 
 def test_a_fresh_init_is_healthy(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import git, marked_pids, names, run_metasup, supervising, wait_for
+from testing.fixtures import git, marked_pids, names, run_metasup, supervising, wait_for
 
 PY = json.dumps(sys.executable)
 

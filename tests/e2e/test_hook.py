@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, git, make_repo, run_metasup
+from testing.fixtures import ROOT, git, make_repo, run_metasup
 
 
 def commit(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:

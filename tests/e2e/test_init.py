@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import git, make_repo, run_metasup
+from testing.fixtures import git, make_repo, run_metasup
 
 
 def test_init_a_new_directory(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import (
+from testing.fixtures import (
     SLEEPER,
     agent_config,
     events,

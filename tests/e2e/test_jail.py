@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
+from testing.fixtures import (
     agent_config,
     events,
     git,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import agent_config, events, start_metasup, wait_for, write_config
+from testing.fixtures import agent_config, events, start_metasup, wait_for, write_config
 
 # Run 1 waits for the test's go, then fails quickly (min_runtime is long): a rollback to the
 # baseline good commit to watch. Run 2 runs on.

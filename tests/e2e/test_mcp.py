@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from tests.conftest import (
+from testing.fixtures import (
     ROOT,
     SLEEPER,
     agent_config,

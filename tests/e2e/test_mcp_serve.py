@@ -11,7 +11,15 @@ from typing import Any
 
 import anyio
 
-from tests.conftest import ROOT, SLEEPER, agent_config, events, supervising, wait_for, write_config
+from testing.fixtures import (
+    ROOT,
+    SLEEPER,
+    agent_config,
+    events,
+    supervising,
+    wait_for,
+    write_config,
+)
 
 
 @asynccontextmanager

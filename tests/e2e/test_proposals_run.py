@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import (
+from testing.fixtures import (
     agent_config,
     events,
     git,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import agent_config, events, git, run_metasup, start_metasup, wait_for
+from testing.fixtures import agent_config, events, git, run_metasup, start_metasup, wait_for
 
 # Run 1 is good; every later run fails at once: an emergency stop after max_failures.
 AGENT = """

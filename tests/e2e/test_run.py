@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
+from testing.fixtures import (
     agent_config,
     events,
     git,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_metasup
+from testing.fixtures import run_metasup
 
 
 def test_validate_json_output_and_exit_codes(repo: Path) -> None:

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import agent_config, write_config
+from testing.fixtures import agent_config, write_config
 
-HEAVY = ("rich", "typer", "click", "jsonschema", "mcp", "pydantic", "pydantic_core", "_hashlib")
+HEAVY = (
+    *("rich", "typer", "click", "jsonschema", "mcp", "pydantic", "pydantic_core", "_hashlib"),
+    *("httptools", "prometheus_client", "asyncio"),
+)
 
 # The core as `metasup run` execs it, in-process so its modules can be listed at the end.
 CORE = """
@@ -33,8 +36,9 @@ def test_the_supervisor_core_loads_none_of_the_heavy_libraries(repo: Path) -> No
     )
     (repo / ".gitignore").write_text("__pycache__/\n")
     # The second run fails: the jail, the tamper watch, the journal, a rollback with its
-    # archive and the refs guard are all in play before the modules are listed.
-    write_config(repo, agent_config(min_runtime="100ms"))
+    # archive, the refs guard and the API's helper are all in play before the modules are listed.
+    # With the API on, its child is started and stopped by the core.
+    write_config(repo, agent_config(min_runtime="100ms") + '  api: {listen: "127.0.0.1:0"}\n')
     out = subprocess.run(
         [sys.executable, "-I", "-c", CORE, str(repo), str(repo / "metasup.yaml")],
         cwd="/",
@@ -44,7 +48,7 @@ def test_the_supervisor_core_loads_none_of_the_heavy_libraries(repo: Path) -> No
     )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout.strip().splitlines()[-1])
-    assert doc["code"] == 0 and "rollback" in out.stderr
+    assert doc["code"] == 0 and "rollback" in out.stderr and "api_listening" in out.stderr
     loaded = {m.split(".")[0] for m in doc["modules"]}
     assert "metasup" in loaded and "pygit2" in loaded, "the probe saw the supervisor's imports"
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from metasup.faces.api.app import Api
 from metasup.faces.api.server import MAX_HEAD, Server, Timeouts
-from tests.conftest import make_repo
+from testing.fixtures import make_repo
 
 TOKEN = "t0ken"
 REQUEST_S = 0.5

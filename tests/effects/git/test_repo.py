@@ -21,7 +21,7 @@ from metasup.effects.git.repo import (
     RollbackRefused,
 )
 from metasup.facts.errors import UserError
-from tests.conftest import git, make_repo
+from testing.fixtures import git, make_repo
 
 
 def tree_of(repo: Path, rev: str) -> dict[str, tuple[str, str]]:

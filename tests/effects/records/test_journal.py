@@ -20,7 +20,7 @@ from metasup.effects.records.journal import (
     verify_chain,
     write_json_atomic,
 )
-from tests.conftest import rechain
+from testing.fixtures import rechain
 
 
 def test_events_are_chained(tmp_path: Path) -> None:

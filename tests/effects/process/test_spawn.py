@@ -26,7 +26,7 @@ from metasup.effects.process.spawn import (
     stop_tree,
     tree_members,
 )
-from tests.conftest import pid_alive, wait_for
+from testing.fixtures import pid_alive, wait_for
 
 DAEMON = textwrap.dedent(
     """

@@ -3,7 +3,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasup.decisions.mcp_watch import default_watch, touched
 from metasup.decisions.restarts import GiveUp, Restart, RestartPolicy, after_failure
 
 POLICY = RestartPolicy(initial=1.0, max=8.0, max_restarts=3, period=60.0)
@@ -63,21 +62,3 @@ FILES = {"servers/s.py": "file", "servers": "dir", "tools/pkg/mod.py": "file", "
 
 def kind(path: str) -> str | None:
     return FILES.get(path) or ("dir" if path in ("tools/pkg",) else None)
-
-
-def test_default_watch_is_the_folder_of_each_named_file() -> None:
-    assert default_watch("python", ["servers/s.py"], None, "/r", kind) == ("servers",)
-    assert default_watch("python", ["-m", "pkg.mod"], "tools", "/r", kind) == ("tools/pkg",)
-    assert default_watch("python", ["/r/servers/s.py"], None, "/r", kind) == ("servers",)
-    assert default_watch("npx", ["-y", "@x/server"], None, "/r", kind) == ()
-    assert default_watch("python", ["../elsewhere.py", "/etc/x"], None, "/r", kind) == ()
-    assert default_watch("python", ["tools"], None, "/r", kind) == ("tools",)
-    root_file = default_watch("python", ["s.py"], None, "/r", lambda p: "file")
-    assert root_file == ("",)
-
-
-def test_touched() -> None:
-    assert touched(("servers",), ["servers/s.py"])
-    assert not touched(("servers",), ["servers2/s.py", "agent.py"])
-    assert touched(("",), ["anything"])
-    assert not touched((), ["anything"])

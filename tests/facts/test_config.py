@@ -20,7 +20,7 @@ from metasup.facts.config import (
     parse_config,
     parse_duration,
 )
-from tests.conftest import ROOT, run_metasup
+from testing.fixtures import ROOT, run_metasup
 
 SPEC_EXAMPLE = ROOT / "config" / "supervisor.yaml"
 

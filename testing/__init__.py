@@ -1,0 +1,1 @@
+"""Helpers for metasup's tests (not shipped)."""
