@@ -36,6 +36,30 @@ class Phase(StrEnum):
 FINAL = (Phase.EMERGENCY_STOP, Phase.STOPPED)
 
 
+class Timer(StrEnum):
+    """The timers the driver keeps. The loop's own (armed and cancelled by `decide`), then the
+    driver's (its inbox grace, tamper recheck and backup interval: never cancelled by a run's
+    end)."""
+
+    MIN_RUNTIME = "min_runtime"
+    BACKOFF = "backoff"
+    HEALTH = "health"
+    INBOX = "inbox"
+    TAMPER = "tamper"
+    BACKUP = "backup"
+
+
+LOOP_TIMERS = (Timer.MIN_RUNTIME, Timer.BACKOFF, Timer.HEALTH)
+
+
+class OnTamper(StrEnum):
+    """What a protected path restored while the agent runs leads to (config `on_tamper`)."""
+
+    RESTORE = "restore"
+    RESTORE_AND_RESTART = "restore_and_restart"
+    STOP = "stop"
+
+
 @dataclass(frozen=True)
 class Settings:
     min_runtime: float
@@ -44,6 +68,8 @@ class Settings:
     backoff_max: float = 30.0
     rollback_enabled: bool = True
     max_cycles: int | None = None
+    health_interval: float = 30.0
+    on_tamper: OnTamper = OnTamper.RESTORE
 
     @property
     def stable_after(self) -> float:
@@ -57,6 +83,7 @@ class LoopState:
     run: int = 0  # the current (or last) run's METASUP_RUN; goes on across restarts
     launches: int = 0  # launches by this supervisor, for --max-cycles
     consecutive_failures: int = 0
+    quick_failures: int = 0  # all of them, since this supervisor started
     restarts: int = 0  # normal exits in a row of runs shorter than `stable_after`
     good: str | None = None
     commit: str | None = None  # the commit the current (or last) run was launched on
@@ -90,8 +117,25 @@ class Exited:
 
 
 @dataclass(frozen=True)
+class LaunchFailed:
+    """The agent could not be started at all (missing, not executable, no jail)."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class HealthDue:
+    """The health timer fired: time to sample the agent's tree."""
+
+
+@dataclass(frozen=True)
 class HealthBreach:
     reason: str
+
+
+@dataclass(frozen=True)
+class TamperRestored:
+    """Protected paths written while the agent ran were put back from the good commit."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +174,10 @@ Observation = (
     | Snapshotted
     | MinRuntimeReached
     | Exited
+    | LaunchFailed
+    | HealthDue
     | HealthBreach
+    | TamperRestored
     | BackoffElapsed
     | StopRequested
     | ProposalQueued
@@ -162,8 +209,13 @@ class Launch:
 
 @dataclass(frozen=True)
 class ArmTimer:
-    name: str  # "min_runtime" or "backoff"
+    name: Timer
     delay: float
+
+
+@dataclass(frozen=True)
+class SampleHealth:
+    """Sample the agent's tree and judge it: a breach comes back as HealthBreach."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +266,7 @@ Action = (
     | MarkGood
     | Launch
     | ArmTimer
+    | SampleHealth
     | CancelTimers
     | Cleanup
     | StopAgent
@@ -284,7 +337,11 @@ def decide(
                 good = commit
                 actions.append(MarkGood(commit, baseline=True))
             run = state.run + 1
-            actions += [Launch(run, commit), ArmTimer("min_runtime", settings.min_runtime)]
+            actions += [
+                Launch(run, commit),
+                ArmTimer(Timer.MIN_RUNTIME, settings.min_runtime),
+                ArmTimer(Timer.HEALTH, settings.health_interval),
+            ]
             return replace(
                 state,
                 phase=Phase.RUNNING,
@@ -299,6 +356,20 @@ def decide(
             assert state.commit is not None
             marks: list[Action] = [] if state.good == state.commit else [MarkGood(state.commit)]
             return replace(state, phase=Phase.GOOD, good=state.commit), marks
+
+        case HealthDue() if state.phase in (Phase.RUNNING, Phase.GOOD):
+            return state, [SampleHealth(), ArmTimer(Timer.HEALTH, settings.health_interval)]
+
+        case TamperRestored():
+            if settings.on_tamper is OnTamper.RESTORE_AND_RESTART:
+                return _on_proposal(state)
+            if settings.on_tamper is OnTamper.STOP:
+                return _on_stop(state)
+            return state, []
+
+        case LaunchFailed() if state.phase is Phase.RUNNING:
+            # Nothing ran: a quick failure like an exit at once (the code a shell gives).
+            return _on_exit(settings, state, 127, 0.0)
 
         case HealthBreach(reason=reason) if state.phase in (Phase.RUNNING, Phase.GOOD):
             if state.kill_reason is not None:
@@ -380,7 +451,12 @@ def _on_exit(
         else:
             reason = f"signal {-code}"
         target = state.good if settings.rollback_enabled else None
-        failed = replace(state, consecutive_failures=failures, restarts=0)
+        failed = replace(
+            state,
+            consecutive_failures=failures,
+            quick_failures=state.quick_failures + 1,
+            restarts=0,
+        )
         return replace(failed, phase=Phase.ROLLING_BACK), [
             *cleanup,
             QuickFailure(state.run, state.commit, target, code, runtime, reason),
@@ -394,7 +470,7 @@ def _on_exit(
     delay = backoff_delay(settings, restarts)
     if delay <= 0:
         return replace(after, phase=Phase.STARTING), [*cleanup, Snapshot(state.run + 1)]
-    return replace(after, phase=Phase.BACKOFF), [*cleanup, ArmTimer("backoff", delay)]
+    return replace(after, phase=Phase.BACKOFF), [*cleanup, ArmTimer(Timer.BACKOFF, delay)]
 
 
 def _after_failure(settings: Settings, state: LoopState) -> tuple[LoopState, list[Action]]:

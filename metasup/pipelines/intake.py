@@ -310,7 +310,6 @@ class Intake:
         self.report = report
         self.queue: list[tuple[Claimed, proposals.Proposal]] = []
         self.restart_requested: str | None = None  # the reason, until the supervisor acts
-        self.counters = {"proposals_received": 0, "proposals_rejected": 0, "proposals_applied": 0}
         self.wake = WakePipe()
         self.watcher = InboxWatcher(store.inbox, self.wake.poke)
         self.refused = False  # the inbox was found replaced (reported once)
@@ -357,7 +356,6 @@ class Intake:
         except OSError as e:
             raw = b""
             self.report({"event": "proposal_unreadable", "id": item.id, "error": str(e)})
-        self.counters["proposals_received"] += 1
         extra = {"retaken": True} if retaken else {}
         self.emit(Event.PROPOSAL_RECEIVED, id=item.id, source=item.source, bytes=len(raw), **extra)
         proposal, errors = proposals.validate(raw, self.policy, self.workdir)
@@ -368,7 +366,6 @@ class Intake:
 
     def _reject(self, item: Claimed, errors: list[dict[str, Any]]) -> None:
         self.store.reject(item, errors)
-        self.counters["proposals_rejected"] += 1
         codes = sorted({e["code"] for e in errors})
         self.emit(Event.PROPOSAL_REJECTED, id=item.id, codes=codes, errors=errors)
 
@@ -389,7 +386,6 @@ class Intake:
                 self._reject(item, [failure])
                 continue
             self.store.done(item)
-            self.counters["proposals_applied"] += 1
             self.emit(
                 Event.PROPOSAL_APPLIED,
                 id=item.id,

@@ -17,29 +17,35 @@ from metasup.decisions.lifecycle import (
     Exited,
     Finish,
     HealthBreach,
+    HealthDue,
     KillAgent,
     Launch,
+    LaunchFailed,
     LoopState,
     MarkGood,
     MinRuntimeReached,
+    OnTamper,
     Phase,
     ProposalQueued,
     QuickFailure,
     RestartRequested,
     RollbackFailed,
     RolledBack,
+    SampleHealth,
     Settings,
     Snapshot,
     Snapshotted,
     Started,
     StopAgent,
     StopRequested,
+    TamperRestored,
+    Timer,
     backoff_delay,
     decide,
     strategy,
 )
 
-S = Settings(min_runtime=10, max_failures=3, backoff_initial=1, backoff_max=8)
+S = Settings(min_runtime=10, max_failures=3, backoff_initial=1, backoff_max=8, health_interval=5)
 
 
 def at(phase: Phase, **kw: object) -> LoopState:
@@ -58,14 +64,19 @@ def test_first_snapshot_without_good_ref_is_the_baseline() -> None:
     assert actions == [
         MarkGood("a" * 40, baseline=True),
         Launch(1, "a" * 40),
-        ArmTimer("min_runtime", 10),
+        ArmTimer(Timer.MIN_RUNTIME, 10),
+        ArmTimer(Timer.HEALTH, 5),
     ]
     assert state.phase is Phase.RUNNING and state.good == "a" * 40 and state.run == 1
 
 
 def test_snapshot_with_a_good_ref_launches_without_marking() -> None:
     state, actions = decide(S, at(Phase.STARTING), Snapshotted("d" * 40))
-    assert actions == [Launch(3, "d" * 40), ArmTimer("min_runtime", 10)]
+    assert actions == [
+        Launch(3, "d" * 40),
+        ArmTimer(Timer.MIN_RUNTIME, 10),
+        ArmTimer(Timer.HEALTH, 5),
+    ]
     assert state.good == "g" * 40 and state.commit == "d" * 40
 
 
@@ -343,3 +354,51 @@ def test_a_stop_while_stopping_for_a_proposal_ends_the_loop() -> None:
     assert state.stop_requested and actions == [], "the first stop request is not a kill"
     state, actions = decide(S, state, Exited(code=-15, runtime=0.2))
     assert state.phase is Phase.STOPPED and actions[-1] == Finish(0)
+
+
+@pytest.mark.parametrize("phase", [Phase.RUNNING, Phase.GOOD])
+def test_the_health_timer_samples_and_rearms_while_the_agent_runs(phase: Phase) -> None:
+    state, actions = decide(S, at(phase), HealthDue())
+    assert state == at(phase) and actions == [SampleHealth(), ArmTimer(Timer.HEALTH, 5)]
+
+
+@pytest.mark.parametrize("phase", [Phase.STARTING, Phase.BACKOFF, Phase.STOPPING])
+def test_a_late_health_timer_does_nothing(phase: Phase) -> None:
+    assert decide(S, at(phase), HealthDue()) == (at(phase), [])
+
+
+def test_a_launch_that_failed_is_a_quick_failure_at_once() -> None:
+    state, actions = decide(S, at(Phase.RUNNING), LaunchFailed("cannot start 'x'"))
+    assert state.phase is Phase.ROLLING_BACK and state.quick_failures == 1
+    assert actions[-1] == QuickFailure(2, "c" * 40, "g" * 40, 127, 0.0, "exit 127")
+
+
+def test_quick_failures_are_counted_across_rollbacks() -> None:
+    state = at(Phase.RUNNING)
+    for n in (1, 2):
+        state, _ = decide(S, state, Exited(code=1, runtime=0.1))
+        assert state.quick_failures == n and state.consecutive_failures == n
+        state, _ = decide(S, state, RolledBack(good="g" * 40))
+        state = replace(state, phase=Phase.RUNNING)
+    state, _ = decide(S, replace(state, phase=Phase.GOOD), Exited(code=0, runtime=99))
+    assert state.quick_failures == 2 and state.consecutive_failures == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "phase", "actions"),
+    [
+        (OnTamper.RESTORE, Phase.STOPPING, None),
+        (OnTamper.RESTORE_AND_RESTART, Phase.STOPPING, [CancelTimers(), StopAgent()]),
+        (OnTamper.STOP, Phase.STOPPING, [CancelTimers(), StopAgent()]),
+    ],
+)
+def test_a_tamper_restore_restarts_or_stops_as_configured(
+    mode: OnTamper, phase: Phase, actions: list[object] | None
+) -> None:
+    settings_ = replace(S, on_tamper=mode)
+    state, done = decide(settings_, at(Phase.GOOD), TamperRestored())
+    if actions is None:
+        assert (state, done) == (at(Phase.GOOD), [])
+        return
+    assert state.phase is phase and done == actions
+    assert state.stop_requested is (mode is OnTamper.STOP), "stop ends the loop; restart does not"

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metasup.decisions import health, lifecycle
-from metasup.decisions.lifecycle import Phase
+from metasup.decisions.counters import Counters, tally
+from metasup.decisions.lifecycle import LOOP_TIMERS, OnTamper, Phase, Timer
 from metasup.effects.files.safeio import open_append
 from metasup.effects.git.repo import ARCHIVE_PREFIX, GitRepo, RollbackRefused, archive_ref_name
 from metasup.effects.process.jail import (
@@ -84,7 +85,6 @@ if TYPE_CHECKING:
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KEEP_RUN_LOGS = 200
-LOOP_TIMERS = ("min_runtime", "backoff", "health")
 ARCHIVE_CHECK_S = 10.0  # the archive refs are compared with the journal at least this often
 # Actions that write to git: each waits until the repository lock is known to be still ours.
 GIT_ACTIONS = (lifecycle.Snapshot, lifecycle.MarkGood, lifecycle.QuickFailure)
@@ -113,24 +113,6 @@ def _short(value: Any) -> str:
     if isinstance(value, list):
         return f"[{len(value)} lines]"
     return str(value)
-
-
-@dataclass
-class Counters:
-    cycles: int = 0
-    snapshots: int = 0
-    good_marks: int = 0
-    rollbacks: int = 0
-    quick_failures: int = 0
-    health_kills: int = 0
-    emergency_stops: int = 0
-    tamper_restored: int = 0
-    experiments_passed: int = 0
-    experiments_failed: int = 0
-    refs_restored: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -171,6 +153,8 @@ class Supervisor:
             backoff_max=config.agent.backoff.max,
             rollback_enabled=config.rollback.enabled,
             max_cycles=max_cycles,
+            health_interval=config.health.interval,
+            on_tamper=OnTamper(config.on_tamper),
         )
         self.limits = health.Limits(
             max_memory_mb=config.health.max_memory_mb,
@@ -184,7 +168,7 @@ class Supervisor:
         self.state = lifecycle.LoopState()
         self.counters = Counters()
         self.running: Running | None = None
-        self.timers: dict[str, float] = {}
+        self.timers: dict[Timer, float] = {}
         self.reaper = Reaper()
         self.started_mono = time.monotonic()
         self.started_wall = time.time()
@@ -396,7 +380,6 @@ class Supervisor:
             # next start would refuse the tree it left.
             restored = self.repo.guard_protected(self._is_protected)
             if restored:
-                self.counters.tamper_restored += len(restored)
                 self._emit(Event.TAMPER_RESTORED, paths=list(restored), by="stop")
         if self._exp_thread is not None and self._exp_thread.is_alive():
             # Its claims stay claimed and its branch stays: both are taken up at the next start.
@@ -505,7 +488,7 @@ class Supervisor:
                     self._deferred_inbox = True
                 elif not self.intake.wake.drain():
                     # Only created, maybe still being written: look once the writer is done.
-                    self.timers.setdefault("inbox", time.monotonic() + INBOX_GRACE_S)
+                    self.timers.setdefault(Timer.INBOX, time.monotonic() + INBOX_GRACE_S)
                 else:
                     observed += self._take_proposals()
             elif key.data == "experiment":
@@ -523,26 +506,23 @@ class Supervisor:
             if due > now:
                 continue
             del self.timers[name]
-            if name == "min_runtime":
+            if name is Timer.MIN_RUNTIME:
                 self._good_since_ns = time.time_ns()  # the same commit, proven good again
                 observed.append(lifecycle.MinRuntimeReached(run=self.state.run))
-            elif name == "backoff":
+            elif name is Timer.BACKOFF:
                 observed.append(lifecycle.BackoffElapsed())
-            elif name in ("inbox", "tamper") and self._rb_thread is not None:
-                if name == "inbox":
-                    self._deferred_inbox = True
-                else:
-                    self._deferred_tamper = True
-            elif name == "inbox":
+            elif name is Timer.HEALTH:
+                observed.append(lifecycle.HealthDue())
+            elif name is Timer.INBOX and self._rb_thread is not None:
+                self._deferred_inbox = True
+            elif name is Timer.TAMPER and self._rb_thread is not None:
+                self._deferred_tamper = True
+            elif name is Timer.INBOX:
                 observed += self._take_proposals()
-            elif name == "tamper":
+            elif name is Timer.TAMPER:
                 observed += self._tamper_restore(recheck=True)
-            elif name == "backup":
+            elif name is Timer.BACKUP:
                 self._start_backup()
-            elif name == "health":
-                breach = self._health_tick()
-                if breach is not None:
-                    observed.append(lifecycle.HealthBreach(breach))
         return observed
 
     def _read_signals(self) -> list[lifecycle.Observation]:
@@ -608,12 +588,13 @@ class Supervisor:
             case lifecycle.MarkGood(commit=commit, baseline=baseline):
                 self._good_since_ns = time.time_ns()
                 self.repo.set_good(commit)
-                self.counters.good_marks += 1
                 self._emit(Event.MARK_GOOD, commit=commit, run=self.state.run, baseline=baseline)
             case lifecycle.Launch(run=run, commit=commit):
                 return self._launch(run, commit)
             case lifecycle.ArmTimer(name=name, delay=delay):
                 self.timers[name] = time.monotonic() + delay
+            case lifecycle.SampleHealth():
+                return self._health_tick()
             case lifecycle.CancelTimers():
                 for name in LOOP_TIMERS:  # the inbox's grace timer is not the loop's to cancel
                     self.timers.pop(name, None)
@@ -626,7 +607,6 @@ class Supervisor:
             case lifecycle.QuickFailure():
                 return self._quick_failure(action)
             case lifecycle.EmergencyStop(reason=reason):
-                self.counters.emergency_stops += 1
                 self._emit(
                     Event.EMERGENCY_STOP,
                     reason=reason,
@@ -647,10 +627,8 @@ class Supervisor:
         snap = self.repo.snapshot(run, protect=self._is_protected)
         crashpoint("snapshot:after-commit")
         if snap.restored:
-            self.counters.tamper_restored += len(snap.restored)
             self._emit(Event.TAMPER_RESTORED, paths=list(snap.restored), run=run)
         if snap.commit is not None:
-            self.counters.snapshots += 1
             self._emit(
                 Event.SNAPSHOT,
                 commit=snap.commit,
@@ -728,12 +706,12 @@ class Supervisor:
         except SpawnError as e:
             log.feed("stderr", f"metasup: {e}\n".encode())
             log.close()
-            self.counters.cycles += 1
             self._emit(
                 Event.LAUNCH, pid=None, run=run, commit=commit, error=str(e), sandbox=self._mode
             )
             self.last_stderr_tail = list(log.stderr_tail)
-            return self._exited(None, run, commit, 127, 0.0)
+            self._exited(None, run, commit, 127, 0.0)  # the record: it ended before it began
+            return lifecycle.LaunchFailed(str(e))
         jailed = child.jail
         if jailed is not None and jailed.hold:
             self._bridge_api(jailed, run)
@@ -751,7 +729,6 @@ class Supervisor:
         cgroup = jailed.cgroup if jailed is not None else None
         if cgroup is not None and cgroup.oom_fd >= 0:
             self._selector.register(cgroup.oom_fd, selectors.EVENT_READ, "oom")
-        self.counters.cycles += 1
         self._emit(
             Event.LAUNCH,
             pid=child.pid,
@@ -760,7 +737,6 @@ class Supervisor:
             log=log.path.name,
             sandbox=self._mode if jailed is not None else "off",
         )
-        self.timers["health"] = time.monotonic() + self.config.health.interval
         self._spawn_ahead()
         return None
 
@@ -943,7 +919,6 @@ class Supervisor:
         if r is None:
             return
         if health:
-            self.counters.health_kills += 1
             self._emit(
                 Event.HEALTH_KILL,
                 pid=r.child.pid,
@@ -959,11 +934,10 @@ class Supervisor:
             r.child.jailed,
         )
 
-    def _health_tick(self) -> str | None:
+    def _health_tick(self) -> lifecycle.HealthBreach | None:
         r = self.running
         if r is None:
             return None
-        self.timers["health"] = time.monotonic() + self.config.health.interval
         sample = r.sampler.sample(tree_members(r.child.pgid, r.child.token, True))
         r.rss_mb, r.cpu_percent = sample.rss_mb, sample.cpu_percent
         r.cpu_history.append(sample.cpu_percent)
@@ -978,7 +952,8 @@ class Supervisor:
         if shown != r.shown:  # an idle agent's figures do not change: nothing to rewrite
             r.shown = shown
             self._write_state()
-        return health.judge(self.limits, sample.rss_mb, list(r.cpu_history), heartbeat_age)
+        breach = health.judge(self.limits, sample.rss_mb, list(r.cpu_history), heartbeat_age)
+        return lifecycle.HealthBreach(breach) if breach is not None else None
 
     # --- proposals -----------------------------------------------------------------------------
 
@@ -1189,7 +1164,7 @@ class Supervisor:
         self._backup_wake = WakePipe()
         assert self._selector is not None
         self._selector.register(self._backup_wake.read_fd, selectors.EVENT_READ, "backup")
-        self.timers["backup"] = time.monotonic()  # the first one at start
+        self.timers[Timer.BACKUP] = time.monotonic()  # the first one at start
 
     def _start_backup(self) -> None:
         """A git bundle of every ref, in a thread: it can take a while on a big repository."""
@@ -1229,7 +1204,7 @@ class Supervisor:
         else:
             self.report({"event": "backup_failed", "error": str(done)})
         interval = self.config.rollback.backup_interval or 3600.0
-        self.timers["backup"] = time.monotonic() + interval
+        self.timers[Timer.BACKUP] = time.monotonic() + interval
 
     def _start_tamper_watch(self) -> None:
         from metasup.pipelines.tamper import TamperWatch
@@ -1263,18 +1238,14 @@ class Supervisor:
                 self._tamper_recent = set()
             return []  # metasup's own writes, or already as good as the good commit
         self._tamper_recent |= set(restored)
-        self.timers["tamper"] = time.monotonic() + TAMPER_RECHECK_S
-        self.counters.tamper_restored += len(restored)
-        mode = self.config.on_tamper
+        self.timers[Timer.TAMPER] = time.monotonic() + TAMPER_RECHECK_S
+        mode = self.settings.on_tamper
         self._emit(
             Event.TAMPER_RESTORED, paths=list(restored), run=self.state.run, by="watch", then=mode
         )
-        if mode == "restore_and_restart":
-            return [lifecycle.RestartRequested()]
-        if mode == "stop":
+        if mode is OnTamper.STOP:
             self.report({"event": "stop_requested", "reason": "on_tamper: stop"})
-            return [lifecycle.StopRequested()]
-        return []
+        return [lifecycle.TamperRestored()]
 
     def _start_intake(self) -> None:
         store = ProposalStore(self.repo.workdir / INBOX, self.dirs.root / "proposals")
@@ -1300,7 +1271,6 @@ class Supervisor:
             self._refs_stamp, self._refs_checked = stamp, now
         restored, lost = refguard.put_back(self.repo, self.expected, archives=everything)
         if restored or lost:
-            self.counters.refs_restored += len(restored)
             self._emit(
                 Event.REFS_RESTORED,
                 refs=refguard.as_fields(restored),
@@ -1323,7 +1293,6 @@ class Supervisor:
 
     def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation | None:
         self._check_refs()  # the rollback's target must not have vanished with its ref
-        self.counters.quick_failures += 1
         self._crashed_at = self._exit_mono
         details = {
             "code": qf.code,
@@ -1395,7 +1364,6 @@ class Supervisor:
         return (self.config.rollback.max_file_size, self.config.rollback.max_files)
 
     def _rolled_back(self, done: dict[str, Any]) -> lifecycle.Observation:
-        self.counters.rollbacks += 1
         self.last_archive = done.get("archive") or self.last_archive
         self._write_recovery(done)
         return lifecycle.RolledBack(good=str(done["target"]))
@@ -1442,11 +1410,8 @@ class Supervisor:
 
     def _emit(self, event: Event, **fields: Any) -> None:
         assert self.journal is not None
-        if event is Event.EXPERIMENT_PASSED:
-            self.counters.experiments_passed += 1
-        elif event is Event.EXPERIMENT_FAILED:
-            self.counters.experiments_failed += 1
         record = self.journal.append(event, **fields)
+        self.counters = tally(self.counters, event, fields)
         self.expected.observe(record)
         self.report(record)
 
@@ -1494,10 +1459,7 @@ class Supervisor:
             "experiments": list(self.recent_experiments),
             "experiment_running": self._exp_thread is not None,
             "strategy": self._strategy(),
-            "counters": {
-                **self.counters.as_dict(),
-                **(self.intake.counters if self.intake is not None else {}),
-            },
+            "counters": {**self.counters.as_dict(), "quick_failures": self.state.quick_failures},
         }
         write_json_atomic(self.dirs.state, doc, sync=False)
 
