@@ -16,7 +16,6 @@ import errno
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from metasup.effects.files.safeio import NotRegular, open_folder, read_regular, read_regular_at
+from metasup.effects.process.wake import WakePipe
 from metasup.effects.records.journal import write_json_atomic
 from metasup.facts.errors import UserError
 from metasup.facts.events import Event
@@ -269,31 +269,6 @@ class InboxWatcher:
             with contextlib.suppress(RuntimeError):
                 self._observer.join(timeout=5)
             self._observer = None
-
-
-class WakePipe:
-    """A pipe the selector watches; any thread may poke it, now or soon."""
-
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._lock = threading.Lock()
-
-    def poke(self, now: bool = True) -> None:
-        with self._lock, contextlib.suppress(BlockingIOError, OSError):
-            os.write(self.write_fd, b"!" if now else b"?")
-
-    def drain(self) -> bool:
-        """Empty the pipe; True when any poke asked for now."""
-        data = b""
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(self.read_fd, 4096):
-                data += chunk
-        return b"!" in data
-
-    def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class Intake:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from metasup.effects.files.inotify import TreeWatch
+from metasup.effects.process.wake import WakePipe
 from metasup.facts.gitpaths import in_git_dir
-from metasup.pipelines.intake import INBOX, WakePipe
+from metasup.pipelines.intake import INBOX
 
 MODES = ("restore", "restore_and_restart", "stop")
 
