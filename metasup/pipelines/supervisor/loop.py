@@ -26,7 +26,7 @@ from metasup.decisions import lifecycle
 from metasup.decisions.counters import Counters, tally
 from metasup.decisions.lifecycle import LOOP_TIMERS, OnTamper, Phase, Timer
 from metasup.effects.files.safeio import open_append
-from metasup.effects.git.repo import GitRepo, RollbackRefused
+from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.jail import Jail, View, make_view, sandbox_to_json, view_to_json
 from metasup.effects.process.spawn import (
     Reaper,
@@ -53,12 +53,13 @@ from metasup.facts.events import Event
 from metasup.facts.faults import child_env, crashpoint
 from metasup.facts.gitpaths import ms_since
 from metasup.facts.policy import Policy, load_policy
-from metasup.pipelines import refguard, rollback
+from metasup.pipelines import refguard
 from metasup.pipelines.intake import INBOX, Intake, ProposalStore
 from metasup.pipelines.supervisor.agent import Agent
 from metasup.pipelines.supervisor.background import Job
 from metasup.pipelines.supervisor.guards import Guards
 from metasup.pipelines.supervisor.helper import Helper
+from metasup.pipelines.supervisor.recovery import Recovery
 from metasup.pipelines.supervisor.status import ExitStatus, StatusDocument
 from metasup.pipelines.supervisor.trials import Trial, Trials
 
@@ -130,7 +131,6 @@ class Supervisor:
         self.reaper = Reaper()
         self.started_mono = time.monotonic()
         self.started_wall = time.time()
-        self.last_archive: str | None = None
         self.last_exit: ExitStatus | None = None
         self.selector = selectors.DefaultSelector()
         self._wake_r = self._wake_w = -1
@@ -149,7 +149,7 @@ class Supervisor:
         self.trials: Trials | None = None
         self.fleet: Fleet | None = None
         self.api: ApiProcess | None = None
-        self.rollback_job: Job[dict[str, Any]] = Job("rollback")
+        self.recovery: Recovery | None = None
         self.backup_job: Job[Path] | None = None
         self._backup_started = 0.0
         self._exit_mono = 0.0  # when the last exit was seen
@@ -219,7 +219,10 @@ class Supervisor:
             if removed:
                 names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
                 self.report({"event": "stale_locks_removed", "locks": ", ".join(names)})
-            self._resume_intent()
+            self.recovery = Recovery(
+                self.repo, self.config, self.dirs, self._emit, self._say, self.selector
+            )
+            self.recovery.resume(self.state.consecutive_failures)
             self.guards.check_refs()
             self.guards.check_at_start(self.config.path)
             self._start_intake()
@@ -325,8 +328,8 @@ class Supervisor:
             self.report({"event": "leftovers_stopped", "processes": found})
 
     def _shutdown(self) -> None:
-        # A rollback under way finishes (its intent would resume it at the next start).
-        self.rollback_job.join(timeout=120)
+        if self.recovery is not None:
+            self.recovery.close(timeout=120)
         self.guards.stop()
         if self.intake is not None:
             self.intake.stop()
@@ -358,12 +361,10 @@ class Supervisor:
         if self.jail is not None:
             self.jail.close()
         self._restore_signals()
-        self.rollback_job.close()
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, selectors.EVENT_READ, "signals")
-        self.selector.register(self.rollback_job.fd, selectors.EVENT_READ, "rollback")
         for sig in (signal.SIGCHLD, *STOP_SIGNALS):
             self._old_handlers[sig] = signal.signal(sig, _noop_handler)
         self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -409,7 +410,7 @@ class Supervisor:
         timeout = None
         if self.timers:
             timeout = max(0.0, min(self.timers.values()) - time.monotonic())
-        resetting = self.rollback_job.running  # the reset is the tree's writer meanwhile
+        resetting = self._resetting  # the reset is the tree's writer meanwhile
         for key, _ in self.selector.select(timeout):
             if key.data == "signals":
                 observed += self._read_signals()
@@ -463,9 +464,9 @@ class Supervisor:
                 observed.append(lifecycle.BackoffElapsed())
             elif name is Timer.HEALTH:
                 observed.append(lifecycle.HealthDue())
-            elif name is Timer.INBOX and self.rollback_job.running:
+            elif name is Timer.INBOX and self._resetting:
                 self._deferred_inbox = True
-            elif name is Timer.TAMPER and self.rollback_job.running:
+            elif name is Timer.TAMPER and self._resetting:
                 self._deferred_tamper = True
             elif name is Timer.INBOX:
                 observed += self._take_proposals()
@@ -474,6 +475,10 @@ class Supervisor:
             elif name is Timer.BACKUP:
                 self._start_backup()
         return observed
+
+    @property
+    def _resetting(self) -> bool:
+        return self.recovery is not None and self.recovery.resetting
 
     def _read_signals(self) -> list[lifecycle.Observation]:
         observed: list[lifecycle.Observation] = []
@@ -737,44 +742,15 @@ class Supervisor:
     # --- quick failure: archive, reset, note ---------------------------------------------------
 
     def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation | None:
-        assert self.agent is not None
+        assert self.agent is not None and self.recovery is not None
         self.guards.check_refs()  # the rollback's target must not have vanished with its ref
         self._crashed_at = self._exit_mono
-        details = {
-            "code": qf.code,
-            "runtime_s": round(qf.runtime, 3),
-            "stderr_tail": self.agent.last_stderr_tail,
-        }
-        failure = {"run": qf.run, "failed": qf.failed, "reason": qf.reason, **details}
-        if qf.target is None:  # rollback disabled: the note is all there is to do
-            self._write_recovery(failure)
-            return lifecycle.RolledBack(good=None)
-        try:
-            target = self.repo.check_rollback_target(qf.target, self.repo.head())
-        except RollbackRefused as e:
-            # No reset, but the failed state is kept all the same before the stop.
-            archive = rollback.archive_now(self.repo, qf.reason, qf.run, self._emit)
-            self.last_archive = archive.ref if archive else self.last_archive
-            self._write_recovery({**failure, "archive": archive.ref if archive else None})
-            return lifecycle.RollbackFailed(str(e))
-        staging = self.dirs.preserve / f"run-{qf.run}"
-        intent = rollback.plan(
-            qf.run, qf.failed, target, qf.reason, staging, since_ns=self._good_since_ns, **details
-        )
-        # On a thread of its own: an archive of a big tree takes a while, and the loop stays
-        # there for signals and the status meanwhile. Nothing else touches the tree until it is
-        # done (tamper restores and proposals wait; see `_wait`).
-        keep, bounds = self.config.rollback.preserve, self._bounds
-        self.rollback_job.start(
-            lambda: rollback.carry_out(
-                self.repo, intent, keep, self.dirs.intent, self._emit, bounds
-            )
-        )
-        return None  # RolledBack comes when the thread is done
+        failures = self.state.consecutive_failures
+        return self.recovery.start(qf, self.agent.last_stderr_tail, self._good_since_ns, failures)
 
     def _rollback_finished(self) -> list[lifecycle.Observation]:
-        done = self.rollback_job.result()
-        observed = [self._rolled_back(done)]
+        assert self.recovery is not None
+        observed = [self.recovery.finished(self.state.consecutive_failures)]
         if self._deferred_tamper and self.guards.tamper is not None:
             self._deferred_tamper = False
             observed += self._tamper_restore()
@@ -782,50 +758,6 @@ class Supervisor:
             self._deferred_inbox = False
             observed += self._take_proposals()
         return observed
-
-    @property
-    def _bounds(self) -> rollback.Bounds:
-        return (self.config.rollback.max_file_size, self.config.rollback.max_files)
-
-    def _rolled_back(self, done: dict[str, Any]) -> lifecycle.Observation:
-        self.last_archive = done.get("archive") or self.last_archive
-        self._write_recovery(done)
-        return lifecycle.RolledBack(good=str(done["target"]))
-
-    def _resume_intent(self) -> None:
-        """Finish a rollback that a previous supervisor was killed in the middle of."""
-        intent = rollback.pending(self.dirs.intent)
-        if intent is None:
-            return
-        self.report(
-            {"event": "resuming_rollback", "step": intent.get("step"), "run": intent.get("run")}
-        )
-        done = rollback.resume(
-            self.repo,
-            self.dirs.intent,
-            self.dirs.events,
-            self.dirs.preserve,
-            self.config.rollback.preserve,
-            self._emit,
-            self._bounds,
-        )
-        if done is not None:
-            self._rolled_back(done)
-
-    def _write_recovery(self, intent: dict[str, Any]) -> None:
-        note = {
-            "ts": utc_now(),
-            "run": intent["run"],
-            "commit": intent.get("failed"),
-            "exit_code": intent.get("code"),
-            "runtime_s": intent.get("runtime_s"),
-            "reason": intent.get("reason"),
-            "stderr_tail": intent.get("stderr_tail", []),
-            "archive_ref": intent.get("archive"),
-            "rolled_back_to": intent.get("target"),
-            "consecutive_failures": self.state.consecutive_failures,
-        }
-        write_json_atomic(self.dirs.recovery, note)
 
     def _strategy(self) -> str:
         gains = list(self.trials.recent_gains) if self.trials is not None else []
@@ -865,7 +797,7 @@ class Supervisor:
             "run": self.state.run,
             "agent": self.agent.status(str(phase), status == "running"),
             "last_exit": self.last_exit,
-            "last_archive": self.last_archive,
+            "last_archive": self.recovery.last_archive if self.recovery else None,
             "mcp_servers": self.fleet.states() if self.fleet else {},
             "mcp": self.fleet.details() if self.fleet else {},
             "helper_trees": (self.fleet.trees() if self.fleet else [])
