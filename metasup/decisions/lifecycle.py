@@ -5,7 +5,8 @@ git steps), asks `decide` what to do, and performs the actions. Every transition
 function of its inputs, so the tests walk all of them.
 
 Named states, after supervisord's process states and OTP's restart intensity:
-STARTING      snapshot the tree, then launch
+STARTING      snapshot the tree
+LAUNCHING     the MCP servers start (or restart) on the snapshot's commit; then the agent
 RUNNING       launched, not yet `min_runtime` old: an exit now is a quick failure
 GOOD          has run `min_runtime`; its commit is marked good; an exit now is a normal restart
 BACKOFF       waiting before a relaunch after a normal exit
@@ -24,6 +25,7 @@ from enum import StrEnum
 
 class Phase(StrEnum):
     STARTING = "starting"
+    LAUNCHING = "launching"
     RUNNING = "running"
     GOOD = "good"
     BACKOFF = "backoff"
@@ -44,12 +46,13 @@ class Timer(StrEnum):
     MIN_RUNTIME = "min_runtime"
     BACKOFF = "backoff"
     HEALTH = "health"
+    SERVERS = "servers"  # the longest the agent waits for its MCP servers
     INBOX = "inbox"
     TAMPER = "tamper"
     BACKUP = "backup"
 
 
-LOOP_TIMERS = (Timer.MIN_RUNTIME, Timer.BACKOFF, Timer.HEALTH)
+LOOP_TIMERS = (Timer.MIN_RUNTIME, Timer.BACKOFF, Timer.HEALTH, Timer.SERVERS)
 
 
 class OnTamper(StrEnum):
@@ -103,6 +106,11 @@ class Started:
 @dataclass(frozen=True)
 class Snapshotted:
     commit: str  # HEAD after the snapshot: what is about to run
+
+
+@dataclass(frozen=True)
+class ServersReady:
+    """The MCP servers run the commit about to launch (or their start timeout passed)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,7 @@ class RollbackFailed:
 Observation = (
     Started
     | Snapshotted
+    | ServersReady
     | MinRuntimeReached
     | Exited
     | LaunchFailed
@@ -199,6 +208,14 @@ class Snapshot:
 class MarkGood:
     commit: str
     baseline: bool = False  # the first snapshot, marked good because nothing else was
+
+
+@dataclass(frozen=True)
+class SyncServers:
+    """Start the MCP servers, or restart those whose files differ, on `commit`; ServersReady
+    comes once they answer (at once when there is nothing to wait for)."""
+
+    commit: str
 
 
 @dataclass(frozen=True)
@@ -264,6 +281,7 @@ class Finish:
 Action = (
     Snapshot
     | MarkGood
+    | SyncServers
     | Launch
     | ArmTimer
     | SampleHealth
@@ -336,21 +354,23 @@ def decide(
             if good is None:
                 good = commit
                 actions.append(MarkGood(commit, baseline=True))
-            run = state.run + 1
-            actions += [
-                Launch(run, commit),
-                ArmTimer(Timer.MIN_RUNTIME, settings.min_runtime),
-                ArmTimer(Timer.HEALTH, settings.health_interval),
-            ]
             return replace(
                 state,
-                phase=Phase.RUNNING,
-                run=run,
+                phase=Phase.LAUNCHING,
+                run=state.run + 1,
                 launches=state.launches + 1,
                 commit=commit,
                 good=good,
                 kill_reason=None,
-            ), actions
+            ), [*actions, SyncServers(commit)]
+
+        case ServersReady() if state.phase is Phase.LAUNCHING:
+            assert state.commit is not None
+            return replace(state, phase=Phase.RUNNING), [
+                Launch(state.run, state.commit),
+                ArmTimer(Timer.MIN_RUNTIME, settings.min_runtime),
+                ArmTimer(Timer.HEALTH, settings.health_interval),
+            ]
 
         case MinRuntimeReached(run=run) if state.phase is Phase.RUNNING and run == state.run:
             assert state.commit is not None
@@ -417,7 +437,8 @@ def _on_stop(state: LoopState) -> tuple[LoopState, list[Action]]:
             return replace(state, stop_requested=True), []
         # A second request while the agent takes its time to stop: do not wait any longer.
         return state, [KillAgent("second stop request", health=False)]
-    if state.phase is Phase.BACKOFF:
+    if state.phase in (Phase.BACKOFF, Phase.LAUNCHING):
+        # Nothing runs: end now (servers still starting are stopped with the supervisor).
         return _finish(replace(state, stop_requested=True), 0, [CancelTimers()])
     # STARTING or ROLLING_BACK: the step under way finishes, then the loop ends.
     return replace(state, stop_requested=True), []
@@ -429,7 +450,7 @@ def _on_proposal(state: LoopState) -> tuple[LoopState, list[Action]]:
         return replace(state, phase=Phase.STOPPING), [CancelTimers(), StopAgent()]
     if state.phase is Phase.BACKOFF:
         return replace(state, phase=Phase.STARTING), [CancelTimers(), Snapshot(state.run + 1)]
-    return state, []  # STARTING, ROLLING_BACK, STOPPING: the next snapshot applies it anyway
+    return state, []  # STARTING, LAUNCHING, ROLLING_BACK, STOPPING: the next snapshot applies it
 
 
 def _on_exit(

@@ -32,12 +32,14 @@ from metasup.decisions.lifecycle import (
     RollbackFailed,
     RolledBack,
     SampleHealth,
+    ServersReady,
     Settings,
     Snapshot,
     Snapshotted,
     Started,
     StopAgent,
     StopRequested,
+    SyncServers,
     TamperRestored,
     Timer,
     backoff_delay,
@@ -61,22 +63,22 @@ def test_start_snapshots_for_the_first_run() -> None:
 
 def test_first_snapshot_without_good_ref_is_the_baseline() -> None:
     state, actions = decide(S, LoopState(phase=Phase.STARTING), Snapshotted("a" * 40))
+    assert actions == [MarkGood("a" * 40, baseline=True), SyncServers("a" * 40)]
+    assert state.phase is Phase.LAUNCHING and state.good == "a" * 40 and state.run == 1
+    state, actions = decide(S, state, ServersReady())
     assert actions == [
-        MarkGood("a" * 40, baseline=True),
         Launch(1, "a" * 40),
         ArmTimer(Timer.MIN_RUNTIME, 10),
         ArmTimer(Timer.HEALTH, 5),
     ]
-    assert state.phase is Phase.RUNNING and state.good == "a" * 40 and state.run == 1
+    assert state.phase is Phase.RUNNING
 
 
 def test_snapshot_with_a_good_ref_launches_without_marking() -> None:
     state, actions = decide(S, at(Phase.STARTING), Snapshotted("d" * 40))
-    assert actions == [
-        Launch(3, "d" * 40),
-        ArmTimer(Timer.MIN_RUNTIME, 10),
-        ArmTimer(Timer.HEALTH, 5),
-    ]
+    assert actions == [SyncServers("d" * 40)]
+    state, actions = decide(S, state, ServersReady())
+    assert actions[0] == Launch(3, "d" * 40)
     assert state.good == "g" * 40 and state.commit == "d" * 40
 
 
@@ -151,6 +153,7 @@ def test_the_failure_count_climbs_to_the_emergency_stop() -> None:
         state, _ = decide(S, state, RolledBack(good="g" * 40))
         if n < S.max_failures:
             state, _ = decide(S, state, Snapshotted("g" * 40))
+            state, _ = decide(S, state, ServersReady())
             assert state.phase is Phase.RUNNING
     assert state.phase is Phase.EMERGENCY_STOP
 
@@ -181,6 +184,7 @@ def test_backoff_grows_and_is_capped() -> None:
         delays.append(timer.delay)
         state, _ = decide(S, state, BackoffElapsed())
         state, _ = decide(S, state, Snapshotted("c" * 40))
+        state, _ = decide(S, state, ServersReady())
         state, _ = decide(S, state, MinRuntimeReached(run=state.run))
     assert delays == [1, 2, 4, 8, 8, 8]
 
@@ -291,6 +295,7 @@ def test_backoff_delay_edges() -> None:
 _observations = st.one_of(
     st.builds(Started, good=st.none() | st.just("g" * 40)),
     st.builds(Snapshotted, commit=st.sampled_from(["a" * 40, "g" * 40])),
+    st.just(ServersReady()),
     st.builds(MinRuntimeReached, run=st.integers(0, 5)),
     st.builds(Exited, code=st.integers(-15, 3), runtime=st.floats(0, 30)),
     st.builds(HealthBreach, reason=st.just("memory")),
@@ -319,8 +324,11 @@ def test_any_sequence_keeps_the_invariants(observations: list[object]) -> None:
         for a in actions:
             if isinstance(a, QuickFailure):
                 assert a.target == before.good, "a rollback goes to the good commit only"
+            if isinstance(a, SyncServers):
+                assert state.phase is Phase.LAUNCHING and state.run == before.run + 1
             if isinstance(a, Launch):
-                assert state.phase is Phase.RUNNING and a.run == before.run + 1
+                assert before.phase is Phase.LAUNCHING and state.phase is Phase.RUNNING
+                assert a.run == before.run and a.commit == before.commit
         if state.phase is Phase.EMERGENCY_STOP:
             assert state.exit_code == 3
 
@@ -402,3 +410,16 @@ def test_a_tamper_restore_restarts_or_stops_as_configured(
         return
     assert state.phase is phase and done == actions
     assert state.stop_requested is (mode is OnTamper.STOP), "stop ends the loop; restart does not"
+
+
+def test_a_stop_while_the_servers_start_ends_at_once() -> None:
+    state, _ = decide(S, at(Phase.STARTING), Snapshotted("c" * 40))
+    state, actions = decide(S, state, StopRequested())
+    assert state.phase is Phase.STOPPED and actions == [CancelTimers(), Finish(0)]
+
+
+@pytest.mark.parametrize("why", [ProposalQueued(), RestartRequested(), HealthDue()])
+def test_the_launch_waits_for_its_servers_whatever_else_comes(why: object) -> None:
+    state, _ = decide(S, at(Phase.STARTING), Snapshotted("c" * 40))
+    after, actions = decide(S, state, why)  # type: ignore[arg-type]
+    assert (after, actions) == (state, []), "the next snapshot takes a proposal up"

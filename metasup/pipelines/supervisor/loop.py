@@ -155,7 +155,7 @@ class Supervisor:
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
         self.last_crash_to_relaunch_s: float | None = None
-        self._deferred: list[lifecycle.Observation] = []  # seen while waiting for the fleet
+        self._servers_waiting: list[str] | None = None  # the MCP servers a launch waits for
         self._deferred_tamper = False  # tamper events and proposals seen during a rollback
         self._deferred_inbox = False
 
@@ -400,9 +400,6 @@ class Supervisor:
 
     def _wait(self) -> list[lifecycle.Observation]:
         """Block until something happens; return what was observed."""
-        if self._deferred:
-            observed, self._deferred = self._deferred, []
-            return observed
         observed = []
         exited = self._agent_exit()
         if exited is not None:
@@ -451,6 +448,7 @@ class Supervisor:
         exited = self._agent_exit()
         if exited is not None:
             observed.append(exited)
+        observed += self._servers_ready()
         self.lock.check()  # one lstat a wake-up: a lost lock stops us before the next git step
         now = time.monotonic()
         for name, due in sorted(self.timers.items(), key=lambda kv: kv[1]):
@@ -464,6 +462,10 @@ class Supervisor:
                 observed.append(lifecycle.BackoffElapsed())
             elif name is Timer.HEALTH:
                 observed.append(lifecycle.HealthDue())
+            elif name is Timer.SERVERS:
+                if self._servers_waiting is not None:
+                    self._servers_waiting = None
+                    observed.append(lifecycle.ServersReady())  # not all answer: it starts anyway
             elif name is Timer.INBOX and self._resetting:
                 self._deferred_inbox = True
             elif name is Timer.TAMPER and self._resetting:
@@ -543,6 +545,8 @@ class Supervisor:
                 self._good_since_ns = time.time_ns()
                 self.repo.set_good(commit)
                 self._emit(Event.MARK_GOOD, commit=commit, run=self.state.run, baseline=baseline)
+            case lifecycle.SyncServers(commit=commit):
+                return self._sync_servers(commit)
             case lifecycle.Launch(run=run, commit=commit):
                 return self._launch(run, commit)
             case lifecycle.ArmTimer(name=name, delay=delay):
@@ -617,38 +621,32 @@ class Supervisor:
             env["METASUP_API"] = self.api.url + "/supervisor/status"
         return env
 
-    def _sync_fleet(self, commit: str) -> None:
+    def _sync_servers(self, commit: str) -> lifecycle.Observation | None:
         """The MCP servers run `commit`'s code before the agent does: start them, or restart
-        the ones whose files changed, and wait until they answer (or their start timeout)."""
+        the ones whose files changed; ServersReady once they answer (see `_servers_ready`) or
+        their start timeout passes."""
         fleet = self.fleet
         if fleet is None:
-            return
+            return lifecycle.ServersReady()
         names = fleet.sync(commit, self.repo.changed_paths)
         if not names:
-            return
-        deadline = time.monotonic() + fleet.start_timeout(names) + 1.0
-        while fleet.waiting_for(names):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            # Only the fleet and the signals: the inbox and the rest wait for the loop.
-            with selectors.DefaultSelector() as sel:
-                sel.register(self._wake_r, selectors.EVENT_READ, "signals")
-                if fleet.fd >= 0:
-                    sel.register(fleet.fd, selectors.EVENT_READ, "mcp")
-                for key, _ in sel.select(left):
-                    if key.data == "mcp":
-                        fleet.read()
-                    else:
-                        seen = self._read_signals()
-                        self._deferred += seen
-                        if any(isinstance(o, lifecycle.StopRequested) for o in seen):
-                            return
+            return lifecycle.ServersReady()
+        self._servers_waiting = names
+        self.timers[Timer.SERVERS] = time.monotonic() + fleet.start_timeout(names) + 1.0
         self._write_state()
+        return None
+
+    def _servers_ready(self) -> list[lifecycle.Observation]:
+        """The servers a launch waits for all answer now (or gave up starting)."""
+        names = self._servers_waiting
+        if names is None or (self.fleet is not None and self.fleet.waiting_for(names)):
+            return []
+        self._servers_waiting = None
+        self.timers.pop(Timer.SERVERS, None)
+        return [lifecycle.ServersReady()]
 
     def _launch(self, run: int, commit: str) -> lifecycle.Observation | None:
         assert self.agent is not None
-        self._sync_fleet(commit)
         error = self.agent.launch(run, commit, self._agent_env(run, commit), self.echo)
         if error is not None:
             self._exited(None, run, commit, 127, 0.0)  # the record: it ended before it began
