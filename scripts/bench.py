@@ -611,6 +611,8 @@ class FleetWorker:
     """The fleet worker (`-m metasup.pipelines.mcp.worker`), driven as the supervisor drives it."""
 
     def __init__(self, root: Path, **server: Any) -> None:
+        from metasup.pipelines.mcp import protocol
+
         spec = {
             "sockets": str(root / "mcp"),
             "logs": str(root / "logs"),
@@ -638,7 +640,8 @@ class FleetWorker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write((json.dumps(spec) + "\n").encode())
+        start = protocol.Start(0, spec["sockets"], spec["logs"], spec["servers"])  # type: ignore[arg-type]
+        self.proc.stdin.write(protocol.encode(start))
         self.proc.stdin.flush()
 
     def next_status(self) -> dict[str, Any]:

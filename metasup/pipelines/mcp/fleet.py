@@ -3,7 +3,8 @@
 The servers run in a worker process (`metasup.pipelines.mcp.worker`) that the supervisor
 starts before the first agent launch and stops after the last. This side never imports the `mcp`
 SDK: it writes commands to the worker's stdin, reads its report lines from a pipe the
-supervisor's selector watches, journals the events and keeps each server's status for `state.json`.
+supervisor's selector watches (both in `protocol`), journals the events and keeps each
+server's status for `state.json`.
 
 Servers are tied to the commit: before each launch, the servers whose watched paths differ
 between the commit they run and the one about to run are restarted on the new code, and the
@@ -13,7 +14,6 @@ agent starts once they answer again (or their start timeout passes).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import selectors
 import signal
@@ -27,6 +27,7 @@ from metasup.effects.records.journal import StateDir
 from metasup.facts.config import McpServerConfig
 from metasup.facts.events import Event
 from metasup.facts.faults import child_env
+from metasup.pipelines.mcp import protocol
 from metasup.pipelines.supervisor.helper import Helper
 
 Emit = Callable[..., object]
@@ -117,14 +118,11 @@ class Fleet:
             self.report({"event": "mcp_worker_failed", "error": str(e)})
             self._all("failed", reason=str(e))
             return
-        spec = {
-            "seq": self.seq,
-            "sockets": str(self.dirs.mcp),
-            "logs": str(self.dirs.logs),
-            "servers": [self._spec(s) for s in self.servers.values()],
-            "jail": self.jail,
-        }
-        self.worker.write(spec)
+        servers = [self._spec(s) for s in self.servers.values()]
+        start = protocol.Start(
+            self.seq, str(self.dirs.mcp), str(self.dirs.logs), servers, self.jail
+        )
+        self.worker.write(protocol.encode(start))
         self._fd = self.worker.stdout_fd
         self.selector.register(self._fd, selectors.EVENT_READ, "mcp")
         self.acked = self.seq
@@ -171,26 +169,23 @@ class Fleet:
             self._buf += data
         *lines, self._buf = self._buf.split(b"\n")
         for line in lines:
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            changed |= self._take(doc)
+            reply = protocol.decode_reply(line)
+            if reply is not None:
+                changed |= self._take(reply)
         return changed
 
-    def _take(self, doc: dict[str, Any]) -> bool:
-        if doc.get("type") == "event" and doc.get("event") in EVENTS:
-            fields = {k: v for k, v in doc.items() if k not in ("type", "event")}
-            self.emit(EVENTS[doc["event"]], **fields)
-            return False
-        if doc.get("type") == "status" and isinstance(doc.get("servers"), dict):
-            self.acked = max(self.acked, int(doc.get("seq", 0)))
-            if doc["seq"] < self.seq:
-                return False  # from before the last command: the restarts it asked are not in it
-            for name, st in doc["servers"].items():
-                if name in self.status and isinstance(st, dict):
-                    self.status[name] = st
-            return True
+    def _take(self, reply: protocol.Reply) -> bool:
+        match reply:
+            case protocol.Report(event=event, fields=fields) if event in EVENTS:
+                self.emit(EVENTS[event], **fields)
+            case protocol.Status(seq=seq, servers=servers):
+                self.acked = max(self.acked, seq)
+                if seq < self.seq:
+                    return False  # from before the last command: the restarts it asked for
+                for name, st in servers.items():
+                    if name in self.status:
+                        self.status[name] = st
+                return True
         return False
 
     def _unwatch(self) -> None:
@@ -237,7 +232,7 @@ class Fleet:
         self.stopping = True
         if self.worker.child is None:
             return
-        self.worker.write({"op": "stop"})
+        self.worker.write(protocol.encode(protocol.Stop()))
         budget = max((s.stop_timeout for s in self.servers.values()), default=0.0) + 5.0
         self.worker.wait(budget)  # the worker stops its servers, reports, and exits
         self.read()
@@ -255,7 +250,7 @@ class Fleet:
         self.seq += 1
         for name in names:
             self.status[name]["state"] = "starting"
-        self.worker.write({"op": "restart", "names": names, "reason": reason, "seq": self.seq})
+        self.worker.write(protocol.encode(protocol.Restart(names, reason, self.seq)))
 
     def sync(self, commit: str, changed: Callable[[str, str], set[str]]) -> list[str]:
         """Before a launch on `commit`: restart the servers whose files differ. Returns them."""

@@ -9,7 +9,6 @@ One that dies is started again under its restart policy (`decisions.restarts`), 
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import time
 from collections.abc import Sequence
@@ -70,13 +69,13 @@ class Helper:
         c = self.child
         return c.popen.stdout.fileno() if c is not None and c.popen.stdout is not None else -1
 
-    def write(self, doc: dict[str, Any]) -> None:
-        """One JSON line to its stdin; nothing when it is gone (its exit is seen by `exited`)."""
+    def write(self, line: bytes) -> None:
+        """A line to its stdin; nothing when it is gone (its exit is seen by `exited`)."""
         c = self.child
         if c is None or c.popen.stdin is None:
             return
         with contextlib.suppress(BrokenPipeError, OSError, ValueError):
-            c.popen.stdin.write((json.dumps(doc) + "\n").encode())
+            c.popen.stdin.write(line)
             c.popen.stdin.flush()
 
     def exited(self) -> int | None:

@@ -4,12 +4,9 @@ It is a process of its own so that the supervisor never loads the `mcp` SDK (pyd
 httpx: some 30 MiB and most of a second), and so that a fault in the SDK cannot take the outer
 loop down with it: the supervisor restarts a worker that died.
 
-Protocol with the supervisor, one JSON object a line:
-- stdin, first line: the servers (argv, cwd, env, timeouts, restart policy) and the folders for
-  sockets and logs; then commands: `{"op": "restart", "names": [...], "seq": N}` and
-  `{"op": "stop"}`. End of file (the supervisor died) stops everything too.
-- stdout: `{"type": "event", ...}` for the journal and `{"type": "status", "seq": N,
-  "servers": {...}}` whenever a server changes.
+With the supervisor it speaks `protocol`: a Start, then Restart and Stop commands on stdin
+(end of file stops everything too); a Report for each event and a Status whenever a server
+changes on stdout.
 
 Each stdio server's one session is the probe's; agents reach the same server through a Unix
 socket per server (`<name>.sock`, see `metasup mcp connect`), routed by `mcpmux.Router`.
@@ -37,6 +34,7 @@ from metasup.effects.files.safeio import open_append
 from metasup.effects.mcp.mux import PROBE, SERVER, Message, Out, Router
 from metasup.effects.process.jail import Jail, Prepared, View, sandbox_from_json, view_from_json
 from metasup.effects.process.spawn import Child, Reaper, SpawnError, spawn, stop_tree
+from metasup.pipelines.mcp import protocol
 
 LOG_MAX_BYTES = 5 << 20
 LINE_LIMIT = 64 << 20  # one JSON-RPC message; tool results can be large
@@ -55,22 +53,16 @@ class Worker:
 
     # --- to the supervisor --------------------------------------------------------------------
 
-    def send(self, doc: dict[str, Any]) -> None:
-        data = (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+    def send(self, reply: protocol.Reply) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):
-            os.write(1, data)  # small lines, read at once by the supervisor's selector
+            os.write(1, protocol.encode(reply))  # small lines, read at once by the supervisor
 
     def event(self, event: str, **fields: Any) -> None:
-        self.send({"type": "event", "event": event, **fields})
+        self.send(protocol.Report(event, fields))
 
     def status(self) -> None:
-        self.send(
-            {
-                "type": "status",
-                "seq": self.seq,
-                "servers": {n: r.describe() for n, r in self.runners.items()},
-            }
-        )
+        servers = {n: r.describe() for n, r in self.runners.items()}
+        self.send(protocol.Status(self.seq, servers))
 
     # --- main ---------------------------------------------------------------------------------
 
@@ -81,14 +73,16 @@ class Worker:
         first = await commands.readline()
         if not first:
             return
-        spec = json.loads(first)
-        self.sockets = Path(spec["sockets"])
-        self.logs = Path(spec["logs"])
-        self.seq = int(spec.get("seq", 0))
-        if spec.get("jail"):
-            self.jail = Jail(sandbox_from_json(spec["jail"]["sandbox"]), reaper=self.reaper)
-            self.view = view_from_json(spec["jail"]["view"])
-        self.runners = {s["name"]: ServerRunner(s, self) for s in spec["servers"]}
+        start = protocol.decode_command(first)
+        if not isinstance(start, protocol.Start):
+            raise SystemExit("metasup.mcp worker: the first line is not a start")
+        self.sockets = Path(start.sockets)
+        self.logs = Path(start.logs)
+        self.seq = start.seq
+        if start.jail:
+            self.jail = Jail(sandbox_from_json(start.jail["sandbox"]), reaper=self.reaper)
+            self.view = view_from_json(start.jail["view"])
+        self.runners = {s["name"]: ServerRunner(s, self) for s in start.servers}
         loop.add_signal_handler(signal.SIGCHLD, self.dispatch_exits)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.stop)
@@ -137,17 +131,14 @@ class Worker:
             line = await reader.readline()
             if not line:
                 break  # the supervisor is gone
-            try:
-                cmd = json.loads(line)
-            except ValueError:
-                continue
-            if cmd.get("op") == "stop":
+            cmd = protocol.decode_command(line)
+            if isinstance(cmd, protocol.Stop):
                 break
-            if cmd.get("op") == "restart":
-                self.seq = int(cmd.get("seq", self.seq))
-                for name in cmd.get("names", []):
+            if isinstance(cmd, protocol.Restart):
+                self.seq = cmd.seq
+                for name in cmd.names:
                     if name in self.runners:
-                        self.runners[name].request_restart(str(cmd.get("reason", "requested")))
+                        self.runners[name].request_restart(cmd.reason)
                 self.status()
         self.stop()
 
