@@ -18,7 +18,7 @@ ONLY = {"decisions": {"facts", "decisions"}}
 
 # An outside library or stdlib module -> the only modules of metasup that may import it.
 OWNERS = {
-    "pygit2": {"effects.git.repo"},
+    "pygit2": {"effects.git.repo", "effects.git.lookup", "effects.git.files"},
     "subprocess": {"effects.process.spawn"},
     "psutil": {"effects.process.spawn"},
 }

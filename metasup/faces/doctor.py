@@ -113,7 +113,7 @@ def _policy(workdir: Path) -> Check:
 
 
 def _hook(workdir: Path) -> Check:
-    from metasup.effects.git.repo import hooks_dir
+    from metasup.effects.git.lookup import hooks_dir
     from metasup.faces.hook import installed
 
     if installed(workdir):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from metasup.effects.git.repo import Staged, hooks_dir
+from metasup.effects.git.lookup import Staged, hooks_dir
 
 if TYPE_CHECKING:
     from metasup.facts.policy import Policy
@@ -104,7 +104,7 @@ def policy_for_commit(workdir: Path) -> Protecting:
 
 def _head_policy(workdir: Path) -> Policy | None:
     """The policy as HEAD has it: its rules and its config, read into a scratch folder."""
-    from metasup.effects.git.repo import head_blobs
+    from metasup.effects.git.lookup import head_blobs
     from metasup.facts.config import CONFIG_CANDIDATES
     from metasup.facts.errors import UserError
     from metasup.pipelines.integrity import load_repo_policy
@@ -124,7 +124,7 @@ def _head_policy(workdir: Path) -> Policy | None:
 
 
 def run_pre_commit(start: Path) -> int:
-    from metasup.effects.git.repo import staged_changes
+    from metasup.effects.git.lookup import staged_changes
 
     workdir, changes = staged_changes(start)
     findings = check(changes, policy_for_commit(workdir))

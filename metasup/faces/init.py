@@ -18,7 +18,8 @@ from metasup.facts.resources import config_examples_dir, protected_dir
 
 def init(target: Path) -> list[str]:
     """Set `target` up; what was done, one line each (nothing new: everything says "kept")."""
-    from metasup.effects.git.repo import GitRepo, discover, init_repository
+    from metasup.effects.git.lookup import discover, init_repository
+    from metasup.effects.git.repo import GitRepo
     from metasup.faces.hook import install
     from metasup.pipelines.intake import INBOX
 

@@ -83,7 +83,7 @@ def config_in_use(workdir: Path, explicit: Path | None = None) -> Path:
     """The config file metasup uses in `workdir`: `explicit`, else the one the last approval
     pinned (while it exists), else `metasup.yaml`, else `config/metasup.yaml`. Pinning keeps
     an agent's ignored `./metasup.yaml` from becoming the config of the next start."""
-    from metasup.effects.git.repo import discover
+    from metasup.effects.git.lookup import discover
     from metasup.effects.records.journal import StateDir
     from metasup.facts.config import find_config
 

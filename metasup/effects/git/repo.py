@@ -28,7 +28,8 @@ from typing import Any
 import pygit2
 from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
 
-from metasup.effects.files.safeio import is_special, move, read_regular, write_all
+from metasup.effects.files.safeio import move, read_regular
+from metasup.effects.git.files import clear_special, make_dirs, same_file, write_file
 from metasup.effects.git.sweep import ARCHIVED, Sweep
 from metasup.effects.git.sweep import plan as plan_sweep
 from metasup.facts.errors import UserError
@@ -96,63 +97,6 @@ def archive_ref_name(reason: str, when: datetime | None = None) -> str:
     return f"{ARCHIVE_PREFIX}{stamp}-{clean[:60]}"
 
 
-@dataclass(frozen=True)
-class Staged:
-    """One change the next commit would make: the index against HEAD."""
-
-    status: str  # added, modified, deleted, renamed, copied, typechange
-    old_path: str | None
-    new_path: str | None
-    old_mode: int
-    new_mode: int
-    link_target: str | None = None  # what a staged symlink points at
-
-
-_STATUS = {
-    "A": "added",
-    "M": "modified",
-    "D": "deleted",
-    "R": "renamed",
-    "C": "copied",
-    "T": "typechange",
-}
-
-
-def staged_changes(start: Path) -> tuple[Path, list[Staged]]:
-    """The working tree and the changes staged for commit there, renames paired.
-
-    Read from `$GIT_INDEX_FILE` when git sets it (`git commit -a`, `git commit PATH`), and
-    against the empty tree on an unborn branch. Works on a detached HEAD (a rebase).
-    """
-    found = pygit2.discover_repository(str(start))
-    if found is None:
-        raise UserError(f"{start} is not inside a git repository")
-    repo = pygit2.Repository(found)
-    if repo.workdir is None:
-        raise UserError(f"{found} is a bare repository")
-    index_file = os.environ.get("GIT_INDEX_FILE")
-    index = pygit2.Index(str(Path(index_file).resolve())) if index_file else repo.index
-    if repo.head_is_unborn:
-        tree = repo[repo.TreeBuilder().write()]
-    else:
-        tree = repo.head.peel(pygit2.Commit).tree
-    assert isinstance(tree, pygit2.Tree)
-    diff = tree.diff_to_index(index)
-    diff.find_similar()
-    out = []
-    for delta in diff.deltas:
-        status = _STATUS.get(delta.status_char(), "modified")
-        old = None if status == "added" else delta.old_file.path
-        new = None if status == "deleted" else delta.new_file.path
-        target = None
-        if new is not None and delta.new_file.mode == pygit2.enums.FileMode.LINK:
-            blob = repo.get(delta.new_file.id)
-            if isinstance(blob, pygit2.Blob):
-                target = bytes(blob.data).decode("utf-8", "surrogateescape")
-        out.append(Staged(status, old, new, delta.old_file.mode, delta.new_file.mode, target))
-    return Path(repo.workdir).resolve(), out
-
-
 def _blob_ids(
     repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
 ) -> list[tuple[str, str]]:
@@ -166,81 +110,6 @@ def _blob_ids(
         elif entry.type_str == "blob":
             out.append((name, f"{entry.filemode:o}:{entry.id}"))
     return out
-
-
-def write_bundle(workdir: Path, folder: Path, keep: int, head: str | None, reaper: Any) -> Path:
-    """`git bundle create` of every ref into `folder`, the newest `keep` bundles kept.
-
-    libgit2 writes no bundles, so this one step runs the git CLI (with a hard timeout). It
-    touches no pygit2 object, so a thread may run it while the loop goes on.
-    """
-    from metasup.effects.process.spawn import run_command
-
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{(head or 'unborn')[:12]}.bundle"
-    tmp = folder / f".{name}.tmp"
-    done = run_command(
-        ["git", "-C", str(workdir), "bundle", "create", "-q", str(tmp), "--all"],
-        cwd=workdir,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        timeout=600.0,
-        reaper=reaper,
-    )
-    if not done.ok:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise GitError(f"git bundle failed: {done.stderr.strip()[-300:] or done.code}")
-    target = folder / name
-    os.replace(tmp, target)
-    for old in sorted(folder.glob("*.bundle"))[:-keep]:
-        with contextlib.suppress(FileNotFoundError):
-            old.unlink()
-    return target
-
-
-def head_blobs(workdir: Path, paths: Iterable[str]) -> dict[str, bytes] | None:
-    """The content HEAD has for each of `paths` that it holds as a file; None on an unborn
-    branch."""
-    repo = pygit2.Repository(str(workdir))
-    if repo.head_is_unborn:
-        return None
-    tree = repo.head.peel(pygit2.Commit).tree
-    found = {}
-    for rel in paths:
-        try:
-            blob = repo[tree[rel].id]
-        except KeyError:
-            continue
-        if isinstance(blob, pygit2.Blob):
-            found[rel] = bytes(blob.data)
-    return found
-
-
-def hooks_dir(workdir: Path) -> Path:
-    """Where git looks for hooks: core.hooksPath (relative to the working tree), else the
-    common git dir's hooks/."""
-    repo = pygit2.Repository(str(workdir))
-    config = repo.config  # pygit2's Config has `in` and [], not .get
-    configured = config["core.hooksPath"] if "core.hooksPath" in config else None  # noqa: SIM401
-    if configured:
-        path = Path(os.path.expanduser(str(configured)))
-        return path if path.is_absolute() else workdir / path
-    return common_dir(Path(repo.path)) / "hooks"
-
-
-def discover(start: Path) -> tuple[str, Path | None] | None:
-    """The repository holding `start`: (its git dir, its working tree or None when bare);
-    None when there is none."""
-    found = pygit2.discover_repository(str(start))
-    if found is None:
-        return None
-    workdir = pygit2.Repository(found).workdir
-    return found, Path(workdir).resolve() if workdir else None
-
-
-def init_repository(path: Path, branch: str = "main") -> None:
-    """`git init -b BRANCH` for a new supervised repo."""
-    pygit2.init_repository(str(path), initial_head=branch)
 
 
 class GitRepo:
@@ -517,7 +386,7 @@ class GitRepo:
         if isinstance(blob, pygit2.Blob):
             assert entry is not None
             mode = entry.filemode
-            if _same_file(target, blob.data, mode):
+            if same_file(target, blob.data, mode):
                 return False
         else:
             blob = None  # nothing there in the good commit, or a directory: clear the way only
@@ -525,7 +394,7 @@ class GitRepo:
                 return False
             if entry is not None and target.is_dir() and not target.is_symlink():
                 return False
-        _make_dirs(self.workdir, path)
+        make_dirs(self.workdir, path)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         if blob is None:
@@ -539,7 +408,7 @@ class GitRepo:
             return True
         if target.is_symlink():
             target.unlink()  # never write through a link
-        _write_file(target, blob.data, mode == pygit2.enums.FileMode.BLOB_EXECUTABLE)
+        write_file(target, blob.data, mode == pygit2.enums.FileMode.BLOB_EXECUTABLE)
         return True
 
     def archive(
@@ -1004,100 +873,6 @@ class _CrashMidCheckout(pygit2.CheckoutCallbacks):
     def checkout_progress(self, path: str, completed_steps: int, total_steps: int) -> None:
         if 2 <= completed_steps < total_steps:
             crashpoint("reset:mid-checkout")
-
-
-# Bits a protected file must not carry: set-id and sticky. Group and other bits stay the
-# operator's (a umask of 077 is theirs to keep).
-_ODD_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
-
-
-def _same_file(path: Path, data: bytes, filemode: int) -> bool:
-    """`path` is exactly this blob: same content, git's exec bit, owner read-write, no odd
-    bits, and no second name (a hard link would let the agent write it under another)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if filemode == pygit2.enums.FileMode.LINK:
-        return stat.S_ISLNK(st.st_mode) and os.readlink(path).encode() == data
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        return False
-    executable = bool(st.st_mode & stat.S_IXUSR)
-    if executable != (filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE):
-        return False
-    owner_rw = stat.S_IRUSR | stat.S_IWUSR
-    if st.st_mode & owner_rw != owner_rw or st.st_mode & _ODD_BITS:
-        return False
-    try:
-        return read_regular(path, limit=len(data) + 1) == data
-    except OSError:
-        return False  # swapped for a fifo or a link since the lstat
-
-
-def _write_file(target: Path, data: bytes, executable: bool) -> None:
-    """`target` as a regular file holding `data`, one name only, never blocking.
-
-    Rewritten in place where it is a plain file (the path never goes missing under a reader);
-    a hard link, a fifo, a socket or a device is replaced by a new file renamed over it, so no
-    other name shares what is written and no open can wait for a peer."""
-    perm = 0o755 if executable else 0o644
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(target, flags, perm)
-    except OSError:
-        fd = -1  # a fifo with no reader (ENXIO), a socket: replaced below
-    if fd >= 0:
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                os.ftruncate(fd, 0)
-                write_all(fd, data)
-                os.fchmod(fd, perm)
-                return
-        finally:
-            os.close(fd)
-    tmp = target.with_name(f".{target.name}.metasup-{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, perm)
-    try:
-        write_all(fd, data)
-        os.fchmod(fd, perm)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-
-
-def clear_special(workdir: Path, paths: Iterable[str]) -> list[str]:
-    """Remove fifos, sockets and devices standing at `paths`: a checkout that meets one opens
-    it for writing and waits for a reader for ever. Returns the ones removed."""
-    removed = []
-    for rel in paths:
-        full = workdir / rel
-        try:
-            st = os.lstat(full)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if is_special(st.st_mode):
-            os.unlink(full)
-            removed.append(rel)
-    return removed
-
-
-def _make_dirs(workdir: Path, path: str) -> None:
-    """The parent directories of `path`, as real directories: whatever stands in their way
-    (a file, a symbolic link pointing anywhere) is removed, never followed."""
-    here = workdir
-    for part in path.split("/")[:-1]:
-        here = here / part
-        try:
-            st = os.lstat(here)
-        except FileNotFoundError:
-            os.mkdir(here)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(here)
-            os.mkdir(here)
 
 
 def _git_processes_in(*roots: Path) -> list[int]:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from metasup.effects.files.safeio import read_json
-from metasup.effects.git.repo import GOOD_REF, GitRepo, init_repository
+from metasup.effects.git.lookup import init_repository
+from metasup.effects.git.repo import GOOD_REF, GitRepo
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.records.journal import StateDir, locked_journal, read_events
 from metasup.facts.config import Config, load_config

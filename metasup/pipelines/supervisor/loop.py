@@ -713,7 +713,7 @@ class Supervisor:
         job = self.backup_job
         if job is None or job.running:
             return
-        from metasup.effects.git.repo import write_bundle
+        from metasup.effects.git.bundle import write_bundle
 
         head, workdir, folder = self.repo.head(), self.repo.workdir, self.dirs.backups
         keep, reaper = self.config.rollback.keep_commits, self.reaper
