@@ -341,7 +341,7 @@ def parse_config(text: str, path: Path, *, validate: bool = True) -> Config:
     `validate=False` skips the JSON schema (and the jsonschema import) for text that was
     validated already, byte for byte; the supervisor core uses it.
     """
-    doc, lines = _load_yaml(text, path.name)
+    doc, lines = load_yaml_lines(text, path.name)
     if validate:
         _validate(doc, lines, path.name)
     return _build(doc, lines, path)
@@ -350,7 +350,9 @@ def parse_config(text: str, path: Path, *, validate: bool = True) -> Config:
 # --- YAML with line numbers -------------------------------------------------------------------
 
 
-def _load_yaml(text: str, name: str) -> tuple[Any, dict[Path_, int]]:
+def load_yaml_lines(text: str, name: str) -> tuple[Any, dict[Path_, int]]:
+    """The document, and the line (1-based) of every key and item in it by its path, so an
+    error found later (by the schema, or a check of values) names the line it comes from."""
     lines: dict[Path_, int] = {}
     loader: yaml.SafeLoader | None = None
     try:
@@ -408,7 +410,8 @@ def _dotted(at: Path_) -> str:
     return out
 
 
-def _line(lines: dict[Path_, int], at: Path_) -> int | None:
+def line_of(lines: dict[Path_, int], at: Path_) -> int | None:
+    """The line of `at`, else of its nearest parent that has one (a missing key's mapping)."""
     for n in range(len(at), -1, -1):
         if at[:n] in lines:
             return lines[at[:n]]
@@ -416,7 +419,7 @@ def _line(lines: dict[Path_, int], at: Path_) -> int | None:
 
 
 def _fail(name: str, lines: dict[Path_, int], at: Path_, message: str) -> ConfigError:
-    line = _line(lines, at)
+    line = line_of(lines, at)
     where = f"{name}:{line}" if line else name
     key = _dotted(at)
     return ConfigError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
@@ -440,7 +443,7 @@ def _validate(doc: Any, lines: dict[Path_, int], name: str) -> None:
     if not errors:
         return
     located = [_explain(e, doc) for e in errors]
-    located.sort(key=lambda item: (_line(lines, item[0]) or 0, len(item[0])))
+    located.sort(key=lambda item: (line_of(lines, item[0]) or 0, len(item[0])))
     at, message = located[0]
     raise _fail(name, lines, at, message)
 
@@ -750,7 +753,7 @@ def _mcp_servers(
     servers = []
     for n, at, e in entries:
         if n in seen:
-            first = _line(lines, seen[n])
+            first = line_of(lines, seen[n])
             where = f" (first at line {first})" if first else ""
             raise _fail(name, lines, at, f"a server named {n!r} is defined twice{where}")
         seen[n] = at

@@ -32,3 +32,28 @@ class Event(StrEnum):
     RECOVERED = "recovered"
     REFS_RESTORED = "refs_restored"
     JOURNAL_BROKEN = "journal_broken"
+
+
+class Notice(StrEnum):
+    """Report lines that are not journalled: said on the terminal (or the live view's log) as
+    they happen, about metasup's own helpers and steps rather than the agent's history."""
+
+    API_BRIDGE_FAILED = "api_bridge_failed"
+    API_EXITED = "api_exited"
+    API_FAILED = "api_failed"
+    API_LISTENING = "api_listening"
+    BACKUP_FAILED = "backup_failed"
+    INBOX_POLLING = "inbox_polling"
+    INBOX_REFUSED = "inbox_refused"
+    INTEGRITY_STOP = "integrity_stop"
+    LEFTOVERS_STOPPED = "leftovers_stopped"
+    MCP_WORKER_EXITED = "mcp_worker_exited"
+    MCP_WORKER_FAILED = "mcp_worker_failed"
+    PROPOSAL_UNREADABLE = "proposal_unreadable"
+    SANDBOX = "sandbox"
+    STALE_LOCKS_REMOVED = "stale_locks_removed"
+    STOP_REQUESTED = "stop_requested"
+    STRAGGLERS_STOPPED = "stragglers_stopped"
+    TAMPER_WATCH_OFF = "tamper_watch_off"
+    VIEW_FAILED = "view_failed"
+    RESUMING_ROLLBACK = "resuming_rollback"

@@ -27,7 +27,7 @@ from metasup.effects.files.safeio import NotRegular, open_folder, read_regular, 
 from metasup.effects.process.wake import WakePipe
 from metasup.effects.records.journal import write_json_atomic
 from metasup.facts.errors import UserError
-from metasup.facts.events import Event
+from metasup.facts.events import Event, Notice
 from metasup.facts.policy import Policy
 from metasup.pipelines import proposals
 
@@ -298,7 +298,7 @@ class Intake:
         self.store.create()
         self.watcher.start()
         if self.watcher.polling:
-            self.report({"event": "inbox_polling", "reason": "inotify is not available"})
+            self.report({"event": Notice.INBOX_POLLING, "reason": "inotify is not available"})
         for item in self.store.left_claimed():  # a previous supervisor died with these
             self._check(item, retaken=True)
 
@@ -319,7 +319,7 @@ class Intake:
                     self._check(item)
         except InboxRefused as e:
             if not self.refused:
-                self.report({"event": "inbox_refused", "reason": str(e)})
+                self.report({"event": Notice.INBOX_REFUSED, "reason": str(e)})
             self.refused = True
         else:
             self.refused = False
@@ -330,7 +330,7 @@ class Intake:
             raw = read_regular(item.path) or b""
         except OSError as e:
             raw = b""
-            self.report({"event": "proposal_unreadable", "id": item.id, "error": str(e)})
+            self.report({"event": Notice.PROPOSAL_UNREADABLE, "id": item.id, "error": str(e)})
         extra = {"retaken": True} if retaken else {}
         self.emit(Event.PROPOSAL_RECEIVED, id=item.id, source=item.source, bytes=len(raw), **extra)
         proposal, errors = proposals.validate(raw, self.policy, self.workdir)

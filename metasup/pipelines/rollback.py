@@ -23,7 +23,7 @@ from metasup.effects.files.safeio import NotRegular, read_json, real_folder
 from metasup.effects.git.repo import Archive, GitRepo
 from metasup.effects.git.sweep import Sweep
 from metasup.effects.records.journal import read_events, write_json_atomic
-from metasup.effects.records.statefile import intent_problem
+from metasup.effects.records.statefile import Step, intent_problem
 from metasup.facts.errors import UserError
 from metasup.facts.events import Event
 from metasup.facts.faults import crashpoint, holdpoint
@@ -48,7 +48,7 @@ def plan(
         "target": target,
         "reason": reason,
         "staging": str(staging),
-        "step": "start",
+        "step": Step.START,
         **details,
     }
 
@@ -196,7 +196,7 @@ def carry_out(
     t0 = time.perf_counter()
     run, reason = int(intent["run"]), str(intent["reason"])
     staging = Path(intent["staging"])
-    if intent["step"] == "start":
+    if intent["step"] == Step.START:
         write_json_atomic(intent_path, intent)
         since = intent.get("since_ns")
         sweep = Sweep(
@@ -209,21 +209,21 @@ def carry_out(
         archive = archive_now(repo, reason, run, emit, sweep)
         crashpoint("rollback:after-archive")
         intent.update(
-            step="archived",
+            step=Step.ARCHIVED,
             archive=archive.ref if archive else None,
             archived_commit=archive.commit if archive else None,
         )
         write_json_atomic(intent_path, intent)
-    if intent["step"] == "archived":
+    if intent["step"] == Step.ARCHIVED:
         preserve.stash(repo.workdir, keep, staging)
         crashpoint("rollback:after-stash")
-        intent["step"] = "stashed"
+        intent["step"] = Step.STASHED
         write_json_atomic(intent_path, intent)
-    if intent["step"] == "stashed":
+    if intent["step"] == Step.STASHED:
         repo.reset_to(intent["target"])
         crashpoint("rollback:after-reset")
         preserve.restore(repo.workdir, keep, staging)
-        intent["step"] = "reset"
+        intent["step"] = Step.RESET
         write_json_atomic(intent_path, intent)
     emit(
         Event.ROLLBACK,

@@ -16,7 +16,9 @@ from metasup.facts.config import (
     ConfigError,
     find_config,
     format_duration,
+    line_of,
     load_config,
+    load_yaml_lines,
     parse_config,
     parse_duration,
 )
@@ -375,3 +377,50 @@ def test_preserve_paths_stay_inside_the_working_tree(raw: str) -> None:
     assert not path.startswith("/") and "\\" not in path
     assert ".." not in parts and "." not in parts and "" not in parts
     assert parts[0].lower() != ".git"
+
+
+KEYS = st.text("abcdefghij_", min_size=1, max_size=6)
+LEAVES = st.integers(-5, 5) | st.text("xyz ", max_size=5) | st.booleans()
+TREES = st.recursive(
+    LEAVES,
+    lambda inner: (
+        st.dictionaries(KEYS, inner, min_size=1, max_size=3)
+        | st.lists(st.dictionaries(KEYS, inner, min_size=1, max_size=2), min_size=1, max_size=2)
+    ),
+    max_leaves=12,
+)
+
+
+def _paths(doc: object, at: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    out = []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += [(*at, k), *_paths(v, (*at, k))]
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*at, i))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(KEYS, TREES, min_size=1, max_size=4))
+def test_every_key_is_mapped_to_the_line_it_is_written_on(doc: dict[str, object]) -> None:
+    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    loaded, lines = load_yaml_lines(text, "x.yaml")
+    assert loaded == doc
+    rows = text.splitlines()
+    for path in _paths(doc):
+        line = lines[path]
+        key = path[-1]
+        written = rows[line - 1].strip().removeprefix("- ")
+        if isinstance(key, str):
+            assert written.startswith(f"{key}:") or written.startswith(f"'{key}':"), (path, text)
+        else:  # a list item: its first line
+            assert rows[line - 1].lstrip().startswith("-") or line == 1, (path, text)
+
+
+def test_a_missing_key_is_placed_at_its_nearest_parent() -> None:
+    _, lines = load_yaml_lines("a:\n  b:\n    c: 1\n", "x.yaml")
+    assert line_of(lines, ("a", "b", "c")) == 3
+    assert line_of(lines, ("a", "b", "missing", "deeper")) == 2
+    assert line_of(lines, ("nowhere",)) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,17 @@ def read_state(path: Path) -> dict[str, Any]:
     return clean_state(read_json(path))
 
 
-INTENT_STEPS = ("start", "archived", "stashed", "reset")
+class Step(StrEnum):
+    """How far a rollback got (its intent file says, so a killed supervisor's next start
+    finishes it from there)."""
+
+    START = "start"  # planned; nothing done yet
+    ARCHIVED = "archived"  # the failed state is committed under an archive ref
+    STASHED = "stashed"  # rollback.preserve paths are set aside
+    RESET = "reset"  # the tree is the target's, the preserved paths are back
+
+
+INTENT_STEPS = tuple(Step)
 
 _INTENT: dict[str, Check] = {
     "op": lambda v: v == "rollback",

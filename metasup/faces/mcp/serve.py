@@ -153,9 +153,22 @@ def tool_specs() -> list[tuple[str, str, dict[str, Any]]]:
 def serve(tools: Tools) -> None:
     """Serve the tools on stdin/stdout until the client goes away."""
     import anyio
+    from mcp.server.stdio import stdio_server
+
+    server = build(tools)
+
+    async def main() -> None:
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+    anyio.run(main)
+
+
+def build(tools: Tools) -> Any:
+    """The MCP server over `tools` (an SDK `Server`), for any transport."""
+    import anyio
     import mcp_types as types
     from mcp.server.lowlevel.server import Server
-    from mcp.server.stdio import stdio_server
 
     from metasup import __version__
 
@@ -189,9 +202,4 @@ def serve(tools: Tools) -> None:
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )
-
-    async def main() -> None:
-        async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
-
-    anyio.run(main)
+    return server

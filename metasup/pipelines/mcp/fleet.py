@@ -25,7 +25,7 @@ from metasup.decisions import mcp_watch, restarts
 from metasup.effects.process.spawn import Reaper, SpawnError, stop_tree
 from metasup.effects.records.journal import StateDir
 from metasup.facts.config import McpServerConfig
-from metasup.facts.events import Event
+from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env
 from metasup.pipelines.mcp import protocol
 from metasup.pipelines.supervisor.helper import Helper
@@ -115,7 +115,7 @@ class Fleet:
         try:
             self.worker.start()
         except SpawnError as e:
-            self.report({"event": "mcp_worker_failed", "error": str(e)})
+            self.report({"event": Notice.MCP_WORKER_FAILED, "error": str(e)})
             self._all("failed", reason=str(e))
             return
         servers = [self._spec(s) for s in self.servers.values()]
@@ -207,7 +207,7 @@ class Fleet:
         self._stop_leftovers()
         if self.stopping:
             return True
-        self.report({"event": "mcp_worker_exited", "code": code})
+        self.report({"event": Notice.MCP_WORKER_EXITED, "code": code})
         if isinstance(self.worker.after_exit(), restarts.GiveUp):
             self.gave_up = True
             for name in self.servers:

@@ -39,7 +39,7 @@ from metasup.effects.process.spawn import (
 )
 from metasup.effects.records.journal import StateDir
 from metasup.facts.config import Config, format_size
-from metasup.facts.events import Event
+from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env
 from metasup.pipelines.supervisor.status import AgentStatus
 
@@ -235,7 +235,7 @@ class Agent:
             sock = listen_in_netns(pid, host, port, self.reaper)
             self.api.listen_in(f"run-{run}", sock)
         except OSError as e:
-            self.report({"event": "api_bridge_failed", "run": run, "error": str(e)})
+            self.report({"event": Notice.API_BRIDGE_FAILED, "run": run, "error": str(e)})
         finally:
             jailed.open_gate()
 
@@ -351,7 +351,7 @@ class Agent:
             return
         left = self.stop_tree()
         if left:
-            self.report({"event": "stragglers_stopped", "run": r.run, "processes": left})
+            self.report({"event": Notice.STRAGGLERS_STOPPED, "run": r.run, "processes": left})
         self.finish()
 
     def finish(self) -> None:

@@ -18,6 +18,7 @@ from metasup.decisions.restarts import GiveUp
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.config import LISTEN_BACKLOG, split_listen
+from metasup.facts.events import Notice
 from metasup.pipelines.supervisor.helper import Helper
 
 
@@ -78,7 +79,7 @@ class ApiProcess:
         try:
             self.helper.start(*args, pass_fds=(self.sock.fileno(), theirs.fileno()))
         except SpawnError as e:
-            self.report({"event": "api_failed", "error": str(e)})
+            self.report({"event": Notice.API_FAILED, "error": str(e)})
             mine.close()
         else:
             if self._control is not None:
@@ -117,10 +118,10 @@ class ApiProcess:
         code = self.helper.exited()
         if code is None:
             return False
-        self.report({"event": "api_exited", "code": code})
+        self.report({"event": Notice.API_EXITED, "code": code})
         if isinstance(self.helper.after_exit(), GiveUp):
             self.gave_up = True
-            self.report({"event": "api_failed", "error": "it keeps dying; see logs/api.log"})
+            self.report({"event": Notice.API_FAILED, "error": "it keeps dying; see logs/api.log"})
             return True
         self._spawn()
         return True

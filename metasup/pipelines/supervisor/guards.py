@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from metasup.effects.git.repo import ARCHIVE_PREFIX, GitRepo, archive_ref_name
 from metasup.effects.records.journal import RepoLock, StateDir, read_events
 from metasup.facts.errors import IntegrityError
-from metasup.facts.events import Event
+from metasup.facts.events import Event, Notice
 from metasup.pipelines import integrity, refguard
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class Guards:
             )
         if differ:
             self.good_forged = True
-            self.report({"event": "integrity_stop", "good": good, "differ": differ})
+            self.report({"event": Notice.INTEGRITY_STOP, "good": good, "differ": differ})
             raise IntegrityError(
                 f"the good commit {good[:12]} has protected files that differ from the approved "
                 f"baseline: {integrity.summary(differ)}; metasup stops (inspect it, then "
@@ -152,7 +152,7 @@ class Guards:
         watch = TamperWatch(self.repo.workdir, self.is_protected, self.dirs.lock)
         if not watch.start():
             watch.stop()
-            self.report({"event": "tamper_watch_off", "reason": "the tree cannot be watched"})
+            self.report({"event": Notice.TAMPER_WATCH_OFF, "reason": "the tree cannot be watched"})
             return
         self.tamper = watch
         selector.register(watch.fd, selectors.EVENT_READ, "tamper")

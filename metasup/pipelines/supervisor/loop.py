@@ -49,7 +49,7 @@ from metasup.effects.records.journal import (
 from metasup.effects.records.statefile import read_state
 from metasup.facts.config import Config
 from metasup.facts.errors import UserError
-from metasup.facts.events import Event
+from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env, crashpoint
 from metasup.facts.gitpaths import ms_since
 from metasup.facts.policy import Policy, load_policy
@@ -218,7 +218,7 @@ class Supervisor:
             removed = self.repo.clear_stale_locks()
             if removed:
                 names = [str(p.relative_to(self.repo.git_dir)) for p in removed]
-                self.report({"event": "stale_locks_removed", "locks": ", ".join(names)})
+                self.report({"event": Notice.STALE_LOCKS_REMOVED, "locks": ", ".join(names)})
             self.recovery = Recovery(
                 self.repo, self.config, self.dirs, self._emit, self._say, self.selector
             )
@@ -257,7 +257,7 @@ class Supervisor:
         if refusal is not None:
             raise UserError(refusal)
         plan = self.jail.plan
-        self.report({"event": "sandbox", "mode": plan.mode, "detail": self.jail.describe()})
+        self.report({"event": Notice.SANDBOX, "mode": plan.mode, "detail": self.jail.describe()})
         if plan.mode == "bwrap":
             # Held from now until the stop, for the agent and its servers alike.
             self.jail.hold_placeholders(self.jail_view(self.repo.workdir))
@@ -286,7 +286,7 @@ class Supervisor:
         try:
             view.start("--git-dir", str(self.repo.git_dir))
         except SpawnError as e:
-            self.report({"event": "view_failed", "error": str(e)})
+            self.report({"event": Notice.VIEW_FAILED, "error": str(e)})
             return
         self.view = view
         self.echo = False
@@ -311,7 +311,7 @@ class Supervisor:
             raise UserError(f"cannot serve the API on {listen}: {e.strerror or e}") from None
         if self.agent is not None:
             self.agent.api = self.api
-        self.report({"event": "api_listening", "url": url})
+        self.report({"event": Notice.API_LISTENING, "url": url})
 
     def _stop_leftovers(self, previous: dict[str, Any]) -> None:
         """A supervisor killed with -9 could not stop its agent (or its MCP servers, should
@@ -325,7 +325,7 @@ class Supervisor:
                 self.config.agent.stop_timeout,
             )
         if found:
-            self.report({"event": "leftovers_stopped", "processes": found})
+            self.report({"event": Notice.LEFTOVERS_STOPPED, "processes": found})
 
     def _shutdown(self) -> None:
         if self.recovery is not None:
@@ -496,7 +496,7 @@ class Supervisor:
                 if self.api is not None:
                     self.api.check()
             elif signum in STOP_SIGNALS:
-                self.report({"event": "stop_requested", "signal": signal.Signals(signum).name})
+                self.report({"event": Notice.STOP_REQUESTED, "signal": signal.Signals(signum).name})
                 observed.append(lifecycle.StopRequested())
         return observed
 
@@ -696,7 +696,7 @@ class Supervisor:
             Event.TAMPER_RESTORED, paths=list(restored), run=self.state.run, by="watch", then=mode
         )
         if mode is OnTamper.STOP:
-            self.report({"event": "stop_requested", "reason": "on_tamper: stop"})
+            self.report({"event": Notice.STOP_REQUESTED, "reason": "on_tamper: stop"})
         return [lifecycle.TamperRestored()]
 
     # --- backups -------------------------------------------------------------------------------
@@ -725,7 +725,7 @@ class Supervisor:
         try:
             done = self.backup_job.result()
         except Exception as e:
-            self.report({"event": "backup_failed", "error": str(e)})
+            self.report({"event": Notice.BACKUP_FAILED, "error": str(e)})
         else:
             self._emit(
                 Event.BACKUP,

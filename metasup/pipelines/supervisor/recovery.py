@@ -16,6 +16,7 @@ from metasup.decisions import lifecycle
 from metasup.effects.git.repo import GitRepo, RollbackRefused
 from metasup.effects.records.journal import StateDir, utc_now, write_json_atomic
 from metasup.facts.config import Config
+from metasup.facts.events import Notice
 from metasup.pipelines import rollback
 from metasup.pipelines.supervisor.background import Job
 
@@ -93,7 +94,11 @@ class Recovery:
         if intent is None:
             return
         self.report(
-            {"event": "resuming_rollback", "step": intent.get("step"), "run": intent.get("run")}
+            {
+                "event": Notice.RESUMING_ROLLBACK,
+                "step": intent.get("step"),
+                "run": intent.get("run"),
+            }
         )
         done = rollback.resume(
             self.repo,
