@@ -1,8 +1,10 @@
 """The outer loop as a pure state machine: `decide(state, observation) -> (state, actions)`.
 
-No I/O here. The driver (`supervisor.py`) observes the world (exits, timers, signals, results of
-git steps), asks `decide` what to do, and performs the actions. Every transition is a plain
-function of its inputs, so the tests walk all of them.
+No I/O here. The driver (`pipelines/supervisor/loop.py`) observes the world (exits, timers,
+signals, results of git steps), asks `decide` what to do, and performs the actions. Every
+transition is a plain function of its inputs, so the tests walk all of them. Everything that
+changes the loop's course lives here (h11's `_state.py` rule): the driver only observes and
+performs.
 
 Named states, after supervisord's process states and OTP's restart intensity:
 STARTING      snapshot the tree

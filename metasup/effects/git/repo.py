@@ -877,7 +877,7 @@ class _CrashMidCheckout(pygit2.CheckoutCallbacks):
 
 def _git_processes_in(*roots: Path) -> list[int]:
     from metasup.effects.process.spawn import (
-        git_processes_in,  # processes are process.py's to look at
+        git_processes_in,  # processes are spawn.py's to look at
     )
 
     return git_processes_in(*roots)

@@ -22,7 +22,7 @@ Where user namespaces are not available, `landlock` confines writes to the tree,
 `sandbox.writable` and keeps signals and ptrace in the jail; it cannot keep `.git/` read-only
 inside a writable tree, nor hide the supervisor, and `plan` says so.
 
-Spawning stays in `process`: this module builds the command line, confines bwrap from outside,
+Spawning stays in `spawn`: this module builds the command line, confines bwrap from outside,
 and gives it its options.
 """
 

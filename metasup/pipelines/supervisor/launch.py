@@ -33,7 +33,7 @@ def exec_core(
     """Replace the current process with the supervisor core. Does not return.
 
     The core runs in isolated mode, from the filesystem's root: nothing in the working tree
-    can be imported by it (see `process.python_module`)."""
+    can be imported by it (see `spawn.python_module`)."""
     argv = python_module(
         "metasup.pipelines.supervisor",
         "--repo",
