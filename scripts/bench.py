@@ -852,8 +852,9 @@ def bench_jail(
 def _command_in_jail(repo: Path, samples: int) -> dict[str, Any]:
     """A command run to its end (`true`) as checks, fitness and MCP servers are started: no
     jail made ahead, so the cgroup move is paid here. Off and jailed in turns."""
-    from metasup.effects.process.jail import Jail, make_view
+    from metasup.effects.process.jail import Jail
     from metasup.effects.process.spawn import Reaper, run_command
+    from metasup.effects.process.view import make_view
     from metasup.facts.config import SandboxConfig
 
     reaper = Reaper()

@@ -2,7 +2,8 @@
 
 Floors, lowest first: facts, effects, decisions, pipelines, faces. A module imports from its own
 floor and the floors below, never above; decisions are pure, so they import facts only. Each
-outside thing (git, processes) has one owner module.
+outside thing has its owners: git the git family's modules, starting processes `spawn`, looking
+at them (psutil) `trees`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ ONLY = {"decisions": {"facts", "decisions"}}
 OWNERS = {
     "pygit2": {"effects.git.repo", "effects.git.lookup", "effects.git.files"},
     "subprocess": {"effects.process.spawn"},
-    "psutil": {"effects.process.spawn"},
+    "psutil": {"effects.process.trees"},
 }
 
 

@@ -93,6 +93,8 @@ class LoopState:
     good: str | None = None
     commit: str | None = None  # the commit the current (or last) run was launched on
     stop_requested: bool = False
+    proposals: bool = False  # direct proposals wait to be applied before the next snapshot
+    winner: bool = False  # an experiment's winner waits to be merged after the next snapshot
     kill_reason: str | None = None  # set when the driver killed the agent for its health
     exit_code: int | None = None  # the process exit code once in a final phase
 
@@ -160,8 +162,12 @@ class StopRequested:
 
 @dataclass(frozen=True)
 class ProposalQueued:
-    """A change waits to be applied between cycles: a valid proposal (direct mode) or an
-    experiment's winner (experiment mode). The next snapshot applies it."""
+    """A valid proposal waits to be applied between cycles (direct mode)."""
+
+
+@dataclass(frozen=True)
+class WinnerJudged:
+    """An experiment found a winner; it is merged between cycles (experiment mode)."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,7 @@ Observation = (
     | BackoffElapsed
     | StopRequested
     | ProposalQueued
+    | WinnerJudged
     | RestartRequested
     | RolledBack
     | RollbackFailed
@@ -202,8 +209,19 @@ Observation = (
 
 
 @dataclass(frozen=True)
+class ApplyProposals:
+    """Apply the queued proposals, each all or nothing, before the snapshot commits them."""
+
+
+@dataclass(frozen=True)
 class Snapshot:
     run: int  # the run the snapshot is for
+
+
+@dataclass(frozen=True)
+class MergeWinner:
+    """Merge the held winner into the branch just snapshotted; Snapshotted comes again with
+    the commit the branch then has."""
 
 
 @dataclass(frozen=True)
@@ -281,7 +299,9 @@ class Finish:
 
 
 Action = (
-    Snapshot
+    ApplyProposals
+    | Snapshot
+    | MergeWinner
     | MarkGood
     | SyncServers
     | Launch
@@ -321,6 +341,13 @@ def strategy(consecutive_failures: int, recent_gains: Sequence[float] = ()) -> s
     return "hybrid"
 
 
+def _snapshot(state: LoopState, before: Sequence[Action] = ()) -> tuple[LoopState, list[Action]]:
+    """To STARTING: the queued proposals applied (when there are), then the snapshot."""
+    apply: list[Action] = [ApplyProposals()] if state.proposals else []
+    after = replace(state, phase=Phase.STARTING, proposals=False)
+    return after, [*before, *apply, Snapshot(state.run + 1)]
+
+
 def _cycles_done(settings: Settings, state: LoopState) -> bool:
     return settings.max_cycles is not None and state.launches >= settings.max_cycles
 
@@ -340,13 +367,22 @@ def decide(
 
     match obs:
         case Started(good=good):
-            return replace(state, phase=Phase.STARTING, good=good), [Snapshot(state.run + 1)]
+            return _snapshot(replace(state, good=good))
 
         case StopRequested():
             return _on_stop(state)
 
-        case ProposalQueued() | RestartRequested():
+        case ProposalQueued():
+            return _on_proposal(replace(state, proposals=True))
+
+        case WinnerJudged():
+            return _on_proposal(replace(state, winner=True))
+
+        case RestartRequested():
             return _on_proposal(state)
+
+        case Snapshotted() if state.phase is Phase.STARTING and state.winner:
+            return replace(state, winner=False), [MergeWinner()]
 
         case Snapshotted(commit=commit) if state.phase is Phase.STARTING:
             if state.stop_requested:
@@ -417,7 +453,7 @@ def decide(
             return _on_exit(settings, state, code, runtime)
 
         case BackoffElapsed() if state.phase is Phase.BACKOFF:
-            return replace(state, phase=Phase.STARTING), [Snapshot(state.run + 1)]
+            return _snapshot(state)
 
         case RolledBack(good=good) if state.phase is Phase.ROLLING_BACK:
             return _after_failure(settings, replace(state, good=good or state.good))
@@ -451,7 +487,7 @@ def _on_proposal(state: LoopState) -> tuple[LoopState, list[Action]]:
     if state.phase in (Phase.RUNNING, Phase.GOOD):
         return replace(state, phase=Phase.STOPPING), [CancelTimers(), StopAgent()]
     if state.phase is Phase.BACKOFF:
-        return replace(state, phase=Phase.STARTING), [CancelTimers(), Snapshot(state.run + 1)]
+        return _snapshot(state, [CancelTimers()])
     return state, []  # STARTING, LAUNCHING, ROLLING_BACK, STOPPING: the next snapshot applies it
 
 
@@ -463,7 +499,7 @@ def _on_exit(
         if state.stop_requested or _cycles_done(settings, state):
             return _finish(state, 0, cleanup)
         # Stopped for a proposal: neither a failure nor a normal exit, and no backoff.
-        return replace(state, phase=Phase.STARTING), [*cleanup, Snapshot(state.run + 1)]
+        return _snapshot(state, cleanup)
 
     if state.phase is Phase.RUNNING:  # died before min_runtime: a quick failure
         failures = state.consecutive_failures + 1
@@ -492,7 +528,7 @@ def _on_exit(
         return _finish(after, 0, cleanup)
     delay = backoff_delay(settings, restarts)
     if delay <= 0:
-        return replace(after, phase=Phase.STARTING), [*cleanup, Snapshot(state.run + 1)]
+        return _snapshot(after, cleanup)
     return replace(after, phase=Phase.BACKOFF), [*cleanup, ArmTimer(Timer.BACKOFF, delay)]
 
 
@@ -506,4 +542,4 @@ def _after_failure(settings: Settings, state: LoopState) -> tuple[LoopState, lis
     if state.stop_requested or _cycles_done(settings, state):
         return _finish(state, 0, [])
     # A relaunch right after a rollback needs no backoff: the code changed back.
-    return replace(state, phase=Phase.STARTING), [Snapshot(state.run + 1)]
+    return _snapshot(state)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import shlex
 import signal
 from collections.abc import Mapping
@@ -17,79 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
 from metasup.facts.errors import ConfigError
 from metasup.facts.gitpaths import in_git_dir
 from metasup.facts.resources import schema_path
+from metasup.facts.units import format_duration, format_size, parse_duration, parse_size
+from metasup.facts.yaml_lines import Path_, fail_at, line_of, load_yaml_lines
 
 CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 
 # Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
 # the ones a file sets so nobody believes they are in force.
 INACTIVE_KEYS: tuple[str, ...] = ()
-
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])i?B?|B)?\s*$", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-Path_ = tuple[str | int, ...]
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from `500ms`, `10s`, `5m`, `1h` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"{value!r} is negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    raise ValueError(f"{value!r} is not a duration (use 500ms, 10s, 5m, 1h or seconds)")
-
-
-def format_duration(seconds: float) -> str:
-    if seconds == 0:
-        return "0s"
-    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and (seconds / size).is_integer():
-            return f"{int(seconds / size)}{unit}"
-    if seconds < 1 and (seconds * 1000).is_integer():
-        return f"{int(seconds * 1000)}ms"
-    return f"{seconds:g}s"
-
-
-def parse_size(value: object) -> int | None:
-    """Bytes from `4GiB`, `512MiB`, `100M`, `1GB` or a plain number; None stays None.
-    K, M, G and T are powers of 1024 with or without the `i` (as memory sizes are meant)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"a size must be positive: {value!r}")
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"not a size: {value!r} (use e.g. 4GiB, 512MiB or bytes)")
-    scale = 1024 ** "_KMGT".index((m.group(2) or "_").upper())
-    size = int(float(m.group(1)) * scale)
-    if size <= 0:
-        raise ValueError(f"a size must be positive: {value!r}")
-    return size
-
-
-def format_size(size: int | None) -> str:
-    if size is None:
-        return "none"
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale}{unit}"
-    return f"{size}B"
 
 
 @dataclass(frozen=True)
@@ -347,84 +284,6 @@ def parse_config(text: str, path: Path, *, validate: bool = True) -> Config:
     return _build(doc, lines, path)
 
 
-# --- YAML with line numbers -------------------------------------------------------------------
-
-
-def load_yaml_lines(text: str, name: str) -> tuple[Any, dict[Path_, int]]:
-    """The document, and the line (1-based) of every key and item in it by its path, so an
-    error found later (by the schema, or a check of values) names the line it comes from."""
-    lines: dict[Path_, int] = {}
-    loader: yaml.SafeLoader | None = None
-    try:
-        loader = yaml.SafeLoader(text)
-        node = loader.get_single_node()
-        doc = _construct(loader, node, (), lines, name) if node is not None else None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{name}:{mark.line + 1}" if mark else name
-        problem = (e.problem or e.context or "invalid YAML").strip()
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
-        raise ConfigError(f"{name}: invalid YAML: {first}") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-    return doc, lines
-
-
-def _construct(
-    loader: yaml.SafeLoader, node: yaml.Node, at: Path_, lines: dict[Path_, int], name: str
-) -> Any:
-    lines.setdefault(at, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool) or key is None:
-                raise ConfigError(
-                    f"{name}:{key_node.start_mark.line + 1}: {_dotted(at) or '(top)'}: "
-                    "keys must be plain strings"
-                )
-            if key in out:
-                raise ConfigError(
-                    f"{name}:{key_node.start_mark.line + 1}: {_dotted((*at, str(key)))}: "
-                    "duplicate key"
-                )
-            lines[(*at, str(key))] = key_node.start_mark.line + 1
-            out[str(key) if not isinstance(key, str) else key] = _construct(
-                loader, value_node, (*at, str(key)), lines, name
-            )
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _construct(loader, item, (*at, i), lines, name) for i, item in enumerate(node.value)
-        ]
-    return loader.construct_object(node, deep=True)
-
-
-def _dotted(at: Path_) -> str:
-    out = ""
-    for part in at:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def line_of(lines: dict[Path_, int], at: Path_) -> int | None:
-    """The line of `at`, else of its nearest parent that has one (a missing key's mapping)."""
-    for n in range(len(at), -1, -1):
-        if at[:n] in lines:
-            return lines[at[:n]]
-    return None
-
-
-def _fail(name: str, lines: dict[Path_, int], at: Path_, message: str) -> ConfigError:
-    line = line_of(lines, at)
-    where = f"{name}:{line}" if line else name
-    key = _dotted(at)
-    return ConfigError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
-
-
 # --- schema validation ------------------------------------------------------------------------
 
 
@@ -445,7 +304,7 @@ def _validate(doc: Any, lines: dict[Path_, int], name: str) -> None:
     located = [_explain(e, doc) for e in errors]
     located.sort(key=lambda item: (line_of(lines, item[0]) or 0, len(item[0])))
     at, message = located[0]
-    raise _fail(name, lines, at, message)
+    raise fail_at(name, lines, at, message)
 
 
 def _explain(error: Any, doc: Any) -> tuple[Path_, str]:
@@ -517,15 +376,17 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         try:
             return parse_duration(value)
         except ValueError as e:
-            raise _fail(name, lines, at, str(e)) from None
+            raise fail_at(name, lines, at, str(e)) from None
 
     a = s["agent"]
     try:
         command = _command(a["command"])
     except ValueError as e:
-        raise _fail(name, lines, ("supervisor", "agent", "command"), f"cannot split: {e}") from None
+        raise fail_at(
+            name, lines, ("supervisor", "agent", "command"), f"cannot split: {e}"
+        ) from None
     if not command or not command[0]:
-        raise _fail(name, lines, ("supervisor", "agent", "command"), "the command is empty")
+        raise fail_at(name, lines, ("supervisor", "agent", "command"), "the command is empty")
     b = a.get("restart_backoff", {})
     backoff = Backoff(
         initial=dur(("supervisor", "agent", "restart_backoff", "initial"), b.get("initial"), 1.0)
@@ -533,7 +394,7 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         max=dur(("supervisor", "agent", "restart_backoff", "max"), b.get("max"), 30.0) or 0.0,
     )
     if backoff.initial > backoff.max:
-        raise _fail(
+        raise fail_at(
             name,
             lines,
             ("supervisor", "agent", "restart_backoff", "initial"),
@@ -634,9 +495,9 @@ def _api_listen(api: Mapping[str, Any], lines: dict[Path_, int], name: str) -> s
     host, port = split_listen(listen)
     at = ("supervisor", "api", "listen")
     if port > 65535:
-        raise _fail(name, lines, at, f"port {port} is above 65535")
+        raise fail_at(name, lines, at, f"port {port} is above 65535")
     if not is_loopback(host) and not api.get("allow_remote", False):
-        raise _fail(
+        raise fail_at(
             name,
             lines,
             at,
@@ -683,7 +544,7 @@ def _sandbox(sb: Mapping[str, Any], lines: dict[Path_, int], name: str) -> Sandb
         try:
             return parse_size(lim[key])
         except ValueError as e:
-            raise _fail(name, lines, (*at, "limits", key), str(e)) from None
+            raise fail_at(name, lines, (*at, "limits", key), str(e)) from None
 
     limits = SandboxLimits(
         memory=size("memory", defaults.memory),
@@ -697,7 +558,7 @@ def _sandbox(sb: Mapping[str, Any], lines: dict[Path_, int], name: str) -> Sandb
     )
     for i, p in enumerate(sb.get("writable", [])):
         if not (p.startswith("/") or p == "~" or p.startswith("~/")):
-            raise _fail(
+            raise fail_at(
                 name, lines, (*at, "writable", i), f"{p!r} must be absolute or start with ~/"
             )
     return SandboxConfig(
@@ -727,15 +588,15 @@ def _repo_relative(
     p = PurePosixPath(raw)
     parts = p.parts
     if p.is_absolute() or "\\" in raw:
-        raise _fail(name, lines, at, f"{raw!r} must be relative to the repository")
+        raise fail_at(name, lines, at, f"{raw!r} must be relative to the repository")
     if any(part == ".." for part in parts):
-        raise _fail(name, lines, at, f"{raw!r} must not leave the repository ('..')")
+        raise fail_at(name, lines, at, f"{raw!r} must not leave the repository ('..')")
     if (not parts or parts == (".",)) and whole_tree:
         return ""
     if not parts or parts == (".",):
-        raise _fail(name, lines, at, f"{raw!r} would preserve the whole working tree")
+        raise fail_at(name, lines, at, f"{raw!r} would preserve the whole working tree")
     if in_git_dir(parts[0]):
-        raise _fail(name, lines, at, f"{raw!r} is inside .git")
+        raise fail_at(name, lines, at, f"{raw!r} is inside .git")
     return "/".join(part for part in parts if part != ".")
 
 
@@ -755,20 +616,20 @@ def _mcp_servers(
         if n in seen:
             first = line_of(lines, seen[n])
             where = f" (first at line {first})" if first else ""
-            raise _fail(name, lines, at, f"a server named {n!r} is defined twice{where}")
+            raise fail_at(name, lines, at, f"a server named {n!r} is defined twice{where}")
         seen[n] = at
         kind = e.get("type")
         if kind == "stdio" and e.get("url"):
-            raise _fail(name, lines, (*at, "type"), "a stdio server has no url")
+            raise fail_at(name, lines, (*at, "type"), "a stdio server has no url")
         if kind is not None and kind != "stdio" and not e.get("url"):
-            raise _fail(name, lines, (*at, "url"), f"type {kind} needs a url")
+            raise fail_at(name, lines, (*at, "url"), f"type {kind} needs a url")
         b = e.get("restart_backoff", {})
         backoff = Backoff(
             initial=dur((*at, "restart_backoff", "initial"), b.get("initial"), 1.0) or 0.0,
             max=dur((*at, "restart_backoff", "max"), b.get("max"), 30.0) or 0.0,
         )
         if backoff.initial > backoff.max:
-            raise _fail(name, lines, (*at, "restart_backoff", "initial"), "larger than max")
+            raise fail_at(name, lines, (*at, "restart_backoff", "initial"), "larger than max")
         watch = e.get("watch")
         servers.append(
             McpServerConfig(

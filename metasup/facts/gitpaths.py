@@ -7,7 +7,6 @@ would resolve it (git itself refuses such paths for the same reason).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 
@@ -42,8 +41,3 @@ def common_dir(git_dir: Path) -> Path:
     except OSError:
         return git_dir
     return (git_dir / named).resolve()
-
-
-def ms_since(t0: float) -> float:
-    """Milliseconds since `t0` (a `time.perf_counter()`), as events carry `duration_ms`."""
-    return round((time.perf_counter() - t0) * 1000, 3)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from metasup.effects.git.repo import GOOD_REF, GitRepo, RollbackRefused
-from metasup.effects.process.spawn import stop_leftover_tree
+from metasup.effects.process.trees import stop_leftover_tree
 from metasup.effects.records.journal import (
     StateDir,
     holder_pid,

@@ -27,7 +27,7 @@ from metasup.effects.records.statefile import Step, intent_problem
 from metasup.facts.errors import UserError
 from metasup.facts.events import Event
 from metasup.facts.faults import crashpoint, holdpoint
-from metasup.facts.gitpaths import ms_since
+from metasup.facts.units import ms_since
 
 Emit = Callable[..., object]  # emit(event, **fields): journal the event, report it
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metasup.decisions.lifecycle import (
+    ApplyProposals,
     ArmTimer,
     BackoffElapsed,
     CancelTimers,
@@ -23,6 +24,7 @@ from metasup.decisions.lifecycle import (
     LaunchFailed,
     LoopState,
     MarkGood,
+    MergeWinner,
     MinRuntimeReached,
     OnTamper,
     Phase,
@@ -42,6 +44,7 @@ from metasup.decisions.lifecycle import (
     SyncServers,
     TamperRestored,
     Timer,
+    WinnerJudged,
     backoff_delay,
     decide,
     strategy,
@@ -302,6 +305,7 @@ _observations = st.one_of(
     st.just(BackoffElapsed()),
     st.just(StopRequested()),
     st.just(ProposalQueued()),
+    st.just(WinnerJudged()),
     st.just(RestartRequested()),
     st.builds(RolledBack, good=st.just("g" * 40)),
     st.builds(RollbackFailed, reason=st.just("x")),
@@ -343,17 +347,24 @@ def test_a_proposal_or_restart_request_relaunches_without_a_failure(
     assert actions == [CancelTimers(), StopAgent()]
     state, actions = decide(S, state, Exited(code=-15, runtime=0.2))
     assert state.phase is Phase.STARTING and state.consecutive_failures == 1
-    assert actions == [CancelTimers(), Cleanup(), Snapshot(3)]
+    apply = [ApplyProposals()] if isinstance(why, ProposalQueued) else []
+    assert actions == [CancelTimers(), Cleanup(), *apply, Snapshot(3)]
+    assert not state.proposals, "applied once"
 
 
 def test_a_proposal_cuts_a_backoff_short() -> None:
     state, actions = decide(S, at(Phase.BACKOFF), ProposalQueued())
-    assert state.phase is Phase.STARTING and actions == [CancelTimers(), Snapshot(3)]
+    assert state.phase is Phase.STARTING
+    assert actions == [CancelTimers(), ApplyProposals(), Snapshot(3)]
 
 
 @pytest.mark.parametrize("phase", [Phase.STARTING, Phase.ROLLING_BACK])
 def test_a_proposal_during_a_step_waits_for_the_next_snapshot(phase: Phase) -> None:
-    assert decide(S, at(phase), ProposalQueued()) == (at(phase), [])
+    state, actions = decide(S, at(phase), ProposalQueued())
+    assert state == at(phase, proposals=True) and actions == []
+    if phase is Phase.ROLLING_BACK:
+        _, actions = decide(S, state, RolledBack(good="g" * 40))
+        assert actions == [ApplyProposals(), Snapshot(3)]
 
 
 def test_a_stop_while_stopping_for_a_proposal_ends_the_loop() -> None:
@@ -423,3 +434,20 @@ def test_the_launch_waits_for_its_servers_whatever_else_comes(why: object) -> No
     state, _ = decide(S, at(Phase.STARTING), Snapshotted("c" * 40))
     after, actions = decide(S, state, why)  # type: ignore[arg-type]
     assert (after, actions) == (state, []), "the next snapshot takes a proposal up"
+
+
+def test_the_first_snapshot_applies_what_waited_at_start() -> None:
+    state, _ = decide(S, LoopState(), ProposalQueued())
+    state, actions = decide(S, state, Started(good="g" * 40))
+    assert actions == [ApplyProposals(), Snapshot(1)] and not state.proposals
+
+
+def test_a_winner_is_merged_right_after_the_next_snapshot() -> None:
+    state, actions = decide(S, at(Phase.GOOD), WinnerJudged())
+    assert state.winner and actions == [CancelTimers(), StopAgent()]
+    state, actions = decide(S, state, Exited(code=-15, runtime=20))
+    assert actions[-1] == Snapshot(3) and ApplyProposals() not in actions
+    state, actions = decide(S, state, Snapshotted("s" * 40))
+    assert actions == [MergeWinner()] and not state.winner and state.phase is Phase.STARTING
+    state, actions = decide(S, state, Snapshotted("m" * 40))  # the merge's commit
+    assert actions == [SyncServers("m" * 40)] and state.commit == "m" * 40

@@ -15,13 +15,11 @@ from hypothesis import strategies as st
 from metasup.facts.config import (
     ConfigError,
     find_config,
-    format_duration,
-    line_of,
     load_config,
-    load_yaml_lines,
     parse_config,
-    parse_duration,
 )
+from metasup.facts.units import format_duration, parse_duration
+from metasup.facts.yaml_lines import line_of, load_yaml_lines
 from testing.fixtures import ROOT, run_metasup
 
 SPEC_EXAMPLE = ROOT / "config" / "supervisor.yaml"

@@ -876,8 +876,6 @@ class _CrashMidCheckout(pygit2.CheckoutCallbacks):
 
 
 def _git_processes_in(*roots: Path) -> list[int]:
-    from metasup.effects.process.spawn import (
-        git_processes_in,  # processes are spawn.py's to look at
-    )
+    from metasup.effects.process.trees import git_processes_in
 
     return git_processes_in(*roots)

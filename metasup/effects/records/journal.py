@@ -28,6 +28,7 @@ from metasup.effects.records import chain
 from metasup.effects.records.statefile import read_state
 from metasup.facts.digest import sha256_hex
 from metasup.facts.errors import RepoBusyError, UserError
+from metasup.facts.units import human_duration
 
 GENESIS = "0" * 64
 # Fields of a journal line that link it to the chain and say nothing of what happened.
@@ -463,14 +464,6 @@ def parse_lock_table(text: str, dev: int, ino: int) -> list[int]:
         if key == want and pid > 0:
             pids.append(pid)
     return pids
-
-
-def human_duration(seconds: float) -> str:
-    """`1h02m03s`, `4m05s`, `6s`: an uptime as the status shows it."""
-    s = max(0, int(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def public_status(doc: dict[str, Any], now: float) -> dict[str, Any]:

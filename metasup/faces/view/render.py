@@ -29,9 +29,9 @@ from metasup.effects.records.journal import (
     HEADER_FIELDS,
     StateDir,
     current_status,
-    human_duration,
     tail_events,
 )
+from metasup.facts.units import human_duration
 
 EVENT_COLOURS = {
     "mark_good": "green",

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from metasup.decisions import mcp_watch, restarts
-from metasup.effects.process.spawn import Reaper, SpawnError, stop_tree
+from metasup.effects.process.spawn import Reaper, SpawnError
+from metasup.effects.process.trees import stop_tree
 from metasup.effects.records.journal import StateDir
 from metasup.facts.config import McpServerConfig
 from metasup.facts.events import Event, Notice

@@ -20,27 +20,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metasup.decisions import health
-from metasup.effects.process.jail import Jail, Prepared, View
+from metasup.effects.process.jail import Jail, Prepared
+from metasup.effects.process.launchlog import LaunchLog, drain, prune_logs
 from metasup.effects.process.spawn import (
-    TREE_VAR,
     Child,
-    LaunchLog,
     Reaper,
     SpawnError,
-    TreeSampler,
-    drain,
     findable,
     listen_in_netns,
-    prune_logs,
-    signal_tree,
     spawn,
+)
+from metasup.effects.process.trees import (
+    TREE_VAR,
+    TreeSampler,
+    signal_tree,
     stop_tree,
     tree_members,
 )
+from metasup.effects.process.view import View
 from metasup.effects.records.journal import StateDir
-from metasup.facts.config import Config, format_size
+from metasup.facts.config import Config
 from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env
+from metasup.facts.units import format_size
 from metasup.pipelines.supervisor.status import AgentStatus
 
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ from typing import Any
 
 from metasup.decisions.restarts import GiveUp, Restart, RestartPolicy, after_failure
 from metasup.effects.files.safeio import open_append
-from metasup.effects.process.spawn import Child, Reaper, python_module, spawn, stop_tree
+from metasup.effects.process.spawn import Child, Reaper, python_module, spawn
+from metasup.effects.process.trees import stop_tree
 from metasup.facts.faults import child_env
 
 # A helper that dies is started again at once, and given up on after its 4th death in a minute.

@@ -27,20 +27,15 @@ from metasup.decisions.counters import Counters, tally
 from metasup.decisions.lifecycle import LOOP_TIMERS, OnTamper, Phase, Timer
 from metasup.effects.files.safeio import open_append
 from metasup.effects.git.repo import GitRepo
-from metasup.effects.process.jail import Jail, View, make_view, sandbox_to_json, view_to_json
-from metasup.effects.process.spawn import (
-    Reaper,
-    SpawnError,
-    become_subreaper,
-    kill_descendants,
-    stop_leftover_tree,
-)
+from metasup.effects.process.jail import Jail
+from metasup.effects.process.spawn import Reaper, SpawnError, become_subreaper
+from metasup.effects.process.trees import kill_descendants, stop_leftover_tree
+from metasup.effects.process.view import View, make_view, sandbox_to_json, view_to_json
 from metasup.effects.records.journal import (
     HEADER_FIELDS,
     Journal,
     RepoLock,
     StateDir,
-    human_duration,
     read_events,
     recorded_trees,
     utc_now,
@@ -51,8 +46,8 @@ from metasup.facts.config import Config
 from metasup.facts.errors import UserError
 from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env, crashpoint
-from metasup.facts.gitpaths import ms_since
 from metasup.facts.policy import Policy, load_policy
+from metasup.facts.units import human_duration, ms_since
 from metasup.pipelines import refguard
 from metasup.pipelines.intake import INBOX, Intake, ProposalStore
 from metasup.pipelines.supervisor.agent import Agent
@@ -61,7 +56,7 @@ from metasup.pipelines.supervisor.guards import Guards
 from metasup.pipelines.supervisor.helper import Helper
 from metasup.pipelines.supervisor.recovery import Recovery
 from metasup.pipelines.supervisor.status import ExitStatus, StatusDocument
-from metasup.pipelines.supervisor.trials import Trial, Trials
+from metasup.pipelines.supervisor.trials import Trials
 
 if TYPE_CHECKING:
     from metasup.pipelines.mcp.fleet import Fleet
@@ -69,7 +64,13 @@ if TYPE_CHECKING:
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Actions that write to git: each waits until the repository lock is known to be still ours.
-GIT_ACTIONS = (lifecycle.Snapshot, lifecycle.MarkGood, lifecycle.QuickFailure)
+GIT_ACTIONS = (
+    lifecycle.ApplyProposals,
+    lifecycle.Snapshot,
+    lifecycle.MergeWinner,
+    lifecycle.MarkGood,
+    lifecycle.QuickFailure,
+)
 INBOX_GRACE_S = 0.25  # after a bare creation in the inbox, before claiming it
 TAMPER_RECHECK_S = 0.02  # after a restore, a look again for a write that raced it
 
@@ -384,8 +385,9 @@ class Supervisor:
 
     def _loop(self) -> int:
         good = self.repo.good()
-        pending: deque[lifecycle.Observation] = deque([lifecycle.Started(good=good)])
-        pending.extend(self._take_proposals())
+        # What waits in the inbox first: the first snapshot applies it.
+        pending: deque[lifecycle.Observation] = deque(self._take_proposals())
+        pending.append(lifecycle.Started(good=good))
         while True:
             while pending:
                 self.state, actions = lifecycle.decide(self.settings, self.state, pending.popleft())
@@ -439,7 +441,7 @@ class Supervisor:
             elif key.data == "experiment":
                 assert self.trials is not None
                 if self.trials.judged(self._strategy()):
-                    observed.append(lifecycle.ProposalQueued())
+                    observed.append(lifecycle.WinnerJudged())
             elif key.data == "oom":
                 observed += self._oom_seen()
             else:
@@ -539,8 +541,17 @@ class Supervisor:
         agent = self.agent
         assert agent is not None
         match action:
+            case lifecycle.ApplyProposals():
+                if self.intake is not None:
+                    self.intake.apply_queued()
             case lifecycle.Snapshot(run=run):
                 return self._snapshot(run)
+            case lifecycle.MergeWinner():
+                assert self.trials is not None
+                merged = self.trials.merge_held(self._strategy())
+                head = merged or self.repo.head()
+                assert head is not None
+                return lifecycle.Snapshotted(commit=head)
             case lifecycle.MarkGood(commit=commit, baseline=baseline):
                 self._good_since_ns = time.time_ns()
                 self.repo.set_good(commit)
@@ -582,8 +593,6 @@ class Supervisor:
         self.guards.check_refs(everything=False)
         self.guards.keep_rewritten()
         self.guards.verify_good()
-        if self.intake is not None and self.trials is None:
-            self.intake.apply_queued()  # direct mode; in experiment mode the queue waits its turn
         t0 = time.perf_counter()
         snap = self.repo.snapshot(run, protect=self._is_protected)
         crashpoint("snapshot:after-commit")
@@ -598,10 +607,7 @@ class Supervisor:
                 duration_ms=ms_since(t0),
             )
         assert snap.head is not None
-        head = snap.head
-        if self.trials is not None and self.trials.state is Trial.HELD:
-            head = self.trials.merge_held(self._strategy()) or head
-        return lifecycle.Snapshotted(commit=head)
+        return lifecycle.Snapshotted(commit=snap.head)
 
     def _agent_env(self, run: int, commit: str) -> dict[str, str]:
         env = child_env()

@@ -13,19 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from metasup.effects.process.launchlog import LaunchLog, drain, prune_logs
 from metasup.effects.process.spawn import (
     PR_SET_CHILD_SUBREAPER,
-    LaunchLog,
     Reaper,
     SpawnError,
     become_subreaper,
-    drain,
-    prune_logs,
     run_command,
     spawn,
-    stop_tree,
-    tree_members,
 )
+from metasup.effects.process.trees import stop_tree, tree_members
 from testing.fixtures import pid_alive, wait_for
 
 DAEMON = textwrap.dedent(

@@ -20,7 +20,7 @@ def config(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Print the effective configuration after defaults, or the first error (exit 2)."""
     import yaml
 
-    from metasup.facts.config import format_duration
+    from metasup.facts.units import format_duration
 
     try:
         root = find_repo().workdir

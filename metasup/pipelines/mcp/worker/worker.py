@@ -32,8 +32,10 @@ import anyio
 from metasup.decisions import restarts
 from metasup.effects.files.safeio import open_append
 from metasup.effects.mcp.mux import PROBE, SERVER, Message, Out, Router
-from metasup.effects.process.jail import Jail, Prepared, View, sandbox_from_json, view_from_json
-from metasup.effects.process.spawn import Child, Reaper, SpawnError, spawn, stop_tree
+from metasup.effects.process.jail import Jail, Prepared
+from metasup.effects.process.spawn import Child, Reaper, SpawnError, spawn
+from metasup.effects.process.trees import stop_tree
+from metasup.effects.process.view import View, sandbox_from_json, view_from_json
 from metasup.pipelines.mcp import protocol
 
 LOG_MAX_BYTES = 5 << 20
