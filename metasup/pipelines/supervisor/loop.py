@@ -10,15 +10,12 @@ threads of their own (`background`), the helper children (`helper`, `api_child`)
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import selectors
 import signal
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +29,6 @@ from metasup.effects.process.spawn import Reaper, SpawnError, become_subreaper
 from metasup.effects.process.trees import kill_descendants, stop_leftover_tree
 from metasup.effects.process.view import View, make_view, sandbox_to_json, view_to_json
 from metasup.effects.records.journal import (
-    HEADER_FIELDS,
     Journal,
     RepoLock,
     StateDir,
@@ -51,10 +47,12 @@ from metasup.facts.units import human_duration, ms_since
 from metasup.pipelines import refguard
 from metasup.pipelines.intake import INBOX, Intake, ProposalStore
 from metasup.pipelines.supervisor.agent import Agent
-from metasup.pipelines.supervisor.background import Job
+from metasup.pipelines.supervisor.backups import Backups
 from metasup.pipelines.supervisor.guards import Guards
 from metasup.pipelines.supervisor.helper import Helper
 from metasup.pipelines.supervisor.recovery import Recovery
+from metasup.pipelines.supervisor.report import Reporter, plain_reporter
+from metasup.pipelines.supervisor.signals import STOP_SIGNALS, SignalPipe
 from metasup.pipelines.supervisor.status import ExitStatus, StatusDocument
 from metasup.pipelines.supervisor.trials import Trials
 
@@ -62,7 +60,6 @@ if TYPE_CHECKING:
     from metasup.pipelines.mcp.fleet import Fleet
     from metasup.pipelines.supervisor.api_child import ApiProcess
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Actions that write to git: each waits until the repository lock is known to be still ours.
 GIT_ACTIONS = (
     lifecycle.ApplyProposals,
@@ -73,29 +70,6 @@ GIT_ACTIONS = (
 )
 INBOX_GRACE_S = 0.25  # after a bare creation in the inbox, before claiming it
 TAMPER_RECHECK_S = 0.02  # after a restore, a look again for a write that raced it
-
-Reporter = Callable[[dict[str, Any]], None]
-
-
-def plain_reporter(stream: Any = None) -> Reporter:
-    """One line per event, for a terminal or a pipe."""
-
-    def report(record: dict[str, Any]) -> None:
-        out = stream or sys.stderr
-        detail = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in HEADER_FIELDS)
-        with contextlib.suppress(OSError, ValueError):
-            out.write(f"metasup: {record['event']} {detail}\n")
-            out.flush()
-
-    return report
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value):
-        return value[:12]
-    if isinstance(value, list):
-        return f"[{len(value)} lines]"
-    return str(value)
 
 
 class Supervisor:
@@ -134,9 +108,7 @@ class Supervisor:
         self.started_wall = time.time()
         self.last_exit: ExitStatus | None = None
         self.selector = selectors.DefaultSelector()
-        self._wake_r = self._wake_w = -1
-        self._old_handlers: dict[int, Any] = {}
-        self._old_wakeup = -1
+        self.signals = SignalPipe()
         self.journal: Journal | None = None
         # When the tree was last known good: ignored files changed later go with a rollback.
         # The start is such a moment (the tree passed the integrity check).
@@ -151,8 +123,7 @@ class Supervisor:
         self.fleet: Fleet | None = None
         self.api: ApiProcess | None = None
         self.recovery: Recovery | None = None
-        self.backup_job: Job[Path] | None = None
-        self._backup_started = 0.0
+        self.backups: Backups | None = None
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
         self.last_crash_to_relaunch_s: float | None = None
@@ -169,7 +140,8 @@ class Supervisor:
         try:
             # Before anything binds, reads or writes it: the inbox must be a real folder.
             ProposalStore(self.repo.workdir / INBOX, self.dirs.root / "proposals").create()
-            self._install_signals()
+            self.signals.install()
+            self.selector.register(self.signals.read_fd, selectors.EVENT_READ, "signals")
             become_subreaper()
             self._start_jail()  # before the journal: a refusal changes nothing
             self.agent = Agent(
@@ -228,7 +200,17 @@ class Supervisor:
             self.guards.check_at_start(self.config.path)
             self._start_intake()
             self.guards.start_tamper_watch(self.selector)
-            self._start_backups()
+            if self.config.rollback.backup_interval:
+                self.backups = Backups(
+                    self.repo,
+                    self.config.rollback,
+                    self.dirs,
+                    self.reaper,
+                    self._emit,
+                    self._say,
+                    self.selector,
+                )
+                self.timers[Timer.BACKUP] = time.monotonic()  # the first one at start
             if self.config.proposals_mode == "experiment":
                 assert self.intake is not None
                 self.trials = Trials(
@@ -344,9 +326,8 @@ class Supervisor:
                 self._emit(Event.TAMPER_RESTORED, paths=list(restored), by="stop")
         if self.trials is not None:
             self.trials.stop(lambda: kill_descendants(self.reaper))
-        if self.backup_job is not None:
-            self.backup_job.join(timeout=30)  # the bundle is written aside, then renamed
-            self.backup_job.close()
+        if self.backups is not None:
+            self.backups.close()
         if self.fleet is not None:
             self.fleet.stop()  # after the agent: its servers outlive it
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
@@ -361,25 +342,8 @@ class Supervisor:
             self.agent.drop()
         if self.jail is not None:
             self.jail.close()
-        self._restore_signals()
-
-    def _install_signals(self) -> None:
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, "signals")
-        for sig in (signal.SIGCHLD, *STOP_SIGNALS):
-            self._old_handlers[sig] = signal.signal(sig, _noop_handler)
-        self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-
-    def _restore_signals(self) -> None:
-        if self._wake_w < 0:
-            return
-        signal.set_wakeup_fd(self._old_wakeup)
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
+        self.signals.restore()
         self.selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        self._wake_r = self._wake_w = -1
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -423,7 +387,8 @@ class Supervisor:
             elif key.data == "rollback":
                 observed += self._rollback_finished()
             elif key.data == "backup":
-                self._backup_finished()
+                assert self.backups is not None
+                self.timers[Timer.BACKUP] = self.backups.finished()
             elif key.data == "mcp":
                 assert self.fleet is not None
                 if self.fleet.read():
@@ -476,8 +441,8 @@ class Supervisor:
                 observed += self._take_proposals()
             elif name is Timer.TAMPER:
                 observed += self._tamper_restore(recheck=True)
-            elif name is Timer.BACKUP:
-                self._start_backup()
+            elif name is Timer.BACKUP and self.backups is not None:
+                self.backups.start()
         return observed
 
     @property
@@ -486,11 +451,7 @@ class Supervisor:
 
     def _read_signals(self) -> list[lifecycle.Observation]:
         observed: list[lifecycle.Observation] = []
-        try:
-            data = os.read(self._wake_r, 512)
-        except BlockingIOError:
-            return observed
-        for signum in data:
+        for signum in self.signals.read():
             if signum == signal.SIGCHLD:
                 self.reaper.reap()
                 if self.fleet is not None and self.fleet.check_worker():
@@ -705,44 +666,6 @@ class Supervisor:
             self.report({"event": Notice.STOP_REQUESTED, "reason": "on_tamper: stop"})
         return [lifecycle.TamperRestored()]
 
-    # --- backups -------------------------------------------------------------------------------
-
-    def _start_backups(self) -> None:
-        if not self.config.rollback.backup_interval:
-            return
-        self.backup_job = Job("backup")
-        self.selector.register(self.backup_job.fd, selectors.EVENT_READ, "backup")
-        self.timers[Timer.BACKUP] = time.monotonic()  # the first one at start
-
-    def _start_backup(self) -> None:
-        """A git bundle of every ref, in a thread: it can take a while on a big repository."""
-        job = self.backup_job
-        if job is None or job.running:
-            return
-        from metasup.effects.git.bundle import write_bundle
-
-        head, workdir, folder = self.repo.head(), self.repo.workdir, self.dirs.backups
-        keep, reaper = self.config.rollback.keep_commits, self.reaper
-        self._backup_started = time.perf_counter()
-        job.start(lambda: write_bundle(workdir, folder, keep, head, reaper))
-
-    def _backup_finished(self) -> None:
-        assert self.backup_job is not None
-        try:
-            done = self.backup_job.result()
-        except Exception as e:
-            self.report({"event": Notice.BACKUP_FAILED, "error": str(e)})
-        else:
-            self._emit(
-                Event.BACKUP,
-                path=done.name,
-                bytes=done.stat().st_size,
-                kept=self.config.rollback.keep_commits,
-                duration_ms=ms_since(self._backup_started),
-            )
-        interval = self.config.rollback.backup_interval or 3600.0
-        self.timers[Timer.BACKUP] = time.monotonic() + interval
-
     # --- quick failure: archive, reset, note ---------------------------------------------------
 
     def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation | None:
@@ -814,7 +737,3 @@ class Supervisor:
             "counters": {**self.counters.as_dict(), "quick_failures": self.state.quick_failures},
         }
         write_json_atomic(self.dirs.state, dict(doc), sync=False)
-
-
-def _noop_handler(signum: int, frame: object) -> None:
-    """Signals are read from the wakeup pipe; the handler only has to exist."""
