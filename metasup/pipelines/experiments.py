@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from metasup.decisions.verdict import Metrics, Verdict, judge, winner
+from metasup.effects.git import candidates
 from metasup.effects.git.repo import EXP_BRANCH_PREFIX, GitRepo, MergeConflict
 from metasup.effects.process.jail import Jail, Prepared
 from metasup.effects.process.spawn import Completed, Reaper, run_command
@@ -248,7 +249,7 @@ class Experimenter:
         t0 = time.perf_counter()
         self.emit(Event.EXPERIMENT_STARTED, id=c.id, source=c.source, base=base)
         with self._git:
-            here = self.repo.worktree_at(f"cand-{slot}", self.pool, base)
+            here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, base)
         proposal, errors = proposals.validate(c.raw, self.policy, here)
         if proposal is None or errors:
             c.errors = [e.as_dict() for e in errors]
@@ -258,13 +259,15 @@ class Experimenter:
         c.proposal = proposal
         changes = [(ch.path, None if ch.delete else ch.data, ch.mode) for ch in proposal.changes]
         with self._git:
-            c.commit = self.repo.candidate_commit(
-                base, changes, f"metasup: experiment {c.id}\n\n{proposal.reason}\n"
+            c.commit = candidates.candidate_commit(
+                self.repo, base, changes, f"metasup: experiment {c.id}\n\n{proposal.reason}\n"
             )
             self.repo.set_branch(c.branch, c.commit)
-            here = self.repo.worktree_at(f"cand-{slot}", self.pool, c.commit)
+            here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, c.commit)
             baseline_tree = (
-                self.repo.worktree_at(f"base-{slot}", self.pool, base) if self.ex.fitness else None
+                candidates.worktree_at(self.repo, f"base-{slot}", self.pool, base)
+                if self.ex.fitness
+                else None
             )
             restored = self._restore_evaluator(here, base, c.commit)
         if restored:
@@ -411,7 +414,7 @@ class Experimenter:
                 return True
             return any(path == n or path.startswith(n + "/") for n in named)
 
-        return self.repo.restore_in_worktree(here, base, candidate, is_evaluator)
+        return candidates.restore_in_worktree(self.repo, here, base, candidate, is_evaluator)
 
     # --- merging and archiving -----------------------------------------------------------------
 

@@ -86,7 +86,7 @@ class Archive:
     quarantined: list[str] = field(default_factory=list)  # moved aside, not hashed
 
 
-def _signature() -> pygit2.Signature:
+def signature() -> pygit2.Signature:
     return pygit2.Signature(*AUTHOR)
 
 
@@ -271,7 +271,7 @@ class GitRepo:
             parents = [pygit2.Oid(hex=head)] if head else []
             try:
                 oid = self.repo.create_commit(
-                    self.branch, _signature(), _signature(), message, tree, parents
+                    self.branch, signature(), signature(), message, tree, parents
                 )
                 return str(oid)
             except pygit2.GitError:
@@ -480,7 +480,7 @@ class GitRepo:
                 f"metasup: archive ({reason})\n\nMetasup-Run: {run}\nMetasup-Reason: {reason}\n"
             )
             parents = [pygit2.Oid(hex=head)] if head else []
-            oid = self.repo.create_commit(None, _signature(), _signature(), message, tree, parents)
+            oid = self.repo.create_commit(None, signature(), signature(), message, tree, parents)
             commit, dirty = str(oid), True
         self.repo.references.create(name, commit)
         # Only now, with the commit holding them, are the ignored files taken out of the tree.
@@ -552,31 +552,6 @@ class GitRepo:
 
     # --- experiments ---------------------------------------------------------------------------
 
-    def candidate_commit(self, base: str, changes: list[FileChange], message: str) -> str:
-        """A commit of `base` with `changes` applied, built in memory: no worktree, no index
-        file, nothing in the working tree. Validation happened before; paths are clean."""
-        index = pygit2.Index()
-        index.read_tree(self.repo[base].peel(pygit2.Commit).tree)
-        for path, data, mode in changes:
-            if data is None:
-                index.remove(path)
-                continue
-            if mode is None:  # an edit keeps the file's mode; a new file is a plain one
-                try:
-                    filemode = index[path].mode
-                except KeyError:
-                    filemode = pygit2.enums.FileMode.BLOB
-            elif mode == "100755":
-                filemode = pygit2.enums.FileMode.BLOB_EXECUTABLE
-            else:
-                filemode = pygit2.enums.FileMode.BLOB
-            index.add(pygit2.IndexEntry(path, self.repo.create_blob(data), filemode))
-        tree = index.write_tree(self.repo)
-        oid = self.repo.create_commit(
-            None, _signature(), _signature(), message, tree, [pygit2.Oid(hex=base)]
-        )
-        return str(oid)
-
     def _entry_from_disk(self, path: str) -> pygit2.IndexEntry:
         full = self.workdir / path
         if full.is_symlink():
@@ -614,9 +589,7 @@ class GitRepo:
         index.read()
         tree = self._tree_with(head, paths, index)
         parents = [pygit2.Oid(hex=head)] if head is not None else []
-        oid = self.repo.create_commit(
-            self.branch, _signature(), _signature(), message, tree, parents
-        )
+        oid = self.repo.create_commit(self.branch, signature(), signature(), message, tree, parents)
         index.write()
         return str(oid)
 
@@ -630,7 +603,7 @@ class GitRepo:
         if self.repo[good].peel(pygit2.Commit).tree_id == tree:
             return good
         oid = self.repo.create_commit(
-            None, _signature(), _signature(), message, tree, [pygit2.Oid(hex=good)]
+            None, signature(), signature(), message, tree, [pygit2.Oid(hex=good)]
         )
         self.set_good(str(oid))
         return str(oid)
@@ -717,57 +690,6 @@ class GitRepo:
         self.repo.references.create(ref, commit)
         return ref
 
-    def worktree_at(self, slot: str, root: Path, commit: str) -> Path:
-        """A worktree of this repository at `commit` (detached HEAD), in `root/slot`.
-
-        A slot is made once, then reused: moving it to another commit writes only the files
-        that differ, and leaves no branch checked out anywhere. Files that commands left in it
-        (untracked or ignored) are removed, so every use starts from the commit alone.
-        """
-        path = root / slot
-        if slot not in self.repo.list_worktrees() or not path.is_dir():
-            if slot in self.repo.list_worktrees():
-                self.repo.lookup_worktree(slot).prune(True)
-            if path.exists():
-                shutil.rmtree(path)
-            root.mkdir(parents=True, exist_ok=True)
-            branch = self.repo.branches.local.create(
-                POOL_BRANCH_PREFIX + slot, self.repo[commit].peel(pygit2.Commit), force=True
-            )
-            self.repo.add_worktree(slot, str(path), branch)
-            pygit2.Repository(str(path)).set_head(pygit2.Oid(hex=commit))
-            branch.delete()
-            return path
-        tree_repo = pygit2.Repository(str(path))
-        target = tree_repo[commit].peel(pygit2.Commit)
-        self.clear_special_in(tree_repo)
-        tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
-            target.tree,
-            strategy=CheckoutStrategy.FORCE
-            | CheckoutStrategy.REMOVE_UNTRACKED
-            | CheckoutStrategy.REMOVE_IGNORED,
-        )
-        tree_repo.set_head(target.id)
-        return path
-
-    def restore_in_worktree(
-        self, worktree: Path, base: str, candidate: str, keep: Callable[[str], bool]
-    ) -> list[str]:
-        """In `worktree` (at `candidate`), put every path `keep` selects that the candidate
-        changed back as `base` has it; a file the candidate added there is removed."""
-        diff = self.repo.diff(base, candidate)
-        paths = sorted(
-            {p for d in diff.deltas for p in (d.old_file.path, d.new_file.path) if keep(p)}
-        )
-        if paths:
-            tree_repo = pygit2.Repository(str(worktree))
-            tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
-                tree_repo[base].peel(pygit2.Commit).tree,
-                paths=paths,
-                strategy=CheckoutStrategy.FORCE,
-            )
-        return paths
-
     def merge(self, candidate: str, base: str, message: str) -> tuple[str, bool]:
         """Bring `candidate` onto the supervised branch and into the working tree.
 
@@ -792,8 +714,8 @@ class GitRepo:
             new = str(
                 self.repo.create_commit(
                     self.branch,
-                    _signature(),
-                    _signature(),
+                    signature(),
+                    signature(),
                     message,
                     tree,
                     [pygit2.Oid(hex=head), pygit2.Oid(hex=candidate)],

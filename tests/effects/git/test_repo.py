@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metasup.effects.git.candidates import candidate_commit, worktree_at
 from metasup.effects.git.repo import (
     ARCHIVE_PREFIX,
     GOOD_REF,
@@ -384,7 +385,8 @@ def based(repo: Path) -> tuple[Path, GitRepo, str]:
 def test_candidate_commit_is_built_in_memory(based: tuple[Path, GitRepo, str]) -> None:
     repo, g, base = based
     index_before = (repo / ".git" / "index").read_bytes()
-    cand = g.candidate_commit(
+    cand = candidate_commit(
+        g,
         base,
         [
             ("app.py", b"v2\n", None),
@@ -409,12 +411,12 @@ def test_candidate_commit_is_built_in_memory(based: tuple[Path, GitRepo, str]) -
 def test_worktree_slots_are_reused_and_leave_no_branch(based: tuple[Path, GitRepo, str]) -> None:
     repo, g, base = based
     root = repo / ".git" / "metasup" / "worktrees"
-    cand = g.candidate_commit(base, [("app.py", b"v2\n", None)], "c")
-    path = g.worktree_at("slot-0", root, base)
+    cand = candidate_commit(g, base, [("app.py", b"v2\n", None)], "c")
+    path = worktree_at(g, "slot-0", root, base)
     assert (path / "app.py").read_text() == "v1\n"
     (path / "leftover.log").write_text("a check wrote this\n")
     (path / "app.py").write_text("scribbled\n")
-    again = g.worktree_at("slot-0", root, cand)
+    again = worktree_at(g, "slot-0", root, cand)
     assert again == path and (path / "app.py").read_text() == "v2\n"
     assert not (path / "leftover.log").exists()
     assert git(path, "rev-parse", "HEAD").strip() == cand
@@ -424,7 +426,7 @@ def test_worktree_slots_are_reused_and_leave_no_branch(based: tuple[Path, GitRep
 
 def test_fast_forward_merge(based: tuple[Path, GitRepo, str]) -> None:
     repo, g, base = based
-    cand = g.candidate_commit(base, [("app.py", b"v2\n", None)], "c")
+    cand = candidate_commit(g, base, [("app.py", b"v2\n", None)], "c")
     head, fast = g.merge(cand, base, "merge")
     assert fast and head == cand == git(repo, "rev-parse", "HEAD").strip()
     assert (repo / "app.py").read_text() == "v2\n"
@@ -432,7 +434,7 @@ def test_fast_forward_merge(based: tuple[Path, GitRepo, str]) -> None:
 
 def test_three_way_merge(based: tuple[Path, GitRepo, str]) -> None:
     repo, g, base = based
-    cand = g.candidate_commit(base, [("app.py", b"v2\n", None)], "c")
+    cand = candidate_commit(g, base, [("app.py", b"v2\n", None)], "c")
     (repo / "other.txt").write_text("meanwhile\n")
     moved = g.snapshot(2).commit
     head, fast = g.merge(cand, base, "metasup: merge")
@@ -445,7 +447,7 @@ def test_three_way_merge(based: tuple[Path, GitRepo, str]) -> None:
 
 def test_a_merge_conflict_changes_nothing(based: tuple[Path, GitRepo, str]) -> None:
     repo, g, base = based
-    cand = g.candidate_commit(base, [("app.py", b"candidate\n", None)], "c")
+    cand = candidate_commit(g, base, [("app.py", b"candidate\n", None)], "c")
     (repo / "app.py").write_text("main line\n")
     moved = g.snapshot(2).commit
     with pytest.raises(MergeConflict) as e:

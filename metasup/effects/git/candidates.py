@@ -1,0 +1,91 @@
+"""Candidates for the experiments: a commit built in memory from a proposal, and the pooled
+worktrees candidates and the baseline run in (moved between commits by a checkout that writes
+only what differs, and emptied of what a run left)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pygit2
+from pygit2.enums import CheckoutStrategy
+
+from metasup.effects.git.repo import POOL_BRANCH_PREFIX, FileChange, GitRepo, signature
+
+
+def candidate_commit(git: GitRepo, base: str, changes: list[FileChange], message: str) -> str:
+    """A commit of `base` with `changes` applied, built in memory: no worktree, no index
+    file, nothing in the working tree. Validation happened before; paths are clean."""
+    index = pygit2.Index()
+    index.read_tree(git.repo[base].peel(pygit2.Commit).tree)
+    for path, data, mode in changes:
+        if data is None:
+            index.remove(path)
+            continue
+        if mode is None:  # an edit keeps the file's mode; a new file is a plain one
+            try:
+                filemode = index[path].mode
+            except KeyError:
+                filemode = pygit2.enums.FileMode.BLOB
+        elif mode == "100755":
+            filemode = pygit2.enums.FileMode.BLOB_EXECUTABLE
+        else:
+            filemode = pygit2.enums.FileMode.BLOB
+        index.add(pygit2.IndexEntry(path, git.repo.create_blob(data), filemode))
+    tree = index.write_tree(git.repo)
+    oid = git.repo.create_commit(
+        None, signature(), signature(), message, tree, [pygit2.Oid(hex=base)]
+    )
+    return str(oid)
+
+
+def worktree_at(git: GitRepo, slot: str, root: Path, commit: str) -> Path:
+    """A worktree of this repository at `commit` (detached HEAD), in `root/slot`.
+
+    A slot is made once, then reused: moving it to another commit writes only the files
+    that differ, and leaves no branch checked out anywhere. Files that commands left in it
+    (untracked or ignored) are removed, so every use starts from the commit alone.
+    """
+    path = root / slot
+    if slot not in git.repo.list_worktrees() or not path.is_dir():
+        if slot in git.repo.list_worktrees():
+            git.repo.lookup_worktree(slot).prune(True)
+        if path.exists():
+            shutil.rmtree(path)
+        root.mkdir(parents=True, exist_ok=True)
+        branch = git.repo.branches.local.create(
+            POOL_BRANCH_PREFIX + slot, git.repo[commit].peel(pygit2.Commit), force=True
+        )
+        git.repo.add_worktree(slot, str(path), branch)
+        pygit2.Repository(str(path)).set_head(pygit2.Oid(hex=commit))
+        branch.delete()
+        return path
+    tree_repo = pygit2.Repository(str(path))
+    target = tree_repo[commit].peel(pygit2.Commit)
+    git.clear_special_in(tree_repo)
+    tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
+        target.tree,
+        strategy=CheckoutStrategy.FORCE
+        | CheckoutStrategy.REMOVE_UNTRACKED
+        | CheckoutStrategy.REMOVE_IGNORED,
+    )
+    tree_repo.set_head(target.id)
+    return path
+
+
+def restore_in_worktree(
+    git: GitRepo, worktree: Path, base: str, candidate: str, keep: Callable[[str], bool]
+) -> list[str]:
+    """In `worktree` (at `candidate`), put every path `keep` selects that the candidate
+    changed back as `base` has it; a file the candidate added there is removed."""
+    diff = git.repo.diff(base, candidate)
+    paths = sorted({p for d in diff.deltas for p in (d.old_file.path, d.new_file.path) if keep(p)})
+    if paths:
+        tree_repo = pygit2.Repository(str(worktree))
+        tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
+            tree_repo[base].peel(pygit2.Commit).tree,
+            paths=paths,
+            strategy=CheckoutStrategy.FORCE,
+        )
+    return paths
