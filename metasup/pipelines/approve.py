@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from metasup.effects.git import protected
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.records.journal import StateDir, locked_journal
 from metasup.facts.errors import IntegrityError
@@ -38,7 +39,7 @@ def approve(repo: GitRepo, reason: str, config: Path | None = None) -> Approval:
         return policy.protecting_rule(path) is not None
 
     with locked_journal(dirs, str(repo.workdir)) as journal:
-        tracked, ignored = repo.protected_files(protect)
+        tracked, ignored = protected.protected_files(repo, protect)
         try:
             old = integrity.load(dirs.baseline)
         except IntegrityError:
@@ -52,11 +53,11 @@ def approve(repo: GitRepo, reason: str, config: Path | None = None) -> Approval:
             differ.append(f"config {was.config} -> {key}")
         message = f"metasup: approve\n\n{reason or 'protected files changed by the operator'}\n"
         head = repo.head()
-        at_head = repo.protected_in_commit(head, protect) if head else {}
+        at_head = protected.protected_in_commit(repo, head, protect) if head else {}
         to_commit = integrity.differing(at_head, tracked)
         commit = repo.commit_paths(to_commit, message) if to_commit else None
         good = repo.good()
-        at_good = repo.protected_in_commit(good, protect) if good else {}
+        at_good = protected.protected_in_commit(repo, good, protect) if good else {}
         to_good = integrity.differing(at_good, tracked)
         new_good = repo.good_with(to_good, message) if to_good else good
         integrity.save(

@@ -1,4 +1,7 @@
-"""Everything metasup does to git, through pygit2, with one long-lived Repository.
+"""What metasup does to the supervised branch and tree, through pygit2, with one long-lived
+Repository: snapshot, archive, reset, merge, its refs. The same family, in files of their own:
+`protected` (the protected files), `candidates` (experiments), `lookup` (one-shot reads),
+`files` (writes that never follow what the agent planted), `bundle` (backups).
 
 The traps measured in the project notes shape this module:
 - a stale `index.lock` makes a reset rewrite the tree and then fail, so every step that writes
@@ -16,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -29,12 +31,13 @@ import pygit2
 from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
 
 from metasup.effects.files.safeio import move, read_regular
-from metasup.effects.git.files import clear_special, make_dirs, same_file, write_file
+from metasup.effects.git import protected
+from metasup.effects.git.files import clear_special
 from metasup.effects.git.sweep import ARCHIVED, Sweep
 from metasup.effects.git.sweep import plan as plan_sweep
 from metasup.facts.errors import UserError
 from metasup.facts.faults import crashpoint, is_armed
-from metasup.facts.gitpaths import common_dir, in_git_dir, is_git_dir_name
+from metasup.facts.gitpaths import common_dir
 
 GOOD_REF = "refs/metasup/good"
 ARCHIVE_PREFIX = "refs/metasup/archive/"
@@ -95,21 +98,6 @@ def archive_ref_name(reason: str, when: datetime | None = None) -> str:
     stamp = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S.%fZ")
     clean = re.sub(r"[^A-Za-z0-9_-]+", "-", reason).strip("-") or "state"
     return f"{ARCHIVE_PREFIX}{stamp}-{clean[:60]}"
-
-
-def _blob_ids(
-    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = ""
-) -> list[tuple[str, str]]:
-    out = []
-    for entry in tree:
-        name = f"{prefix}{entry.name}"
-        if entry.type_str == "tree":
-            sub = repo[entry.id]
-            assert isinstance(sub, pygit2.Tree)
-            out += _blob_ids(repo, sub, name + "/")
-        elif entry.type_str == "blob":
-            out.append((name, f"{entry.filemode:o}:{entry.id}"))
-    return out
 
 
 class GitRepo:
@@ -291,7 +279,7 @@ class GitRepo:
         status = self.repo.status(untracked_files="all")
         restored: tuple[str, ...] = ()
         if protect is not None:
-            restored = self._restore_protected(status, protect)
+            restored = protected.restore_changed(self, status, protect)
             if restored:
                 index.read()
                 status = self.repo.status(untracked_files="all")
@@ -306,110 +294,6 @@ class GitRepo:
         message = f"metasup: snapshot\n\nMetasup-Run: {run}\n"
         commit = self._commit_on_branch(tree, message)
         return Snapshot(commit=commit, head=commit, changed=changed, restored=restored)
-
-    def guard_protected(self, protect: Callable[[str], bool]) -> tuple[str, ...]:
-        """The snapshot guard without the snapshot: protected paths that differ from the good
-        commit are put back (for a supervisor that stops with the agent's last writes in)."""
-        return self._restore_protected(self.repo.status(untracked_files="all"), protect)
-
-    def _restore_protected(
-        self, status: dict[str, int], protect: Callable[[str], bool]
-    ) -> tuple[str, ...]:
-        good = self.good()
-        if good is None:
-            return ()  # the baseline is the operator's own state
-        candidates = {p.rstrip("/") for p in status}
-        head = self.head()
-        if head is not None:
-            candidates.update(self.changed_paths(good, head))
-        tree = self.repo[good].peel(pygit2.Commit).tree
-        restored = [
-            path
-            for path in sorted(p for p in candidates if protect(p))
-            if self._restore_path(tree, path)
-        ]
-        return tuple(restored)
-
-    def restore_protected(
-        self, paths: Iterable[str], protect: Callable[[str], bool]
-    ) -> tuple[str, ...]:
-        """Put the protected ones among `paths` back as the good commit has them; a folder
-        stands for everything under it, in the good commit and in the working tree. Returns
-        the paths that had to be restored (none when the good commit is missing)."""
-        good = self.good()
-        if good is None:
-            return ()
-        tree = self.repo[good].peel(pygit2.Commit).tree
-        candidates: set[str] = set()
-        for path in paths:
-            path = path.strip("/")
-            if not path or in_git_dir(path):
-                continue
-            candidates.add(path)
-            try:
-                entry = tree[path]
-            except KeyError:
-                entry = None
-            if isinstance(entry, pygit2.Tree):
-                candidates.update(f"{path}/{p}" for p, _ in _blob_ids(self.repo, entry))
-            full = self.workdir / path
-            if full.is_dir() and not full.is_symlink():
-                for root, dirs, files in os.walk(full):
-                    rel = Path(root).relative_to(self.workdir).as_posix()
-                    candidates.update(f"{rel}/{name}" for name in (*files, *dirs))
-        restored = []
-        for path in sorted(candidates):
-            if not protect(path):
-                continue
-            full = self.workdir / path
-            if full.is_dir() and not full.is_symlink() and not self._is_blob(tree, path):
-                continue  # a folder: what is under it was listed on its own (and may be free)
-            if self._restore_path(tree, path):
-                restored.append(path)
-        return tuple(restored)
-
-    def _is_blob(self, tree: pygit2.Tree, path: str) -> bool:
-        try:
-            return isinstance(self.repo[tree[path].id], pygit2.Blob)
-        except KeyError:
-            return False
-
-    def _restore_path(self, tree: pygit2.Tree, path: str) -> bool:
-        """Make `path` in the working tree what it is in `tree`; False when it already was."""
-        try:
-            entry: pygit2.Object | None = tree[path]
-        except KeyError:
-            entry = None
-        target = self.workdir / path
-        present = target.exists() or target.is_symlink()
-        blob = self.repo[entry.id] if entry is not None else None
-        if isinstance(blob, pygit2.Blob):
-            assert entry is not None
-            mode = entry.filemode
-            if same_file(target, blob.data, mode):
-                return False
-        else:
-            blob = None  # nothing there in the good commit, or a directory: clear the way only
-            if entry is None and not present:
-                return False
-            if entry is not None and target.is_dir() and not target.is_symlink():
-                return False
-        make_dirs(self.workdir, path)
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        if blob is None:
-            if target.is_symlink() or target.exists():
-                target.unlink()
-            return True
-        if mode == pygit2.enums.FileMode.LINK:
-            if target.is_symlink() or target.exists():
-                target.unlink()
-            os.symlink(blob.data.decode("utf-8", "surrogateescape"), target)
-            return True
-        if target.is_symlink():
-            target.unlink()  # never write through a link
-        write_file(target, blob.data, mode == pygit2.enums.FileMode.BLOB_EXECUTABLE)
-        return True
 
     def archive(
         self,
@@ -607,65 +491,6 @@ class GitRepo:
         )
         self.set_good(str(oid))
         return str(oid)
-
-    def protected_in_worktree(self, protect: Callable[[str], bool]) -> dict[str, str]:
-        """Each protected file of the working tree git would track (not ignored), and its blob
-        id (`mode:blob id`): what the integrity check compares. The inbox and .git are not
-        looked at."""
-        return self.protected_files(protect)[0]
-
-    def protected_files(
-        self, protect: Callable[[str], bool]
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """The protected files of the working tree: those git would track, and those it
-        ignores (an ignored `metasup.yaml` beside the config in use is one), as `mode:blob id`.
-        Fifos, sockets and devices are never opened, and not listed: they hold no content."""
-        tracked: dict[str, str] = {}
-        ignored: dict[str, str] = {}
-        for root, dirs, files in os.walk(self.workdir):
-            rel_root = Path(root).relative_to(self.workdir).as_posix()
-            rel_root = "" if rel_root == "." else rel_root + "/"
-            dirs[:] = [
-                d
-                for d in dirs
-                if not (rel_root == "" and is_git_dir_name(d))
-                and f"{rel_root}{d}" != ".metasup/inbox"
-            ]
-            for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
-                rel = rel_root + name
-                if not protect(rel):
-                    continue
-                found = ignored if self.repo.path_is_ignored(rel) else tracked
-                full = self.workdir / rel
-                try:
-                    st = os.lstat(full)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISLNK(st.st_mode):
-                    found[rel] = f"120000:{pygit2.hash(os.fsencode(os.readlink(full)))}"
-                elif stat.S_ISREG(st.st_mode):
-                    mode = "100755" if st.st_mode & stat.S_IXUSR else "100644"
-                    with contextlib.suppress(OSError):  # swapped for a fifo since: not listed
-                        found[rel] = f"{mode}:{pygit2.hash(read_regular(full) or b'')}"
-        return tracked, ignored
-
-    def entries_at(self, commit: str, paths: Iterable[str]) -> dict[str, str]:
-        """`mode:blob id` of each of `paths` that is a file in `commit`'s tree."""
-        tree = self.repo[commit].peel(pygit2.Commit).tree
-        found = {}
-        for path in paths:
-            try:
-                entry = tree[path]
-            except KeyError:
-                continue
-            if entry.type_str == "blob":
-                found[path] = f"{entry.filemode:o}:{entry.id}"
-        return found
-
-    def protected_in_commit(self, commit: str, protect: Callable[[str], bool]) -> dict[str, str]:
-        """Each protected file of a commit's tree, as `mode:blob id`."""
-        tree = self.repo[commit].peel(pygit2.Commit).tree
-        return {path: oid for path, oid in _blob_ids(self.repo, tree) if protect(path)}
 
     def set_branch(self, name: str, commit: str) -> None:
         self.repo.references.create(name, commit, force=True)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from metasup.effects.git import protected
 from metasup.effects.git.repo import ARCHIVE_PREFIX, GitRepo, archive_ref_name
 from metasup.effects.records.journal import RepoLock, StateDir, read_events
 from metasup.facts.errors import IntegrityError
@@ -59,7 +60,7 @@ class Guards:
         """The protected files must be as approved, and the config the one approved; the first
         start approves what it finds. A baseline gone from a repository that was approved
         before is no first start: the agent may have deleted it with the files it guards."""
-        tracked, ignored = self.repo.protected_files(self.is_protected)
+        tracked, ignored = protected.protected_files(self.repo, self.is_protected)
         config = integrity.config_key(self.repo.workdir, config_path)
         baseline = integrity.load(self.dirs.baseline)
         if baseline is None:
@@ -131,10 +132,10 @@ class Guards:
                 self._verified_good = good
                 return
             baseline = {p: self._baseline[p] for p in changed if p in self._baseline}
-            differ = integrity.differences(baseline, self.repo.entries_at(good, changed))
+            differ = integrity.differences(baseline, protected.entries_at(self.repo, good, changed))
         else:
             differ = integrity.differences(
-                self._baseline, self.repo.protected_in_commit(good, self.is_protected)
+                self._baseline, protected.protected_in_commit(self.repo, good, self.is_protected)
             )
         if differ:
             self.good_forged = True
@@ -167,9 +168,10 @@ class Guards:
         touched = set(self.tamper.take())
         if recheck:
             touched |= self._recent
-        restored = self.repo.restore_protected(sorted(touched), self.is_protected)
+        restored = protected.restore_protected(self.repo, sorted(touched), self.is_protected)
         if self.tamper.take_overflow():  # events were lost: the guard looks at everything
-            restored = tuple(sorted({*restored, *self.repo.guard_protected(self.is_protected)}))
+            everything = protected.guard_protected(self.repo, self.is_protected)
+            restored = tuple(sorted({*restored, *everything}))
         if not restored:
             if recheck:
                 self._recent = set()
@@ -182,7 +184,7 @@ class Guards:
         or the next start would refuse the tree it left."""
         if self.tamper is None or self.good_forged or not self.lock.held():
             return ()
-        return tuple(self.repo.guard_protected(self.is_protected))
+        return tuple(protected.guard_protected(self.repo, self.is_protected))
 
     def stop(self) -> None:
         if self.tamper is not None:
