@@ -855,7 +855,7 @@ def _command_in_jail(repo: Path, samples: int) -> dict[str, Any]:
     from metasup.effects.process.jail import Jail
     from metasup.effects.process.spawn import Reaper, run_command
     from metasup.effects.process.view import make_view
-    from metasup.facts.config import SandboxConfig
+    from metasup.facts.settings import SandboxConfig
 
     reaper = Reaper()
     jail = Jail(SandboxConfig(), reaper=reaper)

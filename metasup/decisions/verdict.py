@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from metasup.facts.config import Criteria
+from metasup.facts.settings import Criteria
 
 Metrics = Mapping[str, float]
 

@@ -129,7 +129,7 @@ def _hook(workdir: Path) -> Check:
 def _port(workdir: Path, listen: str) -> Check:
     from metasup.effects.git.repo import GitRepo
     from metasup.effects.records.journal import StateDir, current_status
-    from metasup.facts.config import split_listen
+    from metasup.facts.settings import split_listen
 
     host, port = split_listen(listen)
     if port == 0:
@@ -172,7 +172,7 @@ def _inotify() -> Check:
 def _sandbox(config: object | None) -> Check:
     """The jail this config gets on this machine, and each of the five guarantees."""
     from metasup.effects.process.jail import GUARANTEES, Jail
-    from metasup.facts.config import SandboxConfig
+    from metasup.facts.settings import SandboxConfig
 
     sandbox = getattr(config, "sandbox", None) or SandboxConfig()
     memory_mb = getattr(getattr(config, "health", None), "max_memory_mb", None)

@@ -1,4 +1,4 @@
-"""The configuration: YAML in, validated and frozen settings out.
+"""The configuration file: YAML in, validated, the frozen `settings` out.
 
 Everything lives under a top-level `supervisor:` key. The JSON schema shipped in
 `protected/schemas/config.schema.json` is the single description of what is allowed; this module
@@ -12,14 +12,28 @@ import json
 import shlex
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from metasup.facts.errors import ConfigError
 from metasup.facts.gitpaths import in_git_dir
 from metasup.facts.resources import schema_path
-from metasup.facts.units import format_duration, format_size, parse_duration, parse_size
+from metasup.facts.settings import (
+    SANDBOX_TARGETS,
+    AgentConfig,
+    Backoff,
+    Config,
+    Criteria,
+    ExperimentsConfig,
+    HealthConfig,
+    McpServerConfig,
+    RollbackConfig,
+    SandboxConfig,
+    SandboxLimits,
+    is_loopback,
+    split_listen,
+)
+from metasup.facts.units import format_duration, parse_duration, parse_size
 from metasup.facts.yaml_lines import Path_, fail_at, line_of, load_yaml_lines
 
 CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
@@ -27,226 +41,6 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 # Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
 # the ones a file sets so nobody believes they are in force.
 INACTIVE_KEYS: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial: float = 1.0
-    max: float = 30.0
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    command: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
-    stop_signal: signal.Signals = signal.SIGTERM
-    stop_timeout: float = 5.0
-    backoff: Backoff = Backoff()
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    interval: float = 5.0
-    max_memory_mb: float | None = None
-    max_cpu_percent: float | None = None
-    heartbeat_timeout: float | None = None
-
-
-@dataclass(frozen=True)
-class RollbackConfig:
-    enabled: bool = True
-    keep_commits: int = 10
-    backup_interval: float | None = None
-    preserve: tuple[str, ...] = ()
-    # An untracked or ignored file over this size is quarantined (moved aside), not hashed;
-    # past this many files, the rest of an archive is quarantined too. None: no bound.
-    max_file_size: int | None = 100 << 20
-    max_files: int | None = 20_000
-
-
-@dataclass(frozen=True)
-class McpServerConfig:
-    """One MCP server: stdio (`command`), streamable HTTP (`url`), or a command serving `url`."""
-
-    name: str
-    command: str | None
-    args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    url: str | None = None
-    restart_on_failure: bool = True
-    probe_interval: float = 5.0
-    probe_timeout: float = 2.0
-    start_timeout: float = 10.0
-    stop_timeout: float = 5.0
-    backoff: Backoff = Backoff(initial=1.0, max=30.0)
-    max_restarts: int = 5  # more than this many restarts within restart_period: failed
-    restart_period: float = 60.0
-    watch: tuple[str, ...] | None = None  # None: the folders of the files the command names
-
-    @property
-    def transport(self) -> str:
-        return "http" if self.url else "stdio"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "transport": self.transport,
-            "command": self.command,
-            "args": list(self.args),
-            "env": dict(self.env),
-            "cwd": self.cwd,
-            "url": self.url,
-            "restart_on_failure": self.restart_on_failure,
-            "probe_interval": self.probe_interval,
-            "probe_timeout": self.probe_timeout,
-            "start_timeout": self.start_timeout,
-            "stop_timeout": self.stop_timeout,
-            "restart_backoff": {"initial": self.backoff.initial, "max": self.backoff.max},
-            "max_restarts": self.max_restarts,
-            "restart_period": self.restart_period,
-            "watch": list(self.watch) if self.watch is not None else None,
-        }
-
-
-@dataclass(frozen=True)
-class Criteria:
-    """What an experiment must meet to pass (success) or fails on at once (failure)."""
-
-    min_success_rate: float | None = None
-    max_error_rate: float | None = None
-    max_response_time: float | None = None  # seconds; compared with response_time_ms / 1000
-    min_improvement: float | None = None  # relative: 0.1 = the score is 10% above the baseline's
-
-
-@dataclass(frozen=True)
-class ExperimentsConfig:
-    checks: tuple[tuple[str, ...], ...] = ()
-    shadow_runtime: float = 0.0  # 0: no shadow run
-    fitness: tuple[str, ...] | None = None
-    repeats: int = 1
-    timeout: float = 600.0  # hard, per step
-    max_concurrent: int = 1
-    success: Criteria = field(default_factory=Criteria)
-    failure: Criteria = field(default_factory=Criteria)
-
-    def to_dict(self) -> dict[str, Any]:
-        def crit(c: Criteria) -> dict[str, float | None]:
-            return {k: getattr(c, k) for k in Criteria.__dataclass_fields__}
-
-        return {
-            "checks": [list(c) for c in self.checks],
-            "shadow_runtime": self.shadow_runtime,
-            "fitness": list(self.fitness) if self.fitness else None,
-            "repeats": self.repeats,
-            "timeout": self.timeout,
-            "max_concurrent": self.max_concurrent,
-            "success_criteria": crit(self.success),
-            "failure_criteria": crit(self.failure),
-        }
-
-
-SANDBOX_TARGETS = ("agent", "mcp_servers", "experiments")
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    memory: int | None = 4 << 30  # bytes
-    cpu: float | None = 2.0  # cores
-    processes: int | None = 1024
-    file_size: int | None = 1 << 30  # bytes
-
-
-@dataclass(frozen=True)
-class SandboxConfig:
-    """The jail every process started on the agent's behalf runs in (see `jail`)."""
-
-    mode: str = "auto"  # auto | bwrap | landlock | off
-    required: bool = False
-    network: bool = True
-    writable: tuple[str, ...] = ("~/.cache", "~/.npm")  # outside the tree, as written
-    readonly: tuple[str, ...] = ()  # repo-relative
-    limits: SandboxLimits = SandboxLimits()
-    applies_to: frozenset[str] = frozenset(SANDBOX_TARGETS)
-
-    def applies(self, target: str) -> bool:
-        return self.mode != "off" and target in self.applies_to
-
-    def to_dict(self) -> dict[str, Any]:
-        lim = self.limits
-        return {
-            "mode": self.mode,
-            "required": self.required,
-            "network": self.network,
-            "writable": list(self.writable),
-            "readonly": list(self.readonly),
-            "limits": {
-                "memory": format_size(lim.memory) if lim.memory else None,
-                "cpu": lim.cpu,
-                "processes": lim.processes,
-                "file_size": format_size(lim.file_size) if lim.file_size else None,
-            },
-            "applies_to": [t for t in SANDBOX_TARGETS if t in self.applies_to],
-        }
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    agent: AgentConfig
-    min_runtime: float = 10.0
-    max_failures: int = 5
-    health: HealthConfig = HealthConfig()
-    rollback: RollbackConfig = RollbackConfig()
-    protected_paths: tuple[str, ...] = ()
-    mcp_servers: tuple[McpServerConfig, ...] = ()
-    proposals_mode: str = "direct"
-    experiments: ExperimentsConfig = ExperimentsConfig()
-    api_listen: str | None = None  # host:port; None: no HTTP API
-    api_allow_remote: bool = False
-    on_tamper: str = "restore"  # restore | restore_and_restart | stop
-    sandbox: SandboxConfig = SandboxConfig()
-    inactive: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """The effective configuration, durations in seconds, as `metasup config --json` shows."""
-        a, h, r = self.agent, self.health, self.rollback
-        return {
-            "path": str(self.path),
-            "supervisor": {
-                "min_runtime": self.min_runtime,
-                "max_failures": self.max_failures,
-                "agent": {
-                    "command": list(a.command),
-                    "env": dict(a.env),
-                    "stop_signal": a.stop_signal.name.removeprefix("SIG"),
-                    "stop_timeout": a.stop_timeout,
-                    "restart_backoff": {"initial": a.backoff.initial, "max": a.backoff.max},
-                },
-                "protected_paths": list(self.protected_paths),
-                "on_tamper": self.on_tamper,
-                "health_checks": {
-                    "interval": h.interval,
-                    "max_memory_mb": h.max_memory_mb,
-                    "max_cpu_percent": h.max_cpu_percent,
-                    "heartbeat_timeout": h.heartbeat_timeout,
-                },
-                "rollback": {
-                    "enabled": r.enabled,
-                    "keep_commits": r.keep_commits,
-                    "backup_interval": r.backup_interval,
-                    "preserve": list(r.preserve),
-                    "max_file_size": format_size(r.max_file_size) if r.max_file_size else None,
-                    "max_files": r.max_files,
-                },
-                "mcp_servers": [s.to_dict() for s in self.mcp_servers],
-                "proposals": {"mode": self.proposals_mode},
-                "experiments": self.experiments.to_dict(),
-                "api": {"listen": self.api_listen, "allow_remote": self.api_allow_remote},
-                "sandbox": self.sandbox.to_dict(),
-            },
-            "inactive": list(self.inactive),
-        }
 
 
 def find_config(root: Path, explicit: Path | None = None) -> Path:
@@ -464,28 +258,6 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         sandbox=_sandbox(s.get("sandbox", {}), lines, name),
         inactive=inactive,
     )
-
-
-# The API's listen queue: room for hundreds of clients connecting at once (asyncio's default of
-# 100 overflowed under 200 status pollers). The kernel caps it at net.core.somaxconn.
-LISTEN_BACKLOG = 4096
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """("127.0.0.1", 9000) from "127.0.0.1:9000"; IPv6 in brackets: "[::1]:9000"."""
-    host, _, port = listen.rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _api_listen(api: Mapping[str, Any], lines: dict[Path_, int], name: str) -> str | None:

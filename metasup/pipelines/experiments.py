@@ -33,11 +33,11 @@ from metasup.effects.git.repo import EXP_BRANCH_PREFIX, GitRepo, MergeConflict
 from metasup.effects.process.jail import Jail, Prepared
 from metasup.effects.process.spawn import Completed, Reaper, run_command
 from metasup.effects.process.view import make_view
-from metasup.facts.config import Config
 from metasup.facts.errors import UserError
 from metasup.facts.events import Event
 from metasup.facts.faults import child_env
 from metasup.facts.policy import Policy
+from metasup.facts.settings import Config
 from metasup.facts.units import ms_since
 from metasup.pipelines import proposals
 from metasup.pipelines.intake import new_id

@@ -12,12 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metasup.facts.config import (
-    ConfigError,
-    find_config,
-    load_config,
-    parse_config,
-)
+from metasup.facts.config import ConfigError, find_config, load_config, parse_config
 from metasup.facts.units import format_duration, parse_duration
 from metasup.facts.yaml_lines import line_of, load_yaml_lines
 from testing.fixtures import ROOT, run_metasup

@@ -49,7 +49,7 @@ from metasup.effects.process.view import (
     settle,
     view_options,
 )
-from metasup.facts.config import SandboxConfig, SandboxLimits
+from metasup.facts.settings import SandboxConfig, SandboxLimits
 from metasup.facts.units import format_size
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

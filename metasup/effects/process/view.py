@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metasup.facts.config import SandboxConfig, SandboxLimits
 from metasup.facts.gitpaths import common_dir, git_dir_of
+from metasup.facts.settings import SandboxConfig, SandboxLimits
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 import httptools
 
 from metasup.faces.api.app import Api, Reply, json_reply
-from metasup.facts.config import LISTEN_BACKLOG
+from metasup.facts.settings import LISTEN_BACKLOG
 
 MAX_HEAD = 16 << 10  # bytes of request line and headers
 MAX_HEADERS = 100

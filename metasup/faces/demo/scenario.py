@@ -17,9 +17,10 @@ from metasup.effects.git.lookup import init_repository
 from metasup.effects.git.repo import GOOD_REF, GitRepo
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.records.journal import StateDir, locked_journal, read_events
-from metasup.facts.config import Config, load_config
+from metasup.facts.config import load_config
 from metasup.facts.errors import UserError
 from metasup.facts.policy import load_policy
+from metasup.facts.settings import Config
 from metasup.pipelines.experiments import Experimenter
 from metasup.pipelines.supervisor.loop import Supervisor
 

@@ -25,9 +25,9 @@ from metasup.decisions import mcp_watch, restarts
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.process.trees import stop_tree
 from metasup.effects.records.journal import StateDir
-from metasup.facts.config import McpServerConfig
 from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env
+from metasup.facts.settings import McpServerConfig
 from metasup.pipelines.mcp import protocol
 from metasup.pipelines.supervisor.helper import Helper
 

@@ -39,9 +39,9 @@ from metasup.effects.process.trees import (
 )
 from metasup.effects.process.view import View
 from metasup.effects.records.journal import StateDir
-from metasup.facts.config import Config
 from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env
+from metasup.facts.settings import Config
 from metasup.facts.units import format_size
 from metasup.pipelines.supervisor.status import AgentStatus
 

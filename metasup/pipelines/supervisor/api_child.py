@@ -17,8 +17,8 @@ from typing import Any
 from metasup.decisions.restarts import GiveUp
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
-from metasup.facts.config import LISTEN_BACKLOG, split_listen
 from metasup.facts.events import Notice
+from metasup.facts.settings import LISTEN_BACKLOG, split_listen
 from metasup.pipelines.supervisor.helper import Helper
 
 

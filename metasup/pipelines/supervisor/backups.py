@@ -13,8 +13,8 @@ from metasup.effects.git.bundle import write_bundle
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.records.journal import StateDir
-from metasup.facts.config import RollbackConfig
 from metasup.facts.events import Event, Notice
+from metasup.facts.settings import RollbackConfig
 from metasup.facts.units import ms_since
 from metasup.pipelines.supervisor.background import Job
 

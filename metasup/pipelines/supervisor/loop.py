@@ -38,11 +38,11 @@ from metasup.effects.records.journal import (
     write_json_atomic,
 )
 from metasup.effects.records.statefile import read_state
-from metasup.facts.config import Config
 from metasup.facts.errors import UserError
 from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env, crashpoint
 from metasup.facts.policy import Policy, load_policy
+from metasup.facts.settings import Config
 from metasup.facts.units import human_duration, ms_since
 from metasup.pipelines import refguard
 from metasup.pipelines.intake import INBOX, Intake, ProposalStore

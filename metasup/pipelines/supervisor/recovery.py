@@ -15,8 +15,8 @@ from typing import Any
 from metasup.decisions import lifecycle
 from metasup.effects.git.repo import GitRepo, RollbackRefused
 from metasup.effects.records.journal import StateDir, utc_now, write_json_atomic
-from metasup.facts.config import Config
 from metasup.facts.events import Notice
+from metasup.facts.settings import Config
 from metasup.pipelines import rollback
 from metasup.pipelines.supervisor.background import Job
 

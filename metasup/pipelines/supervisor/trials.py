@@ -19,8 +19,8 @@ from typing import Any
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.records.journal import StateDir, tail_events
-from metasup.facts.config import Config
 from metasup.facts.policy import Policy
+from metasup.facts.settings import Config
 from metasup.pipelines.experiments import Experimenter, Outcome
 from metasup.pipelines.intake import Intake
 from metasup.pipelines.supervisor.background import Job

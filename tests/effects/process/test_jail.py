@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from metasup.effects.process import cgroups
 from metasup.effects.process.jail import GUARANTEES, Jail, Machine, launcher_args, machine, plan
 from metasup.effects.process.view import View, literal_paths, make_view, settle, view_options
-from metasup.facts.config import SandboxConfig
+from metasup.facts.settings import SandboxConfig
 from metasup.facts.units import format_size, parse_size
 
 FULL = Machine("/usr/bin/bwrap", True, "namespaces work", 7, "v1", "cgroup v1")
