@@ -48,6 +48,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
         time.sleep(0.01)  # poll interval of a deadline-bounded wait
 
 
+def json_written(path: Path) -> Any:
+    """The JSON document a process wrote to `path`, once it is whole; None before (the file
+    is created before it is written: waiting for it to exist is not waiting for its content)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 SLEEPER = "import time\ntime.sleep(120)  # ok: a long-running agent\n"
 
 

@@ -11,7 +11,15 @@ from typing import Any
 import psutil
 import pytest
 
-from testing.fixtures import git, marked_pids, names, run_metasup, supervising, wait_for
+from testing.fixtures import (
+    git,
+    json_written,
+    marked_pids,
+    names,
+    run_metasup,
+    supervising,
+    wait_for,
+)
 
 PY = json.dumps(sys.executable)
 
@@ -279,7 +287,7 @@ def test_experiment_mode_in_run_merges_a_winner_and_relaunches(repo: Path, tmp_p
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "ignore")
     with supervising(repo):
-        wait_for(lambda: (repo / "seen-1.json").exists())
+        wait_for(lambda: json_written(repo / "seen-1.json"))
         bad = run_metasup(repo, "propose", value(tmp_path, "bad", "x"))
         assert bad.returncode == 0, bad.stderr  # valid as a proposal; the experiment judges it
         wait_for(lambda: "experiment_failed" in names(repo), what="the failed experiment")

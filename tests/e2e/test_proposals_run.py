@@ -11,6 +11,7 @@ from testing.fixtures import (
     agent_config,
     events,
     git,
+    json_written,
     names,
     run_metasup,
     supervising,
@@ -51,7 +52,7 @@ def proposal(*changes: dict[str, Any]) -> str:
 def test_a_proposal_is_applied_and_the_agent_relaunches_on_it(repo: Path) -> None:
     agent_repo_with_version(repo)
     with supervising(repo):
-        wait_for(lambda: (repo / "seen-1.json").exists())
+        wait_for(lambda: json_written(repo / "seen-1.json"))
         out = run_metasup(
             repo, "propose", "-", input=proposal({"file": "version.txt", "content": "v2\n"})
         )
@@ -77,11 +78,11 @@ def test_a_proposal_is_applied_and_the_agent_relaunches_on_it(repo: Path) -> Non
 def test_a_proposal_dropped_by_the_agent_into_the_inbox(repo: Path) -> None:
     agent_repo_with_version(repo)
     with supervising(repo):
-        wait_for(lambda: (repo / "seen-1.json").exists())
+        wait_for(lambda: json_written(repo / "seen-1.json"))
         inbox = repo / ".metasup" / "inbox"
         (inbox / ".writing").write_text(proposal({"file": "version.txt", "content": "v3\n"}))
         (inbox / ".writing").rename(inbox / "from-agent.json")
-        wait_for(lambda: (repo / "seen-2.json").exists())
+        wait_for(lambda: json_written(repo / "seen-2.json"))
     assert json.loads((repo / "seen-2.json").read_text())["version"] == "v3\n"
     assert git(repo, "status", "--porcelain") == "", "the inbox is not part of snapshots"
 
@@ -89,7 +90,7 @@ def test_a_proposal_dropped_by_the_agent_into_the_inbox(repo: Path) -> None:
 def test_a_rejected_proposal_goes_to_rejected_with_its_errors(repo: Path) -> None:
     agent_repo_with_version(repo)
     with supervising(repo):
-        wait_for(lambda: (repo / "seen-1.json").exists())
+        wait_for(lambda: json_written(repo / "seen-1.json"))
         inbox = repo / ".metasup" / "inbox"
         (inbox / "bad.json").write_text(
             proposal({"file": "protected/safety_rules.yaml", "content": "protected: []\n"})
@@ -113,7 +114,7 @@ def test_a_claim_left_by_a_dead_supervisor_is_taken_again(repo: Path) -> None:
         proposal({"file": "version.txt", "content": "from before the crash\n"})
     )
     with supervising(repo):
-        wait_for(lambda: (repo / "seen-1.json").exists())
+        wait_for(lambda: json_written(repo / "seen-1.json"))
     assert json.loads((repo / "seen-1.json").read_text())["version"] == "from before the crash\n"
     (received,) = by_name(repo, "proposal_received")
     assert received["retaken"] is True and received["id"] == "20261121T000000000000Z-abcdef"
