@@ -295,9 +295,7 @@ def test_experiment_mode_in_run_merges_a_winner_and_relaunches(repo: Path, tmp_p
         good = run_metasup(repo, "propose", value(tmp_path, "five", 5))
         assert good.returncode == 0, good.stderr
         seen = wait_for(
-            lambda: (
-                (repo / "seen-2.json").exists() and json.loads((repo / "seen-2.json").read_text())
-            ),
+            lambda: json_written(repo / "seen-2.json"),
             what="the relaunch on the merged code",
         )
         status = json.loads(run_metasup(repo, "status", "--json").stdout)

@@ -59,9 +59,7 @@ def test_a_proposal_is_applied_and_the_agent_relaunches_on_it(repo: Path) -> Non
         assert out.returncode == 0, out.stderr
         pid = out.stdout.strip()
         seen = wait_for(
-            lambda: (
-                (repo / "seen-2.json").exists() and json.loads((repo / "seen-2.json").read_text())
-            ),
+            lambda: json_written(repo / "seen-2.json"),
             what="the relaunch on the new code",
         )
     assert seen["version"] == "v2\n"

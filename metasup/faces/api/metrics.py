@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from metasup.pipelines.mcp.protocol import McpState
+
 # counter in the status document -> (metric name, help)
 COUNTERS = {
     "cycles": ("metasup_cycles", "Agent launches."),
@@ -26,7 +28,7 @@ COUNTERS = {
     "experiments_passed": ("metasup_experiments_passed", "Experiment candidates that passed."),
     "experiments_failed": ("metasup_experiments_failed", "Experiment candidates that failed."),
 }
-MCP_STATES = ("starting", "healthy", "unhealthy", "failed", "stopped")
+MCP_STATES = tuple(McpState)
 
 
 def render(status: dict[str, Any]) -> tuple[bytes, str]:
@@ -82,8 +84,8 @@ class _Collector:
         up = GaugeMetricFamily(
             "metasup_status", "1 for the supervisor's status.", labels=["status"]
         )
-        for st in ("running", "stopped", "emergency_stop"):
-            up.add_metric([st], 1.0 if s.get("status") == st else 0.0)
+        for status in ("running", "stopped", "emergency_stop"):
+            up.add_metric([status], 1.0 if s.get("status") == status else 0.0)
         yield up
 
 

@@ -29,6 +29,7 @@ from metasup.facts.events import Event, Notice
 from metasup.facts.faults import child_env
 from metasup.facts.settings import McpServerConfig
 from metasup.pipelines.mcp import protocol
+from metasup.pipelines.mcp.protocol import McpState
 from metasup.pipelines.supervisor.helper import Helper
 
 Emit = Callable[..., object]
@@ -40,7 +41,7 @@ EVENTS = {
 }
 
 
-def _blank(server: McpServerConfig, state: str) -> dict[str, Any]:
+def _blank(server: McpServerConfig, state: McpState) -> dict[str, Any]:
     return {
         "state": state,
         "restarts": 0,
@@ -78,7 +79,7 @@ class Fleet:
         self.report = report
         self.watch = {s.name: self._watch(s) for s in servers}
         self.status: dict[str, dict[str, Any]] = {
-            n: _blank(s, "stopped") for n, s in self.servers.items()
+            n: _blank(s, McpState.STOPPED) for n, s in self.servers.items()
         }
         self.commits: dict[str, str] = {}
         self.worker = Helper(
@@ -117,7 +118,7 @@ class Fleet:
             self.worker.start()
         except SpawnError as e:
             self.report({"event": Notice.MCP_WORKER_FAILED, "error": str(e)})
-            self._all("failed", reason=str(e))
+            self._all(McpState.FAILED, reason=str(e))
             return
         servers = [self._spec(s) for s in self.servers.values()]
         start = protocol.Start(
@@ -127,7 +128,7 @@ class Fleet:
         self._fd = self.worker.stdout_fd
         self.selector.register(self._fd, selectors.EVENT_READ, "mcp")
         self.acked = self.seq
-        self._all("starting")
+        self._all(McpState.STARTING)
         for name in self.servers:
             self.commits[name] = commit
 
@@ -143,7 +144,7 @@ class Fleet:
             "env": env,
         }
 
-    def _all(self, state: str, reason: str | None = None) -> None:
+    def _all(self, state: McpState, reason: str | None = None) -> None:
         for name, s in self.servers.items():
             self.status[name] = {**_blank(s, state), "restarts": self.status[name]["restarts"]}
             self.status[name]["reason"] = reason
@@ -215,7 +216,7 @@ class Fleet:
                 self.emit(
                     Event.MCP_FAILED, server=name, reason="the MCP worker keeps dying; see its log"
                 )
-            self._all("failed", reason="the MCP worker keeps dying")
+            self._all(McpState.FAILED, reason="the MCP worker keeps dying")
             return True
         commits = dict(self.commits)
         self.start(next(iter(commits.values())) if commits else "")
@@ -241,7 +242,7 @@ class Fleet:
         self.worker.kill()
         self._stop_leftovers()
         for st in self.status.values():  # the last probe's figures stay, for the record
-            st.update(state="stopped", pid=None, pgid=None, token=None, clients=0)
+            st.update(state=McpState.STOPPED, pid=None, pgid=None, token=None, clients=0)
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -250,7 +251,7 @@ class Fleet:
             return
         self.seq += 1
         for name in names:
-            self.status[name]["state"] = "starting"
+            self.status[name]["state"] = McpState.STARTING
         self.worker.write(protocol.encode(protocol.Restart(names, reason, self.seq)))
 
     def sync(self, commit: str, changed: Callable[[str, str], set[str]]) -> list[str]:
@@ -274,7 +275,7 @@ class Fleet:
             return False
         if self.acked < self.seq:
             return True
-        return any(self.status[n]["state"] == "starting" for n in names if n in self.status)
+        return any(self.status[n]["state"] == McpState.STARTING for n in names if n in self.status)
 
     def start_timeout(self, names: list[str]) -> float:
         return max((self.servers[n].start_timeout for n in names if n in self.servers), default=0)

@@ -15,7 +15,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class McpState(StrEnum):
+    """A server's state, as the worker reports it and the status shows it."""
+
+    STARTING = "starting"  # started (or restarted), not answering its probe yet
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # a probe failed; it is being restarted
+    FAILED = "failed"  # given up on (restart policy), until its code changes
+    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from metasup.effects.files.safeio import open_append
 from metasup.effects.mcp.mux import PROBE, SERVER, Message, Out, Router
 from metasup.effects.process.spawn import Child, SpawnError, spawn
 from metasup.effects.process.trees import stop_tree
+from metasup.pipelines.mcp.protocol import McpState
 
 if TYPE_CHECKING:
     from metasup.pipelines.mcp.worker.worker import Worker
@@ -46,7 +47,7 @@ class ServerRunner:
             max_restarts=spec["max_restarts"],
             period=spec["restart_period"],
         )
-        self.state = "starting"
+        self.state: McpState = McpState.STARTING
         self.restarts = 0
         self.history: tuple[float, ...] = ()
         self.latency_ms: float | None = None
@@ -78,7 +79,7 @@ class ServerRunner:
             "clients": len(self.conns),
         }
 
-    def _set(self, state: str, reason: str | None = None) -> None:
+    def _set(self, state: McpState, reason: str | None = None) -> None:
         self.state, self.reason = state, reason
         self.worker.status()
 
@@ -96,7 +97,7 @@ class ServerRunner:
 
     def request_restart(self, reason: str) -> None:
         self.history = ()  # new code: a fresh start, whatever failed before
-        self.state = "starting"  # in the status that acknowledges the command, not after
+        self.state = McpState.STARTING  # in the status that acknowledges the command, not after
         self.interrupt("restart:" + reason)
 
     # --- the life of one server ---------------------------------------------------------------
@@ -134,15 +135,15 @@ class ServerRunner:
                 self.worker.event(
                     "mcp_failed", server=self.name, reason=decision.reason, last_error=outcome
                 )
-                self._set("failed", f"{decision.reason}; last: {outcome}")
+                self._set(McpState.FAILED, f"{decision.reason}; last: {outcome}")
                 self.router.down_reason = "failed: " + outcome
                 why = await self._idle()
                 if why.startswith("restart:"):
                     next_reason, delay = why.removeprefix("restart:"), 0.0
                 continue
-            self._set("unhealthy", outcome)
+            self._set(McpState.UNHEALTHY, outcome)
             next_reason, delay = f"after failure: {outcome}", decision.delay
-        self._set("stopped")
+        self._set(McpState.STOPPED)
         self.child = None
 
     async def _sleep(self, delay: float) -> None:
@@ -164,7 +165,7 @@ class ServerRunner:
         self._why = None
         self.exit_code = None
         self.latency_ms = None
-        self._set("starting")
+        self._set(McpState.STARTING)
         argv = self.spec.get("argv")
         url = self.spec.get("url")
         self.child = None
@@ -331,7 +332,7 @@ class ServerRunner:
             tools=self.tools,
             startup_ms=round((time.monotonic() - t0) * 1000, 3),
         )
-        self._set("healthy")
+        self._set(McpState.HEALTHY)
         while True:
             with anyio.move_on_after(self.spec["probe_interval"]):
                 await self._wake.wait()
