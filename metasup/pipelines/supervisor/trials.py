@@ -1,11 +1,7 @@
 """Proposals in experiment mode: judged while the agent runs, merged between its runs.
 
-One experiment at a time, on a thread. Its states, in order:
-IDLE     nothing under judgement; queued proposals start one
-JUDGING  the candidates are being checked, shadow-run and scored
-HELD     judged with a winner: it waits for the next snapshot to be merged (the loop stops the
-         agent for it as for a direct proposal); without a winner the outcome is concluded at
-         once (archived, rejected) and the next queued proposals start
+The schedule (one at a time, a winner held until the next snapshot) is `decisions.trials`; this
+performs it: the judging thread, the merge, the inbox's verdicts on the proposals.
 """
 
 from __future__ import annotations
@@ -13,9 +9,10 @@ from __future__ import annotations
 import selectors
 from collections import deque
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any
 
+from metasup.decisions import trials
+from metasup.decisions.trials import Trial
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.records.journal import StateDir, tail_events
@@ -26,12 +23,6 @@ from metasup.pipelines.intake import Intake
 from metasup.pipelines.supervisor.background import Job
 
 Emit = Callable[..., None]
-
-
-class Trial(StrEnum):
-    IDLE = "idle"
-    JUDGING = "judging"
-    HELD = "held"
 
 
 class Trials:
@@ -62,18 +53,8 @@ class Trials:
                 self.recent_gains.append(float(record["improvement"]))
 
     def start_next(self, strategy: str) -> None:
-        """Judge every queued proposal as one A/B experiment, on a thread (when none is)."""
-        if self.state is not Trial.IDLE:
-            return  # one at a time; the queue waits for the next
-        queue, self.intake.queue = self.intake.queue, []
-        if not queue:
-            return
-        self._items = [item for item, _ in queue]
-        sources = [(item.id, item.path.read_bytes()) for item in self._items]
-        self.experimenter.strategy = strategy
-        experimenter = self.experimenter
-        self.job.start(lambda: experimenter.evaluate(sources))
-        self.state = Trial.JUDGING
+        """Proposals were queued: judge them as one A/B experiment when the schedule says."""
+        self._follow(trials.queued(self.state, bool(self.intake.queue)), strategy)
 
     def judged(self, strategy: str) -> bool:
         """Its thread is done: True when a winner waits to be merged between runs."""
@@ -81,23 +62,32 @@ class Trials:
         for c in outcome.candidates:
             if c.verdict is not None and c.verdict.improvement is not None:
                 self.recent_gains.append(c.verdict.improvement)
-        if outcome.winner is None:
-            self._conclude(outcome)  # nothing to merge: archive now, the agent runs on
-            self.state = Trial.IDLE
-            self.start_next(strategy)
-            return False
-        self._held, self.state = outcome, Trial.HELD
-        return True
+        self._held = outcome
+        step = trials.judged(self.state, outcome.winner is not None, bool(self.intake.queue))
+        self._follow(step, strategy)
+        return step.hold
 
     def merge_held(self, strategy: str) -> str | None:
         """Between runs, right after the snapshot: merge the held winner; its commit."""
-        outcome, self._held = self._held, None
-        if outcome is None:
-            return None
-        self._conclude(outcome)
-        self.state = Trial.IDLE
-        self.start_next(strategy)
-        return outcome.merged
+        outcome = self._held
+        self._follow(trials.merged(self.state, bool(self.intake.queue)), strategy)
+        return outcome.merged if outcome is not None else None
+
+    def _follow(self, step: trials.Next, strategy: str) -> None:
+        if step.conclude and self._held is not None:
+            held, self._held = self._held, None
+            self._conclude(held)
+        self.state = step.state
+        if step.start:
+            self._start(strategy)
+
+    def _start(self, strategy: str) -> None:
+        queue, self.intake.queue = self.intake.queue, []
+        self._items = [item for item, _ in queue]
+        sources = [(item.id, item.path.read_bytes()) for item in self._items]
+        self.experimenter.strategy = strategy
+        experimenter = self.experimenter
+        self.job.start(lambda: experimenter.evaluate(sources))
 
     def _conclude(self, outcome: Outcome) -> None:
         self.experimenter.conclude(outcome, mark_good=False)

@@ -1,0 +1,54 @@
+"""Experiment mode's schedule, pure: one experiment at a time, and what its judgement leads to.
+
+IDLE     nothing under judgement; proposals that wait start one
+JUDGING  the candidates are being checked, shadow-run and scored (on a thread)
+HELD     judged with a winner, which waits for the next snapshot to be merged (the loop stops
+         the agent for it, as for a direct proposal); nothing new starts meanwhile
+
+A judgement without a winner is concluded at once (archived, the proposals rejected) and the
+next waiting proposals start. `supervisor.trials` asks these, then acts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Trial(StrEnum):
+    IDLE = "idle"
+    JUDGING = "judging"
+    HELD = "held"
+
+
+@dataclass(frozen=True)
+class Next:
+    state: Trial
+    start: bool = False  # judge the waiting proposals now
+    conclude: bool = False  # conclude the judged outcome now (archive, reject, or the merge)
+    hold: bool = False  # keep the winner for the next snapshot
+
+
+def queued(state: Trial, waiting: bool) -> Next:
+    """Proposals wait: one experiment starts when none runs and no winner waits."""
+    if state is Trial.IDLE and waiting:
+        return Next(Trial.JUDGING, start=True)
+    return Next(state)
+
+
+def judged(state: Trial, winner: bool, waiting: bool) -> Next:
+    """The experiment under way was judged."""
+    if state is not Trial.JUDGING:
+        return Next(state)  # no experiment was running: nothing to take
+    if winner:
+        return Next(Trial.HELD, hold=True)
+    after = queued(Trial.IDLE, waiting)
+    return Next(after.state, start=after.start, conclude=True)
+
+
+def merged(state: Trial, waiting: bool) -> Next:
+    """The snapshot came: the held winner is merged (concluded), the next may start."""
+    if state is not Trial.HELD:
+        return Next(state)
+    after = queued(Trial.IDLE, waiting)
+    return Next(after.state, start=after.start, conclude=True)
