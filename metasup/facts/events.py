@@ -1,6 +1,8 @@
 """The event names of `events.jsonl` (SPEC, "Events")."""
 
+from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
 
 class Event(StrEnum):
@@ -57,3 +59,9 @@ class Notice(StrEnum):
     TAMPER_WATCH_OFF = "tamper_watch_off"
     VIEW_FAILED = "view_failed"
     RESUMING_ROLLBACK = "resuming_rollback"
+
+
+# emit(event, **fields): journal the event, then report it.
+Emit = Callable[..., object]
+# A report line that is not journalled (a Notice, or an event record as journalled).
+Report = Callable[[dict[str, Any]], None]

@@ -34,15 +34,13 @@ from metasup.effects.process.jail import Jail, Prepared
 from metasup.effects.process.spawn import Completed, Reaper, run_command
 from metasup.effects.process.view import make_view
 from metasup.facts.errors import UserError
-from metasup.facts.events import Event
+from metasup.facts.events import Emit, Event
 from metasup.facts.faults import child_env
 from metasup.facts.policy import Policy
 from metasup.facts.settings import Config
 from metasup.facts.units import ms_since
 from metasup.pipelines import proposals
 from metasup.pipelines.intake import new_id
-
-Emit = Callable[..., object]
 
 
 @dataclass

@@ -27,12 +27,9 @@ from metasup.effects.files.safeio import NotRegular, open_folder, read_regular, 
 from metasup.effects.process.wake import WakePipe
 from metasup.effects.records.journal import write_json_atomic
 from metasup.facts.errors import UserError
-from metasup.facts.events import Event, Notice
+from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.facts.policy import Policy
 from metasup.pipelines import proposals
-
-Emit = Callable[..., object]  # emit(event, **fields)
-Report = Callable[[dict[str, Any]], None]
 
 IDLE_WAKE_S = 60.0
 INBOX = ".metasup/inbox"  # relative to the working tree; excluded from snapshots

@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +25,9 @@ from metasup.effects.git.sweep import Sweep
 from metasup.effects.records.journal import read_events, write_json_atomic
 from metasup.effects.records.statefile import Step, intent_problem
 from metasup.facts.errors import UserError
-from metasup.facts.events import Event
+from metasup.facts.events import Emit, Event
 from metasup.facts.faults import crashpoint, holdpoint
 from metasup.facts.units import ms_since
-
-Emit = Callable[..., object]  # emit(event, **fields): journal the event, report it
 
 
 def plan(

@@ -25,15 +25,12 @@ from metasup.decisions import mcp_watch, restarts
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.process.trees import stop_tree
 from metasup.effects.records.journal import StateDir
-from metasup.facts.events import Event, Notice
+from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.facts.faults import child_env
 from metasup.facts.settings import McpServerConfig
 from metasup.pipelines.mcp import protocol
 from metasup.pipelines.mcp.protocol import McpState
 from metasup.pipelines.supervisor.helper import Helper
-
-Emit = Callable[..., object]
-Report = Callable[[dict[str, Any]], None]
 
 EVENTS = {
     e.value: e

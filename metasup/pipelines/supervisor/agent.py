@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from metasup.decisions import health
 from metasup.effects.process.jail import Jail, Prepared
@@ -39,7 +39,7 @@ from metasup.effects.process.trees import (
 )
 from metasup.effects.process.view import View
 from metasup.effects.records.journal import StateDir
-from metasup.facts.events import Event, Notice
+from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.facts.faults import child_env
 from metasup.facts.settings import Config
 from metasup.facts.units import format_size
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
     from metasup.pipelines.supervisor.api_child import ApiProcess
 
 KEEP_RUN_LOGS = 200
-Emit = Callable[..., None]
-Report = Callable[[dict[str, Any]], None]
 
 
 @dataclass

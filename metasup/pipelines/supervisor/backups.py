@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import selectors
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from metasup.effects.git.bundle import write_bundle
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.records.journal import StateDir
-from metasup.facts.events import Event, Notice
+from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.facts.settings import RollbackConfig
 from metasup.facts.units import ms_since
 from metasup.pipelines.supervisor.background import Job
-
-Emit = Callable[..., None]
-Report = Callable[[dict[str, Any]], None]
 
 
 class Backups:

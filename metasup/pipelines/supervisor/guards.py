@@ -18,15 +18,13 @@ from metasup.effects.git import protected
 from metasup.effects.git.repo import ARCHIVE_PREFIX, GitRepo, archive_ref_name
 from metasup.effects.records.journal import RepoLock, StateDir, read_events
 from metasup.facts.errors import IntegrityError
-from metasup.facts.events import Event, Notice
+from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.pipelines import integrity, refguard
 
 if TYPE_CHECKING:
     from metasup.pipelines.tamper import TamperWatch
 
 ARCHIVE_CHECK_S = 10.0  # the archive refs are compared with the journal at least this often
-Emit = Callable[..., None]
-Report = Callable[[dict[str, Any]], None]
 
 
 class Guards:

@@ -9,19 +9,15 @@ the loop stays free for signals and the status meanwhile.
 from __future__ import annotations
 
 import selectors
-from collections.abc import Callable
 from typing import Any
 
 from metasup.decisions import lifecycle
 from metasup.effects.git.repo import GitRepo, RollbackRefused
 from metasup.effects.records.journal import StateDir, utc_now, write_json_atomic
-from metasup.facts.events import Notice
+from metasup.facts.events import Emit, Notice, Report
 from metasup.facts.settings import Config
 from metasup.pipelines import rollback
 from metasup.pipelines.supervisor.background import Job
-
-Emit = Callable[..., None]
-Report = Callable[[dict[str, Any]], None]
 
 
 class Recovery:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from metasup.effects.records.journal import HEADER_FIELDS
+from metasup.facts.events import Report
 
-Reporter = Callable[[dict[str, Any]], None]
+Reporter = Report
 
 
 def plain_reporter(stream: Any = None) -> Reporter:

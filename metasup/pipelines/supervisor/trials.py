@@ -16,13 +16,12 @@ from metasup.decisions.trials import Trial
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.records.journal import StateDir, tail_events
+from metasup.facts.events import Emit
 from metasup.facts.policy import Policy
 from metasup.facts.settings import Config
 from metasup.pipelines.experiments import Experimenter, Outcome
 from metasup.pipelines.intake import Intake
 from metasup.pipelines.supervisor.background import Job
-
-Emit = Callable[..., None]
 
 
 class Trials:
