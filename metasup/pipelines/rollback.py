@@ -12,7 +12,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -245,9 +245,16 @@ class Manual:
     target: str
 
 
-def manual(repo: GitRepo, to: str | None, keep: Sequence[str], bounds: Bounds) -> Manual:
+def manual(
+    repo: GitRepo,
+    to: str | None,
+    keep: Sequence[str],
+    bounds: Bounds,
+    resumed: Callable[[str], object] = lambda target: None,
+) -> Manual:
     """`metasup rollback`, with metasup stopped: under the repository's lock, an interrupted
-    rollback finished first; then the state archived and the tree reset to `to` or good."""
+    rollback finished first (`resumed` hears of it at once, whatever follows); then the state
+    archived and the tree reset to `to` or good."""
     from metasup.effects.git.repo import GOOD_REF
     from metasup.effects.records.journal import StateDir, locked_journal
     from metasup.effects.records.statefile import read_state
@@ -255,6 +262,8 @@ def manual(repo: GitRepo, to: str | None, keep: Sequence[str], bounds: Bounds) -
     dirs = StateDir.for_git_dir(repo.git_dir)
     with locked_journal(dirs, str(repo.workdir)) as journal:
         left = resume(repo, dirs.intent, dirs.events, dirs.preserve, keep, journal.append, bounds)
+        if left is not None:
+            resumed(str(left["target"]))
         if to is None and repo.good() is None:
             raise UserError(f"no good commit yet ({GOOD_REF}); pass --to REF")
         target = repo.check_rollback_target(to or GOOD_REF, failed=None)

@@ -39,9 +39,13 @@ def rollback(
         ):
             raise
         keep = ()  # no config at all: nothing to preserve
-    done = rollback.manual(repo, to, keep, bounds)
-    if done.resumed is not None:
-        typer.echo(f"finished an interrupted rollback to {done.resumed[:12]}")
+    done = rollback.manual(
+        repo,
+        to,
+        keep,
+        bounds,
+        resumed=lambda target: typer.echo(f"finished an interrupted rollback to {target[:12]}"),
+    )
     if done.archive:
         typer.echo(f"archived the current state as {done.archive}")
     typer.echo(f"reset to {done.target[:12]}")
