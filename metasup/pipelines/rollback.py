@@ -240,7 +240,6 @@ def carry_out(
 
 @dataclass(frozen=True)
 class Manual:
-    resumed: str | None  # the target of an interrupted rollback finished first
     archive: str | None
     target: str
 
@@ -279,4 +278,4 @@ def manual(
             since_ns=since,
         )
         done = carry_out(repo, intent, keep, dirs.intent, journal.append, bounds)
-    return Manual(left["target"] if left else None, done.get("archive"), target)
+    return Manual(done.get("archive"), target)

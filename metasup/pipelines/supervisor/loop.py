@@ -600,8 +600,7 @@ class Supervisor:
             return lifecycle.ServersReady()
         self._servers_waiting = names
         self.timers[Timer.SERVERS] = time.monotonic() + fleet.start_timeout(names) + 1.0
-        self._write_state()
-        return None
+        return None  # the loop writes the status (phase: launching) once this batch is done
 
     def _servers_ready(self) -> list[lifecycle.Observation]:
         """The servers a launch waits for all answer now (or gave up starting)."""
