@@ -19,7 +19,10 @@ ONLY = {"decisions": {"facts", "decisions"}}
 
 # An outside library or stdlib module -> the only modules of metasup that may import it.
 OWNERS = {
-    "pygit2": {f"effects.git.{m}" for m in ("repo", "lookup", "files", "candidates", "protected")},
+    "pygit2": {
+        f"effects.git.{m}"
+        for m in ("repo", "lookup", "files", "candidates", "protected", "population")
+    },
     "subprocess": {"effects.process.spawn"},
     "psutil": {"effects.process.trees"},
 }

@@ -24,6 +24,7 @@ from metasup.facts.settings import (
     Backoff,
     Config,
     Criteria,
+    EvolutionConfig,
     ExperimentsConfig,
     HealthConfig,
     McpServerConfig,
@@ -252,6 +253,7 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         mcp_servers=_mcp_servers(s, lines, name, dur),
         proposals_mode=s.get("proposals", {}).get("mode", "direct"),
         experiments=experiments,
+        evolution=_evolution(s.get("evolution"), lines, name, dur),
         api_listen=_api_listen(s.get("api", {}), lines, name),
         api_allow_remote=s.get("api", {}).get("allow_remote", False),
         on_tamper=s.get("on_tamper", "restore"),
@@ -302,6 +304,60 @@ def _experiments(e: Mapping[str, Any], dur: Any) -> ExperimentsConfig:
         max_concurrent=e.get("max_concurrent", 1),
         success=criteria("success_criteria"),
         failure=criteria("failure_criteria"),
+    )
+
+
+def _evolution(
+    e: Mapping[str, Any] | None, lines: dict[Path_, int], name: str, dur: Any
+) -> EvolutionConfig | None:
+    if e is None:
+        return None
+    at = ("supervisor", "evolution")
+    try:
+        mutator = _command(e["mutator"])
+    except ValueError as err:
+        raise fail_at(name, lines, (*at, "mutator"), f"cannot split: {err}") from None
+    if not mutator or not mutator[0]:
+        raise fail_at(name, lines, (*at, "mutator"), "the command is empty")
+    population = e.get("population", 16)
+    islands = e.get("islands", 2)
+    if islands > population:
+        raise fail_at(
+            name,
+            lines,
+            (*at, "islands"),
+            f"{islands} islands cannot share a population of {population}",
+        )
+    elite = e.get("elite", 2)
+    if elite >= population // islands:
+        raise fail_at(
+            name,
+            lines,
+            (*at, "elite"),
+            f"{elite} elite on an island of {population // islands} leave no room for children "
+            f"(population {population}, {islands} islands)",
+        )
+    migration = e.get("migration", {})
+    selection = e.get("selection", {})
+    budget = e.get("budget", {})
+    trigger = e.get("trigger", {})
+    return EvolutionConfig(
+        mutator=mutator,
+        objective=e.get("objective", "score"),
+        population=population,
+        generations=e.get("generations", 20),
+        islands=islands,
+        migration_every=migration.get("every", 5),
+        migration_count=migration.get("count", 1),
+        selection=selection.get("method", "tournament"),
+        tournament_size=selection.get("size", 3),
+        crossover_rate=float(e.get("crossover_rate", 0.25)),
+        elite=elite,
+        budget_evaluations=budget.get("evaluations", 500),
+        budget_wall=dur((*at, "budget", "wall"), budget.get("wall", 7200.0), None),
+        mode=e.get("mode", "manual"),
+        trigger_every=dur((*at, "trigger", "every"), trigger.get("every"), 3600.0) or 3600.0,
+        trigger_min_gain=trigger.get("min_gain"),
     )
 
 

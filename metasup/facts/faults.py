@@ -1,14 +1,19 @@
 """Named crash points, so tests can kill -9 the supervisor at an exact step.
 
-`METASUP_CRASHPOINT=<name>` makes the supervisor SIGKILL itself when it reaches that point; unset,
-each point costs one comparison. The kill is a real SIGKILL: no cleanup runs, as in a crash.
+`METASUP_CRASHPOINT=<name>` makes the supervisor SIGKILL itself when it reaches that point
+(`<name>@N`: the Nth time it does); unset, each point costs one comparison. The kill is a real
+SIGKILL: no cleanup runs, as in a crash.
 """
 
 import os
 import signal
+import threading
 import time
 
-_ARMED = os.environ.get("METASUP_CRASHPOINT") or None
+_NAME, _, _NTH = (os.environ.get("METASUP_CRASHPOINT") or "").partition("@")
+_ARMED: str | None = _NAME or None
+_REACHED = [0]
+_COUNT_LOCK = threading.Lock()
 # `METASUP_HOLDPOINT=<name>:<file>` holds the supervisor at that point until `file` exists: a
 # test's way to look at it in the middle of a long step.
 _HOLD = os.environ.get("METASUP_HOLDPOINT") or None
@@ -25,7 +30,10 @@ def holdpoint(name: str) -> None:
 
 def crashpoint(name: str) -> None:
     if _ARMED is not None and name == _ARMED:
-        os.kill(os.getpid(), signal.SIGKILL)
+        with _COUNT_LOCK:
+            _REACHED[0] += 1
+            if _REACHED[0] >= int(_NTH or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def child_env() -> dict[str, str]:

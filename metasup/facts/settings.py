@@ -132,6 +132,44 @@ class ExperimentsConfig:
         }
 
 
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """`metasup evolve`: the search (SPEC, "Evolution"); candidates are judged by `experiments`."""
+
+    mutator: tuple[str, ...]
+    objective: str = "score"
+    population: int = 16
+    generations: int | None = 20  # None: until the budget or Ctrl-C
+    islands: int = 2
+    migration_every: int = 5
+    migration_count: int = 1
+    selection: str = "tournament"  # tournament | weighted
+    tournament_size: int = 3
+    crossover_rate: float = 0.25
+    elite: int = 2
+    budget_evaluations: int | None = 500
+    budget_wall: float | None = 7200.0
+    mode: str = "manual"  # manual | continuous
+    trigger_every: float = 3600.0
+    trigger_min_gain: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mutator": list(self.mutator),
+            "objective": self.objective,
+            "population": self.population,
+            "generations": self.generations,
+            "islands": self.islands,
+            "migration": {"every": self.migration_every, "count": self.migration_count},
+            "selection": {"method": self.selection, "size": self.tournament_size},
+            "crossover_rate": self.crossover_rate,
+            "elite": self.elite,
+            "budget": {"evaluations": self.budget_evaluations, "wall": self.budget_wall},
+            "mode": self.mode,
+            "trigger": {"every": self.trigger_every, "min_gain": self.trigger_min_gain},
+        }
+
+
 SANDBOX_TARGETS = ("agent", "mcp_servers", "experiments")
 
 
@@ -188,6 +226,7 @@ class Config:
     mcp_servers: tuple[McpServerConfig, ...] = ()
     proposals_mode: str = "direct"
     experiments: ExperimentsConfig = ExperimentsConfig()
+    evolution: EvolutionConfig | None = None  # None: no `evolution:` section
     api_listen: str | None = None  # host:port; None: no HTTP API
     api_allow_remote: bool = False
     on_tamper: str = "restore"  # restore | restore_and_restart | stop
@@ -228,6 +267,7 @@ class Config:
                 "mcp_servers": [s.to_dict() for s in self.mcp_servers],
                 "proposals": {"mode": self.proposals_mode},
                 "experiments": self.experiments.to_dict(),
+                "evolution": self.evolution.to_dict() if self.evolution else None,
                 "api": {"listen": self.api_listen, "allow_remote": self.api_allow_remote},
                 "sandbox": self.sandbox.to_dict(),
             },

@@ -55,6 +55,29 @@ class StepResult:
 
 
 @dataclass
+class Assessment:
+    """What the evaluator found on one commit: the steps run, the fitness runs of the candidate
+    and (when asked) of the baseline. Not ok when a step failed; the last step says why."""
+
+    steps: list[StepResult] = field(default_factory=list)
+    fitness: list[Metrics] = field(default_factory=list)
+    baseline: list[Metrics] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps)
+
+    def failure(self) -> str | None:
+        bad = next((s for s in self.steps if not s.ok), None)
+        return None if bad is None else f"{bad.name}: {bad.detail}"
+
+    @property
+    def cancelled(self) -> bool:
+        """Stopped by a cancel, not judged: the candidate has not been evaluated."""
+        return any(s.detail == "cancelled" for s in self.steps if not s.ok)
+
+
+@dataclass
 class Candidate:
     id: str
     source: str
@@ -147,12 +170,18 @@ class Experimenter:
         self.emit = emit
         self.reaper = reaper
         self._git = threading.Lock()
+        self.cancel = threading.Event()  # set: every command running is killed, none starts
         self.strategy = "hybrid"  # what a shadow run is told; the supervisor keeps it current
         sandbox = config.sandbox
         self.jail = Jail(sandbox, reaper=reaper) if sandbox.applies("experiments") else None
         refusal = self.jail.refusal() if self.jail is not None else None
         if refusal is not None:
             raise UserError(refusal)
+
+    @property
+    def git_lock(self) -> threading.Lock:
+        """Held around every git step: one Repository object is not safe across threads."""
+        return self._git
 
     def _jailed(self, here: Path) -> Prepared | None:
         """The jail for one command in the worktree `here`: the candidate's checks, shadow run
@@ -261,63 +290,12 @@ class Experimenter:
                 self.repo, base, changes, f"metasup: experiment {c.id}\n\n{proposal.reason}\n"
             )
             self.repo.set_branch(c.branch, c.commit)
-            here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, c.commit)
-            baseline_tree = (
-                candidates.worktree_at(self.repo, f"base-{slot}", self.pool, base)
-                if self.ex.fitness
-                else None
-            )
-            restored = self._restore_evaluator(here, base, c.commit)
-        if restored:
-            c.steps.append(
-                StepResult("evaluator", True, f"judged by the good {', '.join(restored)}", 0.0)
-            )
-        env = self._env(c, here)
-        for argv in self.ex.checks:
-            done = run_command(
-                argv,
-                cwd=here,
-                env=env,
-                timeout=self.ex.timeout,
-                reaper=self.reaper,
-                jail=self._jailed(here),
-            )
-            c.steps.append(_step("check " + " ".join(argv), done))
-            if not done.ok:
-                self._failed(c, t0)
-                return
-        if self.ex.shadow_runtime > 0:
-            shadow_env = {**env, **self.config.agent.env, **self._shadow_env(here)}
-            shadow = run_command(
-                self.config.agent.command,
-                cwd=here,
-                env=shadow_env,
-                timeout=self.ex.shadow_runtime,
-                reaper=self.reaper,
-                jail=self._jailed(here),
-            )
-            alive = shadow.timed_out  # still running when its time was up: that is the pass
-            detail = (
-                f"ran {self.ex.shadow_runtime:g}s"
-                if alive
-                else f"died after {shadow.duration:.2f}s (exit {shadow.code}): {_tail(shadow)}"
-            )
-            c.steps.append(StepResult("shadow", alive, detail, round(shadow.duration, 3)))
-            if not alive:
-                self._failed(c, t0)
-                return
+        found = self.assess(c.commit, base, slot, {"METASUP_EXPERIMENT": c.id}, baseline=True)
+        c.steps, c.fitness, c.baseline = found.steps, found.fitness, found.baseline
+        if not found.ok:
+            self._failed(c, t0)
+            return
         if self.ex.fitness:
-            assert baseline_tree is not None
-            for _ in range(self.ex.repeats):  # interleaved: both see the same machine state
-                base_run = self._fitness(baseline_tree, {**env, "METASUP_COMMIT": base})
-                if isinstance(base_run, dict):
-                    c.baseline.append(base_run)
-                cand_run = self._fitness(here, env)
-                if not isinstance(cand_run, dict):
-                    c.steps.append(StepResult("fitness", False, cand_run, 0.0))
-                    self._failed(c, t0)
-                    return
-                c.fitness.append(cand_run)
             c.verdict = judge(c.fitness, c.baseline, self.ex.success, self.ex.failure)
         else:
             c.verdict = Verdict(True, (), None, None, None)
@@ -335,6 +313,83 @@ class Experimenter:
             )
         else:
             self._failed(c, t0)
+
+    def assess(
+        self,
+        commit: str,
+        base: str,
+        slot: int,
+        env_extra: dict[str, str],
+        *,
+        baseline: bool,
+        repeats: int | None = None,
+    ) -> Assessment:
+        """Check, shadow-run and score `commit` in the pooled worktree `slot`, cheapest stage
+        first: a failing check costs no shadow run, a dying shadow no fitness run. With
+        `baseline`, each fitness run of the candidate follows one of `base`, interleaved so
+        both see the same machine state. The evaluator's files are the good commit's."""
+        found = Assessment()
+        with self._git:
+            here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, commit)
+            baseline_tree = (
+                candidates.worktree_at(self.repo, f"base-{slot}", self.pool, base)
+                if self.ex.fitness and baseline
+                else None
+            )
+            restored = self._restore_evaluator(here, base, commit)
+        if restored:
+            found.steps.append(
+                StepResult("evaluator", True, f"judged by the good {', '.join(restored)}", 0.0)
+            )
+        env = {**self._env(here), **env_extra, "METASUP_COMMIT": commit}
+        for argv in self.ex.checks:
+            done = run_command(
+                argv,
+                cwd=here,
+                env=env,
+                timeout=self.ex.timeout,
+                reaper=self.reaper,
+                jail=self._jailed(here),
+                cancel=self.cancel,
+            )
+            found.steps.append(_step("check " + " ".join(argv), done))
+            if not done.ok:
+                return found
+        if self.ex.shadow_runtime > 0:
+            shadow_env = {**env, **self.config.agent.env, **self._shadow_env(here)}
+            shadow = run_command(
+                self.config.agent.command,
+                cwd=here,
+                env=shadow_env,
+                timeout=self.ex.shadow_runtime,
+                reaper=self.reaper,
+                jail=self._jailed(here),
+                cancel=self.cancel,
+            )
+            # still running when its time was up: that is the pass
+            alive = shadow.timed_out and not shadow.cancelled
+            detail = (
+                f"ran {self.ex.shadow_runtime:g}s"
+                if alive
+                else "cancelled"
+                if shadow.cancelled
+                else f"died after {shadow.duration:.2f}s (exit {shadow.code}): {_tail(shadow)}"
+            )
+            found.steps.append(StepResult("shadow", alive, detail, round(shadow.duration, 3)))
+            if not alive:
+                return found
+        if self.ex.fitness:
+            for _ in range(repeats or self.ex.repeats):
+                if baseline_tree is not None:
+                    base_run = self._fitness(baseline_tree, {**env, "METASUP_COMMIT": base})
+                    if isinstance(base_run, dict):
+                        found.baseline.append(base_run)
+                cand_run = self._fitness(here, env)
+                if not isinstance(cand_run, dict):
+                    found.steps.append(StepResult("fitness", False, cand_run, 0.0))
+                    return found
+                found.fitness.append(cand_run)
+        return found
 
     def _failed(self, c: Candidate, t0: float) -> None:
         if c.outcome == "pending":
@@ -361,23 +416,20 @@ class Experimenter:
             timeout=self.ex.timeout,
             reaper=self.reaper,
             jail=self._jailed(where),
+            cancel=self.cancel,
         )
+        if done.cancelled:
+            return "cancelled"
         if done.timed_out:
             return f"timed out after {self.ex.timeout:g}s"
         if done.code != 0:
             return f"exit {done.code}: {_tail(done)}"
         return parse_metrics(done.stdout)
 
-    def _env(self, c: Candidate, here: Path) -> dict[str, str]:
+    @staticmethod
+    def _env(here: Path) -> dict[str, str]:
         env = child_env()
-        env.update(
-            {
-                "METASUP_EXPERIMENT": c.id,
-                "METASUP_COMMIT": c.commit or "",
-                "METASUP_WORKTREE": str(here),
-                "PYTHONDONTWRITEBYTECODE": "1",
-            }
-        )
+        env.update({"METASUP_WORKTREE": str(here), "PYTHONDONTWRITEBYTECODE": "1"})
         return env
 
     def _shadow_env(self, here: Path) -> dict[str, str]:
@@ -479,7 +531,9 @@ def parse_metrics(stdout: str) -> dict[str, float] | str:
 
 
 def _step(name: str, done: Completed) -> StepResult:
-    if done.timed_out:
+    if done.cancelled:
+        detail = "cancelled"
+    elif done.timed_out:
         detail = f"timed out after {done.duration:.1f}s (killed with its process group)"
     elif done.code == 0:
         detail = "ok"
@@ -493,6 +547,23 @@ def _tail(done: Completed, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
+def snapshot_before_merge(
+    repo: GitRepo, policy: Policy, emit: Emit, state: Path
+) -> Callable[[], None]:
+    """What runs just before an offline merge: the current work snapshotted, so the merge's
+    checkout cannot lose it."""
+    from metasup.effects.records.statefile import read_state
+
+    run = int(read_state(state).get("run") or 0)
+
+    def before_merge() -> None:
+        snap = repo.snapshot(run, protect=lambda p: policy.protecting_rule(p) is not None)
+        if snap.commit is not None:
+            emit("snapshot", commit=snap.commit, run=run, files=snap.changed)
+
+    return before_merge
+
+
 def run_offline(
     repo: GitRepo, cfg: Config, policy: Policy, sources: list[tuple[str, bytes]], dry_run: bool
 ) -> Outcome:
@@ -500,18 +571,11 @@ def run_offline(
     with the current work snapshotted before a merge's checkout could lose it."""
     from metasup.effects.process.spawn import become_subreaper
     from metasup.effects.records.journal import StateDir, locked_journal
-    from metasup.effects.records.statefile import read_state
 
     dirs = StateDir.for_git_dir(repo.git_dir)
     with locked_journal(dirs, str(repo.workdir)) as journal:
         become_subreaper()  # so what an evaluator leaves behind is found and stopped
         runner = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
         runner.clean_leftovers()
-        run = int(read_state(dirs.state).get("run") or 0)
-
-        def before_merge() -> None:
-            snap = repo.snapshot(run, protect=lambda p: policy.protecting_rule(p) is not None)
-            if snap.commit is not None:
-                journal.append("snapshot", commit=snap.commit, run=run, files=snap.changed)
-
+        before_merge = snapshot_before_merge(repo, policy, journal.append, dirs.state)
         return runner.run(sources, dry_run=dry_run, before_merge=before_merge)

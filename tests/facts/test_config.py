@@ -326,7 +326,8 @@ def test_cli_config_error_is_one_line_exit_2(repo: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "metasup: error: metasup.yaml:3: supervisor.colour: unknown key (known: agent, api, "
-        "experiments, health_checks, max_failures, mcpServers, mcp_servers, min_runtime, "
+        "evolution, experiments, health_checks, max_failures, mcpServers, mcp_servers, "
+        "min_runtime, "
         "on_tamper, proposals, protected_paths, rollback, sandbox)"
     )
     assert "Traceback" not in out.stderr

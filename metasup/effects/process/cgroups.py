@@ -186,7 +186,7 @@ class Cgroup:
                 pass
             except OSError:
                 continue
-            del self.dirs[key]
+            self.dirs.pop(key, None)
         return not self.dirs
 
 

@@ -374,6 +374,7 @@ class Jail:
         # ~10 ms, and its last process (bwrap's pid 1) may still be going.
         self.busy: list[Cgroup] = []
         self._busy_lock = threading.Lock()
+        self._tidy_lock = threading.Lock()  # one remover at a time: close() and the tidier
         self._tidier: threading.Thread | None = None
         if self.mode != "off":
             cgroups.sweep()
@@ -486,22 +487,29 @@ class Jail:
             return None
 
     def _retire(self, cgroup: Cgroup) -> None:
+        # Runs end on several threads at once (experiments in parallel): one tidier at a time,
+        # decided under the lock it gives up under.
         with self._busy_lock:
             self.busy.append(cgroup)
-        if self._tidier is None or not self._tidier.is_alive():
-            self._tidier = threading.Thread(target=self._tidy, name="metasup-cgroups", daemon=True)
-            self._tidier.start()
+            if self._tidier is None:
+                self._tidier = threading.Thread(
+                    target=self._tidy, name="metasup-cgroups", daemon=True
+                )
+                self._tidier.start()
 
-    def _tidy(self, wait: float = 5.0) -> None:
+    def _tidy(self, wait: float = 5.0, *, background: bool = True) -> None:
         """Remove the retired cgroups, trying again while their last processes die."""
         deadline = time.monotonic() + wait
         while True:
-            with self._busy_lock:
-                left = list(self.busy)
-            gone = [c for c in left if c.remove()]
+            with self._tidy_lock:
+                with self._busy_lock:
+                    left = list(self.busy)
+                gone = [c for c in left if c.remove()]
             with self._busy_lock:
                 self.busy[:] = [c for c in self.busy if c not in gone]
                 if not self.busy or time.monotonic() >= deadline:
+                    if background:
+                        self._tidier = None
                     return
             time.sleep(0.005)  # bounded: the kernel is tearing a jail down
 
@@ -514,9 +522,10 @@ class Jail:
     def close(self) -> None:
         """At the supervisor's stop: the placeholders it made go (if still empty), and the
         cgroups of ended runs (waited for a little: their last processes are dying)."""
-        if self._tidier is not None:
-            self._tidier.join(timeout=5.0)
-        self._tidy(wait=2.0)
+        tidier = self._tidier
+        if tidier is not None:
+            tidier.join(timeout=5.0)
+        self._tidy(wait=2.0, background=False)
         remove_placeholders(sorted(self.placeholders, key=lambda p: len(p.parts), reverse=True))
         self.placeholders.clear()
 

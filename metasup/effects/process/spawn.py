@@ -273,10 +273,11 @@ class Completed:
     stderr: str
     duration: float
     timed_out: bool
+    cancelled: bool = False  # stopped early because its caller gave up (Ctrl-C)
 
     @property
     def ok(self) -> bool:
-        return self.code == 0 and not self.timed_out
+        return self.code == 0 and not self.timed_out and not self.cancelled
 
 
 def run_command(
@@ -288,12 +289,14 @@ def run_command(
     reaper: Reaper,
     max_output: int = 1 << 20,
     jail: Prepared | None = None,
+    cancel: threading.Event | None = None,
 ) -> Completed:
     """Run a command to completion with a hard timeout.
 
     At the timeout the whole tree is killed (SIGKILL, no grace: an evaluator that hangs has
     failed, whatever it printed). After a normal exit, whatever the command left running is
-    killed too. Output beyond `max_output` bytes a stream is dropped from the middle.
+    killed too. Output beyond `max_output` bytes a stream is dropped from the middle. When
+    `cancel` is set, the tree is killed as at the timeout, and the result says cancelled.
     """
     t0 = time.monotonic()
     deadline = t0 + timeout
@@ -316,7 +319,7 @@ def run_command(
             del buf[max_output // 2 : len(buf) - max_output // 2]
         return bool(data)
 
-    timed_out = False
+    timed_out = cancelled = False
     with selectors.DefaultSelector() as sel:
         for name, stream in streams.items():
             if stream is not None:
@@ -325,6 +328,9 @@ def run_command(
             left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = True
+                break
+            if cancel is not None and cancel.is_set():
+                timed_out = cancelled = True
                 break
             # A short bound: a daemon it started may hold the pipes open after it exited.
             for key, _ in sel.select(min(left, 0.05)):
@@ -355,6 +361,7 @@ def run_command(
         stderr=out["stderr"].decode("utf-8", "replace"),
         duration=time.monotonic() - t0,
         timed_out=timed_out,
+        cancelled=cancelled,
     )
 
 

@@ -1,0 +1,144 @@
+"""The population in git: every candidate a commit with the evolution's trailers, kept
+reachable by `refs/metasup/pop/<id>`; crossover as a three-way merge; a mutator's edits read
+back from its worktree as a list of changes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+from pygit2.enums import DeltaStatus, DiffOption
+
+from metasup.effects.git.repo import GitRepo, signature
+
+POP_PREFIX = "refs/metasup/pop/"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a candidate commit's trailers say."""
+
+    generation: int
+    island: int
+    operator: str
+    parents: tuple[str, ...]
+
+
+def message(title: str, lineage: Lineage, body: str = "") -> str:
+    lines = [
+        f"Metasup-Generation: {lineage.generation}",
+        f"Metasup-Island: {lineage.island}",
+        f"Metasup-Operator: {lineage.operator}",
+        *(f"Metasup-Parent: {p}" for p in lineage.parents),
+    ]
+    text = body.strip()
+    return f"{title}\n\n" + (f"{text}\n\n" if text else "") + "\n".join(lines) + "\n"
+
+
+def read_lineage(git: GitRepo, commit: str) -> Lineage | None:
+    """The trailers of `commit`, None when it has not all of them."""
+    try:
+        text = git.repo[commit].peel(pygit2.Commit).message
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key.startswith("Metasup-"):
+            found.setdefault(key, []).append(value.strip())
+    try:
+        return Lineage(
+            generation=int(found["Metasup-Generation"][0]),
+            island=int(found["Metasup-Island"][0]),
+            operator=found["Metasup-Operator"][0],
+            parents=tuple(found.get("Metasup-Parent", [])),
+        )
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def tree_of(git: GitRepo, commit: str) -> str:
+    return str(git.repo[commit].peel(pygit2.Commit).tree_id)
+
+
+def make_commit(git: GitRepo, tree: str, parents: list[str], text: str) -> str:
+    """A commit on no branch (a ref keeps it)."""
+    oid = git.repo.create_commit(
+        None,
+        signature(),
+        signature(),
+        text,
+        pygit2.Oid(hex=tree),
+        [pygit2.Oid(hex=p) for p in parents],
+    )
+    return str(oid)
+
+
+def keep(git: GitRepo, member: str, commit: str) -> str:
+    """Point refs/metasup/pop/<member> at `commit` (again, after a crash: same commit)."""
+    ref = POP_PREFIX + member
+    git.repo.references.create(ref, commit, force=True)
+    return ref
+
+
+def kept(git: GitRepo, prefix: str = "") -> dict[str, str]:
+    """{member id: commit} of the pop refs whose id starts with `prefix`."""
+    start = POP_PREFIX + prefix
+    out = {}
+    for name in git.repo.references:
+        if name.startswith(start):
+            ref = git.repo.references.get(name)
+            if ref is not None and isinstance(ref.target, pygit2.Oid):
+                out[name.removeprefix(POP_PREFIX)] = str(ref.target)
+    return out
+
+
+def merged_tree(git: GitRepo, ours: str, theirs: str) -> str | list[str]:
+    """The tree of a three-way merge of two commits against their merge base, or the paths
+    that conflict."""
+    index = git.repo.merge_commits(ours, theirs)
+    if index.conflicts is not None:
+        return sorted({e.path for entries in index.conflicts for e in entries if e is not None})
+    return str(index.write_tree(git.repo))
+
+
+class Unrepresentable(Exception):
+    """The worktree holds something a commit of ours cannot (a symlink, a nested repository)."""
+
+
+def worktree_changes(worktree: Path, parent: str) -> list[dict[str, str]]:
+    """What was changed in `worktree` since `parent`, as a proposal's `changes` (content in
+    base64): what `git add -A` would commit, whatever the index says."""
+    import base64
+
+    repo = pygit2.Repository(str(worktree))
+    tree = repo[parent].peel(pygit2.Commit).tree
+    diff = tree.diff_to_workdir(
+        flags=DiffOption.INCLUDE_UNTRACKED
+        | DiffOption.RECURSE_UNTRACKED_DIRS
+        | DiffOption.INCLUDE_TYPECHANGE
+    )
+    changes: list[dict[str, str]] = []
+    for delta in diff.deltas:
+        path = delta.new_file.path or delta.old_file.path
+        if delta.status == DeltaStatus.DELETED:
+            changes.append({"file": path, "action": "delete"})
+            continue
+        full = worktree / path
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            changes.append({"file": path, "action": "delete"})
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise Unrepresentable(f"{path} is {kind}")
+        data = full.read_bytes()
+        mode = "100755" if st.st_mode & stat.S_IXUSR else "100644"
+        changes.append(
+            {"file": path, "content_base64": base64.b64encode(data).decode(), "mode": mode}
+        )
+    return changes

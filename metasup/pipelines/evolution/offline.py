@@ -1,0 +1,60 @@
+"""`metasup evolve`, with no supervisor running: under the repository's lock, journalled, the
+current work snapshotted before a merge, Ctrl-C (or SIGTERM) stopping it resumably."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from metasup.effects.git.repo import GitRepo
+from metasup.effects.process.spawn import Reaper, become_subreaper
+from metasup.effects.records.journal import StateDir, locked_journal, read_events
+from metasup.facts.policy import Policy
+from metasup.facts.settings import Config
+from metasup.pipelines.evolution.search import Result, Search
+from metasup.pipelines.experiments import Experimenter, snapshot_before_merge
+
+
+@contextmanager
+def _stopping_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the search (in-flight commands are killed, nothing is recorded
+    for them) instead of raising in the middle of a git step."""
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda *_: stop())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_offline(
+    repo: GitRepo,
+    cfg: Config,
+    policy: Policy,
+    *,
+    resume: bool,
+    generations: int | None,
+    merge: bool,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_open: Callable[[Search, bool], None] | None = None,
+) -> Result:
+    dirs = StateDir.for_git_dir(repo.git_dir)
+    with locked_journal(dirs, str(repo.workdir)) as journal:
+        become_subreaper()  # so what a mutator or evaluator leaves behind is found and stopped
+        repo.clear_stale_locks()  # a run killed mid-write left them; we hold the repo's lock
+        exp = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
+        search = Search(exp, journal.append, lambda: read_events(dirs.events), on_record=on_record)
+        with _stopping_on_signals(exp.cancel.set):
+            history, resumed = search.open(resume, generations)
+            if on_open is not None:
+                on_open(search, resumed)
+            return search.run(
+                history,
+                generations=generations,
+                merge=merge,
+                before_merge=snapshot_before_merge(repo, policy, journal.append, dirs.state),
+            )
