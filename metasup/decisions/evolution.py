@@ -50,7 +50,9 @@ class Member:
     @property
     def fit(self) -> float:
         """What selection compares: failed candidates lose to every passing one."""
-        return self.score if self.passed and self.score is not None else -math.inf
+        if self.passed and self.score is not None and math.isfinite(self.score):
+            return self.score
+        return -math.inf
 
 
 @dataclass(frozen=True)
@@ -294,9 +296,9 @@ class History:
             elif kind == CHILD_DISCARDED:
                 self.discarded.setdefault(str(e["id"]), str(e.get("reason") or ""))
             elif kind == GENERATION_STARTED:
-                self.generations_started.add(int(e["generation"]))
+                self.generations_started.add(_count(e["generation"]))
             elif kind == GENERATION_FINISHED:
-                self.generations_finished[int(e["generation"])] = dict(e)
+                self.generations_finished[_count(e["generation"])] = dict(e)
             elif kind == EVOLUTION_JUDGED:
                 self.judged = dict(e)
             elif kind == "merged":
@@ -314,19 +316,28 @@ class History:
         return float(value) if isinstance(value, int | float) else 0.0
 
 
+def _count(value: Any) -> int:
+    """A generation or island number as metasup writes it; anything else is not ours."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return value
+
+
 def member_from_event(e: Mapping[str, Any]) -> Member:
     score = e.get("score")
     return Member(
         id=str(e["id"]),
         commit=str(e["commit"]),
         tree=str(e.get("tree") or ""),
-        generation=int(e["generation"]),
-        island=int(e["island"]),
+        generation=_count(e["generation"]),
+        island=_count(e["island"]),
         operator=str(e["operator"]),
         parents=tuple(str(p) for p in e.get("parents") or ()),
-        score=float(score) if isinstance(score, int | float) else None,
+        score=float(score)
+        if isinstance(score, int | float) and not isinstance(score, bool)
+        else None,
         passed=bool(e.get("passed")),
-        carries=e.get("carries"),
+        carries=str(e["carries"]) if e.get("carries") is not None else None,
     )
 
 
@@ -339,7 +350,9 @@ def histories(events: Iterable[Mapping[str, Any]]) -> dict[str, History]:
         if not isinstance(evo, str):
             continue
         if e.get("event") == EVOLUTION_STARTED:
-            out[evo] = History(evo, int(e.get("seed") or 0), str(e.get("base") or ""), dict(e))
+            seed = e.get("seed")
+            seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+            out[evo] = History(evo, seed, str(e.get("base") or ""), dict(e))
         elif evo in out:
             out[evo].absorb(e)
     return out

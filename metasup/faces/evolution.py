@@ -179,9 +179,13 @@ class PlainFace:
         self.quiet = quiet
         self.lock = threading.Lock()  # candidates are journalled from several threads
 
-    def opened(self, resumed: bool) -> None:
-        if resumed and not self.quiet:
-            print("resuming the interrupted evolution", flush=True)
+    def opened(self, history: History, resumed: bool) -> None:
+        if self.quiet or not resumed:
+            return
+        if history.finished is not None:
+            print(f"evolution {history.evolution} finished already; nothing to resume", flush=True)
+        else:
+            print(f"resuming the interrupted evolution {history.evolution}", flush=True)
 
     def feed(self, record: dict[str, Any]) -> None:
         line = None if self.quiet else plain_line(record)

@@ -19,6 +19,7 @@ Every command has a hard timeout; a candidate whose step times out has failed.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -336,7 +337,7 @@ class Experimenter:
                 if self.ex.fitness and baseline
                 else None
             )
-            restored = self._restore_evaluator(here, base, commit)
+            restored = self.restore_evaluator(here, base, commit)
         if restored:
             found.steps.append(
                 StepResult("evaluator", True, f"judged by the good {', '.join(restored)}", 0.0)
@@ -446,8 +447,11 @@ class Experimenter:
         }
 
     def evaluator_paths(self) -> list[str]:
-        """Paths the check and fitness commands name that exist in the good commit."""
+        """Paths the check, fitness and mutator commands name: a candidate is judged (and
+        mutated) by the good commit's, never by ones it edited."""
         commands = [*self.ex.checks, *([self.ex.fitness] if self.ex.fitness else [])]
+        if self.config.evolution is not None:
+            commands.append(self.config.evolution.mutator)
         named = []
         for argv in commands:
             for arg in argv[1:]:
@@ -456,7 +460,7 @@ class Experimenter:
                     named.append(path)
         return sorted(set(named))
 
-    def _restore_evaluator(self, here: Path, base: str, candidate: str) -> list[str]:
+    def restore_evaluator(self, here: Path, base: str, candidate: str) -> list[str]:
         named = self.evaluator_paths()
 
         def is_evaluator(path: str) -> bool:
@@ -526,6 +530,8 @@ def parse_metrics(stdout: str) -> dict[str, float] | str:
     for key, value in doc.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"{key!r} is not a number"
+        if not math.isfinite(value):
+            return f"{key!r} is {value}, not a finite number"
         out[str(key)] = float(value)
     return out
 

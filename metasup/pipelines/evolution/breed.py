@@ -57,15 +57,17 @@ def mutate(
     exp: Experimenter,
     plan: Plan,
     slot: int,
+    base: str,
     inspirations: list[Member],
     scratch: Path,
 ) -> Child:
     """Run the mutator on the parent; the child is what it edited, or the proposal it printed
-    as its last line."""
+    as its last line. The mutator's own files (and the evaluator's) are the good commit's."""
     assert exp.config.evolution is not None
     (parent,) = plan.parents
     with exp.git_lock:
         here = candidates.worktree_at(exp.repo, f"mut-{slot}", exp.pool, parent.commit)
+        exp.restore_evaluator(here, base, parent.commit)
     scratch.mkdir(parents=True, exist_ok=True)
     inspiration_file = scratch / f"inspirations-{plan.id}.json"
     write_json_atomic(

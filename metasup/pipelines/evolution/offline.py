@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from metasup.decisions.evolution import History
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.spawn import Reaper, become_subreaper
 from metasup.effects.records.journal import StateDir, locked_journal, read_events
@@ -40,7 +41,7 @@ def run_offline(
     generations: int | None,
     merge: bool,
     on_record: Callable[[dict[str, Any]], None] | None = None,
-    on_open: Callable[[Search, bool], None] | None = None,
+    on_open: Callable[[History, bool], None] | None = None,
 ) -> Result:
     dirs = StateDir.for_git_dir(repo.git_dir)
     with locked_journal(dirs, str(repo.workdir)) as journal:
@@ -51,7 +52,7 @@ def run_offline(
         with _stopping_on_signals(exp.cancel.set):
             history, resumed = search.open(resume, generations)
             if on_open is not None:
-                on_open(search, resumed)
+                on_open(history, resumed)
             return search.run(
                 history,
                 generations=generations,

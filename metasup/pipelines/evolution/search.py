@@ -122,12 +122,12 @@ class Search:
             self._on_record(rec)
 
     def open(self, resume: bool, generations: int | None) -> tuple[History, bool]:
-        """The evolution to work on: the interrupted one with `resume`, else a new one.
-        Returns it and whether it was resumed."""
+        """The evolution to work on: with `resume`, the last one (finished already: it is only
+        reported, so resuming until done is safe to repeat); else, or when the journal has
+        none, a new one. Returns it and whether it was resumed."""
         found = evo.histories(self._events())
-        h = evo.resumable(found) if resume else None
-        if h is not None:
-            return h, True
+        if resume and found:
+            return list(found.values())[-1], True
         base = self.repo.good() or self.repo.head()
         if base is None:
             raise UserError("the repository has no commit to evolve from")
@@ -157,6 +157,8 @@ class Search:
         before_merge: Callable[[], None] | None = None,
         mark_good: bool = True,
     ) -> Result:
+        if h.finished is not None:
+            return _finished_result(h, h.finished)
         target = generations if generations is not None else h.started.get("generations")
         cfg = replace(self.cfg, generations=target if isinstance(target, int) else None)
         t0 = time.monotonic()
@@ -267,7 +269,9 @@ class Search:
             if plan.operator == evo.CROSSOVER:
                 child = breed.crossover(self.exp, plan)
             else:
-                child = breed.mutate(self.exp, plan, slot, self._inspirations(h), self.scratch)
+                child = breed.mutate(
+                    self.exp, plan, slot, h.base, self._inspirations(h), self.scratch
+                )
             if child.commit is None:
                 self._release()
                 if child.code != "cancelled":
@@ -526,6 +530,21 @@ class Search:
         if fast and mark_good:
             self._emit(Event.MARK_GOOD, commit=head, reason="won an evolution")
         return head
+
+
+def _finished_result(h: History, finished: Mapping[str, Any]) -> Result:
+    """What a finished evolution's journal says of its end."""
+    best = h.members.get(str(finished.get("best_id")))
+    base = finished.get("baseline_score")
+    return Result(
+        h,
+        str(finished.get("stopped") or ""),
+        best=best,
+        baseline_score=float(base) if isinstance(base, int | float) else None,
+        verdict=_verdict_of(h.judged) if h.judged is not None else None,
+        promoted=bool(finished.get("promoted")),
+        merged=finished.get("merged") if isinstance(finished.get("merged"), str) else None,
+    )
 
 
 def _verdict_of(judged: Mapping[str, Any]) -> Verdict:

@@ -55,7 +55,7 @@ def evolve(
             generations=generations,
             merge=not no_merge,
             on_record=face.feed,
-            on_open=lambda _search, resumed: face.opened(resumed),
+            on_open=face.opened,
         )
     finally:
         face.close()

@@ -1,0 +1,389 @@
+"""`metasup evolve` and `metasup population`: a population kept in git, through the CLI.
+
+The repository is the evolution demo's (a shell sort whose gaps the mutator edits, scored in
+comparisons), with a smaller search so each run takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testing.fixtures import events, git, make_repo, metasup_cmd, run_metasup, wait_for
+
+DEMO = Path(__file__).resolve().parents[2] / "metasup" / "faces" / "demo" / "files" / "evolve"
+PY = json.dumps(sys.executable)
+
+
+def config(
+    *,
+    population: int = 4,
+    generations: int = 2,
+    repeats: int = 1,
+    mutator: str = "evolve/mutate.py",
+    sandbox: str = "",
+    extra: str = "",
+    timeout: str = "20s",
+) -> str:
+    return f"""\
+supervisor:
+  agent: {{command: [{PY}, agent.py]}}
+  experiments:
+    checks: [[{PY}, checks/check.py]]
+    fitness: [{PY}, eval/score.py]
+    repeats: {repeats}
+    timeout: {timeout}
+    max_concurrent: 2
+  evolution:
+    mutator: [{PY}, {mutator}]
+    population: {population}
+    generations: {generations}
+    islands: 2
+    elite: 1
+    crossover_rate: 0.3
+    migration: {{every: 1, count: 1}}
+{extra}{sandbox}"""
+
+
+def evolution_repo(path: Path, body: str) -> Path:
+    make_repo(path)
+    shutil.copytree(DEMO, path, dirs_exist_ok=True)
+    (path / ".gitignore").write_text("__pycache__/\n")
+    (path / "metasup.yaml").write_text(body)
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "start")
+    return path
+
+
+def of_kind(repo: Path, kind: str) -> list[dict[str, Any]]:
+    return [e for e in events(repo) if e["event"] == kind]
+
+
+def trailers(repo: Path, commit: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in git(repo, "log", "-1", "--format=%B", commit).splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key.startswith("Metasup-"):
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def pop_refs(repo: Path) -> dict[str, str]:
+    lines = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/metasup/pop/")
+    return {
+        name.removeprefix("refs/metasup/pop/"): sha
+        for name, sha in (line.split() for line in lines.splitlines())
+    }
+
+
+def assert_whole(repo: Path) -> None:
+    """What must hold after any run, interrupted or not: each candidate evaluated once, each
+    kept by its ref with its trailers, generations counted once, the repository sound."""
+    evaluated = of_kind(repo, "candidate_evaluated")
+    carried = of_kind(repo, "candidate_carried")
+    ids = [e["id"] for e in evaluated]
+    assert len(ids) == len(set(ids)), "a candidate was evaluated twice"
+    trees = [e["tree"] for e in evaluated]
+    assert len(trees) == len(set(trees)), "a tree was evaluated twice"
+    refs = pop_refs(repo)
+    for e in evaluated + carried:
+        assert refs.get(e["id"]) == e["commit"], f"{e['id']} is not kept by its ref"
+        t = trailers(repo, e["commit"])
+        assert t["Metasup-Generation"] == [str(e["generation"])]
+        assert t["Metasup-Island"] == [str(e["island"])]
+        assert t["Metasup-Operator"] == [e["operator"]]
+        assert t["Metasup-Parent"] == e["parents"]
+        assert git(repo, "rev-parse", e["commit"] + "^{tree}").strip() == e["tree"]
+    recorded = set(ids) | {e["id"] for e in carried}
+    lost = set(refs) - recorded
+    assert not lost, f"kept but never evaluated: {lost}"
+    started = [e["generation"] for e in of_kind(repo, "generation_started")]
+    finished = [e["generation"] for e in of_kind(repo, "generation_finished")]
+    assert len(started) == len(set(started)) and len(finished) == len(set(finished))
+    assert finished == sorted(finished) == list(range(len(finished)))
+    git(repo, "fsck", "--strict", "--no-dangling")
+
+
+# --- the demo -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    where = tmp_path_factory.mktemp("evolve-demo") / "repo"
+    out = subprocess.run(
+        metasup_cmd("demo", "--evolve", "--dir", str(where)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return where, out
+
+
+def test_the_demo_beats_its_baseline_within_five_generations_and_merges_it(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    repo, out = demo
+    assert out.returncode == 0, out.stdout + out.stderr
+    (finished,) = of_kind(repo, "evolution_finished")
+    assert finished["best_score"] > finished["baseline_score"] == 1.0
+    assert finished["promoted"] is True
+    assert finished["merged"] == git(repo, "rev-parse", "HEAD").strip()
+    assert git(repo, "rev-parse", "refs/metasup/good").strip() == finished["merged"]
+    gens = of_kind(repo, "generation_finished")
+    assert [g["generation"] for g in gens] == [0, 1, 2, 3, 4, 5]
+    bests = [g["best"] for g in gens]
+    assert bests == sorted(bests), "the best score fell although elites carry it"
+    assert "best score per generation: 1 ->" in out.stdout
+    assert_whole(repo)
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_candidates_events_carry_what_the_spec_lists(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    repo, _ = demo
+    evaluated = of_kind(repo, "candidate_evaluated")
+    for e in evaluated:
+        for key in ("id", "commit", "parents", "operator", "generation", "island", "score"):
+            assert key in e
+        assert isinstance(e["passed"], bool) and isinstance(e["duration_ms"], int | float)
+    assert {e["operator"] for e in evaluated} >= {"seed", "mutate"}
+    (seed,) = [e for e in evaluated if e["operator"] == "seed"]
+    assert seed["generation"] == 0 and seed["score"] == 1.0
+    assert {e["operator"] for e in of_kind(repo, "candidate_carried")} == {"elite"}
+    (started,) = of_kind(repo, "evolution_started")
+    assert started["base"] == seed["parents"][0]
+    for g in of_kind(repo, "generation_finished"):
+        assert {"best", "median", "evaluated", "failed"} <= set(g)
+
+
+def test_population_lists_the_candidates_best_first(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    repo, _ = demo
+    out = run_metasup(repo, "population", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    scores = [c["score"] for c in doc if c["passed"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len(doc) == len(of_kind(repo, "candidate_evaluated")) + len(
+        of_kind(repo, "candidate_carried")
+    )
+    first = doc[0]
+    assert git(repo, "rev-parse", first["ref"]).strip() == first["commit"]
+    assert {"score", "generation", "operator", "parents", "island"} <= set(first)
+    top = json.loads(run_metasup(repo, "population", "--json", "--top", "3").stdout)
+    assert top == doc[:3]
+    plain = run_metasup(repo, "population", "--top", "2")
+    lines = plain.stdout.strip().splitlines()
+    assert lines[0].startswith("id | score") and len(lines) == 3
+    assert first["id"] in lines[1]
+
+
+# --- no merge, JSON, failures -------------------------------------------------------------
+
+
+def test_no_merge_reports_the_winner_and_leaves_the_branch(tmp_path: Path) -> None:
+    repo = evolution_repo(tmp_path / "r", config(repeats=3))
+    head = git(repo, "rev-parse", "HEAD").strip()
+    out = run_metasup(repo, "evolve", "--no-merge", "--json", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["promoted"] is True and doc["merged"] is None
+    assert doc["best_score"] > doc["baseline_score"]
+    assert git(repo, "rev-parse", "HEAD").strip() == head
+    assert doc["generations"][-1]["generation"] == 2
+    assert_whole(repo)
+
+
+def test_nothing_better_exits_1_and_merges_nothing(tmp_path: Path) -> None:
+    repo = evolution_repo(tmp_path / "r", config(mutator="evolve/noop.py"))
+    (repo / "evolve" / "noop.py").write_text("print('no idea')\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "noop mutator")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    out = run_metasup(repo, "evolve", timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "nothing beat the good commit" in out.stdout
+    discarded = of_kind(repo, "child_discarded")
+    assert discarded and {d["reason"] for d in discarded} == {"no_change"}
+    assert git(repo, "rev-parse", "HEAD").strip() == head
+
+
+MUTATOR_OF_MANY_FAILURES = """\
+import os, time
+from pathlib import Path
+child = os.environ["METASUP_CHILD"]
+kind = int(child.rsplit("c", 1)[1])
+assert os.environ["METASUP_PARENT"] and os.environ["METASUP_GENERATION"]
+Path("gaps.txt").write_text(Path("gaps.txt").read_text().replace("0", str(10 + kind), 1))
+if kind == 0:
+    Path("metasup.yaml").write_text("supervisor: {}\\n")   # protected: the config in use
+elif kind == 1:
+    time.sleep(60)                                      # past the hard timeout
+elif kind == 2:
+    Path("shellsort.py").write_text("def sort(items):\\n    return items, 0\\n")  # breaks the check
+"""
+
+
+def test_failed_mutators_and_candidates_are_counted_and_a_failing_check_costs_no_fitness(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "fitness-runs"
+    repo = evolution_repo(
+        tmp_path / "r",
+        config(
+            population=10,
+            generations=1,
+            mutator="evolve/many.py",
+            timeout="2s",
+            sandbox="  sandbox: {mode: off}\n",
+        ),
+    )
+    (repo / "evolve" / "many.py").write_text(MUTATOR_OF_MANY_FAILURES)
+    score = (repo / "eval" / "score.py").read_text()
+    (repo / "eval" / "score.py").write_text(
+        f"import os\nopen({str(log)!r}, 'a').write(os.environ['METASUP_CANDIDATE'] + '\\n')\n"
+        + score
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a mutator of many failures")
+    out = run_metasup(repo, "evolve", "--json", timeout=120)
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    discarded = {d["id"].rsplit("-", 1)[1]: d for d in of_kind(repo, "child_discarded")}
+    assert discarded["c0"]["reason"] == "rejected" and "path_protected" in discarded["c0"]["detail"]
+    assert discarded["c1"]["reason"] == "mutator" and "timed out" in discarded["c1"]["detail"]
+    evaluated = {e["id"].rsplit("-", 1)[1]: e for e in of_kind(repo, "candidate_evaluated")}
+    broken = evaluated["c2"]
+    assert broken["passed"] is False and broken["score"] is None
+    assert broken["reason"].startswith("check ")
+    assert evaluated["c3"]["passed"] is True
+    fitness_for = log.read_text().split()
+    assert broken["id"] not in fitness_for
+    assert evaluated["c3"]["id"] in fitness_for
+    # Both islands' c2 (and c3) make the same tree: the second is not evaluated again.
+    assert json.loads(out.stdout)["failed"] == 1
+    duplicates = [d for d in of_kind(repo, "child_discarded") if d["reason"] == "duplicate"]
+    assert {d["id"].rsplit("-", 1)[1] for d in duplicates} == {"c2", "c3"}
+    for d in duplicates:
+        assert d["of"] in {e["id"] for e in of_kind(repo, "candidate_evaluated")}
+    assert_whole(repo)
+
+
+def test_evolve_without_an_evolution_section_is_a_clear_error(tmp_path: Path) -> None:
+    repo = evolution_repo(tmp_path / "r", config().split("  evolution:")[0])
+    out = run_metasup(repo, "evolve")
+    assert out.returncode == 2
+    assert "no `evolution:` section" in out.stderr and "Traceback" not in out.stderr
+    assert of_kind(repo, "evolution_started") == []
+
+
+# --- crashes and stops ----------------------------------------------------------------------
+
+POINTS = [
+    "evolve_generation_started",
+    "evolve_child_made@2",
+    "evolve_ref_kept@3",
+    "evolve_evaluated@2",
+    "evolve_journalled@4",
+    "evolve_elite_kept",
+    "evolve_generation_done@2",
+    "evolve_merged",
+]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_kill_at_a_named_point_loses_nothing_and_evaluates_nothing_twice(
+    tmp_path: Path, point: str
+) -> None:
+    repo = evolution_repo(tmp_path / "r", config(repeats=3))
+    killed = run_metasup(repo, "evolve", timeout=120, env={"METASUP_CRASHPOINT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert of_kind(repo, "evolution_finished") == []
+    before = {e["id"] for e in of_kind(repo, "candidate_evaluated")}
+    resumed = run_metasup(repo, "evolve", "--resume", timeout=120)
+    assert resumed.returncode in (0, 1), resumed.stdout + resumed.stderr
+    assert "resuming the interrupted evolution" in resumed.stdout
+    again = run_metasup(repo, "evolve", "--resume", timeout=60)
+    assert again.returncode == resumed.returncode
+    assert "finished already; nothing to resume" in again.stdout
+    assert len(of_kind(repo, "evolution_started")) == 1
+    (finished,) = of_kind(repo, "evolution_finished")
+    assert before <= {e["id"] for e in of_kind(repo, "candidate_evaluated")}
+    assert [g["generation"] for g in of_kind(repo, "generation_finished")] == [0, 1, 2]
+    if finished["promoted"]:
+        assert git(repo, "rev-parse", "HEAD").strip() == finished["merged"]
+        assert len(of_kind(repo, "merged")) == 1
+    assert_whole(repo)
+
+
+def test_kills_at_random_moments_then_resumes_finish_the_same_evolution(tmp_path: Path) -> None:
+    repo = evolution_repo(tmp_path / "r", config(population=6, generations=3, repeats=3))
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(12):
+        proc = subprocess.Popen(
+            metasup_cmd("evolve", *(["--resume"] if kills else [])),
+            cwd=repo,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            code = proc.wait(timeout=rng.uniform(0.3, 2.5))  # the moment of the kill
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+            kills += 1
+            continue
+        assert code in (0, 1), proc.stderr.read() if proc.stderr else ""
+        break
+    else:
+        out = run_metasup(repo, "evolve", "--resume", timeout=120)
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+    assert kills >= 1
+    assert len(of_kind(repo, "evolution_started")) == 1
+    assert len(of_kind(repo, "evolution_finished")) == 1
+    assert [g["generation"] for g in of_kind(repo, "generation_finished")] == [0, 1, 2, 3]
+    assert_whole(repo)
+
+
+def test_ctrl_c_stops_at_once_and_resume_goes_on(tmp_path: Path) -> None:
+    hold = tmp_path / "hold"  # the mutator of generation 2 hangs while it exists
+    hold.write_text("")
+    repo = evolution_repo(
+        tmp_path / "r", config(population=4, generations=3, mutator="evolve/slow.py")
+    )
+    (repo / "evolve" / "slow.py").write_text(
+        "import os, runpy, time\nrunpy.run_path('evolve/mutate.py')\n"
+        f"while os.environ['METASUP_GENERATION'] == '2' and os.path.exists({str(hold)!r}):\n"
+        "    time.sleep(0.05)\n"
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a slow mutator")
+    proc = subprocess.Popen(
+        metasup_cmd("evolve"), cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(
+        lambda: any(e.get("generation") == 2 for e in of_kind(repo, "generation_started")),
+        timeout=60,
+        what="generation 2",
+    )
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, out + err
+    assert "--resume" in out and "Traceback" not in err
+    assert of_kind(repo, "evolution_finished") == []
+    hold.unlink()
+    resumed = run_metasup(repo, "evolve", "--resume", "--no-merge", timeout=120)
+    assert resumed.returncode in (0, 1), resumed.stdout + resumed.stderr
+    assert [g["generation"] for g in of_kind(repo, "generation_finished")] == [0, 1, 2, 3]
+    assert_whole(repo)
