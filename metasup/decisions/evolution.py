@@ -397,3 +397,20 @@ def trigger_due(
     if cfg.trigger_min_gain is None or gain_since_last_round is None:
         return True
     return gain_since_last_round < cfg.trigger_min_gain
+
+
+def figures(h: History, *, running: bool) -> dict[str, Any]:
+    """The status document's `evolution` object."""
+    best = h.best()
+    seed = h.members.get(seed_id(h.evolution))
+    finished = h.finished or {}
+    baseline = finished.get("baseline_score", seed.score if seed else None)
+    return {
+        "evolution": h.evolution,
+        "generation": max(h.generations_started, default=0),
+        "evaluated": h.evaluations,
+        "failed": h.failed,
+        "best_score": best.score if best else None,
+        "baseline_score": baseline if isinstance(baseline, int | float) else None,
+        "running": running,
+    }

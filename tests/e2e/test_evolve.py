@@ -12,12 +12,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testing.fixtures import events, git, make_repo, metasup_cmd, run_metasup, wait_for
+from testing.fixtures import (
+    events,
+    git,
+    make_repo,
+    metasup_cmd,
+    run_metasup,
+    state,
+    supervising,
+    wait_for,
+)
 
 DEMO = Path(__file__).resolve().parents[2] / "metasup" / "faces" / "demo" / "files" / "evolve"
 PY = json.dumps(sys.executable)
@@ -284,6 +294,30 @@ def test_evolve_without_an_evolution_section_is_a_clear_error(tmp_path: Path) ->
     assert out.returncode == 2
     assert "no `evolution:` section" in out.stderr and "Traceback" not in out.stderr
     assert of_kind(repo, "evolution_started") == []
+
+
+def test_status_the_api_and_metrics_carry_the_evolution_figures(tmp_path: Path) -> None:
+    repo = evolution_repo(
+        tmp_path / "r", config(generations=1, extra='  api: {listen: "127.0.0.1:0"}\n')
+    )
+    out = run_metasup(repo, "evolve", "--no-merge", "--json", timeout=120)
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    status = json.loads(run_metasup(repo, "status", "--json").stdout)
+    figures = status["evolution"]
+    assert figures["evolution"] == doc["evolution"] and figures["running"] is False
+    assert figures["evaluated"] == doc["evaluated"] == len(of_kind(repo, "candidate_evaluated"))
+    assert figures["best_score"] == doc["best_score"] and figures["generation"] == 1
+    assert figures["baseline_score"] == 1.0
+    assert "evolve:" in run_metasup(repo, "status").stdout
+    with supervising(repo):
+        url = wait_for(lambda: state(repo).get("api_url"), what="the API's URL")
+        with urllib.request.urlopen(url + "/supervisor/status", timeout=10) as r:
+            assert json.load(r)["evolution"]["evaluated"] == doc["evaluated"]
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+    assert f"metasup_evolution_evaluated {float(doc['evaluated'])}" in metrics
+    assert f"metasup_evolution_best_score {float(doc['best_score'])}" in metrics
 
 
 # --- crashes and stops ----------------------------------------------------------------------

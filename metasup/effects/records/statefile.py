@@ -87,6 +87,16 @@ _EXPERIMENT: dict[str, Check] = {
     "improvement": _optional(_num),
 }
 
+_EVOLUTION: dict[str, Check] = {
+    "evolution": _str,
+    "generation": _nat,
+    "evaluated": _nat,
+    "failed": _nat,
+    "best_score": _optional(_num),
+    "baseline_score": _optional(_num),
+    "running": _bool,
+}
+
 # Every field the supervisor writes, with its shape. Nested objects are cleaned the same way.
 STATE_FIELDS: dict[str, Check | dict[str, Check] | tuple[str, dict[str, Check]]] = {
     "status": _str,
@@ -115,6 +125,7 @@ STATE_FIELDS: dict[str, Check | dict[str, Check] | tuple[str, dict[str, Check]]]
     "last_crash_to_relaunch_s": _optional(_num),
     "experiments": ("list", _EXPERIMENT),
     "experiment_running": _bool,
+    "evolution": _EVOLUTION,
     "strategy": _str,
     "counters": ("map", {"": _nat}),
     "note": _optional(_str),

@@ -31,6 +31,15 @@ COUNTERS = {
 MCP_STATES = tuple(McpState)
 
 
+EVOLUTION_GAUGES = {
+    "generation": "The last evolution's current generation.",
+    "evaluated": "Candidates the last evolution evaluated.",
+    "failed": "Candidates of the last evolution that failed.",
+    "best_score": "The last evolution's best score.",
+    "baseline_score": "The good commit's score in the last evolution.",
+}
+
+
 def render(status: dict[str, Any]) -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -81,6 +90,9 @@ class _Collector:
             "metasup_max_failures", "Quick failures that stop everything.", s.get("max_failures")
         )
         yield _gauge("metasup_uptime_seconds", "Supervisor uptime.", s.get("uptime_s"))
+        evolution = s.get("evolution") or {}
+        for key, doc in EVOLUTION_GAUGES.items():
+            yield _gauge(f"metasup_evolution_{key}", doc, evolution.get(key))
         up = GaugeMetricFamily(
             "metasup_status", "1 for the supervisor's status.", labels=["status"]
         )

@@ -125,8 +125,24 @@ def render(
     experiments = doc.get("experiments") or []
     if experiments or doc.get("experiment_running"):
         parts.append(_experiments_table(experiments, bool(doc.get("experiment_running"))))
+    evolution = doc.get("evolution")
+    if isinstance(evolution, dict):
+        parts.append(_evolution_line(evolution))
     parts.append(_events_panel(recent[-max_events:] if max_events > 0 else [], width))
     return Group(*parts)
+
+
+def _evolution_line(e: dict[str, Any]) -> Text:
+    def score(v: Any) -> str:
+        return "-" if v is None else f"{v:.6g}"
+
+    return Text.assemble(
+        ("evolution ", "bold"),
+        f"{e.get('evolution')}  {'running' if e.get('running') else 'last'}  "
+        f"generation {e.get('generation')}  evaluated {e.get('evaluated')}  "
+        f"failed {e.get('failed')}  best {score(e.get('best_score'))}  "
+        f"good {score(e.get('baseline_score'))}",
+    )
 
 
 def fitted(
@@ -285,6 +301,10 @@ def plain(doc: dict[str, Any], running: bool, now: float | None = None) -> str:
         lines.append(f"mcp:      {name}: " + ", ".join(f for f in facts if f))
     for e in (doc.get("experiments") or [])[-5:]:
         lines.append(f"exp:      {e.get('source') or e.get('id')}: {e.get('outcome')}")
+    if isinstance(doc.get("evolution"), dict):
+        lines.append(
+            "evolve:   " + _evolution_line(doc["evolution"]).plain.removeprefix("evolution ")
+        )
     if doc.get("note"):
         lines.append(f"note:     {doc['note']}")
     return "\n".join(lines)

@@ -8,10 +8,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from metasup.decisions.evolution import History
+from metasup.decisions.evolution import History, figures
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.spawn import Reaper, become_subreaper
-from metasup.effects.records.journal import StateDir, locked_journal, read_events
+from metasup.effects.records.journal import (
+    StateDir,
+    locked_journal,
+    read_events,
+    write_json_atomic,
+)
+from metasup.effects.records.statefile import read_state
 from metasup.facts.policy import Policy
 from metasup.facts.settings import Config
 from metasup.pipelines.evolution.search import Result, Search
@@ -32,6 +38,14 @@ def _stopping_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _write_figures(dirs: StateDir, h: History) -> None:
+    """The evolution's figures in `state.json`, for `metasup status` (no supervisor runs: this
+    process holds the repository's lock)."""
+    doc = read_state(dirs.state) or {"status": "stopped", "run": 0}
+    doc["evolution"] = figures(h, running=h.finished is None)
+    write_json_atomic(dirs.state, doc, sync=False)
+
+
 def run_offline(
     repo: GitRepo,
     cfg: Config,
@@ -48,9 +62,16 @@ def run_offline(
         become_subreaper()  # so what a mutator or evaluator leaves behind is found and stopped
         repo.clear_stale_locks()  # a run killed mid-write left them; we hold the repo's lock
         exp = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
-        search = Search(exp, journal.append, lambda: read_events(dirs.events), on_record=on_record)
+        search = Search(
+            exp,
+            journal.append,
+            lambda: read_events(dirs.events),
+            on_record=on_record,
+            on_progress=lambda h: _write_figures(dirs, h),
+        )
         with _stopping_on_signals(exp.cancel.set):
             history, resumed = search.open(resume, generations)
+            _write_figures(dirs, history)
             if on_open is not None:
                 on_open(history, resumed)
             return search.run(

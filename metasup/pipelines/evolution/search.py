@@ -92,6 +92,7 @@ class Search:
         events: Callable[[], Iterable[Mapping[str, Any]]],
         *,
         on_record: Callable[[dict[str, Any]], None] | None = None,
+        on_progress: Callable[[History], None] | None = None,
     ) -> None:
         if exp.config.evolution is None:
             raise UserError("the config has no `evolution:` section; see `metasup evolve --help`")
@@ -106,6 +107,7 @@ class Search:
         self._emit = emit
         self._events = events
         self._on_record = on_record
+        self._on_progress = on_progress
         self._lock = threading.Lock()  # the history, the claimed trees, the budget
         self.stop = exp.cancel  # set by a signal: in-flight commands die, nothing new starts
         self.scratch = exp.state_root / "evolution"
@@ -118,6 +120,8 @@ class Search:
         rec = {"event": event, **fields}
         with self._lock:
             h.absorb(rec)
+            if self._on_progress is not None:
+                self._on_progress(h)
         if self._on_record is not None:
             self._on_record(rec)
 

@@ -127,6 +127,7 @@ class Supervisor:
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
         self.last_crash_to_relaunch_s: float | None = None
+        self.evolution: dict[str, Any] | None = None  # the last evolution's figures
         self._servers_waiting: list[str] | None = None  # the MCP servers a launch waits for
         self._deferred_tamper = False  # tamper events and proposals seen during a rollback
         self._deferred_inbox = False
@@ -158,7 +159,9 @@ class Supervisor:
             self.journal = Journal(self.dirs.events, self.dirs.secret)
             if self.journal.breaks:
                 self._emit(Event.JOURNAL_BROKEN, problems=self.journal.breaks)
-            self.guards.expected = refguard.Expected.from_journal(read_events(self.dirs.events))
+            journalled = list(read_events(self.dirs.events))
+            self.guards.expected = refguard.Expected.from_journal(journalled)
+            self.evolution = _last_evolution(journalled)
             if self.config.api_listen:
                 self._start_api(self.config.api_listen)
             if self.config.mcp_servers:
@@ -732,7 +735,16 @@ class Supervisor:
             "last_crash_to_relaunch_s": self.last_crash_to_relaunch_s,
             "experiments": list(self.trials.recent) if self.trials is not None else [],
             "experiment_running": self.trials is not None and self.trials.job.running,
+            "evolution": self.evolution,
             "strategy": self._strategy(),
             "counters": {**self.counters.as_dict(), "quick_failures": self.state.quick_failures},
         }
         write_json_atomic(self.dirs.state, dict(doc), sync=False)
+
+
+def _last_evolution(journalled: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The figures of the last evolution the journal tells of (a running one updates them)."""
+    from metasup.decisions.evolution import figures, histories
+
+    found = histories(journalled)
+    return figures(list(found.values())[-1], running=False) if found else None

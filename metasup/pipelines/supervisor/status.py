@@ -54,5 +54,6 @@ class StatusDocument(TypedDict):
     last_crash_to_relaunch_s: float | None
     experiments: list[dict[str, Any]]
     experiment_running: bool
+    evolution: dict[str, Any] | None  # the last evolution's figures (decisions.evolution)
     strategy: str
     counters: dict[str, int]
