@@ -65,7 +65,28 @@ int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "quick";
     if (strcmp(mode, "idle") == 0) { for (;;) pause(); }
     if (strcmp(mode, "normal") == 0) { usleep(atoi(argv[2]) * 1000); stamp("exit"); return 0; }
-    if (strcmp(mode, "check") == 0) { usleep(atoi(argv[2]) * 1000); return 0; }
+    if (strcmp(mode, "check") == 0) { usleep(atoi(argv[2]) * 1000); stamp("exit"); return 0; }
+    if (strcmp(mode, "mutate") == 0) {  /* an evolution's mutator: one file, a new value */
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        FILE *f = fopen("evolved.txt", "w");
+        fprintf(f, "%d %ld\n", getpid(), t.tv_nsec);
+        fclose(f);
+        stamp("exit");
+        return 0;
+    }
+    if (strcmp(mode, "fit") == 0) {  /* a fitness command burning N ms of CPU */
+        struct timespec a, b;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
+        volatile unsigned long x = 0;
+        do {
+            for (int i = 0; i < 100000; i++) x += i;
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
+        } while ((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 < atoi(argv[2]));
+        printf("{\"score\": %d}\n", getpid() % 1000);
+        stamp("exit");
+        return 0;
+    }
     int dirty = argc > 2 ? atoi(argv[2]) : 0;
     for (int i = 0; i < dirty; i++) {
         char path[64];
@@ -321,6 +342,80 @@ def bench_experiments(repo: Path, agent: Path, log: Path, repeats: int) -> dict[
         "four_candidates_wall_s": {str(k): round(v, 3) for k, v in walls.items()},
         "concurrency_ratio": round(walls[2] / walls[1], 3),
     }
+
+
+def bench_evolution(repo: Path, agent: Path, log: Path) -> dict[str, Any]:
+    """`metasup evolve` on `repo`: its own overhead per candidate (wall time minus the time its
+    commands ran, from their own stamps), with the jail and without; then the throughput of a
+    CPU-bound fitness (300 ms) at max_concurrent 1 vs 2."""
+    from metasup.effects.records.journal import StateDir, read_events
+    from metasup.facts.config import parse_config
+    from metasup.facts.policy import load_policy
+    from metasup.pipelines.evolution.offline import run_offline
+
+    g = GitRepo(repo)
+
+    def evolve(mode: str, concurrent: int, burn_ms: int, population: int) -> dict[str, float]:
+        a = json.dumps(str(agent))
+        text = (
+            "supervisor:\n  agent: {command: [/bin/true]}\n  experiments:\n"
+            f"    checks: [[{a}, check, '0']]\n    fitness: [{a}, fit, '{burn_ms}']\n"
+            f"    max_concurrent: {concurrent}\n    timeout: 60s\n"
+            f"  evolution:\n    mutator: [{a}, mutate]\n    population: {population}\n"
+            "    generations: 2\n    islands: 1\n    elite: 1\n    crossover_rate: 0\n"
+            + writable(log, mode)
+        )
+        cfg = parse_config(text, repo / "metasup.yaml", validate=True)
+        if log.exists():
+            log.unlink()
+        os.environ["BENCH_LOG"] = str(log)
+        t = time.perf_counter()
+        result = run_offline(g, cfg, load_policy(repo), resume=False, generations=None, merge=False)
+        wall = time.perf_counter() - t
+        stamps = [line.split() for line in log.read_text().splitlines()]
+        commands, started = 0.0, None
+        for what, when in stamps:  # one command at a time at max_concurrent 1
+            if what == "start":
+                started = float(when)
+            elif started is not None:
+                commands += float(when) - started
+                started = None
+        candidates = result.history.evaluations
+        return {
+            "wall_s": round(wall, 3),
+            "candidates": candidates,
+            "commands_s": round(commands, 3),
+            "overhead_per_candidate_ms": round((wall - commands) / candidates * 1000, 1),
+        }
+
+    jailed = evolve("auto", 1, 0, 8)
+    off = evolve("off", 1, 0, 8)
+    one = evolve("auto", 1, 300, 6)
+    two = evolve("auto", 2, 300, 6)
+    events = sum(1 for _ in read_events(StateDir.for_git_dir(g.git_dir).events))
+    return {
+        "files": sum(1 for _ in repo.rglob("*.txt")),
+        "overhead_jail": jailed,
+        "overhead_off": off,
+        "cpu_bound_wall_s": {"1": one["wall_s"], "2": two["wall_s"]},
+        "throughput_ratio": round(one["wall_s"] / two["wall_s"], 3),
+        "journal_events": events,
+    }
+
+
+def print_evolution(e: dict[str, Any]) -> None:
+    print("\n## evolution (metasup evolve, 10k-file repository)")
+    for key, label in (("overhead_jail", "jail on"), ("overhead_off", "mode: off")):
+        o = e[key]
+        print(
+            f"overhead per candidate ({label}): {o['overhead_per_candidate_ms']} ms "
+            f"({o['candidates']} candidates, wall {o['wall_s']} s, commands {o['commands_s']} s)"
+        )
+    w = e["cpu_bound_wall_s"]
+    print(
+        f"CPU-bound fitness (300 ms), max_concurrent 1: {w['1']} s, 2: {w['2']} s "
+        f"-> throughput x{e['throughput_ratio']}"
+    )
 
 
 def approve(repo: Path) -> None:
@@ -734,7 +829,7 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
         "--only",
-        choices=["mcp", "api", "tamper", "jail", "archive"],
+        choices=["mcp", "api", "tamper", "jail", "archive", "evolution"],
         default=None,
         help="Run one part only.",
     )
@@ -753,6 +848,12 @@ def main() -> int:
             ),
             "jail": (lambda: bench_jail(root, args.cycles), print_jail),
             "archive": (lambda: bench_bulk_archive(root), print_bulk),
+            "evolution": (
+                lambda: bench_evolution(
+                    make_repo(root / "big", 10000), build_agent(root), root / "agent.log"
+                ),
+                print_evolution,
+            ),
             "api": (
                 lambda: bench_api(
                     make_repo(root / "small", 100),
@@ -800,6 +901,7 @@ def main() -> int:
         )
         results["jail"] = bench_jail(root, args.cycles, agent, small, big)
         results["experiments"] = bench_experiments(big, agent, log, args.repeats)
+        results["evolution"] = bench_evolution(big, agent, log)
         results["tamper"] = bench_tamper(big, agent, log, 50)
         results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
         results["api"] = bench_api(small, agent, log, args.idle_seconds)
@@ -984,6 +1086,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"4 candidates: {walls['1']} s at max_concurrent 1, {walls['2']} s at 2 "
         f"(ratio {e['concurrency_ratio']})"
     )
+    print_evolution(r["evolution"])
     idle = r["idle"]
     print(
         f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "

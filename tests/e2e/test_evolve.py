@@ -288,6 +288,35 @@ def test_failed_mutators_and_candidates_are_counted_and_a_failing_check_costs_no
     assert_whole(repo)
 
 
+FAKE_LLM = """\
+import json, sys
+prompt = sys.stdin.read()
+assert "Its current score is" in prompt and "--- shellsort.py" in prompt
+text = open("gaps.txt").read().replace("\\n0\\n", "\\n23\\n", 1)
+print("Sure! Here is the change:")
+print(json.dumps({"reason": "a gap of 23", "changes": [{"file": "gaps.txt", "content": text}]}))
+"""
+
+
+def test_the_example_llm_mutator_turns_a_models_answer_into_a_child(tmp_path: Path) -> None:
+    repo = evolution_repo(
+        tmp_path / "r", config(population=4, generations=1, mutator="evolve/llm_mutator.py")
+    )
+    example = Path(__file__).resolve().parents[2] / "examples" / "evolve" / "llm_mutator.py"
+    shutil.copy(example, repo / "evolve" / "llm_mutator.py")
+    (repo / "evolve" / "fake_llm.py").write_text(FAKE_LLM)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "an LLM mutator")
+    env = {"LLM_CMD": f"{sys.executable} evolve/fake_llm.py", "EVOLVE_FILES": "shellsort.py"}
+    out = run_metasup(repo, "evolve", "--json", timeout=120, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    children = [e for e in of_kind(repo, "candidate_evaluated") if e["operator"] == "mutate"]
+    assert children and all(e["passed"] for e in children)
+    best = json.loads(out.stdout)["best_commit"]
+    assert git(repo, "show", f"{best}:gaps.txt").splitlines()[1] == "23"
+    assert "a gap of 23" in git(repo, "log", "-1", "--format=%B", best)
+
+
 def test_evolve_without_an_evolution_section_is_a_clear_error(tmp_path: Path) -> None:
     repo = evolution_repo(tmp_path / "r", config().split("  evolution:")[0])
     out = run_metasup(repo, "evolve")
