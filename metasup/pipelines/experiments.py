@@ -276,8 +276,7 @@ class Experimenter:
     def _evaluate(self, c: Candidate, base: str, slot: int) -> None:
         t0 = time.perf_counter()
         self.emit(Event.EXPERIMENT_STARTED, id=c.id, source=c.source, base=base)
-        with self._git:
-            here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, base)
+        here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, base, self._git)
         proposal, errors = proposals.validate(c.raw, self.policy, here)
         if proposal is None or errors:
             c.errors = [e.as_dict() for e in errors]
@@ -324,20 +323,25 @@ class Experimenter:
         *,
         baseline: bool,
         repeats: int | None = None,
+        held: bool = False,
     ) -> Assessment:
         """Check, shadow-run and score `commit` in the pooled worktree `slot`, cheapest stage
         first: a failing check costs no shadow run, a dying shadow no fitness run. With
         `baseline`, each fitness run of the candidate follows one of `base`, interleaved so
-        both see the same machine state. The evaluator's files are the good commit's."""
+        both see the same machine state. The evaluator's files are the good commit's.
+
+        `held`: the slot's worktree holds `commit` already (a mutator just made it there)."""
         found = Assessment()
-        with self._git:
-            here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, commit)
-            baseline_tree = (
-                candidates.worktree_at(self.repo, f"base-{slot}", self.pool, base)
-                if self.ex.fitness and baseline
-                else None
-            )
-            restored = self.restore_evaluator(here, base, commit)
+        if held:
+            here = self.pool / f"cand-{slot}"
+        else:
+            here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, commit, self._git)
+        baseline_tree = (
+            candidates.worktree_at(self.repo, f"base-{slot}", self.pool, base, self._git)
+            if self.ex.fitness and baseline
+            else None
+        )
+        restored = self.restore_evaluator(here, base, commit)
         if restored:
             found.steps.append(
                 StepResult("evaluator", True, f"judged by the good {', '.join(restored)}", 0.0)
@@ -468,7 +472,9 @@ class Experimenter:
                 return True
             return any(path == n or path.startswith(n + "/") for n in named)
 
-        return candidates.restore_in_worktree(self.repo, here, base, candidate, is_evaluator)
+        return candidates.restore_in_worktree(
+            self.repo, here, base, candidate, is_evaluator, self._git
+        )
 
     # --- merging and archiving -----------------------------------------------------------------
 

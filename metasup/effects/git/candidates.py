@@ -4,8 +4,10 @@ only what differs, and emptied of what a run left)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pygit2
@@ -40,27 +42,37 @@ def candidate_commit(git: GitRepo, base: str, changes: list[FileChange], message
     return str(oid)
 
 
-def worktree_at(git: GitRepo, slot: str, root: Path, commit: str) -> Path:
+def worktree_at(
+    git: GitRepo,
+    slot: str,
+    root: Path,
+    commit: str,
+    lock: AbstractContextManager[object] | None = None,
+) -> Path:
     """A worktree of this repository at `commit` (detached HEAD), in `root/slot`.
 
     A slot is made once, then reused: moving it to another commit writes only the files
     that differ, and leaves no branch checked out anywhere. Files that commands left in it
     (untracked or ignored) are removed, so every use starts from the commit alone.
+
+    `lock` guards the repository object `git` shares between threads: held only to make a
+    slot; moving one works on the slot's own repository object, so slots move in parallel.
     """
     path = root / slot
-    if slot not in git.repo.list_worktrees() or not path.is_dir():
-        if slot in git.repo.list_worktrees():
-            git.repo.lookup_worktree(slot).prune(True)
-        if path.exists():
-            shutil.rmtree(path)
-        root.mkdir(parents=True, exist_ok=True)
-        branch = git.repo.branches.local.create(
-            POOL_BRANCH_PREFIX + slot, git.repo[commit].peel(pygit2.Commit), force=True
-        )
-        git.repo.add_worktree(slot, str(path), branch)
-        pygit2.Repository(str(path)).set_head(pygit2.Oid(hex=commit))
-        branch.delete()
-        return path
+    with lock or contextlib.nullcontext():
+        if slot not in git.repo.list_worktrees() or not path.is_dir():
+            if slot in git.repo.list_worktrees():
+                git.repo.lookup_worktree(slot).prune(True)
+            if path.exists():
+                shutil.rmtree(path)
+            root.mkdir(parents=True, exist_ok=True)
+            branch = git.repo.branches.local.create(
+                POOL_BRANCH_PREFIX + slot, git.repo[commit].peel(pygit2.Commit), force=True
+            )
+            git.repo.add_worktree(slot, str(path), branch)
+            pygit2.Repository(str(path)).set_head(pygit2.Oid(hex=commit))
+            branch.delete()
+            return path
     tree_repo = pygit2.Repository(str(path))
     target = tree_repo[commit].peel(pygit2.Commit)
     git.clear_special_in(tree_repo)
@@ -74,13 +86,43 @@ def worktree_at(git: GitRepo, slot: str, root: Path, commit: str) -> Path:
     return path
 
 
+def hold(worktree: Path, commit: str, paths: list[str]) -> None:
+    """Make `worktree`, which differs from `commit` at most in `paths`, hold `commit`: those
+    paths written as it has them, HEAD and the index moved to it (no walk of the tree)."""
+    tree_repo = pygit2.Repository(str(worktree))
+    target = tree_repo[commit].peel(pygit2.Commit)
+    if paths:
+        tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
+            target.tree,
+            paths=paths,
+            strategy=CheckoutStrategy.FORCE | CheckoutStrategy.DISABLE_PATHSPEC_MATCH,
+        )
+        for path in paths:  # deleted in the commit: checkout leaves an untracked file be
+            try:
+                target.tree[path]
+            except KeyError:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    (worktree / path).unlink()
+    tree_repo.set_head(target.id)
+    index = tree_repo.index
+    index.read_tree(target.tree)
+    index.write()
+
+
 def restore_in_worktree(
-    git: GitRepo, worktree: Path, base: str, candidate: str, keep: Callable[[str], bool]
+    git: GitRepo,
+    worktree: Path,
+    base: str,
+    candidate: str,
+    keep: Callable[[str], bool],
+    lock: AbstractContextManager[object] | None = None,
 ) -> list[str]:
     """In `worktree` (at `candidate`), put every path `keep` selects that the candidate
     changed back as `base` has it; a file the candidate added there is removed."""
-    diff = git.repo.diff(base, candidate)
-    paths = sorted({p for d in diff.deltas for p in (d.old_file.path, d.new_file.path) if keep(p)})
+    with lock or contextlib.nullcontext():
+        diff = git.repo.diff(base, candidate)
+        deltas = list(diff.deltas)
+    paths = sorted({p for d in deltas for p in (d.old_file.path, d.new_file.path) if keep(p)})
     if paths:
         tree_repo = pygit2.Repository(str(worktree))
         tree_repo.checkout_tree(  # type: ignore[no-untyped-call]

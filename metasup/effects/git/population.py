@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pygit2
-from pygit2.enums import DeltaStatus, DiffOption
+from pygit2.enums import FileStatus
 
 from metasup.effects.git.repo import GitRepo, signature
 
@@ -111,33 +111,49 @@ class Unrepresentable(Exception):
 
 def worktree_changes(worktree: Path, parent: str) -> list[dict[str, str]]:
     """What was changed in `worktree` since `parent`, as a proposal's `changes` (content in
-    base64): what `git add -A` would commit, whatever the index says."""
+    base64): what `git add -A` would commit, whatever the index says.
+
+    One status walk (which trusts the index's stat cache) names the suspects; each is then
+    compared with the parent's tree, so an index someone staged into changes nothing. Ignored
+    files are removed: the worktree started without any, and the child is judged in it as its
+    commit alone."""
     import base64
+    import shutil
 
     repo = pygit2.Repository(str(worktree))
     tree = repo[parent].peel(pygit2.Commit).tree
-    diff = tree.diff_to_workdir(
-        flags=DiffOption.INCLUDE_UNTRACKED
-        | DiffOption.RECURSE_UNTRACKED_DIRS
-        | DiffOption.INCLUDE_TYPECHANGE
-    )
     changes: list[dict[str, str]] = []
-    for delta in diff.deltas:
-        path = delta.new_file.path or delta.old_file.path
-        if delta.status == DeltaStatus.DELETED:
-            changes.append({"file": path, "action": "delete"})
+    for path, flags in sorted(repo.status(untracked_files="all", ignored=True).items()):
+        if flags & FileStatus.IGNORED:
+            left = worktree / path.rstrip("/")
+            if left.is_dir() and not left.is_symlink():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
             continue
+        if path.endswith("/"):
+            raise Unrepresentable(f"{path} is a nested repository")
+        try:
+            entry: pygit2.Object | None = tree[path]
+        except KeyError:
+            entry = None
         full = worktree / path
         try:
             st = os.lstat(full)
-        except FileNotFoundError:
-            changes.append({"file": path, "action": "delete"})
+        except (FileNotFoundError, NotADirectoryError):  # gone, or a folder became a file
+            if entry is not None:
+                changes.append({"file": path, "action": "delete"})
             continue
         if not stat.S_ISREG(st.st_mode):
             kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
             raise Unrepresentable(f"{path} is {kind}")
         data = full.read_bytes()
-        mode = "100755" if st.st_mode & stat.S_IXUSR else "100644"
+        executable = bool(st.st_mode & stat.S_IXUSR)
+        mode = "100755" if executable else "100644"
+        if entry is not None and str(entry.id) == str(pygit2.hash(data)):
+            same_mode = (entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE) == executable
+            if same_mode:
+                continue
         changes.append(
             {"file": path, "content_base64": base64.b64encode(data).decode(), "mode": mode}
         )

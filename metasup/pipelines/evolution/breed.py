@@ -23,6 +23,12 @@ class Child:
     commit: str | None  # None: no child; `why` says why
     why: str = ""
     code: str = ""  # conflict | mutator | rejected | no_change | cancelled
+    held: bool = False  # the slot's worktree holds this commit: evaluate it there
+
+
+def slot_name(slot: int) -> str:
+    """The pooled worktree a slot mutates and evaluates in (the experiments' candidate one)."""
+    return f"cand-{slot}"
 
 
 def seed_commit(exp: Experimenter, base: str) -> str:
@@ -65,9 +71,8 @@ def mutate(
     as its last line. The mutator's own files (and the evaluator's) are the good commit's."""
     assert exp.config.evolution is not None
     (parent,) = plan.parents
-    with exp.git_lock:
-        here = candidates.worktree_at(exp.repo, f"mut-{slot}", exp.pool, parent.commit)
-        exp.restore_evaluator(here, base, parent.commit)
+    here = candidates.worktree_at(exp.repo, slot_name(slot), exp.pool, parent.commit, exp.git_lock)
+    exp.restore_evaluator(here, base, parent.commit)
     scratch.mkdir(parents=True, exist_ok=True)
     inspiration_file = scratch / f"inspirations-{plan.id}.json"
     write_json_atomic(
@@ -103,14 +108,15 @@ def mutate(
         return Child(None, f"the mutator exited {done.code}: {tail}", "mutator")
     printed = _printed_proposal(done.stdout)
     if printed is not None:
-        with exp.git_lock:  # the proposal applies to the parent, not to what was edited
-            here = candidates.worktree_at(exp.repo, f"mut-{slot}", exp.pool, parent.commit)
+        # The proposal applies to the parent, not to what was edited.
+        here = candidates.worktree_at(
+            exp.repo, slot_name(slot), exp.pool, parent.commit, exp.git_lock
+        )
         proposal, errors = proposals.validate(printed, exp.policy, here)
         reason = proposal.reason if proposal is not None else ""
     else:
         try:
-            with exp.git_lock:
-                changes = population.worktree_changes(here, parent.commit)
+            changes = population.worktree_changes(here, parent.commit)
         except Unrepresentable as e:
             return Child(None, f"the mutator left {e}", "rejected")
         if not changes:
@@ -127,7 +133,10 @@ def mutate(
     text = population.message(f"metasup: evolve mutate {plan.id}", lineage, reason)
     with exp.git_lock:
         commit = candidates.candidate_commit(exp.repo, parent.commit, edits, text)
-    return Child(commit)
+    # The worktree is the parent plus these edits (the printed ones not yet written): make it
+    # the child's by writing the changed paths only, so it is judged here without a full move.
+    candidates.hold(here, commit, [path for path, _, _ in edits])
+    return Child(commit, held=True)
 
 
 def _printed_proposal(stdout: str) -> bytes | None:

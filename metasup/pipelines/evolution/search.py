@@ -269,6 +269,7 @@ class Search:
         if not self._reserve():
             return
         parents = tuple(p.commit for p in plan.parents)
+        held = False
         if commit is None:
             if plan.operator == evo.CROSSOVER:
                 child = breed.crossover(self.exp, plan)
@@ -281,7 +282,7 @@ class Search:
                 if child.code != "cancelled":
                     self._discard(h, plan, child.code, child.why)
                 return
-            commit = child.commit
+            commit, held = child.commit, child.held
             crashpoint("evolve_child_made")
             with self.exp.git_lock:
                 tree = population.tree_of(self.repo, commit)
@@ -297,7 +298,7 @@ class Search:
         else:
             with self.exp.git_lock:
                 tree = population.tree_of(self.repo, commit)
-        if not self._evaluate(h, plan, commit, tree, parents, slot):
+        if not self._evaluate(h, plan, commit, tree, parents, slot, held=held):
             self._release()
 
     def _discard(self, h: History, plan: Plan, code: str, why: str, **extra: Any) -> None:
@@ -348,6 +349,8 @@ class Search:
         tree: str,
         parents: tuple[str, ...],
         slot: int,
+        *,
+        held: bool = False,
     ) -> bool:
         """Judge one candidate and journal it. False when a stop cut it short (not evaluated:
         a resume does it again)."""
@@ -358,6 +361,7 @@ class Search:
             slot,
             {"METASUP_EVOLUTION": h.evolution, "METASUP_CANDIDATE": plan.id},
             baseline=False,
+            held=held,
         )
         if found.cancelled:
             return False
