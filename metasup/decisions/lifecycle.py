@@ -52,6 +52,7 @@ class Timer(StrEnum):
     INBOX = "inbox"
     TAMPER = "tamper"
     BACKUP = "backup"
+    EVOLUTION = "evolution"  # the next continuous evolution round
 
 
 LOOP_TIMERS = (Timer.MIN_RUNTIME, Timer.BACKOFF, Timer.HEALTH, Timer.SERVERS)

@@ -172,12 +172,17 @@ class Experimenter:
         self.reaper = reaper
         self._git = threading.Lock()
         self.cancel = threading.Event()  # set: every command running is killed, none starts
+        self.slot_prefix = ""  # another user of the same pool (evolution rounds) names its own
         self.strategy = "hybrid"  # what a shadow run is told; the supervisor keeps it current
         sandbox = config.sandbox
         self.jail = Jail(sandbox, reaper=reaper) if sandbox.applies("experiments") else None
         refusal = self.jail.refusal() if self.jail is not None else None
         if refusal is not None:
             raise UserError(refusal)
+
+    def slot(self, kind: str, n: int) -> str:
+        """The name of a pooled worktree: `cand-0` holds candidates, `base-0` the baseline."""
+        return f"{self.slot_prefix}{kind}-{n}"
 
     @property
     def git_lock(self) -> threading.Lock:
@@ -276,7 +281,9 @@ class Experimenter:
     def _evaluate(self, c: Candidate, base: str, slot: int) -> None:
         t0 = time.perf_counter()
         self.emit(Event.EXPERIMENT_STARTED, id=c.id, source=c.source, base=base)
-        here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, base, self._git)
+        here = candidates.worktree_at(
+            self.repo, self.slot("cand", slot), self.pool, base, self._git
+        )
         proposal, errors = proposals.validate(c.raw, self.policy, here)
         if proposal is None or errors:
             c.errors = [e.as_dict() for e in errors]
@@ -333,11 +340,13 @@ class Experimenter:
         `held`: the slot's worktree holds `commit` already (a mutator just made it there)."""
         found = Assessment()
         if held:
-            here = self.pool / f"cand-{slot}"
+            here = self.pool / self.slot("cand", slot)
         else:
-            here = candidates.worktree_at(self.repo, f"cand-{slot}", self.pool, commit, self._git)
+            here = candidates.worktree_at(
+                self.repo, self.slot("cand", slot), self.pool, commit, self._git
+            )
         baseline_tree = (
-            candidates.worktree_at(self.repo, f"base-{slot}", self.pool, base, self._git)
+            candidates.worktree_at(self.repo, self.slot("base", slot), self.pool, base, self._git)
             if self.ex.fitness and baseline
             else None
         )

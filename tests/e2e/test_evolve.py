@@ -101,8 +101,9 @@ def assert_whole(repo: Path) -> None:
     carried = of_kind(repo, "candidate_carried")
     ids = [e["id"] for e in evaluated]
     assert len(ids) == len(set(ids)), "a candidate was evaluated twice"
-    trees = [e["tree"] for e in evaluated]
-    assert len(trees) == len(set(trees)), "a tree was evaluated twice"
+    for evolution in {e["evolution"] for e in evaluated}:
+        trees = [e["tree"] for e in evaluated if e["evolution"] == evolution]
+        assert len(trees) == len(set(trees)), "a tree was evaluated twice"
     refs = pop_refs(repo)
     for e in evaluated + carried:
         assert refs.get(e["id"]) == e["commit"], f"{e['id']} is not kept by its ref"
@@ -115,10 +116,12 @@ def assert_whole(repo: Path) -> None:
     recorded = set(ids) | {e["id"] for e in carried}
     lost = set(refs) - recorded
     assert not lost, f"kept but never evaluated: {lost}"
-    started = [e["generation"] for e in of_kind(repo, "generation_started")]
-    finished = [e["generation"] for e in of_kind(repo, "generation_finished")]
-    assert len(started) == len(set(started)) and len(finished) == len(set(finished))
-    assert finished == sorted(finished) == list(range(len(finished)))
+    for evolution in {e["evolution"] for e in of_kind(repo, "evolution_started")}:
+        mine = [e for e in events(repo) if e.get("evolution") == evolution]
+        started = [e["generation"] for e in mine if e["event"] == "generation_started"]
+        finished = [e["generation"] for e in mine if e["event"] == "generation_finished"]
+        assert len(started) == len(set(started)) and len(finished) == len(set(finished))
+        assert finished == sorted(finished) == list(range(len(finished)))
     git(repo, "fsck", "--strict", "--no-dangling")
 
 
@@ -347,6 +350,35 @@ def test_status_the_api_and_metrics_carry_the_evolution_figures(tmp_path: Path) 
             metrics = r.read().decode()
     assert f"metasup_evolution_evaluated {float(doc['evaluated'])}" in metrics
     assert f"metasup_evolution_best_score {float(doc['best_score'])}" in metrics
+
+
+def test_continuous_rounds_run_inside_metasup_run_and_merge_between_runs(tmp_path: Path) -> None:
+    body = config(generations=2, repeats=3).replace(
+        "  evolution:\n", "  evolution:\n    mode: continuous\n    trigger: {every: 500ms}\n"
+    )
+    repo = evolution_repo(
+        tmp_path / "r", body.replace("supervisor:\n", "supervisor:\n  min_runtime: 300ms\n")
+    )
+    (repo / "agent.py").write_text("import time\ntime.sleep(120)  # ok: an agent that stays up\n")
+    git(repo, "commit", "-qam", "a long-running agent")
+    with supervising(repo):
+        merged = wait_for(lambda: of_kind(repo, "merged"), timeout=90, what="a round's merge")
+        (finished,) = of_kind(repo, "evolution_finished")[:1]
+        assert finished["promoted"] is True and finished["merged"] is None  # merged between runs
+        commit = merged[0]["commit"]
+        assert merged[0]["evolution"] == finished["evolution"]
+        wait_for(
+            lambda: any(
+                e["event"] == "mark_good" and e.get("commit") == commit for e in events(repo)
+            ),
+            timeout=30,
+            what="the merged winner marked good after min_runtime",
+        )
+        launches = [e for e in of_kind(repo, "launch") if e.get("commit") == commit]
+        assert launches, "the agent was not relaunched on the winner"
+        assert state(repo)["evolution"]["evolution"] == finished["evolution"]
+    assert git(repo, "rev-parse", "HEAD").strip() == commit
+    assert_whole(repo)
 
 
 # --- crashes and stops ----------------------------------------------------------------------

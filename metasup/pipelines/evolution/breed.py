@@ -26,11 +26,6 @@ class Child:
     held: bool = False  # the slot's worktree holds this commit: evaluate it there
 
 
-def slot_name(slot: int) -> str:
-    """The pooled worktree a slot mutates and evaluates in (the experiments' candidate one)."""
-    return f"cand-{slot}"
-
-
 def seed_commit(exp: Experimenter, base: str) -> str:
     """Generation 0: the good commit's tree, as a candidate with the evolution's trailers."""
     with exp.git_lock:
@@ -71,7 +66,9 @@ def mutate(
     as its last line. The mutator's own files (and the evaluator's) are the good commit's."""
     assert exp.config.evolution is not None
     (parent,) = plan.parents
-    here = candidates.worktree_at(exp.repo, slot_name(slot), exp.pool, parent.commit, exp.git_lock)
+    here = candidates.worktree_at(
+        exp.repo, exp.slot("cand", slot), exp.pool, parent.commit, exp.git_lock
+    )
     exp.restore_evaluator(here, base, parent.commit)
     scratch.mkdir(parents=True, exist_ok=True)
     inspiration_file = scratch / f"inspirations-{plan.id}.json"
@@ -110,7 +107,7 @@ def mutate(
     if printed is not None:
         # The proposal applies to the parent, not to what was edited.
         here = candidates.worktree_at(
-            exp.repo, slot_name(slot), exp.pool, parent.commit, exp.git_lock
+            exp.repo, exp.slot("cand", slot), exp.pool, parent.commit, exp.git_lock
         )
         proposal, errors = proposals.validate(printed, exp.policy, here)
         reason = proposal.reason if proposal is not None else ""

@@ -495,6 +495,11 @@ class Search:
             v = replace(v, passed=False, reasons=reasons)
         return v
 
+    def merge_winner(self, h: History, best: Member, target: str) -> str | None:
+        """Merge a winner judged before (a continuous round's, between the agent's runs); it
+        becomes good when it has run `min_runtime`."""
+        return self._merge(h, best, target, None, mark_good=False)
+
     def _merge(
         self,
         h: History,

@@ -52,6 +52,7 @@ from metasup.pipelines.supervisor.guards import Guards
 from metasup.pipelines.supervisor.helper import Helper
 from metasup.pipelines.supervisor.recovery import Recovery
 from metasup.pipelines.supervisor.report import Reporter, plain_reporter
+from metasup.pipelines.supervisor.rounds import Rounds
 from metasup.pipelines.supervisor.signals import STOP_SIGNALS, SignalPipe
 from metasup.pipelines.supervisor.status import ExitStatus, StatusDocument
 from metasup.pipelines.supervisor.trials import Trials
@@ -120,6 +121,7 @@ class Supervisor:
         self.guards = Guards(repo, self.dirs, self.lock, self._is_protected, self._emit, self._say)
         self.intake: Intake | None = None
         self.trials: Trials | None = None
+        self.rounds: Rounds | None = None
         self.fleet: Fleet | None = None
         self.api: ApiProcess | None = None
         self.recovery: Recovery | None = None
@@ -226,6 +228,19 @@ class Supervisor:
                     self.reaper,
                     self.selector,
                 )
+            evolution = self.config.evolution
+            if evolution is not None and evolution.mode == "continuous":
+                self.rounds = Rounds(
+                    self.repo.workdir,
+                    self.config,
+                    self.policy,
+                    self.dirs,
+                    self._emit,
+                    self.reaper,
+                    self.selector,
+                    self._evolution_figures,
+                )
+                self.timers[Timer.EVOLUTION] = self.rounds.first_due(time.monotonic())
             return self._loop()
         finally:
             self._shutdown()
@@ -329,6 +344,8 @@ class Supervisor:
                 self._emit(Event.TAMPER_RESTORED, paths=list(restored), by="stop")
         if self.trials is not None:
             self.trials.stop(lambda: kill_descendants(self.reaper))
+        if self.rounds is not None:
+            self.rounds.stop()
         if self.backups is not None:
             self.backups.close()
         if self.fleet is not None:
@@ -410,6 +427,11 @@ class Supervisor:
                 assert self.trials is not None
                 if self.trials.judged(self._strategy()):
                     observed.append(lifecycle.WinnerJudged())
+            elif key.data == "evolution":
+                assert self.rounds is not None
+                won, self.timers[Timer.EVOLUTION] = self.rounds.finished()
+                if won:
+                    observed.append(lifecycle.WinnerJudged())
             elif key.data == "oom":
                 observed += self._oom_seen()
             else:
@@ -446,6 +468,8 @@ class Supervisor:
                 observed += self._tamper_restore(recheck=True)
             elif name is Timer.BACKUP and self.backups is not None:
                 self.backups.start()
+            elif name is Timer.EVOLUTION and self.rounds is not None and self.rounds.due():
+                observed.append(lifecycle.WinnerJudged())
         return observed
 
     @property
@@ -511,8 +535,11 @@ class Supervisor:
             case lifecycle.Snapshot(run=run):
                 return self._snapshot(run)
             case lifecycle.MergeWinner():
-                assert self.trials is not None
-                merged = self.trials.merge_held(self._strategy())
+                if self.rounds is not None and self.rounds.held is not None:
+                    merged = self.rounds.merge_held()
+                else:
+                    assert self.trials is not None
+                    merged = self.trials.merge_held(self._strategy())
                 head = merged or self.repo.head()
                 assert head is not None
                 return lifecycle.Snapshotted(commit=head)
@@ -700,6 +727,10 @@ class Supervisor:
         self.counters = tally(self.counters, event, fields)
         self.guards.expected.observe(record)
         self.report(record)
+
+    def _evolution_figures(self, figures: dict[str, Any]) -> None:
+        """A round's thread reports its progress: shown at the next status write."""
+        self.evolution = figures
 
     def _write_state(self, status: str | None = None) -> None:
         phase = self.state.phase

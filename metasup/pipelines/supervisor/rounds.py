@@ -1,0 +1,171 @@
+"""Evolution in `mode: continuous`: rounds of `metasup evolve` inside `metasup run`.
+
+A round is due every `trigger.every` (`decisions.evolution.trigger_due`); with `min_gain`, the
+good commit is scored first and the round runs only when it gained less than that since the last
+round (the agent stalled). The round searches on a thread while the agent runs, touching
+neither the working tree nor the branch; a winner is held and merged between runs, as an
+experiment's is (WinnerJudged, then MergeWinner after the snapshot), and marked good after it
+runs `min_runtime`. An interrupted round (a stop, a crash) is resumed at the next start, and a
+winner judged but not merged before a crash is held again.
+"""
+
+from __future__ import annotations
+
+import selectors
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from metasup.decisions import evolution as evo
+from metasup.decisions.verdict import improvement
+from metasup.effects.git.repo import GitRepo
+from metasup.effects.process.spawn import Reaper
+from metasup.effects.records.journal import StateDir, read_events
+from metasup.facts.events import Emit
+from metasup.facts.policy import Policy
+from metasup.facts.settings import Config
+from metasup.pipelines.evolution import breed
+from metasup.pipelines.evolution.search import Result, Search
+from metasup.pipelines.experiments import Experimenter
+from metasup.pipelines.supervisor.background import Job
+
+ROUND_SKIPPED = "evolution_skipped"  # a due round not run: the agent gained enough on its own
+
+
+@dataclass
+class Round:
+    result: Result | None  # None: skipped
+    gain: float | None = None
+
+
+class Rounds:
+    def __init__(
+        self,
+        workdir: Any,
+        config: Config,
+        policy: Policy,
+        dirs: StateDir,
+        emit: Emit,
+        reaper: Reaper,
+        selector: selectors.BaseSelector,
+        on_figures: Callable[[dict[str, Any]], None],
+    ) -> None:
+        assert config.evolution is not None
+        self.cfg = config.evolution
+        # Its own repository object: the round's thread never shares one with the loop.
+        self.repo = GitRepo(workdir)
+        self.exp = Experimenter(self.repo, config, policy, dirs.root, emit, reaper)
+        self.exp.slot_prefix = "evo-"  # experiment mode's trials use the plain names
+        self.dirs = dirs
+        self.emit = emit
+        self.on_figures = on_figures
+        self.search = Search(
+            self.exp,
+            emit,
+            lambda: read_events(dirs.events),
+            on_progress=lambda h: on_figures(evo.figures(h, running=h.finished is None)),
+        )
+        self.job: Job[Round] = Job("evolution")
+        selector.register(self.job.fd, selectors.EVENT_READ, "evolution")
+        self.held: Result | None = None
+        self._announced = False
+        found = evo.histories(read_events(dirs.events))
+        last = list(found.values())[-1] if found else None
+        self.interrupted = last is not None and last.finished is None
+        self.last_score = _round_score(last)
+        if last is not None and last.finished is not None and last.finished.get("promoted"):
+            best = last.members.get(str(last.finished.get("best_id")))
+            head = self.repo.head()
+            if last.merged is None and best is not None and head is not None:
+                self._hold_again(last, best, head)
+
+    def _hold_again(self, last: evo.History, best: evo.Member, head: str) -> None:
+        """A round's winner a crash kept from being merged is held again."""
+        if not self.repo.reaches(head, best.commit):
+            self.held = Result(last, "held again after a restart", best=best, promoted=True)
+
+    def first_due(self, now: float) -> float:
+        """When the first round may start: at once to resume an interrupted one (or merge a
+        winner a crash left unmerged), else one interval from now."""
+        return now if self.interrupted or self.held is not None else now + self.cfg.trigger_every
+
+    def due(self) -> bool:
+        """The trigger's timer fired: start a round unless one runs or a winner waits. True
+        when a winner waits that the loop has not heard of (held again after a restart)."""
+        if self.held is not None:
+            announce, self._announced = not self._announced, True
+            return announce
+        if self.job.running:
+            return False
+        resume, self.interrupted = self.interrupted, False
+        since = 0.0 if resume else self.cfg.trigger_every
+        self.job.start(lambda: self._round(resume, since))
+        return False
+
+    def _round(self, resume: bool, since: float) -> Round:
+        gain = None
+        if not resume and self.cfg.trigger_min_gain is not None and self.last_score is not None:
+            score = self._good_score()
+            if score is not None:
+                gain = improvement(score, self.last_score)
+            if not evo.trigger_due(self.cfg, since, gain):
+                self.emit(ROUND_SKIPPED, gain=gain, min_gain=self.cfg.trigger_min_gain)
+                return Round(None, gain)
+        history, _ = self.search.open(resume, None)
+        return Round(self.search.run(history, merge=False), gain)
+
+    def _good_score(self) -> float | None:
+        good = self.repo.good() or self.repo.head()
+        if good is None:
+            return None
+        found = self.exp.assess(good, good, 0, {"METASUP_EVOLUTION": "trigger"}, baseline=False)
+        return breed.objective_score(found.fitness, self.cfg.objective) if found.ok else None
+
+    def finished(self) -> tuple[bool, float]:
+        """The round's thread is done: (a winner waits to be merged, when the next is due)."""
+        now = time.monotonic()
+        try:
+            done = self.job.result()
+        except Exception as e:  # a round that failed is reported; the next comes at its time
+            self.emit("evolution_failed", error=str(e))
+            return False, now + self.cfg.trigger_every
+        result = done.result
+        if result is None:
+            return False, now + self.cfg.trigger_every
+        if result.interrupted:
+            self.interrupted = True
+            return False, now + self.cfg.trigger_every
+        self.last_score = result.baseline_score
+        if result.promoted and result.best is not None:
+            self.last_score = result.best.score
+            self.held, self._announced = result, True
+            return True, now + self.cfg.trigger_every
+        return False, now + self.cfg.trigger_every
+
+    def merge_held(self) -> str | None:
+        """Between runs, right after the snapshot: merge the held winner; the new head."""
+        held, self.held = self.held, None
+        if held is None or held.best is None:
+            return None
+        target = self.repo.head()
+        assert target is not None
+        return self.search.merge_winner(held.history, held.best, target)
+
+    def stop(self) -> None:
+        """A round under way has its commands killed; it is resumed at the next start."""
+        if self.job.alive:
+            self.exp.cancel.set()
+            self.job.join(timeout=30)
+        self.job.close()
+
+
+def _round_score(h: evo.History | None) -> float | None:
+    """The good commit's score as the last round measured it."""
+    if h is None or h.finished is None:
+        return None
+    if h.finished.get("promoted"):
+        value = h.finished.get("best_score")
+    else:
+        value = h.finished.get("baseline_score")
+    return float(value) if isinstance(value, int | float) else None
