@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,26 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@contextlib.contextmanager
+def tmux(cwd: Path, command: str) -> Iterator[tuple[list[str], str]]:
+    """`command` in a real terminal (a detached tmux session of 120x45), for views."""
+    sock = f"metasup-test-{uuid.uuid4().hex[:8]}"
+    base = ["tmux", "-L", sock]
+    subprocess.run(
+        [*base, "new-session", "-d", "-s", "view", "-x", "120", "-y", "45", "-c", str(cwd),
+         command],
+        check=True,
+    )  # fmt: skip
+    try:
+        yield base, "view"
+    finally:
+        subprocess.run([*base, "kill-server"], capture_output=True)
+
+
+def screen(base: list[str], target: str) -> str:
+    out = subprocess.run(
+        [*base, "capture-pane", "-p", "-t", target], capture_output=True, text=True
+    )
+    return out.stdout

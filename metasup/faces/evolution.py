@@ -108,10 +108,13 @@ def member_doc(m: Member, evolution: str) -> dict[str, Any]:
     }
 
 
-def population_rows(members: Iterable[Member]) -> list[tuple[str, ...]]:
+def population_rows(
+    members: Iterable[Member], evolution: str | None = None
+) -> list[tuple[str, ...]]:
+    """Table rows; with `evolution`, ids are shown without its prefix (the header has it)."""
     return [
         (
-            m.id,
+            m.id.removeprefix(f"{evolution}-") if evolution else m.id,
             score_text(m.score) if m.passed else f"{score_text(m.score)} (failed)",
             str(m.generation),
             str(m.island),
@@ -167,7 +170,7 @@ class LivePanel:
         table = Table(title="top candidates", title_justify="left")
         for col in POPULATION_HEADER:
             table.add_column(col)
-        for row in population_rows(members_of(h)[: self.top]):
+        for row in population_rows(members_of(h)[: self.top], h.evolution):
             table.add_row(*row)
         return Group(head, chart, table, Text(self.last, style="dim"))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,8 +25,10 @@ from testing.fixtures import (
     make_repo,
     metasup_cmd,
     run_metasup,
+    screen,
     state,
     supervising,
+    tmux,
     wait_for,
 )
 
@@ -381,6 +384,51 @@ def test_continuous_rounds_run_inside_metasup_run_and_merge_between_runs(tmp_pat
     assert_whole(repo)
 
 
+def held_mutator(repo: Path, generation: int) -> Path:
+    """The demo's mutator, hanging in `generation` while the file returned exists. It lies in
+    the git dir, which the jail binds (read-only): the jail's /tmp is an overlay of the host's,
+    where a file the host deletes may still be seen."""
+    hold = repo / ".git" / "hold-mutator"
+    hold.write_text("")
+    (repo / "evolve" / "slow.py").write_text(
+        "import os, runpy, time\nrunpy.run_path('evolve/mutate.py')\n"
+        f"while os.environ['METASUP_GENERATION'] == '{generation}' "
+        f"and os.path.exists({str(hold)!r}):\n"
+        "    time.sleep(0.05)\n"
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a slow mutator")
+    return hold
+
+
+def test_on_a_terminal_evolve_shows_a_live_panel(tmp_path: Path) -> None:
+    repo = evolution_repo(
+        tmp_path / "r", config(population=4, generations=3, mutator="evolve/slow.py")
+    )
+    hold = held_mutator(repo, 3)
+    done = tmp_path / "exit"
+    # `cat` keeps the pane (and what the run printed last) until the test is done with it.
+    command = (
+        f"{shlex.quote(sys.executable)} -m metasup evolve; echo $? > {shlex.quote(str(done))}; cat"
+    )
+    with tmux(repo, command) as (base, target):
+        drawn = wait_for(
+            lambda: "generation 3" in (s := screen(base, target)) and "top candidates" in s and s,
+            timeout=60,
+            what="the panel in generation 3",
+        )
+        assert "evaluated" in drawn and "failed" in drawn
+        chart = next(line for line in drawn.splitlines() if line.startswith("best"))
+        assert any(bar in chart for bar in "▁▂▃▄▅▆▇█"), chart
+        assert any(" g2-i" in line for line in drawn.splitlines()), drawn
+        hold.unlink()
+        wait_for(lambda: done.exists() and done.read_text().strip(), timeout=60, what="the end")
+        final = screen(base, target)
+    assert done.read_text().strip() in ("0", "1")
+    assert "best" in final and "good commit" in final
+    assert not [d for d in of_kind(repo, "child_discarded") if d["reason"] == "mutator"]
+
+
 # --- crashes and stops ----------------------------------------------------------------------
 
 POINTS = [
@@ -452,18 +500,10 @@ def test_kills_at_random_moments_then_resumes_finish_the_same_evolution(tmp_path
 
 
 def test_ctrl_c_stops_at_once_and_resume_goes_on(tmp_path: Path) -> None:
-    hold = tmp_path / "hold"  # the mutator of generation 2 hangs while it exists
-    hold.write_text("")
     repo = evolution_repo(
         tmp_path / "r", config(population=4, generations=3, mutator="evolve/slow.py")
     )
-    (repo / "evolve" / "slow.py").write_text(
-        "import os, runpy, time\nrunpy.run_path('evolve/mutate.py')\n"
-        f"while os.environ['METASUP_GENERATION'] == '2' and os.path.exists({str(hold)!r}):\n"
-        "    time.sleep(0.05)\n"
-    )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "a slow mutator")
+    hold = held_mutator(repo, 2)
     proc = subprocess.Popen(
         metasup_cmd("evolve"), cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -7,12 +7,17 @@ import json
 import shlex
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from testing.fixtures import agent_config, events, start_metasup, wait_for, write_config
+from testing.fixtures import (
+    agent_config,
+    events,
+    screen,
+    start_metasup,
+    tmux,
+    wait_for,
+    write_config,
+)
 
 # Run 1 waits for the test's go, then fails quickly (min_runtime is long): a rollback to the
 # baseline good commit to watch. Run 2 runs on.
@@ -27,28 +32,6 @@ if run == 1:
 Path("ran-%d" % run).write_text("x")
 time.sleep(120)  # ok: a long run
 """
-
-
-@contextmanager
-def tmux(cwd: Path, command: str) -> Iterator[tuple[list[str], str]]:
-    sock = f"metasup-test-{uuid.uuid4().hex[:8]}"
-    base = ["tmux", "-L", sock]
-    subprocess.run(
-        [*base, "new-session", "-d", "-s", "view", "-x", "120", "-y", "45", "-c", str(cwd),
-         command],
-        check=True,
-    )  # fmt: skip
-    try:
-        yield base, "view"
-    finally:
-        subprocess.run([*base, "kill-server"], capture_output=True)
-
-
-def screen(base: list[str], target: str) -> str:
-    out = subprocess.run(
-        [*base, "capture-pane", "-p", "-t", target], capture_output=True, text=True
-    )
-    return out.stdout
 
 
 def alive(base: list[str]) -> bool:
