@@ -7,6 +7,7 @@ comparisons), with a smaller search so each run takes a few seconds.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
 import shutil
@@ -427,6 +428,37 @@ def test_on_a_terminal_evolve_shows_a_live_panel(tmp_path: Path) -> None:
     assert done.read_text().strip() in ("0", "1")
     assert "best" in final and "good commit" in final
     assert not [d for d in of_kind(repo, "child_discarded") if d["reason"] == "mutator"]
+
+
+def test_a_rounds_winner_a_crash_kept_from_its_merge_is_merged_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    body = config(generations=1, repeats=3).replace(
+        "  evolution:\n", "  evolution:\n    mode: continuous\n    trigger: {every: 200ms}\n"
+    )
+    repo = evolution_repo(tmp_path / "r", body)
+    (repo / "agent.py").write_text("import time\ntime.sleep(120)  # ok: an agent that stays up\n")
+    git(repo, "commit", "-qam", "a long-running agent")
+    killed = subprocess.run(
+        metasup_cmd("run"),
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "METASUP_CRASHPOINT": "evolve_round_held"},
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    (finished,) = of_kind(repo, "evolution_finished")
+    assert finished["promoted"] is True and of_kind(repo, "merged") == []
+    with supervising(repo):
+        merged = wait_for(lambda: of_kind(repo, "merged"), timeout=60, what="the merge")[0]
+    assert merged["evolution"] == finished["evolution"]
+    assert merged["candidate"] == finished["best_commit"]
+    # Later rounds may have merged more by the stop; the held winner is in the history.
+    head = git(repo, "rev-parse", "HEAD").strip()
+    assert head == of_kind(repo, "merged")[-1]["commit"]
+    git(repo, "merge-base", "--is-ancestor", merged["commit"], head)
+    assert_whole(repo)
 
 
 # --- crashes and stops ----------------------------------------------------------------------

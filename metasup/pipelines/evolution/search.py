@@ -10,7 +10,7 @@ it evaluates the kept commit; a kill after the journal line skips it.
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -37,7 +37,7 @@ INSPIRATIONS = 5  # the best candidates a mutator is shown
 
 def new_evolution_id() -> str:
     """Sortable by time and short: it prefixes every candidate id."""
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(2)}"
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.urandom(2).hex()}"
 
 
 @dataclass
@@ -135,7 +135,7 @@ class Search:
         base = self.repo.good() or self.repo.head()
         if base is None:
             raise UserError("the repository has no commit to evolve from")
-        h = History(new_evolution_id(), secrets.randbits(62), base, {})
+        h = History(new_evolution_id(), int.from_bytes(os.urandom(8), "big") >> 2, base, {})
         started = {
             "seed": h.seed,
             "base": base,

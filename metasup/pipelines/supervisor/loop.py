@@ -52,7 +52,6 @@ from metasup.pipelines.supervisor.guards import Guards
 from metasup.pipelines.supervisor.helper import Helper
 from metasup.pipelines.supervisor.recovery import Recovery
 from metasup.pipelines.supervisor.report import Reporter, plain_reporter
-from metasup.pipelines.supervisor.rounds import Rounds
 from metasup.pipelines.supervisor.signals import STOP_SIGNALS, SignalPipe
 from metasup.pipelines.supervisor.status import ExitStatus, StatusDocument
 from metasup.pipelines.supervisor.trials import Trials
@@ -60,6 +59,7 @@ from metasup.pipelines.supervisor.trials import Trials
 if TYPE_CHECKING:
     from metasup.pipelines.mcp.fleet import Fleet
     from metasup.pipelines.supervisor.api_child import ApiProcess
+    from metasup.pipelines.supervisor.rounds import Rounds
 
 # Actions that write to git: each waits until the repository lock is known to be still ours.
 GIT_ACTIONS = (
@@ -121,7 +121,7 @@ class Supervisor:
         self.guards = Guards(repo, self.dirs, self.lock, self._is_protected, self._emit, self._say)
         self.intake: Intake | None = None
         self.trials: Trials | None = None
-        self.rounds: Rounds | None = None
+        self.rounds: Rounds | None = None  # evolution rounds, in mode: continuous
         self.fleet: Fleet | None = None
         self.api: ApiProcess | None = None
         self.recovery: Recovery | None = None
@@ -230,6 +230,8 @@ class Supervisor:
                 )
             evolution = self.config.evolution
             if evolution is not None and evolution.mode == "continuous":
+                from metasup.pipelines.supervisor.rounds import Rounds  # only where configured
+
                 self.rounds = Rounds(
                     self.repo.workdir,
                     self.config,
@@ -775,6 +777,8 @@ class Supervisor:
 
 def _last_evolution(journalled: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The figures of the last evolution the journal tells of (a running one updates them)."""
+    if not any(r.get("event") == "evolution_started" for r in journalled):
+        return None  # and the evolution modules stay unloaded
     from metasup.decisions.evolution import figures, histories
 
     found = histories(journalled)

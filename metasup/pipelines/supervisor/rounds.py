@@ -23,6 +23,7 @@ from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.records.journal import StateDir, read_events
 from metasup.facts.events import Emit
+from metasup.facts.faults import crashpoint
 from metasup.facts.policy import Policy
 from metasup.facts.settings import Config
 from metasup.pipelines.evolution import breed
@@ -140,6 +141,7 @@ class Rounds:
         if result.promoted and result.best is not None:
             self.last_score = result.best.score
             self.held, self._announced = result, True
+            crashpoint("evolve_round_held")
             return True, now + self.cfg.trigger_every
         return False, now + self.cfg.trigger_every
 
