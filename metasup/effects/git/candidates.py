@@ -11,8 +11,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pygit2
-from pygit2.enums import CheckoutStrategy
+from pygit2.enums import CheckoutStrategy, FileStatus
 
+from metasup.effects.git.files import clear_special
 from metasup.effects.git.repo import POOL_BRANCH_PREFIX, FileChange, GitRepo, signature
 
 
@@ -73,17 +74,46 @@ def worktree_at(
             pygit2.Repository(str(path)).set_head(pygit2.Oid(hex=commit))
             branch.delete()
             return path
-    tree_repo = pygit2.Repository(str(path))
-    target = tree_repo[commit].peel(pygit2.Commit)
-    git.clear_special_in(tree_repo)
-    tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
-        target.tree,
-        strategy=CheckoutStrategy.FORCE
-        | CheckoutStrategy.REMOVE_UNTRACKED
-        | CheckoutStrategy.REMOVE_IGNORED,
-    )
-    tree_repo.set_head(target.id)
+    move(path, commit)
     return path
+
+
+def move(worktree: Path, commit: str) -> None:
+    """Move a pooled worktree to `commit`, leaving nothing else in it, in one walk of the tree:
+    what commands left (untracked or ignored) is removed, special files where the index has a
+    file are cleared, and only the paths that differ (from the commit, or from the index) are
+    written."""
+    tree_repo = pygit2.Repository(str(worktree))
+    target = tree_repo[commit].peel(pygit2.Commit)
+    dirty: list[str] = []
+    for rel, flags in tree_repo.status(untracked_files="all", ignored=True).items():
+        if flags & (FileStatus.WT_NEW | FileStatus.IGNORED):
+            _remove(worktree / rel.rstrip("/"))
+        else:
+            dirty.append(rel)
+    head = tree_repo[tree_repo.head.target].peel(pygit2.Commit)
+    moved = head.tree.diff_to_tree(target.tree)
+    paths = sorted(
+        set(dirty) | {p for d in moved.deltas for p in (d.old_file.path, d.new_file.path)}
+    )
+    # A fifo where the checkout writes would make it wait for a reader for ever (status walks
+    # do not list special files, so each path to write is looked at).
+    clear_special(worktree, paths)
+    if paths:
+        tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
+            target.tree,
+            paths=paths,
+            strategy=CheckoutStrategy.FORCE | CheckoutStrategy.DISABLE_PATHSPEC_MATCH,
+        )
+    tree_repo.set_head(target.id)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            path.unlink()
 
 
 def hold(worktree: Path, commit: str, paths: list[str]) -> None:
@@ -104,8 +134,13 @@ def hold(worktree: Path, commit: str, paths: list[str]) -> None:
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     (worktree / path).unlink()
     tree_repo.set_head(target.id)
-    index = tree_repo.index
-    index.read_tree(target.tree)
+    index = tree_repo.index  # only the changed entries: the others keep their stat cache
+    for path in paths:
+        if (worktree / path).is_file():
+            index.add(path)
+        else:
+            with contextlib.suppress(OSError, KeyError):
+                index.remove(path)
     index.write()
 
 

@@ -1,0 +1,112 @@
+"""Pooled worktrees move in one walk: whatever a run did in one, the next commit it holds is
+exactly that commit (property-tested against the git CLI's view of it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metasup.effects.git.candidates import candidate_commit, hold, worktree_at
+from metasup.effects.git.repo import GitRepo
+from testing.fixtures import git, make_repo
+
+NAMES = ["a.txt", "b.txt", "d/c.txt", "d/e/f.txt", "run.sh", "new.txt", "d/new.txt", "x.log"]
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["write", "delete", "fifo", "chmod", "mkdir", "ignored", "stage"]),
+        st.sampled_from(NAMES),
+        st.binary(max_size=20),
+    ),
+    max_size=12,
+)
+
+
+def _base(tmp: Path) -> tuple[Path, GitRepo, list[str]]:
+    repo = make_repo(tmp / "repo")
+    (repo / ".gitignore").write_text("*.log\ncache/\n")
+    for name in ("a.txt", "b.txt", "d/c.txt", "d/e/f.txt", "run.sh"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(f"{name}\n")
+    os.chmod(repo / "run.sh", 0o755)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    g = GitRepo(repo)
+    base = git(repo, "rev-parse", "HEAD").strip()
+    one = candidate_commit(g, base, [("a.txt", b"one\n", None), ("d/c.txt", None, None)], "1")
+    two = candidate_commit(
+        g, one, [("new.txt", b"two\n", None), ("run.sh", b"#!/bin/sh\n", "100644")], "2"
+    )
+    return repo, g, [base, one, two]
+
+
+def _scribble(here: Path, ops: list[tuple[str, str, bytes]]) -> None:
+    for op, name, data in ops:
+        path = here / name
+        try:
+            if op in ("write", "ignored"):
+                target = path.with_suffix(".log") if op == "ignored" else path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists() and not target.is_file():
+                    target.unlink()  # a fifo: writing would wait for a reader
+                target.write_bytes(data)
+            elif op == "delete":
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            elif op == "fifo":
+                if path.is_dir():
+                    shutil.rmtree(path)
+                path.unlink(missing_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.mkfifo(path)
+            elif op == "chmod" and path.is_file():
+                os.chmod(path, path.stat().st_mode ^ stat.S_IXUSR)
+            elif op == "mkdir":
+                (here / "cache" / name).mkdir(parents=True, exist_ok=True)
+            elif op == "stage" and path.is_file():
+                git(here, "add", "--", name, check=False)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            pass  # a path the ops made into something else: as a run might
+
+
+def _is_exactly(here: Path, commit: str) -> None:
+    assert git(here, "rev-parse", "HEAD").strip() == commit
+    left = git(here, "status", "--porcelain", "--ignored", "--untracked-files=all")
+    assert left == "", left
+    listed = sorted(git(here, "ls-tree", "-r", "--name-only", commit).split())
+    # Regular files and links, what git tracks: a special file a run left where the commit has
+    # nothing is not seen by git and stays (checkouts never write there).
+    files = [p.relative_to(here) for p in here.rglob("*") if p.is_file() or p.is_symlink()]
+    on_disk = sorted(str(p) for p in files if p.parts[0] != ".git")
+    assert on_disk == listed
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS, to=st.integers(min_value=0, max_value=2), first=st.integers(0, 2))
+def test_a_move_leaves_exactly_the_commit(tmp_path_factory, ops, to, first) -> None:  # type: ignore[no-untyped-def]
+    repo, g, commits = _base(tmp_path_factory.mktemp("move"))
+    root = repo / ".git" / "metasup" / "worktrees"
+    here = worktree_at(g, "cand-0", root, commits[first])
+    _is_exactly(here, commits[first])
+    _scribble(here, ops)
+    worktree_at(g, "cand-0", root, commits[to])
+    _is_exactly(here, commits[to])
+
+
+def test_a_held_child_is_exactly_its_commit_and_keeps_the_stat_cache(tmp_path: Path) -> None:
+    repo, g, (base, one, _) = _base(tmp_path)
+    here = worktree_at(g, "cand-0", repo / ".git" / "metasup" / "worktrees", base)
+    (here / "a.txt").write_text("one\n")  # what a mutator did: the child `one` is these edits
+    (here / "d" / "c.txt").unlink()
+    hold(here, one, ["a.txt", "d/c.txt"])
+    _is_exactly(here, one)
