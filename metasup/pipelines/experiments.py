@@ -40,7 +40,7 @@ from metasup.facts.faults import child_env
 from metasup.facts.policy import Policy
 from metasup.facts.settings import Config
 from metasup.facts.units import ms_since
-from metasup.pipelines import proposals
+from metasup.pipelines import integrity, proposals
 from metasup.pipelines.intake import new_id
 
 
@@ -596,6 +596,11 @@ def run_offline(
     dirs = StateDir.for_git_dir(repo.git_dir)
     with locked_journal(dirs, str(repo.workdir)) as journal:
         become_subreaper()  # so what an evaluator leaves behind is found and stopped
+        # As for `metasup run`: the evaluator (protected) must be as approved; the first use
+        # approves what it finds, so a good commit set by a merge here reads as approved.
+        integrity.check_protected(
+            repo, dirs, lambda p: policy.protecting_rule(p) is not None, cfg.path, journal.append
+        )
         runner = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
         runner.clean_leftovers()
         before_merge = snapshot_before_merge(repo, policy, journal.append, dirs.state)

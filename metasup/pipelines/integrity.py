@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metasup.effects.files.safeio import read_json
-from metasup.effects.records.journal import utc_now, write_json_atomic
+from metasup.effects.records.journal import StateDir, read_events, utc_now, write_json_atomic
 from metasup.facts.errors import ConfigError, IntegrityError
+from metasup.facts.events import Emit, Event
 from metasup.facts.policy import Policy, load_policy
+
+if TYPE_CHECKING:
+    from metasup.effects.git.repo import GitRepo
 
 _ENTRY = re.compile(r"(100644|100755|120000):([0-9a-f]{40}|[0-9a-f]{64})")
 
@@ -146,3 +151,71 @@ def load_repo_policy(workdir: Path, config: Path | None = None) -> Policy:
         return load_policy(workdir)
     cfg = load_config(path)
     return load_policy(workdir, cfg.path, cfg.protected_paths)
+
+
+def check_protected(
+    repo: GitRepo,
+    dirs: StateDir,
+    is_protected: Callable[[str], bool],
+    config_path: Any,
+    emit: Emit,
+) -> dict[str, str]:
+    """The protected files must be as approved, and the config the one approved; the first
+    start approves what it finds. A baseline gone from a repository that was approved before
+    is no first start: the agent may have deleted it with the files it guards. Returns the
+    approved files. Every command that judges and merges candidates on its own (the
+    supervisor, `metasup evolve`) asks this first: an evaluator nobody approved judges
+    nothing."""
+    from metasup.effects.git import protected  # git, only for the commands that judge
+
+    tracked, ignored = protected.protected_files(repo, is_protected)
+    config = config_key(repo.workdir, config_path)
+    baseline = load(dirs.baseline)
+    if baseline is None:
+        before = _approved_before(repo, dirs)
+        if before is not None:
+            raise IntegrityError(
+                f"the approval baseline ({dirs.baseline.name}) is missing, but this "
+                f"repository was approved before ({before}): check the protected files, "
+                "then run `metasup approve`"
+            )
+        current = Baseline(tracked, ignored, config)
+        good = repo.good_with(
+            sorted(tracked), "metasup: approve (first start)\n\nThe protected files as found.\n"
+        )
+        save(dirs.baseline, current, "first start", good=good)
+        emit(
+            Event.APPROVED,
+            reason="first start: the protected files as the operator left them",
+            files=len(tracked),
+            good=good,
+            config=config,
+            by="metasup",
+        )
+        return current.files
+    if baseline.config is not None and baseline.config != config:
+        raise IntegrityError(
+            f"the config in use is {config}, but the approved one is {baseline.config}: "
+            f"run with --config {baseline.config}, or `metasup approve --config {config}` "
+            "to approve the move"
+        )
+    differ = differences(baseline.files, tracked) + [
+        f"{line} (ignored by git)" for line in differences(baseline.ignored, ignored)
+    ]
+    if differ:
+        raise IntegrityError(
+            "protected files differ from the approved baseline: "
+            f"{summary(differ)}. If you changed them on purpose, run "
+            "`metasup approve`; if not, restore them (git checkout -- FILE)"
+        )
+    return baseline.files
+
+
+def _approved_before(repo: GitRepo, dirs: StateDir) -> str | None:
+    """Where the journal or the refs say this repository was approved, or None."""
+    for record in read_events(dirs.events):
+        if record.get("event") in (Event.APPROVED, Event.MARK_GOOD):
+            return f"journal: {record.get('event')} #{record.get('seq')}"
+    if repo.good() is not None:
+        return "refs/metasup/good exists"
+    return None

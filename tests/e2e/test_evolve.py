@@ -161,6 +161,9 @@ def test_the_demo_beats_its_baseline_within_five_generations_and_merges_it(
     assert "best score per generation: 1 ->" in out.stdout
     assert_whole(repo)
     assert git(repo, "status", "--porcelain") == ""
+    # The evolution approved the protected files at its first use: the supervisor starts.
+    with supervising(repo):
+        pass
 
 
 def test_candidates_events_carry_what_the_spec_lists(
@@ -322,6 +325,26 @@ def test_the_example_llm_mutator_turns_a_models_answer_into_a_child(tmp_path: Pa
     best = json.loads(out.stdout)["best_commit"]
     assert git(repo, "show", f"{best}:gaps.txt").splitlines()[1] == "23"
     assert "a gap of 23" in git(repo, "log", "-1", "--format=%B", best)
+
+
+def test_evolve_refuses_an_evaluator_changed_since_its_approval(tmp_path: Path) -> None:
+    repo = evolution_repo(
+        tmp_path / "r",
+        config(generations=1).replace("supervisor:\n", "supervisor:\n  protected_paths: [eval/]\n"),
+    )
+    first = run_metasup(repo, "evolve", "--no-merge", timeout=120)
+    assert first.returncode in (0, 1), first.stdout + first.stderr
+    assert [e["reason"] for e in of_kind(repo, "approved")] == [
+        "first start: the protected files as the operator left them"
+    ]
+    (repo / "eval" / "score.py").write_text("print('{\"score\": 1000}')\n")
+    git(repo, "commit", "-qam", "a generous scorer")
+    before = len(events(repo))
+    out = run_metasup(repo, "evolve")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "protected files differ from the approved baseline" in out.stderr
+    assert "eval/score.py" in out.stderr
+    assert [e["event"] for e in events(repo)[before:]] == []
 
 
 def test_evolve_without_an_evolution_section_is_a_clear_error(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from testing.fixtures import (
+    events,
     git,
     json_written,
     marked_pids,
@@ -117,6 +118,22 @@ def test_three_candidates_the_best_is_merged(repo: Path, tmp_path: Path) -> None
     assert names(repo).count("experiment_started") == 3
     assert names(repo).count("merged") == 1
     assert git(repo, "status", "--porcelain") == ""
+
+
+def test_a_first_experiment_approves_the_evaluator_so_run_starts_after_its_merge(
+    repo: Path, tmp_path: Path
+) -> None:
+    experiment_repo(repo, extra="  protected_paths: [eval/]\n")
+    code, _ = experiment(repo, value(tmp_path, "five", 5))
+    assert code == 0
+    approved = [e for e in events(repo) if e["event"] == "approved"]
+    assert len(approved) == 1 and approved[0]["by"] == "metasup"
+    with supervising(repo):  # the merge's mark_good is no approval without a baseline
+        pass
+    (repo / "eval" / "score.py").write_text(SCORE.replace("/ 10", "* 100"))
+    git(repo, "commit", "-qam", "a generous scorer")
+    out = run_metasup(repo, "experiment", value(tmp_path, "six", 6))
+    assert out.returncode == 2 and "eval/score.py" in out.stderr
 
 
 def test_a_candidate_that_edits_its_own_scorer_is_judged_by_the_good_one(

@@ -20,6 +20,7 @@ from metasup.effects.records.journal import (
 from metasup.effects.records.statefile import read_state
 from metasup.facts.policy import Policy
 from metasup.facts.settings import Config
+from metasup.pipelines import integrity
 from metasup.pipelines.evolution.search import Result, Search
 from metasup.pipelines.experiments import Experimenter, snapshot_before_merge
 
@@ -61,6 +62,12 @@ def run_offline(
     with locked_journal(dirs, str(repo.workdir)) as journal:
         become_subreaper()  # so what a mutator or evaluator leaves behind is found and stopped
         repo.clear_stale_locks()  # a run killed mid-write left them; we hold the repo's lock
+        # The evaluator (protected) must be as approved, as for `metasup run`: the first use
+        # approves what it finds, and a good commit set here later does not read as an
+        # approval without a baseline.
+        integrity.check_protected(
+            repo, dirs, lambda p: policy.protecting_rule(p) is not None, cfg.path, journal.append
+        )
         exp = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
         search = Search(
             exp,

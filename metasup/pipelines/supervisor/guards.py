@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from metasup.effects.git import protected
 from metasup.effects.git.repo import ARCHIVE_PREFIX, GitRepo, archive_ref_name
-from metasup.effects.records.journal import RepoLock, StateDir, read_events
+from metasup.effects.records.journal import RepoLock, StateDir
 from metasup.facts.errors import IntegrityError
 from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.pipelines import integrity, refguard
@@ -56,61 +56,11 @@ class Guards:
 
     def check_at_start(self, config_path: Any) -> None:
         """The protected files must be as approved, and the config the one approved; the first
-        start approves what it finds. A baseline gone from a repository that was approved
-        before is no first start: the agent may have deleted it with the files it guards."""
-        tracked, ignored = protected.protected_files(self.repo, self.is_protected)
-        config = integrity.config_key(self.repo.workdir, config_path)
-        baseline = integrity.load(self.dirs.baseline)
-        if baseline is None:
-            before = self._approved_before()
-            if before is not None:
-                raise IntegrityError(
-                    f"the approval baseline ({self.dirs.baseline.name}) is missing, but this "
-                    f"repository was approved before ({before}): check the protected files, "
-                    "then run `metasup approve`"
-                )
-            current = integrity.Baseline(tracked, ignored, config)
-            good = self.repo.good_with(
-                sorted(tracked), "metasup: approve (first start)\n\nThe protected files as found.\n"
-            )
-            integrity.save(self.dirs.baseline, current, "first start", good=good)
-            self.emit(
-                Event.APPROVED,
-                reason="first start: the protected files as the operator left them",
-                files=len(tracked),
-                good=good,
-                config=config,
-                by="metasup",
-            )
-            baseline = current
-        else:
-            if baseline.config is not None and baseline.config != config:
-                raise IntegrityError(
-                    f"the config in use is {config}, but the approved one is {baseline.config}: "
-                    f"run with --config {baseline.config}, or `metasup approve --config {config}` "
-                    "to approve the move"
-                )
-            differ = integrity.differences(baseline.files, tracked) + [
-                f"{line} (ignored by git)"
-                for line in integrity.differences(baseline.ignored, ignored)
-            ]
-            if differ:
-                raise IntegrityError(
-                    "protected files differ from the approved baseline: "
-                    f"{integrity.summary(differ)}. If you changed them on purpose, run "
-                    "`metasup approve`; if not, restore them (git checkout -- FILE)"
-                )
-        self._baseline = baseline.files
+        start approves what it finds (see `check_protected`)."""
+        self._baseline = integrity.check_protected(
+            self.repo, self.dirs, self.is_protected, config_path, self.emit
+        )
         self.verify_good()
-
-    def _approved_before(self) -> str | None:
-        """Where the journal or the refs say this repository was approved, or None."""
-        for record in read_events(self.dirs.events):
-            if record.get("event") in (Event.APPROVED, Event.MARK_GOOD):
-                return f"journal: {record.get('event')} #{record.get('seq')}"
-        if self.repo.good() is not None:
-            return "refs/metasup/good exists"
-        return None
 
     def verify_good(self) -> None:
         """Before each cycle: the good commit's protected files are the approved ones. Only
