@@ -358,19 +358,6 @@ def histories(events: Iterable[Mapping[str, Any]]) -> dict[str, History]:
     return out
 
 
-def resumable(found: Mapping[str, History]) -> History | None:
-    """The latest evolution, when it has not finished."""
-    if not found:
-        return None
-    last = list(found.values())[-1]
-    return last if last.finished is None else None
-
-
-def next_generation(h: History) -> int:
-    """The first generation not finished."""
-    return h.last_finished + 1
-
-
 def within_budget(
     cfg: EvolutionConfig, evaluations: int, elapsed: float, generation: int
 ) -> str | None:

@@ -38,28 +38,6 @@ def message(title: str, lineage: Lineage, body: str = "") -> str:
     return f"{title}\n\n" + (f"{text}\n\n" if text else "") + "\n".join(lines) + "\n"
 
 
-def read_lineage(git: GitRepo, commit: str) -> Lineage | None:
-    """The trailers of `commit`, None when it has not all of them."""
-    try:
-        text = git.repo[commit].peel(pygit2.Commit).message
-    except (KeyError, ValueError, pygit2.GitError):
-        return None
-    found: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key.startswith("Metasup-"):
-            found.setdefault(key, []).append(value.strip())
-    try:
-        return Lineage(
-            generation=int(found["Metasup-Generation"][0]),
-            island=int(found["Metasup-Island"][0]),
-            operator=found["Metasup-Operator"][0],
-            parents=tuple(found.get("Metasup-Parent", [])),
-        )
-    except (KeyError, IndexError, ValueError):
-        return None
-
-
 def tree_of(git: GitRepo, commit: str) -> str:
     return str(git.repo[commit].peel(pygit2.Commit).tree_id)
 

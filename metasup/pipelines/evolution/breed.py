@@ -103,7 +103,7 @@ def mutate(
     if done.code != 0:
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         return Child(None, f"the mutator exited {done.code}: {tail}", "mutator")
-    printed = _printed_proposal(done.stdout)
+    printed = printed_proposal(done.stdout)
     if printed is not None:
         # The proposal applies to the parent, not to what was edited.
         here = candidates.worktree_at(
@@ -136,7 +136,7 @@ def mutate(
     return Child(commit, held=True)
 
 
-def _printed_proposal(stdout: str) -> bytes | None:
+def printed_proposal(stdout: str) -> bytes | None:
     """The last non-empty line, when it is a JSON object with `changes`: a printed proposal.
     Anything else is the mutator talking; its edits are in the worktree."""
     lines = [line for line in stdout.splitlines() if line.strip()]
