@@ -19,6 +19,9 @@
 10. MCP: the fleet's stdio probe round trip (tools/list through metasup's session) and the
    agent's round trip through `metasup mcp connect`, each against a direct SDK session to the
    same server; time from a server's death (SIGKILL) to healthy again
+11. evolution on the 10k-file repository: metasup's own time per candidate (wall time minus
+   what its mutator, check and fitness commands took by their own stamps), jail on and off;
+   children per second with a fitness burning 300 ms of CPU, max_concurrent 2 against 1
 
 The agent for 3-5 is a small C program (built with gcc) that stamps CLOCK_REALTIME as its first
 and last instruction, so the latency is exit-to-exec, without any interpreter start-up.
