@@ -490,29 +490,55 @@ class Experimenter:
     def _merge(self, best: Candidate, base: str, mark_good: bool) -> tuple[str | None, bool]:
         assert best.commit is not None
         t0 = time.perf_counter()
+        merged = self.merge_commit(
+            best.id,
+            best.commit,
+            base,
+            f"metasup: merge experiment {best.id}\n",
+            mark_good=mark_good,
+            why="passed an experiment",
+        )
+        if isinstance(merged, MergeConflict):
+            best.outcome = "failed"
+            best.steps.append(StepResult("merge", False, str(merged), ms_since(t0) / 1000))
+            return None, False
+        best.outcome = "merged"
+        return merged
+
+    def merge_commit(
+        self,
+        cid: str,
+        commit: str,
+        base: str,
+        message: str,
+        *,
+        mark_good: bool,
+        why: str,
+        emit: Emit | None = None,
+    ) -> tuple[str, bool] | MergeConflict:
+        """Bring a judged commit onto the supervised branch (see GitRepo.merge), journalled;
+        with `mark_good`, a fast-forward makes it the good commit (`why` says why). A conflict
+        changes nothing, is journalled as the candidate failing, and is returned."""
+        emit = emit or self.emit
+        t0 = time.perf_counter()
         with self._git:
             try:
-                head, fast = self.repo.merge(
-                    best.commit, base, f"metasup: merge experiment {best.id}\n"
-                )
+                head, fast = self.repo.merge(commit, base, message)
             except MergeConflict as e:
-                best.outcome = "failed"
-                best.steps.append(StepResult("merge", False, str(e), ms_since(t0) / 1000))
-                self.emit(Event.EXPERIMENT_FAILED, id=best.id, commit=best.commit, reason=str(e))
-                return None, False
+                emit(Event.EXPERIMENT_FAILED, id=cid, commit=commit, reason=str(e))
+                return e
             if fast and mark_good:
                 self.repo.set_good(head)
-        best.outcome = "merged"
-        self.emit(
+        emit(
             Event.MERGED,
-            id=best.id,
+            id=cid,
             commit=head,
-            candidate=best.commit,
+            candidate=commit,
             fast_forward=fast,
             duration_ms=ms_since(t0),
         )
         if fast and mark_good:
-            self.emit(Event.MARK_GOOD, commit=head, reason="passed an experiment")
+            emit(Event.MARK_GOOD, commit=head, reason=why)
         return head, fast
 
     def _finish(self, c: Candidate, best: Candidate | None, merged: str | None) -> None:

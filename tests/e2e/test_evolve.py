@@ -248,7 +248,7 @@ Path("gaps.txt").write_text(Path("gaps.txt").read_text().replace("0", str(10 + k
 if kind == 0:
     Path("metasup.yaml").write_text("supervisor: {}\\n")   # protected: the config in use
 elif kind == 1:
-    time.sleep(60)                                      # past the hard timeout
+    time.sleep(60)  # ok: a mutator that hangs past the hard timeout
 elif kind == 2:
     Path("shellsort.py").write_text("def sort(items):\\n    return items, 0\\n")  # breaks the check
 """
@@ -418,7 +418,7 @@ def held_mutator(repo: Path, generation: int) -> Path:
         "import os, runpy, time\nrunpy.run_path('evolve/mutate.py')\n"
         f"while os.environ['METASUP_GENERATION'] == '{generation}' "
         f"and os.path.exists({str(hold)!r}):\n"
-        "    time.sleep(0.05)\n"
+        "    time.sleep(0.05)  # ok: the fixture mutator hangs until released\n"
     )
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "a slow mutator")

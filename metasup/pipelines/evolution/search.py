@@ -511,38 +511,29 @@ class Search:
         if h.merged is not None:
             return str(h.merged.get("commit"))
         head = self.repo.head()
-        fast = head == best.commit
-        t0 = time.perf_counter()
-        if head is None or not self.repo.reaches(head, best.commit):
-            if before_merge is not None:
-                before_merge()
-            t0 = time.perf_counter()
-            with self.exp.git_lock:
-                try:
-                    head, fast = self.repo.merge(
-                        best.commit, target, f"metasup: merge evolution {h.evolution} ({best.id})\n"
-                    )
-                except MergeConflict as e:
-                    self._emit(
-                        Event.EXPERIMENT_FAILED, id=best.id, commit=best.commit, reason=str(e)
-                    )
-                    return None
-        # else: merged before a crash, which came before the journal said so
-        if fast and mark_good:
-            with self.exp.git_lock:
-                self.repo.set_good(head)
-        self._record(
-            h,
-            Event.MERGED,
-            id=best.id,
-            commit=head,
-            candidate=best.commit,
-            fast_forward=fast,
-            duration_ms=ms_since(t0),
+        if head is not None and self.repo.reaches(head, best.commit):
+            # Merged before a crash, which came before the journal said so.
+            fast = head == best.commit
+            self._record(
+                h, Event.MERGED, id=best.id, commit=head, candidate=best.commit, fast_forward=fast
+            )
+            if fast and mark_good and self.repo.good() != head:
+                with self.exp.git_lock:
+                    self.repo.set_good(head)
+                self._record(h, Event.MARK_GOOD, commit=head, reason="won an evolution")
+            return head
+        if before_merge is not None:
+            before_merge()
+        merged = self.exp.merge_commit(
+            best.id,
+            best.commit,
+            target,
+            f"metasup: merge evolution {h.evolution} ({best.id})\n",
+            mark_good=mark_good,
+            why="won an evolution",
+            emit=lambda event, **fields: self._record(h, event, **fields),
         )
-        if fast and mark_good:
-            self._emit(Event.MARK_GOOD, commit=head, reason="won an evolution")
-        return head
+        return None if isinstance(merged, MergeConflict) else merged[0]
 
 
 def _finished_result(h: History, finished: Mapping[str, Any]) -> Result:
