@@ -25,6 +25,7 @@ from metasup.facts.settings import (
     Config,
     Criteria,
     EvolutionConfig,
+    ExecutorConfig,
     ExperimentsConfig,
     HealthConfig,
     McpServerConfig,
@@ -304,6 +305,17 @@ def _experiments(e: Mapping[str, Any], dur: Any) -> ExperimentsConfig:
         max_concurrent=e.get("max_concurrent", 1),
         success=criteria("success_criteria"),
         failure=criteria("failure_criteria"),
+        executor=_executor(e.get("executor", {})),
+    )
+
+
+def _executor(x: Mapping[str, Any]) -> ExecutorConfig:
+    memory = x.get("memory")
+    return ExecutorConfig(
+        kind=x.get("kind", "local"),
+        address=x.get("address", "auto"),
+        num_cpus=float(x.get("num_cpus", 1.0)),
+        memory=parse_size(memory) if memory is not None else None,
     )
 
 

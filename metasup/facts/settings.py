@@ -106,6 +106,24 @@ class Criteria:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    """Where candidates are evaluated (SPEC, "Executors")."""
+
+    kind: str = "local"  # local | ray
+    address: str = "auto"  # ray: the cluster to join
+    num_cpus: float = 1.0  # ray: the CPUs a candidate asks for
+    memory: int | None = None  # ray: bytes a candidate asks for
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "address": self.address,
+            "num_cpus": self.num_cpus,
+            "memory": format_size(self.memory) if self.memory else None,
+        }
+
+
+@dataclass(frozen=True)
 class ExperimentsConfig:
     checks: tuple[tuple[str, ...], ...] = ()
     shadow_runtime: float = 0.0  # 0: no shadow run
@@ -115,6 +133,7 @@ class ExperimentsConfig:
     max_concurrent: int = 1
     success: Criteria = field(default_factory=Criteria)
     failure: Criteria = field(default_factory=Criteria)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         def crit(c: Criteria) -> dict[str, float | None]:
@@ -129,6 +148,7 @@ class ExperimentsConfig:
             "max_concurrent": self.max_concurrent,
             "success_criteria": crit(self.success),
             "failure_criteria": crit(self.failure),
+            "executor": self.executor.to_dict(),
         }
 
 

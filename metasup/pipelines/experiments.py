@@ -41,6 +41,7 @@ from metasup.facts.policy import Policy
 from metasup.facts.settings import Config
 from metasup.facts.units import ms_since
 from metasup.pipelines import integrity, proposals
+from metasup.pipelines.executors import executor_for
 from metasup.pipelines.intake import new_id
 
 
@@ -63,6 +64,7 @@ class Assessment:
     steps: list[StepResult] = field(default_factory=list)
     fitness: list[Metrics] = field(default_factory=list)
     baseline: list[Metrics] = field(default_factory=list)
+    node: str | None = None  # where it ran (the executor says)
 
     @property
     def ok(self) -> bool:
@@ -179,6 +181,7 @@ class Experimenter:
         refusal = self.jail.refusal() if self.jail is not None else None
         if refusal is not None:
             raise UserError(refusal)
+        self.executor = executor_for(self)
 
     def slot(self, kind: str, n: int) -> str:
         """The name of a pooled worktree: `cand-0` holds candidates, `base-0` the baseline."""
@@ -297,7 +300,9 @@ class Experimenter:
                 self.repo, base, changes, f"metasup: experiment {c.id}\n\n{proposal.reason}\n"
             )
             self.repo.set_branch(c.branch, c.commit)
-        found = self.assess(c.commit, base, slot, {"METASUP_EXPERIMENT": c.id}, baseline=True)
+        found = self.executor.assess(
+            c.commit, base, slot, {"METASUP_EXPERIMENT": c.id}, baseline=True
+        )
         c.steps, c.fitness, c.baseline = found.steps, found.fitness, found.baseline
         if not found.ok:
             self._failed(c, t0)

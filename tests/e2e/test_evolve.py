@@ -12,6 +12,7 @@ import random
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -183,6 +184,7 @@ def test_candidates_events_carry_what_the_spec_lists(
     assert started["base"] == seed["parents"][0]
     for g in of_kind(repo, "generation_finished"):
         assert {"best", "median", "evaluated", "failed"} <= set(g)
+    assert {e["node"] for e in evaluated} == {socket.gethostname()}  # the local executor
 
 
 def test_population_lists_the_candidates_best_first(
@@ -345,6 +347,23 @@ def test_evolve_refuses_an_evaluator_changed_since_its_approval(tmp_path: Path) 
     assert "protected files differ from the approved baseline" in out.stderr
     assert "eval/score.py" in out.stderr
     assert [e["event"] for e in events(repo)[before:]] == []
+
+
+def test_an_executor_this_version_lacks_is_refused_not_run_locally(tmp_path: Path) -> None:
+    body = config().replace(
+        "    max_concurrent: 2\n", "    max_concurrent: 2\n    executor: {kind: ray}\n"
+    )
+    repo = evolution_repo(tmp_path / "r", body)
+    shown = json.loads(run_metasup(repo, "config", "--json").stdout)
+    assert shown["supervisor"]["experiments"]["executor"]["kind"] == "ray"
+    for command in (["evolve"], ["experiment", "-"]):
+        out = run_metasup(repo, *command, input='{"reason": "r", "changes": []}')
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "experiments.executor.kind: ray is not available" in out.stderr
+    assert of_kind(repo, "evolution_started") == [] and of_kind(repo, "experiment_started") == []
+    bad = evolution_repo(tmp_path / "b", body.replace("kind: ray", "kind: slurm"))
+    out = run_metasup(bad, "config")
+    assert out.returncode == 2 and "executor.kind" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_evolve_without_an_evolution_section_is_a_clear_error(tmp_path: Path) -> None:

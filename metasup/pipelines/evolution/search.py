@@ -355,7 +355,7 @@ class Search:
         """Judge one candidate and journal it. False when a stop cut it short (not evaluated:
         a resume does it again)."""
         t0 = time.perf_counter()
-        found = self.exp.assess(
+        found = self.exp.executor.assess(
             commit,
             h.base,
             slot,
@@ -388,6 +388,7 @@ class Search:
             score=score,
             passed=passed,
             reason=reason,
+            node=found.node,
             duration_ms=ms_since(t0),
         )
         crashpoint("evolve_journalled")
@@ -473,7 +474,7 @@ class Search:
     def _judge(self, h: History, best: Member, target: str) -> Verdict | None:
         """The experiments' verdict on the best against `target`, repeats interleaved; None
         when a stop cut it short."""
-        found = self.exp.assess(
+        found = self.exp.executor.assess(
             best.commit,
             target,
             0,

@@ -120,7 +120,9 @@ class Rounds:
         good = self.repo.good() or self.repo.head()
         if good is None:
             return None
-        found = self.exp.assess(good, good, 0, {"METASUP_EVOLUTION": "trigger"}, baseline=False)
+        found = self.exp.executor.assess(
+            good, good, 0, {"METASUP_EVOLUTION": "trigger"}, baseline=False
+        )
         return breed.objective_score(found.fitness, self.cfg.objective) if found.ok else None
 
     def finished(self) -> tuple[bool, float]:
