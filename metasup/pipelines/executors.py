@@ -2,9 +2,8 @@
 commits to. An executor judges one commit (checks, shadow run, fitness, cheapest first) and
 says on which node it did.
 
-`local` judges in this machine's pooled worktrees, in the jail (`Experimenter.assess`). `ray` is
-accepted by the config but not in this version: asking for it is refused, never run locally
-instead.
+`local` judges in this machine's pooled worktrees, in the jail (`Experimenter.assess`); `ray`
+on a Ray cluster (`ray_executor`, loaded only when asked for: Ray is an extra).
 """
 
 from __future__ import annotations
@@ -59,7 +58,8 @@ def executor_for(exp: Experimenter) -> Executor:
     kind = exp.ex.executor.kind
     if kind == "local":
         return LocalExecutor(exp)
-    raise UserError(
-        f"experiments.executor.kind: {kind} is not available in this version of metasup; "
-        "use kind: local (the default)"
-    )
+    if kind == "ray":
+        from metasup.pipelines.ray_executor import RayExecutor
+
+        return RayExecutor(exp)
+    raise UserError(f"experiments.executor.kind: {kind} is not known; use local or ray")

@@ -627,12 +627,13 @@ def run_offline(
     dirs = StateDir.for_git_dir(repo.git_dir)
     with locked_journal(dirs, str(repo.workdir)) as journal:
         become_subreaper()  # so what an evaluator leaves behind is found and stopped
+        runner = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
         # As for `metasup run`: the evaluator (protected) must be as approved; the first use
         # approves what it finds, so a good commit set by a merge here reads as approved.
+        # After the config's own errors (the jail, the executor): those change nothing.
         integrity.check_protected(
             repo, dirs, lambda p: policy.protecting_rule(p) is not None, cfg.path, journal.append
         )
-        runner = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
         runner.clean_leftovers()
         before_merge = snapshot_before_merge(repo, policy, journal.append, dirs.state)
         return runner.run(sources, dry_run=dry_run, before_merge=before_merge)

@@ -39,3 +39,54 @@ def write_bundle(workdir: Path, folder: Path, keep: int, head: str | None, reape
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
     return target
+
+
+SHIP_REF = "refs/metasup/ship/"  # a commit on its way to another machine, for the bundle's sake
+
+
+def bundle_bytes(repo: Any, commit: str, base: str | None, reaper: Any) -> bytes:
+    """A bundle of `commit` (with `base`: only what `base` lacks, which the receiver must
+    hold). A bundle names refs, so the commit is given one for the moment it takes."""
+    import tempfile
+
+    from metasup.effects.process.spawn import run_command
+
+    ref = SHIP_REF + commit
+    repo.set_ref(ref, commit)
+    try:
+        with tempfile.TemporaryDirectory(prefix="metasup-bundle-") as tmp:
+            out = Path(tmp) / "c.bundle"
+            argv = ["git", "-C", str(repo.workdir), "bundle", "create", "-q", str(out), ref]
+            done = run_command(
+                [*argv, *([f"^{base}"] if base else [])],
+                cwd=repo.workdir,
+                env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+                timeout=600.0,
+                reaper=reaper,
+            )
+            if not done.ok:
+                raise GitError(f"git bundle failed: {done.stderr.strip()[-300:] or done.code}")
+            return out.read_bytes()
+    finally:
+        repo.delete_ref(ref)
+
+
+def fetch_bundle(workdir: Path, data: bytes, reaper: Any) -> None:
+    """The commits of a bundle made by `bundle_bytes`, fetched into the repository at
+    `workdir` (kept by their ship refs there)."""
+    import tempfile
+
+    from metasup.effects.process.spawn import run_command
+
+    with tempfile.TemporaryDirectory(prefix="metasup-bundle-") as tmp:
+        path = Path(tmp) / "c.bundle"
+        path.write_bytes(data)
+        done = run_command(
+            ["git", "-C", str(workdir), "fetch", "-q", str(path), f"+{SHIP_REF}*:{SHIP_REF}*"],
+            cwd=workdir,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+            timeout=600.0,
+            reaper=reaper,
+        )
+    if not done.ok:
+        raise GitError(f"git fetch of a bundle failed: {done.stderr.strip()[-300:] or done.code}")

@@ -62,12 +62,6 @@ def run_offline(
     with locked_journal(dirs, str(repo.workdir)) as journal:
         become_subreaper()  # so what a mutator or evaluator leaves behind is found and stopped
         repo.clear_stale_locks()  # a run killed mid-write left them; we hold the repo's lock
-        # The evaluator (protected) must be as approved, as for `metasup run`: the first use
-        # approves what it finds, and a good commit set here later does not read as an
-        # approval without a baseline.
-        integrity.check_protected(
-            repo, dirs, lambda p: policy.protecting_rule(p) is not None, cfg.path, journal.append
-        )
         exp = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
         search = Search(
             exp,
@@ -75,6 +69,12 @@ def run_offline(
             lambda: read_events(dirs.events),
             on_record=on_record,
             on_progress=lambda h: _write_figures(dirs, h),
+        )
+        # The evaluator (protected) must be as approved, as for `metasup run`: the first use
+        # approves what it finds, so a good commit set here later reads as approved. After the
+        # config's own errors (jail, executor, evolution section), which change nothing.
+        integrity.check_protected(
+            repo, dirs, lambda p: policy.protecting_rule(p) is not None, cfg.path, journal.append
         )
         with _stopping_on_signals(exp.cancel.set):
             history, resumed = search.open(resume, generations)
