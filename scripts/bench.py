@@ -19,6 +19,8 @@
 10. MCP: the fleet's stdio probe round trip (tools/list through metasup's session) and the
    agent's round trip through `metasup mcp connect`, each against a direct SDK session to the
    same server; time from a server's death (SIGKILL) to healthy again
+12. the Ray executor on a cluster started here: 8 candidates burning 1 s of CPU on one node vs
+   two (one CPU each); the dispatch per candidate (bundle, ship, build) on 10k files
 11. evolution on the 10k-file repository: metasup's own time per candidate (wall time minus
    what its mutator, check and fitness commands took by their own stamps), jail on and off;
    children per second with a fitness burning 300 ms of CPU, max_concurrent 2 against 1
@@ -420,6 +422,108 @@ def _ts(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _ray_node(args: list[str], dirs: list[str]) -> None:
+    tmp = tempfile.mkdtemp(prefix="msbray-", dir="/tmp")
+    dirs.append(tmp)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "start", "--temp-dir", tmp,
+         "--disable-usage-stats", *args],
+        check=True, capture_output=True, timeout=120,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )  # fmt: skip
+
+
+def _ray_stop(dirs: list[str]) -> None:
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(d in " ".join(proc.info["cmdline"] or []) for d in dirs):
+            procs += [proc, *proc.children(recursive=True)]
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=10)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def bench_ray(repo: Path, agent: Path, log: Path, repeats: int) -> dict[str, Any]:
+    """The Ray executor on a cluster started here (a head running no tasks, nodes of one CPU):
+    8 candidates whose fitness burns 1 s of CPU, on one node then two; and the dispatch cost
+    per candidate on `repo` (the same no-op candidate judged through Ray minus locally)."""
+    from metasup.effects.process.spawn import Reaper
+    from metasup.facts.config import parse_config
+    from metasup.facts.policy import load_policy
+    from metasup.pipelines.experiments import Experimenter
+
+    g = GitRepo(repo)
+    dirs: list[str] = []
+    port = 6500 + os.getpid() % 1000
+    a = json.dumps(str(agent))
+
+    def experimenter(kind: str, burn_ms: int) -> Experimenter:
+        text = (
+            "supervisor:\n  agent: {command: [/bin/true]}\n  experiments:\n"
+            f"    checks: [[{a}, check, '0']]\n    fitness: [{a}, fit, '{burn_ms}']\n"
+            "    max_concurrent: 8\n    timeout: 60s\n"
+            f"    executor: {{kind: {kind}, address: '127.0.0.1:{port}', num_cpus: 1}}\n"
+            + writable(log)
+        )
+        cfg = parse_config(text, repo / "metasup.yaml", validate=True)
+        state = repo / ".git" / "metasup"
+        return Experimenter(g, cfg, load_policy(repo), state, lambda *a, **k: None, Reaper())
+
+    def proposal(n: int) -> tuple[str, bytes]:
+        change = {"file": f"d{n % 100:03d}/f{n:05d}.txt", "content": f"ray candidate {n}\n"}
+        return (f"r{n}", json.dumps({"reason": "bench", "changes": [change]}).encode())
+
+    os.environ["BENCH_LOG"] = str(log)
+    try:
+        _ray_node(["--head", "--port", str(port), "--num-cpus", "0",
+                   "--include-dashboard", "false"], dirs)  # fmt: skip
+        _ray_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"], dirs)
+        walls = {}
+        for nodes in (1, 2):
+            if nodes == 2:
+                _ray_node(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"], dirs)
+            ex = experimenter("ray", 1000)
+            ex.evaluate([proposal(900 + nodes)])  # the nodes' caches hold the base
+            t = time.perf_counter()
+            ex.evaluate([proposal(1000 + 10 * nodes + k) for k in range(8)])
+            walls[nodes] = time.perf_counter() - t
+        local, ray = experimenter("local", 0), experimenter("ray", 0)
+        local.evaluate([proposal(2000)])
+        ray.evaluate([proposal(2001)])
+        dispatch = []
+        for r in range(repeats):
+            t = time.perf_counter()
+            local.evaluate([proposal(3000 + r)])
+            here = time.perf_counter() - t
+            t = time.perf_counter()
+            ray.evaluate([proposal(4000 + r)])
+            dispatch.append(time.perf_counter() - t - here)
+    finally:
+        _ray_stop(dirs)
+        for ref, _ in g.experiment_branches():
+            g.delete_ref(ref)
+    return {
+        "eight_candidates_wall_s": {str(k): round(v, 3) for k, v in walls.items()},
+        "two_nodes_ratio": round(walls[1] / walls[2], 3),
+        "dispatch_overhead_ms": median_ms(dispatch),
+    }
+
+
+def print_ray(r: dict[str, Any]) -> None:
+    w = r["eight_candidates_wall_s"]
+    print("\n## the Ray executor (a cluster started here; nodes of one CPU)")
+    print(
+        f"8 candidates burning 1 s of CPU: {w['1']} s on one node, {w['2']} s on two "
+        f"-> x{r['two_nodes_ratio']}"
+    )
+    print(
+        f"dispatch per candidate (bundle, ship, build), 10k files: {r['dispatch_overhead_ms']} ms"
+    )
 
 
 def print_evolution(e: dict[str, Any]) -> None:
@@ -848,7 +952,7 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument(
         "--only",
-        choices=["mcp", "api", "tamper", "jail", "archive", "evolution"],
+        choices=["mcp", "api", "tamper", "jail", "archive", "evolution", "ray"],
         default=None,
         help="Run one part only.",
     )
@@ -872,6 +976,15 @@ def main() -> int:
                     make_repo(root / "big", 10000), build_agent(root), root / "agent.log"
                 ),
                 print_evolution,
+            ),
+            "ray": (
+                lambda: bench_ray(
+                    make_repo(root / "big", 10000),
+                    build_agent(root),
+                    root / "agent.log",
+                    args.repeats,
+                ),
+                print_ray,
             ),
             "api": (
                 lambda: bench_api(
@@ -921,6 +1034,7 @@ def main() -> int:
         results["jail"] = bench_jail(root, args.cycles, agent, small, big)
         results["experiments"] = bench_experiments(big, agent, log, args.repeats)
         results["evolution"] = bench_evolution(big, agent, log)
+        results["ray"] = bench_ray(big, agent, log, args.repeats)
         results["tamper"] = bench_tamper(big, agent, log, 50)
         results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
         results["api"] = bench_api(small, agent, log, args.idle_seconds)
@@ -1106,6 +1220,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"(ratio {e['concurrency_ratio']})"
     )
     print_evolution(r["evolution"])
+    print_ray(r["ray"])
     idle = r["idle"]
     print(
         f"\n## idle supervisor: cpu {idle['cpu_percent']}% over {idle['window_s']}s, "
