@@ -170,7 +170,8 @@ def plan_generation(
         passing = distinct_trees(m for m in pool if m.fit > -math.inf)
         for k in range(size - cfg.elite):
             cid = slot_id(evolution, generation, island, "c", k)
-            rng = child_rng(seed, cid)
+            # Seeded by the slot, not the evolution's id: one seed, one search.
+            rng = child_rng(seed, cid.removeprefix(f"{evolution}-"))
             if len(passing) >= 2 and rng.random() < cfg.crossover_rate:
                 first = select(passing, cfg, rng, children)
                 others = [m for m in passing if m.tree != first.tree]
@@ -192,7 +193,9 @@ def pools_after(
     of that generation (the seed is everyone's), plus migrants from the island before it when
     `generation` is a migration generation. An island where nothing passed keeps its
     `previous` pool, so one bad generation does not make it breed from failures."""
-    of_gen = [m for m in members if m.generation == generation]
+    # In id order, not the order results came in: the plans drawn from a pool are the same
+    # whatever the timing (a resume, another executor).
+    of_gen = sorted((m for m in members if m.generation == generation), key=lambda m: m.id)
     pools: dict[int, list[Member]] = {i: [] for i in range(cfg.islands)}
     for m in of_gen:
         if m.operator == SEED:

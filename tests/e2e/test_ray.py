@@ -115,6 +115,43 @@ def test_evolve_on_the_cluster_journals_each_candidate_once_with_its_node(
     assert_whole(repo)
 
 
+SLOT_MUTATOR = """\
+import os
+from pathlib import Path
+g, i, c = (int(part[1:]) for part in os.environ["METASUP_CHILD"].rsplit("-", 3)[1:])
+lines = Path("gaps.txt").read_text().splitlines()
+slots = [n for n, line in enumerate(lines) if not line.startswith("#")]
+lines[slots[(g + i + c) % len(slots)]] = str(5 + 11 * g + 5 * i + 2 * c)
+Path("gaps.txt").write_text("\\n".join(lines) + "\\n")
+"""
+
+
+def test_evolve_gives_the_same_outcome_on_the_cluster_as_locally(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    found = []
+    for name, transform in (("local", lambda b: b), ("ray", lambda b: on_ray(b, cluster))):
+        body = transform(config(population=6, generations=3, mutator="evolve/slots.py"))
+        repo = evolution_repo(tmp_path / name, body)
+        (repo / "evolve" / "slots.py").write_text(SLOT_MUTATOR)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "a mutator without chance")
+        out = run_metasup(
+            repo, "evolve", "--json", timeout=180, env={"METASUP_EVOLUTION_SEED": "7"}
+        )
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+        doc = json.loads(out.stdout)
+        # Trees differ by the config file (the executor line); ids may too, where two children
+        # of one generation made the same tree (whichever came first is judged): the rest not.
+        candidates = sorted(
+            (e["generation"], e["score"], e["passed"]) for e in of_kind(repo, "candidate_evaluated")
+        )
+        found.append((out.returncode, doc["best_score"], doc["promoted"], candidates))
+    local, ray = found
+    assert local[:3] == ray[:3], [(a, b) for a, b in zip(local[3], ray[3], strict=False) if a != b]
+    assert local == ray
+
+
 EXPERIMENT_SCORE = """\
 import json, sys
 sys.path.insert(0, ".")

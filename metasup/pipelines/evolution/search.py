@@ -35,6 +35,19 @@ from metasup.pipelines.experiments import Experimenter
 INSPIRATIONS = 5  # the best candidates a mutator is shown
 
 
+SEED_ENV = "METASUP_EVOLUTION_SEED"  # a fixed seed: the same search again, to compare or debug
+
+
+def _seed() -> int:
+    fixed = os.environ.get(SEED_ENV, "").strip()
+    if fixed:
+        try:
+            return int(fixed)
+        except ValueError:
+            raise UserError(f"{SEED_ENV} must be an integer, not {fixed!r}") from None
+    return int.from_bytes(os.urandom(8), "big") >> 2
+
+
 def new_evolution_id() -> str:
     """Sortable by time and short: it prefixes every candidate id."""
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.urandom(2).hex()}"
@@ -135,7 +148,7 @@ class Search:
         base = self.repo.good() or self.repo.head()
         if base is None:
             raise UserError("the repository has no commit to evolve from")
-        h = History(new_evolution_id(), int.from_bytes(os.urandom(8), "big") >> 2, base, {})
+        h = History(new_evolution_id(), _seed(), base, {})
         started = {
             "seed": h.seed,
             "base": base,
