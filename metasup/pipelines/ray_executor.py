@@ -177,7 +177,18 @@ def _evaluate_on_node(
             fetch_bundle(cache, ray.get(base_bundle[0]), reaper)
         if not repo.commit_exists(commit):
             fetch_bundle(cache, delta, reaper)
-    here = replace(config, experiments=replace(config.experiments, executor=ExecutorConfig()))
+    # The task's resource requests are the jail's limits on the node.
+    asked = config.experiments.executor
+    limits = replace(
+        config.sandbox.limits,
+        cpu=asked.num_cpus,
+        memory=asked.memory or config.sandbox.limits.memory,
+    )
+    here = replace(
+        config,
+        experiments=replace(config.experiments, executor=ExecutorConfig()),
+        sandbox=replace(config.sandbox, limits=limits),
+    )
     exp = Experimenter(repo, here, policy, cache / ".git" / "metasup", _quiet, reaper)
     try:
         found = exp.assess(commit, base, os.getpid(), env_extra, baseline=baseline)

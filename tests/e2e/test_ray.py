@@ -152,6 +152,33 @@ def test_evolve_gives_the_same_outcome_on_the_cluster_as_locally(
     assert local == ray
 
 
+GREEDY_SCORE = """\
+import json
+hoard = bytearray(300 << 20)  # 300 MiB, touched
+for i in range(0, len(hoard), 4096):
+    hoard[i] = 1
+print(json.dumps({"score": 1.0}))
+"""
+
+
+def test_a_candidates_memory_request_is_its_jails_limit_on_the_node(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    outcomes = {}
+    for memory in ("128MiB", "2GiB"):
+        body = on_ray(config(population=4, generations=1), cluster).replace(
+            "num_cpus: 1}", f"num_cpus: 1, memory: {memory}}}"
+        )
+        repo = evolution_repo(tmp_path / memory, body)
+        (repo / "eval" / "score.py").write_text(GREEDY_SCORE)
+        git(repo, "commit", "-qam", "a greedy fitness")
+        out = run_metasup(repo, "evolve", "--json", "--no-merge", timeout=180)
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+        (seed,) = [e for e in of_kind(repo, "candidate_evaluated") if e["operator"] == "seed"]
+        outcomes[memory] = seed["passed"]
+    assert outcomes == {"128MiB": False, "2GiB": True}
+
+
 EXPERIMENT_SCORE = """\
 import json, sys
 sys.path.insert(0, ".")
