@@ -17,22 +17,15 @@ def write_bundle(workdir: Path, folder: Path, keep: int, head: str | None, reape
     libgit2 writes no bundles, so this one step runs the git CLI (with a hard timeout). It
     touches no pygit2 object, so a thread may run it while the loop goes on.
     """
-    from metasup.effects.process.spawn import run_command
-
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{(head or 'unborn')[:12]}.bundle"
     tmp = folder / f".{name}.tmp"
-    done = run_command(
-        ["git", "-C", str(workdir), "bundle", "create", "-q", str(tmp), "--all"],
-        cwd=workdir,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        timeout=600.0,
-        reaper=reaper,
-    )
-    if not done.ok:
+    try:
+        _git(workdir, ["bundle", "create", "-q", str(tmp), "--all"], reaper, "git bundle")
+    except GitError:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise GitError(f"git bundle failed: {done.stderr.strip()[-300:] or done.code}")
+        raise
     target = folder / name
     os.replace(tmp, target)
     for old in sorted(folder.glob("*.bundle"))[:-keep]:
@@ -49,23 +42,13 @@ def bundle_bytes(repo: Any, commit: str, base: str | None, reaper: Any) -> bytes
     hold). A bundle names refs, so the commit is given one for the moment it takes."""
     import tempfile
 
-    from metasup.effects.process.spawn import run_command
-
     ref = SHIP_REF + commit
     repo.set_ref(ref, commit)
     try:
         with tempfile.TemporaryDirectory(prefix="metasup-bundle-") as tmp:
             out = Path(tmp) / "c.bundle"
-            argv = ["git", "-C", str(repo.workdir), "bundle", "create", "-q", str(out), ref]
-            done = run_command(
-                [*argv, *([f"^{base}"] if base else [])],
-                cwd=repo.workdir,
-                env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-                timeout=600.0,
-                reaper=reaper,
-            )
-            if not done.ok:
-                raise GitError(f"git bundle failed: {done.stderr.strip()[-300:] or done.code}")
+            argv = ["bundle", "create", "-q", str(out), ref, *([f"^{base}"] if base else [])]
+            _git(repo.workdir, argv, reaper, "git bundle")
             return out.read_bytes()
     finally:
         repo.delete_ref(ref)
@@ -76,17 +59,23 @@ def fetch_bundle(workdir: Path, data: bytes, reaper: Any) -> None:
     `workdir` (kept by their ship refs there)."""
     import tempfile
 
-    from metasup.effects.process.spawn import run_command
-
     with tempfile.TemporaryDirectory(prefix="metasup-bundle-") as tmp:
         path = Path(tmp) / "c.bundle"
         path.write_bytes(data)
-        done = run_command(
-            ["git", "-C", str(workdir), "fetch", "-q", str(path), f"+{SHIP_REF}*:{SHIP_REF}*"],
-            cwd=workdir,
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-            timeout=600.0,
-            reaper=reaper,
-        )
+        argv = ["fetch", "-q", str(path), f"+{SHIP_REF}*:{SHIP_REF}*"]
+        _git(workdir, argv, reaper, "git fetch of a bundle")
+
+
+def _git(workdir: Path, args: list[str], reaper: Any, what: str) -> None:
+    """The git CLI for what libgit2 cannot do with bundles, with a hard timeout."""
+    from metasup.effects.process.spawn import run_command
+
+    done = run_command(
+        ["git", "-C", str(workdir), *args],
+        cwd=workdir,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        timeout=600.0,
+        reaper=reaper,
+    )
     if not done.ok:
-        raise GitError(f"git fetch of a bundle failed: {done.stderr.strip()[-300:] or done.code}")
+        raise GitError(f"{what} failed: {done.stderr.strip()[-300:] or done.code}")
