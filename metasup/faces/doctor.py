@@ -25,13 +25,14 @@ class Check:
     notes: tuple[str, ...] = ()  # lines shown under it
 
 
-def run_checks(start: Path) -> list[Check]:
+def run_checks(start: Path, explicit: Path | None = None) -> list[Check]:
+    """Every check; `explicit` is the config `--config` names (else the one in use)."""
     checks: list[Check] = [_guard("git", _git_cli)]
     repo_check, workdir = _repository(start)
     checks.append(repo_check)
     if workdir is None:
         return checks
-    config_check, config = _config(workdir)
+    config_check, config = _config(workdir, explicit)
     checks.append(config_check)
     checks.append(_guard("policy", lambda: _policy(workdir)))
     checks.append(_guard("hook", lambda: _hook(workdir)))
@@ -71,12 +72,12 @@ def _repository(start: Path) -> tuple[Check, Path | None]:
     return Check("repository", True, f"{repo.workdir} on {branch}"), repo.workdir
 
 
-def _config(workdir: Path) -> tuple[Check, object | None]:
+def _config(workdir: Path, explicit: Path | None) -> tuple[Check, object | None]:
     from metasup.facts.config import load_config
     from metasup.pipelines.integrity import config_in_use
 
     try:
-        config = load_config(config_in_use(workdir))
+        config = load_config(config_in_use(workdir, explicit))
     except UserError as e:
         fix = "`metasup init` writes one; `metasup config` checks an edited one"
         return Check("config", False, str(e), fix), None

@@ -44,3 +44,18 @@ def test_outside_a_repository(tmp_path: Path) -> None:
     out = run_metasup(tmp_path, "doctor")
     assert out.returncode == 1 and "FAIL repository" in out.stdout
     assert "run `metasup init`" in out.stdout
+
+
+def test_doctor_status_and_log_take_the_config_other_commands_take(tmp_path: Path) -> None:
+    repo = tmp_path / "agent"
+    assert run_metasup(tmp_path, "init", str(repo)).returncode == 0
+    (repo / "ops").mkdir()
+    (repo / "metasup.yaml").rename(repo / "ops" / "sup.yaml")
+    without = run_metasup(repo, "doctor")
+    assert "FAIL config" in without.stdout
+    given = run_metasup(repo, "doctor", "--config", "ops/sup.yaml")
+    assert "ok   config     sup.yaml is valid" in given.stdout, given.stdout
+    for command in ("status", "log"):
+        assert run_metasup(repo, command, "--config", "ops/sup.yaml").returncode in (0, 1)
+        missing = run_metasup(repo, command, "--config", "ops/none.yaml")
+        assert missing.returncode == 2 and "ops/none.yaml: no such config file" in missing.stderr

@@ -11,7 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from metasup.faces.cli.options import (
+    ConfigOpt,
     JsonOpt,
+    config_path,
     find_repo,
 )
 
@@ -24,11 +26,14 @@ def log(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events.")
     ] = False,
+    config: ConfigOpt = None,
 ) -> None:
     """The event log (events.jsonl)."""
     from metasup.effects.records.journal import StateDir, read_events, verify_chain
 
     repo = find_repo()
+    if config is not None:
+        config_path(repo.workdir, config)  # accepted like everywhere; a missing file is an error
     path = StateDir.for_git_dir(repo.git_dir).events
     if verify:
         problems = verify_chain(path)

@@ -10,7 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from metasup.faces.cli.options import (
+    ConfigOpt,
     JsonOpt,
+    config_path,
     find_repo,
 )
 
@@ -28,12 +30,15 @@ def status(
     interval: Annotated[
         float, typer.Option("--interval", min=0.05, help="Seconds between redraws.")
     ] = 0.5,
+    config: ConfigOpt = None,
 ) -> None:
     """The supervisor's status: one screen on a terminal, plain lines in a pipe, one JSON
     document with --json. Exits 0 while a supervisor runs, 1 when none does."""
     from metasup.effects.records.journal import StateDir, current_status
 
     repo = find_repo()
+    if config is not None:
+        config_path(repo.workdir, config)  # accepted like everywhere; a missing file is an error
     dirs = StateDir.for_git_dir(repo.git_dir)
     doc, running = current_status(dirs)
     if as_json:
