@@ -545,6 +545,22 @@ def test_a_kill_at_a_named_point_loses_nothing_and_evaluates_nothing_twice(
     assert_whole(repo)
 
 
+def test_locks_a_killed_run_left_in_a_pooled_worktree_do_not_stop_the_next(
+    tmp_path: Path,
+) -> None:
+    repo = evolution_repo(tmp_path / "r", config(generations=1))
+    assert run_metasup(repo, "evolve", "--no-merge", timeout=120).returncode in (0, 1)
+    pooled = repo / ".git" / "worktrees"
+    left = [pooled / "cand-0" / "index.lock", pooled / "cand-1" / "HEAD.lock"]
+    for lock in left:  # as a kill -9 in the middle of moving a worktree leaves them
+        lock.write_text("")
+    out = run_metasup(repo, "evolve", "--no-merge", timeout=120)
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    assert not any(lock.exists() for lock in left)
+    assert len(of_kind(repo, "evolution_finished")) == 2
+    assert_whole(repo)
+
+
 def test_kills_at_random_moments_then_resumes_finish_the_same_evolution(tmp_path: Path) -> None:
     repo = evolution_repo(tmp_path / "r", config(population=6, generations=3, repeats=3))
     rng = random.Random(11)

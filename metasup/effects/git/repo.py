@@ -199,6 +199,9 @@ class GitRepo:
         refs = self.git_dir / "refs"
         if refs.is_dir():
             candidates += refs.rglob("*.lock")
+        # The pooled worktrees' own index and HEAD: a run killed while one moved left them.
+        candidates += self.git_dir.glob("worktrees/*/index.lock")
+        candidates += self.git_dir.glob("worktrees/*/HEAD.lock")
         return [p for p in candidates if p.exists()]
 
     def clear_stale_locks(self, wait: float = _LOCK_WAIT_S) -> list[Path]:
