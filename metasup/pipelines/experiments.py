@@ -627,6 +627,7 @@ def run_offline(
     dirs = StateDir.for_git_dir(repo.git_dir)
     with locked_journal(dirs, str(repo.workdir)) as journal:
         become_subreaper()  # so what an evaluator leaves behind is found and stopped
+        repo.clear_stale_locks()  # a run killed mid-write left them; we hold the repo's lock
         runner = Experimenter(repo, cfg, policy, dirs.root, journal.append, Reaper())
         # As for `metasup run`: the evaluator (protected) must be as approved; the first use
         # approves what it finds, so a good commit set by a merge here reads as approved.
