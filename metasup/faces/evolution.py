@@ -88,10 +88,6 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def members_of(h: History) -> list[Member]:
-    return evo.ranked(h.members.values())
-
-
 def member_doc(m: Member, evolution: str) -> dict[str, Any]:
     return {
         "id": m.id,
@@ -170,7 +166,7 @@ class LivePanel:
         table = Table(title="top candidates", title_justify="left")
         for col in POPULATION_HEADER:
             table.add_column(col)
-        for row in population_rows(members_of(h)[: self.top], h.evolution):
+        for row in population_rows(evo.ranked(h.members.values())[: self.top], h.evolution):
             table.add_row(*row)
         return Group(head, chart, table, Text(self.last, style="dim"))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import selectors
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from metasup.decisions import evolution as evo
@@ -32,12 +31,6 @@ from metasup.pipelines.experiments import Experimenter
 from metasup.pipelines.supervisor.background import Job
 
 ROUND_SKIPPED = "evolution_skipped"  # a due round not run: the agent gained enough on its own
-
-
-@dataclass
-class Round:
-    result: Result | None  # None: skipped
-    gain: float | None = None
 
 
 class Rounds:
@@ -67,7 +60,7 @@ class Rounds:
             lambda: read_events(dirs.events),
             on_progress=lambda h: on_figures(evo.figures(h, running=h.finished is None)),
         )
-        self.job: Job[Round] = Job("evolution")
+        self.job: Job[Result | None] = Job("evolution")  # None: skipped
         selector.register(self.job.fd, selectors.EVENT_READ, "evolution")
         self.held: Result | None = None
         self._announced = False
@@ -104,7 +97,7 @@ class Rounds:
         self.job.start(lambda: self._round(resume, since))
         return False
 
-    def _round(self, resume: bool, since: float) -> Round:
+    def _round(self, resume: bool, since: float) -> Result | None:
         gain = None
         if not resume and self.cfg.trigger_min_gain is not None and self.last_score is not None:
             score = self._good_score()
@@ -112,9 +105,9 @@ class Rounds:
                 gain = improvement(score, self.last_score)
             if not evo.trigger_due(self.cfg, since, gain):
                 self.emit(ROUND_SKIPPED, gain=gain, min_gain=self.cfg.trigger_min_gain)
-                return Round(None, gain)
+                return None
         history, _ = self.search.open(resume, None)
-        return Round(self.search.run(history, merge=False), gain)
+        return self.search.run(history, merge=False)
 
     def _good_score(self) -> float | None:
         good = self.repo.good() or self.repo.head()
@@ -129,11 +122,10 @@ class Rounds:
         """The round's thread is done: (a winner waits to be merged, when the next is due)."""
         now = time.monotonic()
         try:
-            done = self.job.result()
+            result = self.job.result()
         except Exception as e:  # a round that failed is reported; the next comes at its time
             self.emit("evolution_failed", error=str(e))
             return False, now + self.cfg.trigger_every
-        result = done.result
         if result is None:
             return False, now + self.cfg.trigger_every
         if result.interrupted:
