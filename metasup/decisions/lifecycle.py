@@ -55,6 +55,8 @@ class Timer(StrEnum):
     EVOLUTION = "evolution"  # the next continuous evolution round
 
 
+FIRST_SAMPLE = 1.0  # seconds after a launch: its first health sample past the launch's own
+
 LOOP_TIMERS = (Timer.MIN_RUNTIME, Timer.BACKOFF, Timer.HEALTH, Timer.SERVERS)
 
 
@@ -407,14 +409,20 @@ def decide(
             assert state.commit is not None
             return replace(state, phase=Phase.RUNNING), [
                 Launch(state.run, state.commit),
+                # A figure at once, and the agent's own a second later, not one interval later
+                # (the status read 0 MB for the first 30 s of every run).
+                SampleHealth(),
                 ArmTimer(Timer.MIN_RUNTIME, settings.min_runtime),
-                ArmTimer(Timer.HEALTH, settings.health_interval),
+                ArmTimer(Timer.HEALTH, min(settings.health_interval, FIRST_SAMPLE)),
             ]
 
         case MinRuntimeReached(run=run) if state.phase is Phase.RUNNING and run == state.run:
             assert state.commit is not None
             marks: list[Action] = [] if state.good == state.commit else [MarkGood(state.commit)]
-            return replace(state, phase=Phase.GOOD, good=state.commit), marks
+            # A run past min_runtime ends the streak now, not at its exit: a long healthy run
+            # after a rollback must not read as failing (status, alerts on the gauge).
+            good = replace(state, phase=Phase.GOOD, good=state.commit, consecutive_failures=0)
+            return good, marks
 
         case HealthDue() if state.phase in (Phase.RUNNING, Phase.GOOD):
             return state, [SampleHealth(), ArmTimer(Timer.HEALTH, settings.health_interval)]
@@ -448,7 +456,7 @@ def decide(
                 marked: list[Action] = (
                     [] if state.good == state.commit else [MarkGood(state.commit)]
                 )
-                lived = replace(state, phase=Phase.GOOD, good=state.commit)
+                lived = replace(state, phase=Phase.GOOD, good=state.commit, consecutive_failures=0)
                 after, actions = _on_exit(settings, lived, code, runtime)
                 return after, [*marked, *actions]
             return _on_exit(settings, state, code, runtime)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metasup.decisions.lifecycle import (
+    FIRST_SAMPLE,
     ApplyProposals,
     ArmTimer,
     BackoffElapsed,
@@ -71,8 +72,9 @@ def test_first_snapshot_without_good_ref_is_the_baseline() -> None:
     state, actions = decide(S, state, ServersReady())
     assert actions == [
         Launch(1, "a" * 40),
+        SampleHealth(),
         ArmTimer(Timer.MIN_RUNTIME, 10),
-        ArmTimer(Timer.HEALTH, 5),
+        ArmTimer(Timer.HEALTH, FIRST_SAMPLE),
     ]
     assert state.phase is Phase.RUNNING
 
@@ -89,6 +91,12 @@ def test_min_runtime_marks_the_running_commit_good() -> None:
     state, actions = decide(S, at(Phase.RUNNING), MinRuntimeReached(run=2))
     assert state.phase is Phase.GOOD and state.good == "c" * 40
     assert actions == [MarkGood("c" * 40)]
+
+
+def test_a_run_past_min_runtime_ends_the_failure_streak_while_it_runs() -> None:
+    """Not at its exit: a long healthy run after a rollback must not read as failing."""
+    state, _ = decide(S, at(Phase.RUNNING, consecutive_failures=2), MinRuntimeReached(run=2))
+    assert state.phase is Phase.GOOD and state.consecutive_failures == 0
 
 
 def test_min_runtime_on_an_already_good_commit_marks_nothing() -> None:
@@ -322,6 +330,8 @@ def test_any_sequence_keeps_the_invariants(observations: list[object]) -> None:
         if before.phase in (Phase.STOPPED, Phase.EMERGENCY_STOP):
             assert state == before and actions == [], "final phases absorb everything"
         assert 0 <= state.consecutive_failures <= S.max_failures
+        if state.phase is Phase.GOOD:
+            assert state.consecutive_failures == 0, "a run past min_runtime is no failure"
         if any(isinstance(a, Finish) for a in actions):
             assert state.phase in (Phase.STOPPED, Phase.EMERGENCY_STOP)
             assert actions[-1] == Finish(state.exit_code or 0)

@@ -393,6 +393,27 @@ def test_the_live_supervisor_reports_its_metrics(repo: Path) -> None:
         assert proc.wait(timeout=20) == 0
 
 
+def test_a_healthy_run_after_a_rollback_clears_the_failure_streak(repo: Path) -> None:
+    """An alert on consecutive_failures must not fire while the run after a rollback is fine;
+    and the agent's memory shows from its launch, not one health interval later."""
+    scripted(
+        repo, {"1": {"code": 1}, "*": {"sleep": 60}}, extra="  health_checks: {interval: 1h}\n"
+    )
+    with supervising(repo) as proc:
+        # Run 2 holds the commit already good: no mark_good, the status is what tells.
+        wait_for(lambda: by_name(repo, "rollback"), what="run 1's rollback")
+
+        def settled() -> dict[str, Any] | None:
+            doc: dict[str, Any] = json.loads(run_metasup(repo, "status", "--json").stdout)
+            return doc if doc["run"] == 2 and doc["consecutive_failures"] == 0 else None
+
+        doc = wait_for(settled, what="run 2 past min_runtime in the status")
+        assert doc["agent"]["rss_mb"] > 1, "sampled at launch, not after the 1h interval"
+        assert doc["counters"]["rollbacks"] == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+
+
 def test_manual_rollback_archives_then_resets(repo: Path) -> None:
     scripted(repo, {"*": {"sleep": 0.4}}, extra="  rollback: {preserve: [notes.txt]}\n")
     assert run_metasup(repo, "run", "--max-cycles", "1").returncode == 0
