@@ -421,8 +421,8 @@ def decide(
             marks: list[Action] = [] if state.good == state.commit else [MarkGood(state.commit)]
             # A run past min_runtime ends the streak now, not at its exit: a long healthy run
             # after a rollback must not read as failing (status, alerts on the gauge).
-            good = replace(state, phase=Phase.GOOD, good=state.commit, consecutive_failures=0)
-            return good, marks
+            passed = replace(state, phase=Phase.GOOD, good=state.commit, consecutive_failures=0)
+            return passed, marks
 
         case HealthDue() if state.phase in (Phase.RUNNING, Phase.GOOD):
             return state, [SampleHealth(), ArmTimer(Timer.HEALTH, settings.health_interval)]

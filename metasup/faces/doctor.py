@@ -115,15 +115,36 @@ def _policy(workdir: Path) -> Check:
 
 def _hook(workdir: Path) -> Check:
     from metasup.effects.git.lookup import hooks_dir
-    from metasup.faces.hook import installed
+    from metasup.faces.hook import FRAMEWORK_CONFIG, LEGACY, hooks
 
-    if installed(workdir):
+    found = hooks(workdir)
+    if found.runs > 1:
+        return Check(
+            "hook",
+            False,
+            "each commit runs metasup's hook twice: the pre-commit framework's "
+            f"({FRAMEWORK_CONFIG}) and metasup's git hook, kept as {LEGACY}",
+            "run `metasup init` again (it removes the legacy copy), or drop metasup's hook from "
+            f"{FRAMEWORK_CONFIG}",
+        )
+    if found.git_hook:
         return Check("hook", True, f"installed in {hooks_dir(workdir)}")
+    if found.runs == 1:
+        via = "its config" if found.framework_names_metasup else f"its legacy hook ({LEGACY})"
+        return Check("hook", True, f"run by the pre-commit framework, from {via}")
+    if found.framework_names_metasup:
+        return Check(
+            "hook",
+            False,
+            f"{FRAMEWORK_CONFIG} declares metasup's hook but the framework is not installed",
+            "run `pre-commit install`",
+        )
     return Check(
         "hook",
         False,
         "the pre-commit hook is not installed",
-        "run `metasup hook install`",
+        "run `metasup hook install`, or add metasup's hook to the pre-commit framework's config"
+        " (`metasup init` prints it)",
     )
 
 

@@ -15,14 +15,22 @@ from metasup.facts.config import CONFIG_CANDIDATES
 from metasup.facts.errors import UserError
 from metasup.facts.resources import config_examples_dir, protected_dir
 
+HOOK_KINDS = ("auto", "git", "framework")
 
-def init(target: Path) -> list[str]:
-    """Set `target` up; what was done, one line each (nothing new: everything says "kept")."""
+
+def init(target: Path, hook_kind: str = "auto") -> list[str]:
+    """Set `target` up; what was done, one line each (nothing new: everything says "kept").
+
+    `hook_kind`: `git` installs metasup's git hook; `framework` leaves the hook to the pre-commit
+    framework (and says what to add to its config); `auto` is `framework` where the repository
+    has a .pre-commit-config.yaml, since `pre-commit install` would otherwise run metasup's hook
+    twice (once as its legacy hook)."""
     from metasup.effects.git.lookup import discover, init_repository
     from metasup.effects.git.repo import GitRepo
-    from metasup.faces.hook import install
     from metasup.pipelines.intake import INBOX
 
+    if hook_kind not in HOOK_KINDS:
+        raise UserError(f"--hook must be one of {', '.join(HOOK_KINDS)}, not {hook_kind!r}")
     done: list[str] = []
     target = target.resolve()
     existing = next(p for p in (target, *target.parents) if p.exists())
@@ -67,12 +75,42 @@ def init(target: Path) -> list[str]:
     if created:
         commit = repo.commit_paths(created, "metasup: init\n\nThe policy and the config.\n")
         done.append(f"committed {len(created)} new files as {commit[:12]} (metasup: init)")
-    hook, chained = install(target)
-    done.append(
-        f"installed the pre-commit hook at {hook}"
-        + (f", running {chained.name} after it" if chained else "")
-    )
+    done += _hook(target, hook_kind)
     return done
+
+
+def _hook(target: Path, kind: str) -> list[str]:
+    from metasup.faces.hook import FRAMEWORK_CONFIG, FRAMEWORK_SNIPPET, drop_legacy, hooks, install
+
+    found = hooks(target)
+    if kind == "git" or (kind == "auto" and not found.framework_config):
+        hook, chained = install(target)
+        return [
+            f"installed the pre-commit hook at {hook}"
+            + (f", running {chained.name} after it" if chained else "")
+        ]
+    if not found.framework_names_metasup:
+        return [
+            f"found {FRAMEWORK_CONFIG}: metasup's hook is left to the pre-commit framework; add "
+            "it to the `repos:` there, then run `pre-commit install` (or `metasup init --hook "
+            "git` for a plain git hook instead):",
+            FRAMEWORK_SNIPPET,
+        ]
+    if drop_legacy(target):
+        return [
+            f"the pre-commit framework runs metasup's hook ({FRAMEWORK_CONFIG}): removed the copy "
+            "of metasup's git hook it also ran as its legacy hook, so a commit is checked once"
+        ]
+    if found.framework_installed:
+        return [f"the pre-commit framework runs metasup's hook ({FRAMEWORK_CONFIG})"]
+    if found.git_hook:
+        return [
+            f"{FRAMEWORK_CONFIG} declares metasup's hook and metasup's git hook is installed: "
+            "after `pre-commit install`, run `metasup init` again to keep only the framework's"
+        ]
+    return [
+        f"{FRAMEWORK_CONFIG} declares metasup's hook: run `pre-commit install` to put it in place"
+    ]
 
 
 NEXT_STEPS = """\
