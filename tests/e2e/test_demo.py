@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 from testing.fixtures import git, run_metasup
@@ -43,6 +44,17 @@ def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
     assert "MCP notes.remember -> noted (1 notes)" in text, "the agent used it through metasup"
     assert "x reached" in (target / "memory" / "notes.md").read_text()
     assert f"cd {target}" in text and "git for-each-ref refs/metasup" in text
+    # The command it gives for a second terminal works in a new shell, where no venv is active.
+    watch = re.search(r"^Watch it from a second terminal: (.*) status --watch$", text, re.M)
+    assert watch is not None
+    fresh = subprocess.run(
+        ["bash", "-c", watch.group(1) + " status"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert fresh.returncode == 1 and "status:   stopped" in fresh.stdout, fresh.stderr
 
 
 def test_demo_refuses_a_directory_with_files(tmp_path: Path) -> None:

@@ -151,14 +151,16 @@ def _ab_detail(c: dict[str, Any]) -> str:
 
 
 def _metasup_command() -> str:
-    """How this user reaches metasup: scripts/demo runs it from the venv, not from PATH."""
+    """A command that reaches this metasup from a new shell: `metasup` when PATH finds this
+    one, else its full path (scripts/demo runs it from the venv, which no new shell has on
+    PATH), else this Python with `-m metasup`."""
     exe = Path(sys.argv[0])
-    if exe.name != "metasup" or not exe.exists():
-        return "metasup"
-    found = shutil.which("metasup")
-    if found and Path(found).resolve() == exe.resolve():
-        return "metasup"
-    return shlex.quote(str(exe.resolve()))
+    if exe.name == "metasup" and exe.is_file():
+        found = shutil.which("metasup")
+        if found and Path(found).resolve() == exe.resolve():
+            return "metasup"
+        return shlex.quote(str(exe.resolve()))
+    return f"{shlex.quote(sys.executable)} -m metasup"
 
 
 def summarise(repo: GitRepo) -> dict[str, Any]:
