@@ -122,9 +122,11 @@ def start_metasup(
 
 
 @contextlib.contextmanager
-def supervising(repo: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+def supervising(
+    repo: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """A `metasup run` that has launched its agent; stopped with SIGTERM afterwards."""
-    proc = start_metasup(repo, *args)
+    proc = start_metasup(repo, *args, env=env)
     try:
         wait_for(lambda: "launch" in names(repo), what="the first launch")
         yield proc

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import shlex
 import signal
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from metasup.facts.envvars import UnsetVariable, expand
 from metasup.facts.errors import ConfigError
 from metasup.facts.gitpaths import in_git_dir
 from metasup.facts.resources import schema_path
@@ -68,16 +71,19 @@ def load_config(path: Path) -> Config:
     return parse_config(text, path)
 
 
-def parse_config(text: str, path: Path, *, validate: bool = True) -> Config:
+def parse_config(
+    text: str, path: Path, *, validate: bool = True, environ: Mapping[str, str] | None = None
+) -> Config:
     """Validate `text` (the content of `path`) and build the frozen settings.
 
     `validate=False` skips the JSON schema (and the jsonschema import) for text that was
-    validated already, byte for byte; the supervisor core uses it.
+    validated already, byte for byte; the supervisor core uses it. `environ` (default: this
+    process's) gives the values of `${VAR}` in MCP server entries.
     """
     doc, lines = load_yaml_lines(text, path.name)
     if validate:
         _validate(doc, lines, path.name)
-    return _build(doc, lines, path)
+    return _build(doc, lines, path, os.environ if environ is None else environ, validate)
 
 
 # --- schema validation ------------------------------------------------------------------------
@@ -162,7 +168,13 @@ def _command(value: str | list[str]) -> tuple[str, ...]:
     return tuple(shlex.split(value)) if isinstance(value, str) else tuple(value)
 
 
-def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
+def _build(
+    doc: dict[str, Any],
+    lines: dict[Path_, int],
+    path: Path,
+    environ: Mapping[str, str],
+    validate: bool,
+) -> Config:
     name = path.name
     s: dict[str, Any] = doc["supervisor"]
 
@@ -241,6 +253,10 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
     )
 
     experiments = _experiments(s.get("experiments", {}), dur)
+    servers, client = _mcp_servers(s, lines, name, dur, path, environ, validate)
+    protected = tuple(s.get("protected_paths", []))
+    if client is not None:
+        protected += ("/" + client[0],)  # it configures supervised processes, as the config
 
     inactive = tuple(k for k in INACTIVE_KEYS if _has(s, k.split(".")))
     return Config(
@@ -250,8 +266,8 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         max_failures=s.get("max_failures", 5),
         health=health,
         rollback=rollback,
-        protected_paths=tuple(s.get("protected_paths", [])),
-        mcp_servers=_mcp_servers(s, lines, name, dur),
+        protected_paths=protected,
+        mcp_servers=servers,
         proposals_mode=s.get("proposals", {}).get("mode", "direct"),
         experiments=experiments,
         evolution=_evolution(s.get("evolution"), lines, name, dur),
@@ -260,6 +276,8 @@ def _build(doc: dict[str, Any], lines: dict[Path_, int], path: Path) -> Config:
         on_tamper=s.get("on_tamper", "restore"),
         sandbox=_sandbox(s.get("sandbox", {}), lines, name),
         inactive=inactive,
+        mcp_config=client[0] if client else None,
+        sources=(client[1],) if client else (),
     )
 
 
@@ -441,58 +459,155 @@ def _repo_relative(
 
 
 def _mcp_servers(
-    s: Mapping[str, Any], lines: dict[Path_, int], name: str, dur: Any
-) -> tuple[McpServerConfig, ...]:
-    entries: list[tuple[str, Path_, Mapping[str, Any]]] = []
+    s: Mapping[str, Any],
+    lines: dict[Path_, int],
+    name: str,
+    dur: Any,
+    path: Path,
+    environ: Mapping[str, str],
+    validate: bool,
+) -> tuple[tuple[McpServerConfig, ...], tuple[str, str] | None]:
+    """The servers, enabled ones only, and the `mcp_config` file read: its path in the
+    repository and its text."""
+    Entry = tuple[str, Path_, Mapping[str, Any], str, dict[Path_, int]]
+    entries: list[Entry] = []
     raw = s.get("mcp_servers")
     if isinstance(raw, list):
-        entries += [(e["name"], ("supervisor", "mcp_servers", i), e) for i, e in enumerate(raw)]
+        entries += [
+            (e["name"], ("supervisor", "mcp_servers", i), e, name, lines) for i, e in enumerate(raw)
+        ]
     elif isinstance(raw, Mapping):
-        entries += [(n, ("supervisor", "mcp_servers", n), e) for n, e in raw.items()]
-    entries += [(n, ("supervisor", "mcpServers", n), e) for n, e in s.get("mcpServers", {}).items()]
-    seen: dict[str, Path_] = {}
+        entries += [(n, ("supervisor", "mcp_servers", n), e, name, lines) for n, e in raw.items()]
+    entries += [
+        (n, ("supervisor", "mcpServers", n), e, name, lines)
+        for n, e in s.get("mcpServers", {}).items()
+    ]
+    client: tuple[str, str] | None = None
+    if s.get("mcp_config") is not None:
+        rel, text, found = _client_config(s["mcp_config"], lines, name, path, validate)
+        client = (rel, text)
+        entries += found
+    seen: dict[str, tuple[str, Path_, dict[Path_, int]]] = {}
     servers = []
-    for n, at, e in entries:
+    for n, at, e, where, at_lines in entries:
         if n in seen:
-            first = line_of(lines, seen[n])
-            where = f" (first at line {first})" if first else ""
-            raise fail_at(name, lines, at, f"a server named {n!r} is defined twice{where}")
-        seen[n] = at
-        kind = e.get("type")
-        if kind == "stdio" and e.get("url"):
-            raise fail_at(name, lines, (*at, "type"), "a stdio server has no url")
-        if kind is not None and kind != "stdio" and not e.get("url"):
-            raise fail_at(name, lines, (*at, "url"), f"type {kind} needs a url")
-        b = e.get("restart_backoff", {})
-        backoff = Backoff(
-            initial=dur((*at, "restart_backoff", "initial"), b.get("initial"), 1.0) or 0.0,
-            max=dur((*at, "restart_backoff", "max"), b.get("max"), 30.0) or 0.0,
-        )
-        if backoff.initial > backoff.max:
-            raise fail_at(name, lines, (*at, "restart_backoff", "initial"), "larger than max")
-        watch = e.get("watch")
-        servers.append(
-            McpServerConfig(
-                name=n,
-                command=e.get("command"),
-                args=tuple(e.get("args", [])),
-                env=_env(e.get("env")),
-                cwd=e.get("cwd"),
-                url=e.get("url"),
-                restart_on_failure=e.get("restart_on_failure", True),
-                probe_interval=dur((*at, "probe_interval"), e.get("probe_interval"), 5.0) or 0.0,
-                probe_timeout=dur((*at, "probe_timeout"), e.get("probe_timeout"), 2.0) or 0.0,
-                start_timeout=dur((*at, "start_timeout"), e.get("start_timeout"), 10.0) or 0.0,
-                stop_timeout=dur((*at, "stop_timeout"), e.get("stop_timeout"), 5.0) or 0.0,
-                backoff=backoff,
-                max_restarts=e.get("max_restarts", 5),
-                restart_period=dur((*at, "restart_period"), e.get("restart_period"), 60.0) or 0.0,
-                watch=None
-                if watch is None
-                else tuple(
-                    _repo_relative(name, lines, (*at, "watch", i), w, whole_tree=True)
-                    for i, w in enumerate(watch)
-                ),
-            )
-        )
-    return tuple(servers)
+            first_file, first_at, first_lines = seen[n]
+            first = line_of(first_lines, first_at)
+            place = "" if first_file == where else f" in {first_file}"
+            prior = f" (first{place}" + (f" at line {first})" if first else ")")
+            raise fail_at(where, at_lines, at, f"a server named {n!r} is defined twice{prior}")
+        seen[n] = (where, at, at_lines)
+        if e.get("disabled"):
+            continue
+        servers.append(_mcp_server(n, at, e, where, at_lines, dur, environ))
+    return tuple(servers), client
+
+
+def _mcp_server(
+    n: str,
+    at: Path_,
+    e: Mapping[str, Any],
+    name: str,
+    lines: dict[Path_, int],
+    dur: Any,
+    environ: Mapping[str, str],
+) -> McpServerConfig:
+    def expanded(key: Path_, value: str) -> str:
+        try:
+            return expand(value, environ)
+        except UnsetVariable as err:
+            raise fail_at(name, lines, (*at, *key), str(err)) from None
+
+    kind = e.get("type")
+    url = expanded(("url",), e["url"]) if e.get("url") else None
+    if kind == "stdio" and url:
+        raise fail_at(name, lines, (*at, "type"), "a stdio server has no url")
+    if kind is not None and kind != "stdio" and not url:
+        raise fail_at(name, lines, (*at, "url"), f"type {kind} needs a url")
+    if url is not None and not re.match(r"https?://[^\s/]+", url):
+        raise fail_at(name, lines, (*at, "url"), f"{url!r} is not an http(s) URL")
+    if e.get("headers") and not url:
+        raise fail_at(name, lines, (*at, "headers"), "headers go with a url")
+    b = e.get("restart_backoff", {})
+    backoff = Backoff(
+        initial=dur((*at, "restart_backoff", "initial"), b.get("initial"), 1.0) or 0.0,
+        max=dur((*at, "restart_backoff", "max"), b.get("max"), 30.0) or 0.0,
+    )
+    if backoff.initial > backoff.max:
+        raise fail_at(name, lines, (*at, "restart_backoff", "initial"), "larger than max")
+    watch = e.get("watch")
+    command = e.get("command")
+    return McpServerConfig(
+        name=n,
+        command=expanded(("command",), command) if command else None,
+        args=tuple(expanded(("args", i), a) for i, a in enumerate(e.get("args", []))),
+        env={k: expanded(("env", k), v) for k, v in _env(e.get("env")).items()},
+        cwd=expanded(("cwd",), e["cwd"]) if e.get("cwd") else None,
+        url=url,
+        sse=kind == "sse",
+        headers={k: expanded(("headers", k), v) for k, v in (e.get("headers") or {}).items()},
+        restart_on_failure=e.get("restart_on_failure", True),
+        probe_interval=dur((*at, "probe_interval"), e.get("probe_interval"), 5.0) or 0.0,
+        probe_timeout=dur((*at, "probe_timeout"), e.get("probe_timeout"), 2.0) or 0.0,
+        start_timeout=dur((*at, "start_timeout"), e.get("start_timeout"), 10.0) or 0.0,
+        stop_timeout=dur((*at, "stop_timeout"), e.get("stop_timeout"), 5.0) or 0.0,
+        backoff=backoff,
+        max_restarts=e.get("max_restarts", 5),
+        restart_period=dur((*at, "restart_period"), e.get("restart_period"), 60.0) or 0.0,
+        watch=None
+        if watch is None
+        else tuple(
+            _repo_relative(name, lines, (*at, "watch", i), w, whole_tree=True)
+            for i, w in enumerate(watch)
+        ),
+    )
+
+
+def _client_config(
+    raw: str, lines: dict[Path_, int], name: str, path: Path, validate: bool
+) -> tuple[str, str, list[tuple[str, Path_, Mapping[str, Any], str, dict[Path_, int]]]]:
+    """`mcp_config`: an MCP client's file (`{"mcpServers": {...}}`, as `.mcp.json`), relative
+    to the repository. Its path inside the repository, its text, and its entries with their
+    own lines."""
+    rel = _repo_relative(name, lines, ("supervisor", "mcp_config"), raw)
+    file = _repository_root(path) / rel
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise fail_at(
+            name, lines, ("supervisor", "mcp_config"), f"cannot read {rel}: {e}"
+        ) from None
+    doc, file_lines = load_yaml_lines(text, rel)  # JSON is YAML: the same line numbers
+    errors = list(_client_validator().iter_errors(doc)) if validate else []
+    if errors:
+        at, message = _explain(errors[0], doc)
+        raise fail_at(rel, file_lines, at, message)
+    return (
+        rel,
+        text,
+        [(n, ("mcpServers", n), e, rel, file_lines) for n, e in doc["mcpServers"].items()],
+    )
+
+
+@functools.cache
+def _client_validator() -> Any:
+    import jsonschema
+
+    defs = _validator().schema["$defs"]
+    return jsonschema.Draft202012Validator(
+        {
+            "$defs": defs,
+            "type": "object",
+            "required": ["mcpServers"],
+            "properties": {"mcpServers": {"$ref": "#/$defs/mcp_server_map"}},
+        }
+    )
+
+
+def _repository_root(config: Path) -> Path:
+    """The working tree around the config file (its folder when none is found)."""
+    folder = config.resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return folder

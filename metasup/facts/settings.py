@@ -52,7 +52,8 @@ class RollbackConfig:
 
 @dataclass(frozen=True)
 class McpServerConfig:
-    """One MCP server: stdio (`command`), streamable HTTP (`url`), or a command serving `url`."""
+    """One MCP server: stdio (`command`), streamable HTTP or SSE (`url`), or a command serving
+    `url`."""
 
     name: str
     command: str | None
@@ -69,10 +70,14 @@ class McpServerConfig:
     max_restarts: int = 5  # more than this many restarts within restart_period: failed
     restart_period: float = 60.0
     watch: tuple[str, ...] | None = None  # None: the folders of the files the command names
+    sse: bool = False  # `type: sse`: the older HTTP+SSE transport, not streamable HTTP
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent with every HTTP request
 
     @property
     def transport(self) -> str:
-        return "http" if self.url else "stdio"
+        if not self.url:
+            return "stdio"
+        return "sse" if self.sse else "http"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +97,9 @@ class McpServerConfig:
             "max_restarts": self.max_restarts,
             "restart_period": self.restart_period,
             "watch": list(self.watch) if self.watch is not None else None,
+            # Names only: values are often tokens (`Authorization: Bearer ${TOKEN}`), and this is
+            # what `metasup config` prints.
+            "headers": {k: "***" for k in self.headers},
         }
 
 
@@ -252,6 +260,8 @@ class Config:
     on_tamper: str = "restore"  # restore | restore_and_restart | stop
     sandbox: SandboxConfig = SandboxConfig()
     inactive: tuple[str, ...] = ()
+    mcp_config: str | None = None  # the MCP client file read, relative to the repository
+    sources: tuple[str, ...] = ()  # the texts of the files the config read besides itself
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, durations in seconds, as `metasup config --json` shows."""
@@ -285,6 +295,7 @@ class Config:
                     "max_files": r.max_files,
                 },
                 "mcp_servers": [s.to_dict() for s in self.mcp_servers],
+                "mcp_config": self.mcp_config,
                 "proposals": {"mode": self.proposals_mode},
                 "experiments": self.experiments.to_dict(),
                 "evolution": self.evolution.to_dict() if self.evolution else None,

@@ -23,6 +23,7 @@ from testing.fixtures import (
     agent_config,
     events,
     git,
+    marked_pids,
     pid_alive,
     run_metasup,
     start_metasup,
@@ -338,3 +339,100 @@ def test_servers_end_with_a_supervisor_killed_by_sigkill(repo: Path) -> None:
         if doc_agent := state(repo).get("agent", {}).get("pid"):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(doc_agent, signal.SIGKILL)
+
+
+def test_a_frozen_http_server_is_unhealthy_within_its_probe_timeout(repo: Path) -> None:
+    """SIGSTOP leaves the port open and the connection accepted: only a bounded request tells."""
+    port = free_port()
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(
+        repo,
+        mcp_config(
+            server(
+                "web",
+                "http_server.py",
+                args=[str(FIXTURES / "http_server.py"), str(port)],
+                url=f"http://127.0.0.1:{port}/mcp",
+                max_restarts=50,
+            )
+        ),
+    )
+    with supervising(repo):
+        wait_for(lambda: mcp_events(repo, "web", "mcp_started"), what="the server up")
+        (frozen,) = marked_pids(str(port), jail=False)  # the server itself, not its jail's bwrap
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            # probe_interval 200ms + probe_timeout 500ms, and the stop of the frozen instance
+            # (SIGKILL after stop_timeout 2s): well within 8 s; before, it stayed healthy for
+            # minutes, until the HTTP client's own read timeout.
+            wait_for(lambda: mcp_events(repo, "web", "mcp_unhealthy"), timeout=8, what="unhealthy")
+            unhealthy = mcp_events(repo, "web", "mcp_unhealthy")[0]
+            assert unhealthy["reason"] == "no answer to tools/list within 0.5s"
+            wait_for(
+                lambda: len(mcp_events(repo, "web", "mcp_started")) >= 2,
+                timeout=15,
+                what="a new instance healthy",
+            )
+            assert not pid_alive(frozen), "the frozen instance was stopped"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+
+
+def test_http_servers_as_mcp_clients_configure_them(repo: Path) -> None:
+    """`type: sse`, `headers` with `${VAR}` from metasup's environment, `disabled`: the entries
+    a config copied from an MCP client's holds, probed over their own transports."""
+    sse_port, guarded_port = free_port(), free_port()
+    (repo / "agent.py").write_text(SLEEPER)
+    http = str(FIXTURES / "http_server.py")
+    write_config(
+        repo,
+        mcp_config(
+            server("old", "", args=[http, str(sse_port), "sse"],
+                   type="sse", url=f"http://127.0.0.1:{sse_port}/sse"),
+            server("guarded", "", args=[http, str(guarded_port)],
+                   url=f"http://127.0.0.1:{guarded_port}/mcp",
+                   env={"REQUIRED_TOKEN": "${TEST_TOKEN}"},
+                   headers={"Authorization": "Bearer ${TEST_TOKEN}"}),
+            server("off", "broken.py", disabled=True),
+        ),
+    )  # fmt: skip
+    with supervising(repo, env={"TEST_TOKEN": "t0ken"}):
+        wait_for(
+            lambda: (
+                mcp_events(repo, "old", "mcp_started")
+                and mcp_events(repo, "guarded", "mcp_started")
+            ),
+            what="both servers started",
+        )
+        doc = wait_for(lambda: (s := state(repo))["mcp"].get("guarded", {}).get("latency_ms") and s)
+        assert doc["mcp"]["old"]["transport"] == "sse" and doc["mcp"]["old"]["tools"] == 1
+        assert doc["mcp"]["guarded"]["tools"] == 1, "the header reached the server"
+        assert "off" not in doc["mcp_servers"], "a disabled server is not run"
+    assert mcp_events(repo, "guarded", "mcp_unhealthy") == []
+
+
+def test_mcp_config_runs_the_servers_an_mcp_clients_file_names(repo: Path) -> None:
+    (repo / "agent.py").write_text(SLEEPER)
+    (repo / ".mcp.json").write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "tools": {"command": sys.executable, "args": [str(FIXTURES / "healthy.py")]},
+                    "later": {"command": "not-installed-yet", "disabled": True},
+                }
+            },
+            indent=2,
+        )
+    )
+    write_config(repo, agent_config() + "  mcp_config: .mcp.json\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "an agent with an MCP client's config")
+    with supervising(repo):
+        wait_for(lambda: mcp_events(repo, "tools", "mcp_started"), what="the server from .mcp.json")
+        assert set(state(repo)["mcp_servers"]) == {"tools"}
+    # It configures what metasup runs: protected like the config itself.
+    (repo / ".mcp.json").write_text('{"mcpServers": {}}\n')
+    git(repo, "add", ".mcp.json")
+    hook = run_metasup(repo, "hook", "pre-commit")
+    assert hook.returncode == 1 and "modified .mcp.json" in hook.stderr

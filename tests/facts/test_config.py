@@ -115,7 +115,7 @@ def test_mcp_server_settings_and_defaults() -> None:
         ("mcp_servers:\n    - {name: a}", "supervisor.mcp_servers[0]: needs command or url"),
         (
             "mcp_servers:\n    - {name: a, command: p, colour: red}",
-            "supervisor.mcp_servers[0].colour: unknown key (known: args, command, cwd, env, ",
+            "supervisor.mcp_servers[0].colour: unknown key (known: args, command, cwd, disabled, ",
         ),
         ("mcpServers:\n    a b: {command: p}", "supervisor.mcpServers: 'a b': names are"),
         ("mcpServers:\n    a: {command: p, type: http}", "supervisor.mcpServers.a.url: type http"),
@@ -326,7 +326,7 @@ def test_cli_config_error_is_one_line_exit_2(repo: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "metasup: error: metasup.yaml:3: supervisor.colour: unknown key (known: agent, api, "
-        "evolution, experiments, health_checks, max_failures, mcpServers, mcp_servers, "
+        "evolution, experiments, health_checks, max_failures, mcpServers, mcp_config, mcp_servers, "
         "min_runtime, "
         "on_tamper, proposals, protected_paths, rollback, sandbox)"
     )
@@ -418,3 +418,83 @@ def test_a_missing_key_is_placed_at_its_nearest_parent() -> None:
     assert line_of(lines, ("a", "b", "c")) == 3
     assert line_of(lines, ("a", "b", "missing", "deeper")) == 2
     assert line_of(lines, ("nowhere",)) == 1
+
+
+def test_mcp_entries_as_mcp_clients_write_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claude Code's shapes: `type`, `headers`, `${VAR}` and `${VAR:-default}`, `disabled`."""
+    cfg = parse_config(
+        "supervisor:\n  agent: {command: x}\n  mcpServers:\n"
+        "    remote:\n      type: http\n      url: ${API_BASE:-http://127.0.0.1:9}/mcp\n"
+        "      headers: {Authorization: 'Bearer ${TOKEN}'}\n"
+        "    old: {type: sse, url: 'http://127.0.0.1:7/sse'}\n"
+        "    local: {command: '${HOME_BIN}/server', args: ['--root', '${ROOT:-.}'],"
+        " env: {KEY: '${TOKEN}'}}\n"
+        "    off: {command: nothing, disabled: true}\n",
+        Path("metasup.yaml"),
+        environ={"TOKEN": "s3cret", "HOME_BIN": "/opt/bin", "ROOT": ""},
+    )
+    remote, old, local = cfg.mcp_servers
+    assert (remote.transport, remote.url) == ("http", "http://127.0.0.1:9/mcp")
+    assert remote.headers == {"Authorization": "Bearer s3cret"}
+    assert old.transport == "sse"
+    assert (local.command, local.args, local.env) == (
+        "/opt/bin/server",
+        ("--root", "."),  # set but empty takes the default, as in the shell
+        {"KEY": "s3cret"},
+    )
+    # `metasup config` names the headers without their values (tokens, often).
+    assert cfg.to_dict()["supervisor"]["mcp_servers"][0]["headers"] == {"Authorization": "***"}
+
+
+@pytest.mark.parametrize(
+    ("servers", "expected"),
+    [
+        (
+            "mcpServers:\n    a: {command: p, env: {K: '${NOPE}'}}",
+            "metasup.yaml:4: supervisor.mcpServers.a.env.K: ${NOPE} is not set and has no default",
+        ),
+        (
+            "mcpServers:\n    a: {type: http, url: '${NOPE:-ftp://x}'}",
+            "supervisor.mcpServers.a.url: 'ftp://x' is not an http(s) URL",
+        ),
+        ("mcpServers:\n    a: {command: p, headers: {A: b}}", "a.headers: headers go with a url"),
+        ("mcpServers:\n    a: {command: p, disabled: 1}", "a.disabled: 1 is not of type"),
+    ],
+)
+def test_mcp_client_shape_errors_name_the_key(servers: str, expected: str) -> None:
+    assert expected in error_of("supervisor:\n  agent: {command: x}\n  " + servers + "\n")
+
+
+def test_mcp_config_reads_an_mcp_clients_file(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".mcp.json").write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "fs": {"command": "npx", "args": ["-y", "server-filesystem", "."]},
+                    "web": {"type": "http", "url": "http://127.0.0.1:8/mcp"},
+                }
+            },
+            indent=2,
+        )
+    )
+    config = tmp_path / "metasup.yaml"
+    config.write_text("supervisor:\n  agent: {command: x}\n  mcp_config: .mcp.json\n")
+    cfg = load_config(config)
+    assert [s.name for s in cfg.mcp_servers] == ["fs", "web"]
+    assert "/.mcp.json" in cfg.protected_paths, "it configures supervised processes"
+    assert cfg.mcp_config == ".mcp.json" and cfg.sources == ((tmp_path / ".mcp.json").read_text(),)
+    # Its mistakes name its own file and line.
+    (tmp_path / ".mcp.json").write_text(
+        '{\n  "mcpServers": {\n    "fs": {"comand": "npx"}\n  }\n}\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(config)
+    assert str(e.value).startswith(".mcp.json:3: mcpServers.fs")
+    (tmp_path / ".mcp.json").unlink()
+    with pytest.raises(ConfigError) as e:
+        load_config(config)
+    assert "metasup.yaml:3: supervisor.mcp_config: cannot read .mcp.json" in str(e.value)
+    config.write_text("supervisor:\n  agent: {command: x}\n  mcp_config: ../x.json\n")
+    with pytest.raises(ConfigError, match="must not leave the repository"):
+        load_config(config)

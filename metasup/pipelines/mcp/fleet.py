@@ -137,6 +137,7 @@ class Fleet:
         return {
             **s.to_dict(),
             "argv": [s.command, *s.args] if s.command else None,
+            "headers": dict(s.headers),
             "cwd": str(cwd),
             "env": env,
         }

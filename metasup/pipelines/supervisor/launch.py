@@ -18,8 +18,9 @@ from metasup.facts.digest import sha256_hex
 from metasup.facts.errors import ConfigError, UserError
 
 
-def config_digest(text: str) -> str:
-    return sha256_hex(text.encode())
+def config_digest(text: str, *sources: str) -> str:
+    """The config as validated: its text and the files it read (an `mcp_config`)."""
+    return sha256_hex("\0".join((text, *sources)).encode())
 
 
 def exec_core(
@@ -74,9 +75,17 @@ def main(argv: list[str] | None = None) -> int:
             text = args.config.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"{args.config}: cannot read: {e}") from None
-        if config_digest(text) != args.digest:
-            raise ConfigError(f"{args.config} changed while metasup started; run it again")
-        config = parse_config(text, args.config, validate=False)
+        changed = ConfigError(f"{args.config} changed while metasup started; run it again")
+        try:
+            # Unvalidated (no jsonschema in the core): anything that then breaks the reading
+            # is a file that is no longer the one the command validated.
+            config = parse_config(text, args.config, validate=False)
+        except ConfigError:
+            raise
+        except Exception:
+            raise changed from None
+        if config_digest(text, *config.sources) != args.digest:
+            raise changed
         live = sys.stdout.isatty() and not args.plain
         return Supervisor(repo, config, max_cycles=args.max_cycles, live_view=live).run()
     except UserError as e:

@@ -42,5 +42,6 @@ def run(
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
-    parse_config(text, path)  # every config error surfaces here, before anything starts
-    exec_core(repo.workdir, path, config_digest(text), max_cycles, options.debug, plain)
+    # Every config error surfaces here, before anything starts.
+    sources = parse_config(text, path).sources
+    exec_core(repo.workdir, path, config_digest(text, *sources), max_cycles, options.debug, plain)

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -74,7 +74,7 @@ class ServerRunner:
             "pgid": c.pgid if c else None,
             "token": c.token if c else None,
             "reason": self.reason,
-            "transport": "http" if self.spec.get("url") else "stdio",
+            "transport": self.spec["transport"],
             "url": self.spec.get("url"),
             "clients": len(self.conns),
         }
@@ -301,18 +301,46 @@ class ServerRunner:
     # --- streamable HTTP ----------------------------------------------------------------------
 
     async def _http_instance(self, url: str) -> tuple[str, bool]:
-        from mcp.client.session import ClientSession
-        from mcp.client.streamable_http import streamable_http_client
-
         deadline = time.monotonic() + self.spec["start_timeout"]
         reached = await self._guard(lambda: _wait_for_port(url, deadline), None)
         if reached[0] != "ok":
             return self._ended(reached, "the URL did not accept connections")
+        ended: tuple[str, bool] = ("interrupted", True)
+        # The session's close waits on the server (the streams' tasks, a DELETE ending the
+        # session): a frozen server would hold it, and the instance's end with it, until the HTTP
+        # client's own read timeout (minutes). So the close is bounded: at once after a failure,
+        # `stop_timeout` otherwise.
+        with anyio.CancelScope() as scope:
+            async with self._http_session(url) as session:
+                ended = await self._serve(session)
+                grace = 0.0 if ended[1] else self.spec["stop_timeout"]
+                scope.deadline = anyio.current_time() + grace
+        return ended
+
+    @contextlib.asynccontextmanager
+    async def _http_session(self, url: str) -> AsyncIterator[Any]:
+        """A client session over streamable HTTP or SSE, with the configured headers."""
+        from mcp.client.session import ClientSession
+
+        headers = dict(self.spec.get("headers") or {})
+        if self.spec["transport"] == "sse":
+            from mcp.client.sse import sse_client
+
+            async with (
+                sse_client(url, headers=headers, timeout=self.spec["start_timeout"]) as streams,
+                ClientSession(*streams) as session,
+            ):
+                yield session
+            return
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
         async with (
-            streamable_http_client(url) as (read, write),
+            create_mcp_http_client(headers=headers) as client,
+            streamable_http_client(url, http_client=client) as (read, write),
             ClientSession(read, write) as session,
         ):
-            return await self._serve(session)
+            yield session
 
     # --- the session: first contact, then a probe every interval ------------------------------
 
