@@ -17,3 +17,10 @@ class RepoBusyError(UserError):
 
 class IntegrityError(UserError):
     """Protected files differ from the approved baseline, and nothing explains it."""
+
+
+class Refused(UserError):
+    """A well-formed request the state refuses (no such server, nothing running): exit 1, as
+    a command's ordinary failure, not a usage mistake."""
+
+    exit_code = 1

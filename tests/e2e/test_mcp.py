@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -436,3 +437,69 @@ def test_mcp_config_runs_the_servers_an_mcp_clients_file_names(repo: Path) -> No
     git(repo, "add", ".mcp.json")
     hook = run_metasup(repo, "hook", "pre-commit")
     assert hook.returncode == 1 and "modified .mcp.json" in hook.stderr
+
+
+def test_mcp_list_and_restart_bring_a_failed_server_back(repo: Path) -> None:
+    flag = repo / ".git" / "fail-flag"  # read-only in the jail, and seen there as it changes
+    flag.write_text("fail\n")
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(
+        repo,
+        mcp_config(
+            server("gated", "gated.py", env={"FAIL_WHILE": str(flag)}, max_restarts=1),
+            server("tools", "healthy.py"),
+        ),
+    )
+    with supervising(repo):
+        wait_for(lambda: mcp_events(repo, "gated", "mcp_failed"), what="gated to fail")
+        listed = run_metasup(repo, "mcp", "list")
+        assert listed.returncode == 0
+        assert re.search(r"^gated: failed, stdio, .*1 restarts", listed.stdout, re.M), listed.stdout
+        as_json = json.loads(run_metasup(repo, "mcp", "list", "--json").stdout)
+        assert as_json["running"] and as_json["servers"]["gated"]["state"] == "failed"
+
+        # Failed stays failed until its code changes; the operator brings it back at once.
+        flag.unlink()
+        back = run_metasup(repo, "mcp", "restart", "gated")
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert "gated: restarting (was failed)" in back.stdout
+        assert "gated: healthy, 1 tools" in back.stdout
+        restarted = mcp_events(repo, "gated", "mcp_restarted")[-1]
+        assert restarted["reason"] == "requested by the operator (metasup mcp restart)"
+
+        unknown = run_metasup(repo, "mcp", "restart", "nope")
+        assert unknown.returncode == 1
+        assert "no MCP server named 'nope' (configured: gated, tools)" in unknown.stderr
+
+        # An unknown name fails at once, not after the wait for a socket to appear.
+        t0 = time.monotonic()
+        out = run_metasup(repo, "mcp", "connect", "nope", "--wait", "30")
+        assert out.returncode == 2 and "serving: gated, tools" in out.stderr
+        assert time.monotonic() - t0 < 20, "it waited for a server that will never come"
+    stopped = run_metasup(repo, "mcp", "list")
+    assert stopped.returncode == 0 and "metasup is not running" in stopped.stdout
+    assert re.search(r"^gated: stopped", stopped.stdout, re.M)
+    gone = run_metasup(repo, "mcp", "restart", "gated")
+    assert gone.returncode == 1 and "metasup is not running" in gone.stderr
+
+
+def test_a_server_on_its_way_up_is_starting_never_stopped(repo: Path) -> None:
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(repo, mcp_config(server("slow", "gated.py", env={"START_DELAY": "2"})))
+    proc = start_metasup(repo)
+    seen: list[str] = []
+    try:
+
+        def up() -> bool:
+            st = server_state(repo, "slow")
+            if st is not None:
+                seen.append(st)
+            return bool(mcp_events(repo, "slow", "mcp_started"))
+
+        wait_for(up, what="the slow server up")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    before = seen[: seen.index("healthy")] if "healthy" in seen else seen
+    assert "starting" in before, seen
+    assert "stopped" not in before, f"a server on its way up showed stopped: {seen}"

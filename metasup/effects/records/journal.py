@@ -91,6 +91,12 @@ class StateDir:
         return self.root / "secret"
 
     @property
+    def mcp_control(self) -> Path:
+        """The MCP worker's operator socket (`metasup mcp restart`): in `secret`, which the
+        jail hides, so no agent can drive it."""
+        return self.secret / "mcp-control.sock"
+
+    @property
     def baseline(self) -> Path:
         """The approved content of the protected files (`metasup approve`)."""
         return self.root / "baseline.json"

@@ -93,6 +93,8 @@ def _group(name: str, help: str) -> typer.Typer:
 mcp_app = _group(
     "mcp", "MCP: reach the supervised servers, or serve metasup's own tools to the agent."
 )
+mcp_app.command("list")(mcp.list_servers)
+mcp_app.command("restart")(mcp.restart)
 mcp_app.command("connect")(mcp.connect)
 mcp_app.command("serve")(mcp.serve)
 hook_app = _group("hook", "The git pre-commit hook that refuses commits to protected paths.")

@@ -16,6 +16,7 @@ import selectors
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from metasup.effects.files.safeio import write_all
 from metasup.effects.records.journal import StateDir
@@ -43,20 +44,46 @@ def git_common_dir(start: Path) -> Path:
     raise UserError(f"{start} is not inside a git repository; pass --repo or set METASUP_MCP_DIR")
 
 
+def known_servers(folder: Path) -> dict[str, dict[str, Any]] | None:
+    """The servers a running supervisor has (name -> details), from its status next to the
+    sockets; None when none runs (it may be starting: the caller waits for the socket)."""
+    from metasup.effects.records.journal import current_status
+
+    doc, running = current_status(StateDir(folder.parent))
+    states = doc.get("mcp_servers")
+    if not running or not isinstance(states, dict):
+        return None
+    details: dict[str, Any] = doc["mcp"] if isinstance(doc.get("mcp"), dict) else {}
+    return {n: details[n] if isinstance(details.get(n), dict) else {} for n in states}
+
+
 def connect(folder: Path, name: str, wait: float) -> socket.socket:
-    """A connection to NAME's socket, waiting up to `wait` seconds for it to appear."""
+    """A connection to NAME's socket, waiting up to `wait` seconds for it to appear. A name the
+    running supervisor does not serve fails at once, naming those it does."""
+    known = known_servers(folder)
+    if known is not None and name not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        raise UserError(
+            f"MCP server {name!r} is not served by the running metasup (serving: {listed})"
+        )
+    if known is not None and known[name].get("transport") not in (None, "stdio"):
+        url = known[name].get("url")
+        raise UserError(
+            f"MCP server {name!r} is served over HTTP at {url}: point the client at that URL "
+            "(`metasup mcp connect` bridges stdio servers)"
+        )
     path = folder / f"{name}.sock"
     deadline = time.monotonic() + wait
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            _connect_unix(sock, path)
+            connect_unix(sock, path)
             return sock
         except (FileNotFoundError, ConnectionRefusedError) as e:
             sock.close()
             if time.monotonic() >= deadline:
-                known = sorted(p.stem for p in folder.glob("*.sock")) if folder.is_dir() else []
-                hint = f"; serving: {', '.join(known)}" if known else ""
+                there = sorted(p.stem for p in folder.glob("*.sock")) if folder.is_dir() else []
+                hint = f"; serving: {', '.join(there)}" if there else ""
                 what = "not running" if isinstance(e, ConnectionRefusedError) else "not served"
                 raise UserError(
                     f"MCP server {name!r} is {what} at {path} (is `metasup run` running?){hint}"
@@ -64,7 +91,7 @@ def connect(folder: Path, name: str, wait: float) -> socket.socket:
             time.sleep(0.05)  # metasup may still be starting it; bounded by `wait`
 
 
-def _connect_unix(sock: socket.socket, path: Path) -> None:
+def connect_unix(sock: socket.socket, path: Path) -> None:
     """Connect by a relative name when the absolute path is past what sun_path holds."""
     if len(os.fsencode(path)) < 100:
         sock.connect(str(path))

@@ -76,7 +76,9 @@ class Fleet:
         self.report = report
         self.watch = {s.name: self._watch(s) for s in servers}
         self.status: dict[str, dict[str, Any]] = {
-            n: _blank(s, McpState.STOPPED) for n, s in self.servers.items()
+            # Configured, so on its way: `stopped` would read as a server that ended.
+            n: _blank(s, McpState.STARTING)
+            for n, s in self.servers.items()
         }
         self.commits: dict[str, str] = {}
         self.worker = Helper(

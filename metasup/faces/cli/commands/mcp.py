@@ -9,9 +9,65 @@ import typer
 
 from metasup.faces.cli.options import (
     ConfigOpt,
+    JsonOpt,
     RepoOpt,
     find_repo,
+    load_config_for,
 )
+
+
+def _configured(workdir: Path, config: Path | None) -> list[str] | None:
+    """The server names the config in use gives; None when it cannot be read (the status
+    still answers for what ran)."""
+    from metasup.facts.errors import UserError
+
+    try:
+        return [s.name for s in load_config_for(workdir, config).mcp_servers]
+    except UserError:
+        return None
+
+
+def list_servers(repo: RepoOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The supervised MCP servers: state, transport, tools, probe latency, restarts, pid.
+
+    While `metasup run` runs, as it sees them now; otherwise the last recorded state (every
+    server `stopped`). Exits 0.
+    """
+    import json
+
+    from metasup.effects.records.journal import StateDir
+    from metasup.faces.mcp.control import lines, servers
+
+    found = find_repo(repo)
+    details, running = servers(
+        StateDir.for_git_dir(found.git_dir), _configured(found.workdir, config) or []
+    )
+    if as_json:
+        typer.echo(json.dumps({"running": running, "servers": details}, sort_keys=True))
+        return
+    for line in lines(details, running):
+        typer.echo(line)
+
+
+def restart(
+    name: Annotated[str, typer.Argument(help="The server's name in mcp_servers.")],
+    repo: RepoOpt = None,
+    wait: Annotated[
+        float,
+        typer.Option("--wait", min=0, help="Seconds to wait for it to answer again (0: don't)."),
+    ] = 30.0,
+) -> None:
+    """Restart one supervised MCP server now, a `failed` one included (its restart count
+    starts afresh); then wait for it to answer.
+
+    Exits 0 when it came back healthy, 1 when it did not (or no such server, or metasup is not
+    running). The restart is journalled as any other (`mcp_restarted`).
+    """
+    from metasup.effects.records.journal import StateDir
+    from metasup.faces.mcp.control import restart as do_restart
+
+    found = find_repo(repo)
+    raise typer.Exit(do_restart(StateDir.for_git_dir(found.git_dir), name, wait, typer.echo))
 
 
 def connect(

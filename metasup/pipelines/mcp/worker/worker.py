@@ -10,7 +10,8 @@ changes on stdout.
 
 Each stdio server's one session is the probe's; agents reach the same server through a Unix
 socket per server (`<name>.sock`, see `metasup mcp connect`). Each server is run by a
-`servers.ServerRunner`.
+`servers.ServerRunner`. The operator's `metasup mcp restart NAME` reaches the worker through a
+socket of its own, in the state folder the jail hides (`control`).
 """
 
 from __future__ import annotations
@@ -85,12 +86,14 @@ class Worker:
         # a Unix socket name can hold. The servers get their own cwd.
         os.chdir(self.sockets)
         self.status()
+        control = await control_socket(Path(start.sockets).parent / "secret", self.operator)
         try:
             async with anyio.create_task_group() as tg:
                 for runner in self.runners.values():
                     tg.start_soon(runner.run)
                 tg.start_soon(self._commands, commands)
         finally:
+            control.close()
             for runner in self.runners.values():
                 runner.close_socket()
             if self.jail is not None:
@@ -114,6 +117,22 @@ class Worker:
                 if code is not None:
                     runner.child_exited(c.pid, c.exit_code(code))
 
+    def operator(self, request: Any) -> dict[str, Any]:
+        """One request on the control socket: `{"restart": NAME}`, from a `failed` state too."""
+        name = request.get("restart") if isinstance(request, dict) else None
+        if not isinstance(name, str):
+            return {"error": 'expected {"restart": NAME}'}
+        runner = self.runners.get(name)
+        if runner is None:
+            known = ", ".join(sorted(self.runners)) or "none"
+            return {"error": f"no MCP server named {name!r} (configured: {known})"}
+        if self.stopping:
+            return {"error": "the MCP servers are stopping"}
+        was = str(runner.state)
+        runner.request_restart("requested by the operator (metasup mcp restart)")
+        self.status()
+        return {"ok": True, "server": name, "was": was}
+
     def stop(self) -> None:
         self.stopping = True
         for runner in self.runners.values():
@@ -134,6 +153,36 @@ class Worker:
                         self.runners[name].request_restart(cmd.reason)
                 self.status()
         self.stop()
+
+
+async def control_socket(folder: Path, answer: Any) -> asyncio.Server:
+    """Listen for the operator's requests, one JSON line in, one out, in `folder` (0700)."""
+    import json
+    import socket
+
+    path = folder / "mcp-control.sock"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Relative to the sockets folder (this process's cwd): the absolute path may be too long.
+    sock.bind(os.path.relpath(path))
+    os.chmod(path, 0o600)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            try:
+                request = json.loads(line)
+            except ValueError:
+                request = None
+            writer.write((json.dumps(answer(request)) + "\n").encode())
+            await writer.drain()
+        except (ConnectionError, ValueError):
+            pass  # the asker went away, or sent a line past the limit
+        finally:
+            writer.close()
+
+    return await asyncio.start_unix_server(serve, sock=sock, limit=1 << 16)
 
 
 def main() -> int:
