@@ -31,6 +31,7 @@ from metasup.facts.settings import (
     ExecutorConfig,
     ExperimentsConfig,
     HealthConfig,
+    LogsConfig,
     McpServerConfig,
     RollbackConfig,
     SandboxConfig,
@@ -250,6 +251,17 @@ def _build(
         preserve=preserve,
         max_file_size=parse_size(r["max_file_size"]) if "max_file_size" in r else 100 << 20,
         max_files=r.get("max_files", 20_000),
+        keep_archives=r.get("keep_archives", {}).get("count"),
+        keep_archives_age=dur(
+            ("supervisor", "rollback", "keep_archives", "age"),
+            r.get("keep_archives", {}).get("age"),
+            None,
+        ),
+    )
+    lg = s.get("logs", {})
+    logs = LogsConfig(
+        keep_runs=lg.get("keep_runs", LogsConfig.keep_runs),
+        max_size=parse_size(lg["max_size"]) if "max_size" in lg else LogsConfig.max_size,
     )
 
     experiments = _experiments(s.get("experiments", {}), dur)
@@ -275,6 +287,7 @@ def _build(
         api_allow_remote=s.get("api", {}).get("allow_remote", False),
         on_tamper=s.get("on_tamper", "restore"),
         sandbox=_sandbox(s.get("sandbox", {}), lines, name),
+        logs=logs,
         inactive=inactive,
         mcp_config=client[0] if client else None,
         sources=(client[1],) if client else (),

@@ -48,6 +48,19 @@ class RollbackConfig:
     # past this many files, the rest of an archive is quarantined too. None: no bound.
     max_file_size: int | None = 100 << 20
     max_files: int | None = 20_000
+    # `keep_archives`: archive refs past the newest `count`, or older than `age` seconds, are
+    # pruned into a bundle first. None: kept for ever.
+    keep_archives: int | None = None
+    keep_archives_age: float | None = None
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    """The agent's run logs: those of the newest `keep_runs` runs, and at most `max_size` bytes
+    of them in all (the newest run's always kept; None: no bound)."""
+
+    keep_runs: int = 200
+    max_size: int | None = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -259,6 +272,7 @@ class Config:
     api_allow_remote: bool = False
     on_tamper: str = "restore"  # restore | restore_and_restart | stop
     sandbox: SandboxConfig = SandboxConfig()
+    logs: LogsConfig = LogsConfig()
     inactive: tuple[str, ...] = ()
     mcp_config: str | None = None  # the MCP client file read, relative to the repository
     sources: tuple[str, ...] = ()  # the texts of the files the config read besides itself
@@ -293,6 +307,11 @@ class Config:
                     "preserve": list(r.preserve),
                     "max_file_size": format_size(r.max_file_size) if r.max_file_size else None,
                     "max_files": r.max_files,
+                    "keep_archives": {"count": r.keep_archives, "age": r.keep_archives_age},
+                },
+                "logs": {
+                    "keep_runs": self.logs.keep_runs,
+                    "max_size": format_size(self.logs.max_size) if self.logs.max_size else None,
                 },
                 "mcp_servers": [s.to_dict() for s in self.mcp_servers],
                 "mcp_config": self.mcp_config,

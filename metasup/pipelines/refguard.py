@@ -62,6 +62,11 @@ class Expected:
             ref, commit = record.get("ref"), _sha(record.get("commit"))
             if isinstance(ref, str) and ref.startswith("refs/metasup/") and commit:
                 self.archives[ref] = commit
+        elif event == "archives_pruned":  # into a bundle: no longer a ref to keep
+            refs = record.get("refs")
+            for ref in refs if isinstance(refs, list) else []:
+                if isinstance(ref, str):
+                    self.archives.pop(ref, None)
 
 
 @dataclass(frozen=True)

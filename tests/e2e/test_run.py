@@ -446,3 +446,44 @@ def test_manual_rollback_mistakes_change_nothing(repo: Path) -> None:
     to_head = run_metasup(repo, "rollback", "--to", "HEAD")
     assert to_head.returncode == 0, to_head.stderr
     assert (repo / "a").read_text() == "a\n"
+
+
+def test_archives_past_keep_archives_go_into_a_bundle_and_none_is_lost(
+    repo: Path, tmp_path: Path
+) -> None:
+    plan: dict[str, Any] = {"1": {"sleep": 0.6}, "*": {"sleep": 60}}
+    for run in range(2, 7):  # a flapping agent: five quick failures, each leaving a state
+        plan[str(run)] = {"code": 1, "write": {f"state-{run}.txt": f"run {run}\n"}}
+    scripted(repo, plan, max_failures=10, extra="  rollback: {keep_archives: {count: 2}}\n")
+    with supervising(repo) as proc:
+        wait_for(lambda: len(by_name(repo, "rollback")) == 5, timeout=30, what="five rollbacks")
+
+        def settled() -> bool:
+            pruned = [r for e in by_name(repo, "archives_pruned") for r in e["refs"]]
+            return len(pruned) == 3
+
+        wait_for(settled, what="three archives pruned")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    archived = {e["ref"]: e["commit"] for e in by_name(repo, "archive")}
+    assert len(archived) == 5
+    left = git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/archive").split()
+    assert left == sorted(archived)[-2:], "the newest two stay as refs"
+    # Every archived state is still there: in a ref, or in a bundle that restores alone.
+    bundles = sorted((repo / ".git" / "metasup" / "backups" / "archives").glob("*.bundle"))
+    assert bundles
+    fresh = tmp_path / "fresh"
+    git(tmp_path, "init", "-q", str(fresh))
+    for b in bundles:
+        git(fresh, "fetch", "-q", str(b), "refs/metasup/*:refs/metasup/*")
+    for ref, commit in archived.items():
+        holder = repo if ref in left else fresh
+        assert git(holder, "rev-parse", ref).strip() == commit
+        assert "state-" in git(holder, "show", "--stat", "--format=", commit)
+    git(repo, "fsck", "--no-dangling")
+    # The ref guard follows the journal: a restart does not bring the pruned refs back.
+    with supervising(repo):
+        pass
+    assert by_name(repo, "refs_restored") == []
+    again = git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/archive").split()
+    assert again == left

@@ -326,9 +326,8 @@ def test_cli_config_error_is_one_line_exit_2(repo: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "metasup: error: metasup.yaml:3: supervisor.colour: unknown key (known: agent, api, "
-        "evolution, experiments, health_checks, max_failures, mcpServers, mcp_config, mcp_servers, "
-        "min_runtime, "
-        "on_tamper, proposals, protected_paths, rollback, sandbox)"
+        "evolution, experiments, health_checks, logs, max_failures, mcpServers, mcp_config, "
+        "mcp_servers, min_runtime, on_tamper, proposals, protected_paths, rollback, sandbox)"
     )
     assert "Traceback" not in out.stderr
 
@@ -498,3 +497,21 @@ def test_mcp_config_reads_an_mcp_clients_file(tmp_path: Path) -> None:
     config.write_text("supervisor:\n  agent: {command: x}\n  mcp_config: ../x.json\n")
     with pytest.raises(ConfigError, match="must not leave the repository"):
         load_config(config)
+
+
+def test_retention_settings() -> None:
+    cfg = parse(
+        "supervisor:\n  agent: {command: x}\n"
+        "  rollback: {keep_archives: {count: 50, age: 720h}}\n"
+        "  logs: {keep_runs: 20, max_size: 64MiB}\n"
+    )
+    r = cfg.rollback  # type: ignore[attr-defined]
+    assert (r.keep_archives, r.keep_archives_age) == (50, 720 * 3600)
+    assert (cfg.logs.keep_runs, cfg.logs.max_size) == (20, 64 << 20)  # type: ignore[attr-defined]
+    default = parse("supervisor:\n  agent: {command: x}\n")
+    assert default.rollback.keep_archives is None, "archives are kept unless asked"  # type: ignore[attr-defined]
+    assert error_of(
+        "supervisor:\n  agent: {command: x}\n  rollback: {keep_archives: {count: 0}}\n"
+    ) == (
+        "metasup.yaml:3: supervisor.rollback.keep_archives.count: 0 is less than the minimum of 1"
+    )

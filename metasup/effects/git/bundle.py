@@ -66,8 +66,31 @@ def fetch_bundle(workdir: Path, data: bytes, reaper: Any) -> None:
         _git(workdir, argv, reaper, "git fetch of a bundle")
 
 
-def _git(workdir: Path, args: list[str], reaper: Any, what: str) -> None:
-    """The git CLI for what libgit2 cannot do with bundles, with a hard timeout."""
+def write_refs_bundle(workdir: Path, path: Path, heads: dict[str, str], reaper: Any) -> Path:
+    """A bundle at `path` holding each ref of `heads` at its commit, with all their history (it
+    restores alone: `git fetch BUNDLE 'refs/metasup/*:refs/metasup/*'`). Checked by listing
+    its heads before it is renamed into place: a ref moved meanwhile fails the whole bundle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _git(workdir, ["bundle", "create", "-q", str(tmp), *sorted(heads)], reaper, "git bundle")
+        listed = _git(workdir, ["bundle", "list-heads", str(tmp)], reaper, "git bundle list-heads")
+        held = {}
+        for line in listed.splitlines():
+            commit, _, ref = line.partition(" ")
+            held[ref] = commit
+        moved = sorted(ref for ref, commit in heads.items() if held.get(ref) != commit)
+        if moved:
+            raise GitError(f"the bundle does not hold {', '.join(moved)} as expected")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+def _git(workdir: Path, args: list[str], reaper: Any, what: str) -> str:
+    """The git CLI for what libgit2 cannot do with bundles, with a hard timeout; its stdout."""
     from metasup.effects.process.spawn import run_command
 
     done = run_command(
@@ -79,3 +102,4 @@ def _git(workdir: Path, args: list[str], reaper: Any, what: str) -> None:
     )
     if not done.ok:
         raise GitError(f"{what} failed: {done.stderr.strip()[-300:] or done.code}")
+    return str(done.stdout)

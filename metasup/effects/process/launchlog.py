@@ -103,14 +103,3 @@ def drain(child: Child, log: LaunchLog) -> bool:
                 break
             log.feed(name, data)
     return done
-
-
-def prune_logs(directory: Path, keep_runs: int) -> None:
-    """Keep the logs of the newest `keep_runs` launches."""
-    runs: dict[str, list[Path]] = {}
-    for path in directory.glob("run-*.log"):
-        runs.setdefault(path.name.split("-")[1], []).append(path)
-    for key in sorted(runs)[:-keep_runs] if keep_runs else sorted(runs):
-        for path in runs[key]:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()

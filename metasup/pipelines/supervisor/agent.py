@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from metasup.decisions import health
 from metasup.effects.process.jail import Jail, Prepared
-from metasup.effects.process.launchlog import LaunchLog, drain, prune_logs
+from metasup.effects.process.launchlog import LaunchLog, drain
 from metasup.effects.process.spawn import (
     Child,
     Reaper,
@@ -43,12 +43,11 @@ from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.facts.faults import child_env
 from metasup.facts.settings import Config
 from metasup.facts.units import format_size
+from metasup.pipelines.supervisor.retention import prune_run_logs
 from metasup.pipelines.supervisor.status import AgentStatus
 
 if TYPE_CHECKING:
     from metasup.pipelines.supervisor.api_child import ApiProcess
-
-KEEP_RUN_LOGS = 200
 
 
 @dataclass
@@ -373,7 +372,7 @@ class Agent:
                 self.selector.unregister(cgroup.oom_fd)
         r.child.release()
         self.running = None
-        prune_logs(self.dirs.logs, KEEP_RUN_LOGS)
+        prune_run_logs(self.dirs.logs, self.config.logs)
 
     def _unwatch_closed_pipes(self, everything: bool = False) -> None:
         """Stop watching pipes that reached end of file (all of them with `everything`)."""

@@ -52,6 +52,7 @@ from metasup.pipelines.supervisor.guards import Guards
 from metasup.pipelines.supervisor.helper import Helper
 from metasup.pipelines.supervisor.recovery import Recovery
 from metasup.pipelines.supervisor.report import Reporter, plain_reporter
+from metasup.pipelines.supervisor.retention import Retention
 from metasup.pipelines.supervisor.signals import STOP_SIGNALS, SignalPipe
 from metasup.pipelines.supervisor.status import ExitStatus, StatusDocument
 from metasup.pipelines.supervisor.trials import Trials
@@ -126,6 +127,7 @@ class Supervisor:
         self.api: ApiProcess | None = None
         self.recovery: Recovery | None = None
         self.backups: Backups | None = None
+        self.retention: Retention | None = None
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
         self.last_crash_to_relaunch_s: float | None = None
@@ -216,6 +218,16 @@ class Supervisor:
                     self.selector,
                 )
                 self.timers[Timer.BACKUP] = time.monotonic()  # the first one at start
+            self.retention = Retention(
+                self.repo,
+                self.config.rollback,
+                self.dirs,
+                self.reaper,
+                self._emit,
+                self._say,
+                self.selector,
+            )
+            self.retention.start()
             if self.config.proposals_mode == "experiment":
                 assert self.intake is not None
                 self.trials = Trials(
@@ -350,6 +362,8 @@ class Supervisor:
             self.rounds.stop()
         if self.backups is not None:
             self.backups.close()
+        if self.retention is not None:
+            self.retention.close()
         if self.fleet is not None:
             self.fleet.stop()  # after the agent: its servers outlive it
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
@@ -411,6 +425,11 @@ class Supervisor:
             elif key.data == "backup":
                 assert self.backups is not None
                 self.timers[Timer.BACKUP] = self.backups.finished()
+            elif key.data == "prune":
+                assert self.retention is not None
+                self.retention.take()
+                if not resetting:  # else after the rollback: its git steps come first
+                    self.retention.apply()
             elif key.data == "mcp":
                 assert self.fleet is not None
                 if self.fleet.read():
@@ -709,6 +728,9 @@ class Supervisor:
     def _rollback_finished(self) -> list[lifecycle.Observation]:
         assert self.recovery is not None
         observed = [self.recovery.finished(self.state.consecutive_failures)]
+        if self.retention is not None:  # a new archive: past the limits, perhaps
+            self.retention.apply()
+            self.retention.start()
         if self._deferred_tamper and self.guards.tamper is not None:
             self._deferred_tamper = False
             observed += self._tamper_restore()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from metasup.effects.process.launchlog import LaunchLog, drain, prune_logs
+from metasup.effects.process.launchlog import LaunchLog, drain
 from metasup.effects.process.spawn import (
     PR_SET_CHILD_SUBREAPER,
     Reaper,
@@ -161,18 +161,6 @@ def test_launch_log_rotates_on_line_boundaries_and_keeps_the_tail(tmp_path: Path
             assert line.startswith(b"line ") or line == b"no newline at the end"
     assert list(log.stderr_tail) == [f"line {n:02d} {'x' * 10}" for n in range(35, 40)]
     assert log.path.read_bytes().endswith(b"no newline at the end\n")
-
-
-def test_prune_keeps_the_newest_runs(tmp_path: Path) -> None:
-    for run in range(1, 6):
-        (tmp_path / f"run-{run:06d}-abc.log").write_text("x")
-    (tmp_path / "run-000005-abc.1.log").write_text("x")
-    prune_logs(tmp_path, 2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "run-000004-abc.log",
-        "run-000005-abc.1.log",
-        "run-000005-abc.log",
-    ]
 
 
 def test_run_command_collects_output_and_the_code(tmp_path: Path) -> None:

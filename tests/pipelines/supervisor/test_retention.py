@@ -1,0 +1,27 @@
+"""Run logs pruned by count and by size, oldest runs first, rotated files with their run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from metasup.facts.settings import LogsConfig
+from metasup.pipelines.supervisor.retention import prune_run_logs
+
+
+def test_run_logs_by_count_and_by_size(tmp_path: Path) -> None:
+    for run in range(1, 6):
+        (tmp_path / f"run-{run:06d}-abc.log").write_text("x")
+    (tmp_path / "run-000005-abc.1.log").write_text("x")
+    (tmp_path / "mcp-tools.log").write_text("not a run's")
+    prune_run_logs(tmp_path, LogsConfig(keep_runs=2, max_size=None))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mcp-tools.log",
+        "run-000004-abc.log",
+        "run-000005-abc.1.log",
+        "run-000005-abc.log",
+    ]
+    (tmp_path / "run-000006-abc.log").write_text("y" * 100)
+    prune_run_logs(tmp_path, LogsConfig(keep_runs=10, max_size=100))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run-")) == [
+        "run-000006-abc.log"
+    ]
