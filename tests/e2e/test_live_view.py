@@ -4,11 +4,13 @@ on `q`."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from metasup.faces.view.render import ASK, HINT
 from testing.fixtures import (
     agent_config,
     events,
@@ -156,3 +158,51 @@ def test_watch_the_demo_from_a_second_terminal(tmp_path: Path) -> None:
     finally:
         demo.wait(timeout=60)
     assert demo.returncode == 0
+
+
+def test_run_view_keys_do_not_echo_q_asks_then_stops_and_events_fill_the_rows(
+    repo: Path,
+) -> None:
+    # Short runs past min_runtime: plain restarts, three events each, to fill the screen.
+    (repo / "agent.py").write_text("import time\ntime.sleep(0.3)  # ok: a short good run\n")
+    write_config(repo, agent_config(min_runtime="100ms"))
+    done = repo / "run-exit"
+    command = f"{shlex.quote(sys.executable)} -m metasup run; echo $? > {shlex.quote(str(done))}"
+    with tmux(repo, command) as (base, target):
+
+        def keys(*k: str) -> None:
+            subprocess.run([*base, "send-keys", "-t", target, *k], check=True)
+
+        def event_rows(s: str) -> int:
+            return sum(1 for line in s.splitlines() if re.match(r"^│ \d\d:\d\d:\d\d", line))
+
+        # The terminal has 45 rows: the events take what the panels above leave, not 10.
+        last: list[str] = [""]
+
+        def filled() -> str | None:
+            last[0] = screen(base, target)
+            return last[0] if event_rows(last[0]) > 20 else None
+
+        try:
+            full = wait_for(filled, timeout=30, what="the events to fill the screen")
+        except AssertionError:
+            raise AssertionError("the events did not fill the screen:\n" + last[0]) from None
+        assert full.count("metasup running") == 1
+        keys("x", "Enter", "z")
+        hinted = wait_for(lambda: HINT in (s := screen(base, target)) and s, what="the hint")
+        assert hinted.count("metasup running") == 1, "a key left a stale frame behind"
+        assert not re.search(r"^\s*[xz]\s*$", hinted, re.M), "a key was echoed"
+        keys("q")
+        wait_for(lambda: ASK in screen(base, target), what="the question")
+        keys("n")
+        wait_for(lambda: HINT in screen(base, target), what="the answer no")
+        assert not done.exists(), "n keeps metasup running"
+        keys("q")
+        wait_for(lambda: ASK in screen(base, target), what="the question again")
+        keys("y")
+        code = wait_for(
+            lambda: done.exists() and done.read_text().strip(), what="metasup run to stop on q, y"
+        )
+        assert code == "0"
+    stops = [e for e in events(repo) if e["event"] == "supervisor_stop"]
+    assert stops, "a clean stop, journalled"

@@ -61,7 +61,8 @@ MCP_COLOURS = {
     "failed": "bold red",
     "stopped": "dim",
 }
-EVENTS_SHOWN = 10
+EVENTS_SHOWN = 10  # in a one-off `metasup status`
+EVENTS_KEPT = 500  # for a live view: as many as a tall terminal has rows for
 
 
 def short(value: Any) -> str:
@@ -151,13 +152,18 @@ def fitted(
     recent: list[dict[str, Any]],
     now: float,
     running: bool = True,
+    footer: str | None = None,
 ) -> RenderableType:
-    """The view with as many of the latest events as the terminal has rows for."""
+    """The view with as many of the latest events as the terminal has rows for, and a line
+    of `footer` (a hint, a question) under it."""
     width = console.size.width
     bare = render(doc, [], now, running, max_events=0, width=width)
-    used = len(console.render_lines(bare, console.options, pad=False))
+    used = len(console.render_lines(bare, console.options, pad=False)) + (1 if footer else 0)
     room = console.size.height - used  # the placeholder line becomes the first event
-    return render(doc, recent, now, running, max(1, min(EVENTS_SHOWN, room)), width)
+    view = render(doc, recent, now, running, max(1, room), width)
+    if footer:
+        return Group(view, Text(footer[:width], style="bold"))
+    return view
 
 
 def _agent_panel(doc: dict[str, Any], now: float) -> Panel:
@@ -319,7 +325,7 @@ class Source:
 
     def __init__(self, git_dir: Path) -> None:
         self.dirs = StateDir.for_git_dir(git_dir)
-        self.recent: deque[dict[str, Any]] = deque(maxlen=EVENTS_SHOWN)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.last_seq = 0
         self.via = "files"
 
@@ -348,7 +354,7 @@ class Source:
             try:
                 conn.request("GET", "/supervisor/status")
                 doc = json.loads(conn.getresponse().read())
-                conn.request("GET", f"/events?since={self.last_seq}&limit={EVENTS_SHOWN * 5}")
+                conn.request("GET", f"/events?since={self.last_seq}&limit={EVENTS_KEPT}")
                 for record in json.loads(conn.getresponse().read()):
                     self.recent.append(record)
                     self.last_seq = max(self.last_seq, int(record.get("seq", 0)))
@@ -369,17 +375,18 @@ def _no_key(timeout: float) -> str | None:
 
 
 @contextlib.contextmanager
-def _keys() -> Iterator[Callable[[float], str | None]]:
-    """Single keys from the terminal without Enter (cbreak mode), restored on the way out."""
-    if not sys.stdin.isatty():
+def _keys(fd: int | None = None) -> Iterator[Callable[[float], str | None]]:
+    """Single keys from the terminal on `fd` (default: stdin) without Enter and without echo
+    (cbreak mode), its settings restored on the way out."""
+    fd = sys.stdin.fileno() if fd is None else fd
+    if not os.isatty(fd):
         yield _no_key
         return
     import termios
     import tty
 
-    fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
-    tty.setcbreak(fd)
+    tty.setcbreak(fd)  # no echo either: a key pressed must not write into the drawing
 
     def key(timeout: float) -> str | None:
         ready, _, _ = select.select([fd], [], [], timeout)
@@ -391,21 +398,32 @@ def _keys() -> Iterator[Callable[[float], str | None]]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+# What a key does in a live view: None to go on, QUIT to leave, or a line to show under it.
+QUIT = "\0quit"
+KeyHandler = Callable[[str], str | None]
+
+
+def _quit_on_q(pressed: str) -> str | None:
+    return QUIT if pressed in ("q", "Q") else None
+
+
 def watch(
     source: Source,
     console: Console | None = None,
     interval: float = 0.5,
     until: Callable[[], bool] | None = None,
-    keys: bool = True,
+    keys: Callable[[float], str | None] | None = None,
+    on_key: KeyHandler = _quit_on_q,
 ) -> None:
-    """Redraw every `interval` until `q`, Ctrl-C, or `until()` says so."""
+    """Redraw every `interval` until `on_key` says QUIT, Ctrl-C, or `until()` says so. Keys
+    come from `keys` (default: the terminal on stdin)."""
     from rich.live import Live
 
-    console = console or Console()
+    console = console or live_console()
     doc, recent, running = source.fetch()
+    footer: str | None = None
     with contextlib.ExitStack() as stack:
-        key = stack.enter_context(_keys()) if keys else _no_key
-
+        key = keys or stack.enter_context(_keys())
         live = stack.enter_context(
             Live(
                 fitted(console, doc, recent, time.time(), running),
@@ -416,20 +434,62 @@ def watch(
         try:
             while True:
                 pressed = key(interval)
-                if pressed in ("q", "Q"):
-                    break
+                if pressed is not None:
+                    said = on_key(pressed)
+                    if said == QUIT:
+                        break
+                    footer = said
                 doc, recent, running = source.fetch()
-                live.update(fitted(console, doc, recent, time.time(), running), refresh=True)
+                view = fitted(console, doc, recent, time.time(), running, footer)
+                live.update(view, refresh=True)
                 if until is not None and until():
                     break
         except KeyboardInterrupt:
             pass
 
 
-def follow_supervisor(git_dir: Path, interval: float = 0.25) -> int:
+def live_console() -> Console:
+    """A console sized by the terminal itself, on every frame: COLUMNS and LINES exported by a
+    shell (or a test runner) are a size from some other moment, and a live view follows
+    resizes."""
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+    return Console()
+
+
+HINT = "q: stop metasup (asks first)   Ctrl-C: stop it now"
+ASK = "Stop metasup and everything it runs? y/N"
+
+
+class RunKeys:
+    """Keys in `metasup run`'s view: `q` asks, `y` then stops the supervisor (SIGTERM, as a
+    clean stop); anything else shows what the keys do."""
+
+    def __init__(self, supervisor: int) -> None:
+        self.supervisor = supervisor
+        self.asking = False
+
+    def __call__(self, pressed: str) -> str | None:
+        if self.asking:
+            self.asking = False
+            if pressed in ("y", "Y"):
+                import signal
+
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.supervisor, signal.SIGTERM)
+                return "stopping metasup…"
+            return HINT
+        if pressed in ("q", "Q"):
+            self.asking = True
+            return ASK
+        return HINT
+
+
+def follow_supervisor(git_dir: Path, supervisor: int, interval: float = 0.25) -> int:
     """`metasup run`'s view on its terminal, in a child of the supervisor: live until its stdin
-    (a pipe from the supervisor) ends, then one last frame, left on the screen."""
-    console = Console()
+    (a pipe from the supervisor) ends, then one last frame, left on the screen. Keys are read
+    from the terminal it draws on, without echo."""
+    console = live_console()
     source = Source(git_dir)
     stdin = sys.stdin.fileno()
 
@@ -437,7 +497,24 @@ def follow_supervisor(git_dir: Path, interval: float = 0.25) -> int:
         ready, _, _ = select.select([stdin], [], [], 0)
         return bool(ready) and not os.read(stdin, 4096)
 
-    watch(source, console, interval=interval, until=supervisor_done, keys=False)
+    with contextlib.ExitStack() as stack:
+        keys: Callable[[float], str | None] = _no_key
+        try:
+            # Its own session has no controlling terminal: the device it draws on, by name.
+            tty_fd = os.open(os.ttyname(sys.stdout.fileno()), os.O_RDONLY | os.O_NOCTTY)
+        except OSError:
+            pass
+        else:
+            stack.callback(os.close, tty_fd)
+            keys = stack.enter_context(_keys(tty_fd))
+        watch(
+            source,
+            console,
+            interval=interval,
+            until=supervisor_done,
+            keys=keys,
+            on_key=RunKeys(supervisor),
+        )
     return 0
 
 
@@ -447,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="metasup.faces.view", description="internal: metasup run")
     parser.add_argument("--git-dir", type=Path, required=True)
+    parser.add_argument("--supervisor", type=int, required=True)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when the view ends
-    return follow_supervisor(args.git_dir)
+    return follow_supervisor(args.git_dir, args.supervisor)

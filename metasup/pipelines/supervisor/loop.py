@@ -10,6 +10,7 @@ threads of their own (`background`), the helper children (`helper`, `api_child`)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import selectors
@@ -128,6 +129,7 @@ class Supervisor:
         self.recovery: Recovery | None = None
         self.backups: Backups | None = None
         self.retention: Retention | None = None
+        self._terminal: list[Any] | None = None  # the terminal's settings before the view
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
         self.last_crash_to_relaunch_s: float | None = None
@@ -298,8 +300,9 @@ class Supervisor:
         """On a terminal, the live view draws it (a child, so the supervisor never loads rich);
         the agent's output then goes to its log only, and report lines to logs/supervisor.log."""
         view = Helper("metasup.faces.view", cwd=self.dirs.root, reaper=self.reaper)
+        self._terminal = terminal_settings()
         try:
-            view.start("--git-dir", str(self.repo.git_dir))
+            view.start("--git-dir", str(self.repo.git_dir), "--supervisor", str(os.getpid()))
         except SpawnError as e:
             self.report({"event": Notice.VIEW_FAILED, "error": str(e)})
             return
@@ -312,6 +315,9 @@ class Supervisor:
         if self.view is not None:
             self.view.stop(grace=2.0, timeout=1.0)  # its stdin ends: it draws a last frame
             self.view = None
+        # The view turns echo off while it reads keys; a view killed outright would leave the
+        # user's terminal that way.
+        restore_terminal(self._terminal)
 
     def _start_api(self, listen: str) -> None:
         from metasup.pipelines.supervisor.api_child import ApiProcess
@@ -805,3 +811,22 @@ def _last_evolution(journalled: list[dict[str, Any]]) -> dict[str, Any] | None:
 
     found = histories(journalled)
     return figures(list(found.values())[-1], running=False) if found else None
+
+
+def terminal_settings() -> list[Any] | None:
+    """The settings of the terminal on stdout, when it is one."""
+    import termios
+
+    try:
+        return termios.tcgetattr(1)
+    except (termios.error, OSError):
+        return None
+
+
+def restore_terminal(saved: list[Any] | None) -> None:
+    if saved is None:
+        return
+    import termios
+
+    with contextlib.suppress(termios.error, OSError):
+        termios.tcsetattr(1, termios.TCSADRAIN, saved)
