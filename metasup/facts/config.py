@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import signal
+import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,6 +38,7 @@ from metasup.facts.settings import (
     SandboxConfig,
     SandboxLimits,
     is_loopback,
+    servers_watch,
     split_listen,
 )
 from metasup.facts.units import format_duration, parse_duration, parse_size
@@ -187,39 +189,7 @@ def _build(
         except ValueError as e:
             raise fail_at(name, lines, at, str(e)) from None
 
-    a = s["agent"]
-    try:
-        command = _command(a["command"])
-    except ValueError as e:
-        raise fail_at(
-            name, lines, ("supervisor", "agent", "command"), f"cannot split: {e}"
-        ) from None
-    if not command or not command[0]:
-        raise fail_at(name, lines, ("supervisor", "agent", "command"), "the command is empty")
-    b = a.get("restart_backoff", {})
-    backoff = Backoff(
-        initial=dur(("supervisor", "agent", "restart_backoff", "initial"), b.get("initial"), 1.0)
-        or 0.0,
-        max=dur(("supervisor", "agent", "restart_backoff", "max"), b.get("max"), 30.0) or 0.0,
-    )
-    if backoff.initial > backoff.max:
-        raise fail_at(
-            name,
-            lines,
-            ("supervisor", "agent", "restart_backoff", "initial"),
-            f"initial ({format_duration(backoff.initial)}) is larger than max "
-            f"({format_duration(backoff.max)})",
-        )
-    sig_name = a.get("stop_signal", "TERM")
-    agent = AgentConfig(
-        command=command,
-        env=_env(a.get("env")),
-        stop_signal=signal.Signals["SIG" + sig_name.removeprefix("SIG")],
-        stop_timeout=dur(("supervisor", "agent", "stop_timeout"), a.get("stop_timeout"), 5.0)
-        or 0.0,
-        backoff=backoff,
-    )
-
+    agent = _agent(s, lines, name, dur)
     h = s.get("health_checks", {})
     # Without limits a sample only feeds the status: every 30 s is enough, and an idle agent
     # then costs its supervisor well under 0.1% CPU. Limits are checked every 5 s.
@@ -266,6 +236,14 @@ def _build(
 
     experiments = _experiments(s.get("experiments", {}), dur)
     servers, client = _mcp_servers(s, lines, name, dur, path, environ, validate)
+    if agent.servers_only and not servers:
+        raise fail_at(
+            name,
+            lines,
+            ("supervisor",),
+            "nothing to supervise: give `agent:` (the command to run), or MCP servers "
+            "(`mcp_servers`, `mcpServers` or `mcp_config`) to supervise on their own",
+        )
     protected = tuple(s.get("protected_paths", []))
     if client is not None:
         protected += ("/" + client[0],)  # it configures supervised processes, as the config
@@ -291,6 +269,45 @@ def _build(
         inactive=inactive,
         mcp_config=client[0] if client else None,
         sources=(client[1],) if client else (),
+    )
+
+
+def _agent(s: Mapping[str, Any], lines: dict[Path_, int], name: str, dur: Any) -> AgentConfig:
+    """The agent's settings; without `agent:`, metasup's watch of the MCP servers runs in its
+    place (checked later: there must be servers)."""
+    if "agent" not in s:
+        return AgentConfig(command=servers_watch(sys.executable), servers_only=True)
+    a = s["agent"]
+    try:
+        command = _command(a["command"])
+    except ValueError as e:
+        raise fail_at(
+            name, lines, ("supervisor", "agent", "command"), f"cannot split: {e}"
+        ) from None
+    if not command or not command[0]:
+        raise fail_at(name, lines, ("supervisor", "agent", "command"), "the command is empty")
+    b = a.get("restart_backoff", {})
+    backoff = Backoff(
+        initial=dur(("supervisor", "agent", "restart_backoff", "initial"), b.get("initial"), 1.0)
+        or 0.0,
+        max=dur(("supervisor", "agent", "restart_backoff", "max"), b.get("max"), 30.0) or 0.0,
+    )
+    if backoff.initial > backoff.max:
+        raise fail_at(
+            name,
+            lines,
+            ("supervisor", "agent", "restart_backoff", "initial"),
+            f"initial ({format_duration(backoff.initial)}) is larger than max "
+            f"({format_duration(backoff.max)})",
+        )
+    sig_name = a.get("stop_signal", "TERM")
+    return AgentConfig(
+        command=command,
+        env=_env(a.get("env")),
+        stop_signal=signal.Signals["SIG" + sig_name.removeprefix("SIG")],
+        stop_timeout=dur(("supervisor", "agent", "stop_timeout"), a.get("stop_timeout"), 5.0)
+        or 0.0,
+        backoff=backoff,
     )
 
 

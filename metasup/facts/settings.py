@@ -28,6 +28,14 @@ class AgentConfig:
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 5.0
     backoff: Backoff = Backoff()
+    # No `agent:` in the config: the MCP servers are the supervised process, and `command` is
+    # metasup's own watch of them (`metasup.pipelines.mcp.watch`), run in the agent's place.
+    servers_only: bool = False
+
+
+def servers_watch(python: str) -> tuple[str, ...]:
+    """The command run in the agent's place when the MCP servers are the supervised process."""
+    return (python, "-I", "-m", "metasup.pipelines.mcp.watch")
 
 
 @dataclass(frozen=True)
@@ -285,13 +293,16 @@ class Config:
             "supervisor": {
                 "min_runtime": self.min_runtime,
                 "max_failures": self.max_failures,
-                "agent": {
+                "agent": None
+                if a.servers_only
+                else {
                     "command": list(a.command),
                     "env": dict(a.env),
                     "stop_signal": a.stop_signal.name.removeprefix("SIG"),
                     "stop_timeout": a.stop_timeout,
                     "restart_backoff": {"initial": a.backoff.initial, "max": a.backoff.max},
                 },
+                "supervised": "mcp_servers" if a.servers_only else "agent",
                 "protected_paths": list(self.protected_paths),
                 "on_tamper": self.on_tamper,
                 "health_checks": {

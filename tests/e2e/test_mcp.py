@@ -503,3 +503,91 @@ def test_a_server_on_its_way_up_is_starting_never_stopped(repo: Path) -> None:
     before = seen[: seen.index("healthy")] if "healthy" in seen else seen
     assert "starting" in before, seen
     assert "stopped" not in before, f"a server on its way up showed stopped: {seen}"
+
+
+CRASHABLE = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from mcp.server.mcpserver import MCPServer
+
+    if (Path(__file__).parent / "broken").exists():
+        print("tool: broken at start", file=sys.stderr)
+        sys.exit(3)
+    app = MCPServer("tool")
+
+    @app.tool()
+    def ping() -> str:
+        \"\"\"pong\"\"\"
+        return "pong"
+
+    app.run()
+    """
+)
+
+
+def test_without_an_agent_the_servers_are_the_supervised_process(repo: Path) -> None:
+    """The Meta-Supervisor design's own config: no `agent:`. A server broken by an edit fails
+    before min_runtime: archived, rolled back to the good code, and healthy again."""
+    (repo / "servers").mkdir()
+    (repo / "servers" / "tool.py").write_text(CRASHABLE)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    config = "supervisor:\n  min_runtime: 1s\n  max_failures: 3\n  mcp_servers:\n" + server(
+        "tool", "unused", args=["servers/tool.py"], max_restarts=50
+    )
+    write_config(repo, config)
+    shown = json.loads(run_metasup(repo, "config", "--json").stdout)
+    assert shown["supervisor"]["agent"] is None
+    assert shown["supervisor"]["supervised"] == "mcp_servers"
+    with supervising(repo):
+        # Run 1's commit is the baseline good commit; run 1 itself must outlive min_runtime.
+        wait_for(
+            lambda: (s := state(repo))["run"] == 1 and s["agent"]["state"] == "good",
+            what="run 1 past min_runtime",
+        )
+        # The edit an agent (or the server itself) makes; then the server dies.
+        (repo / "servers" / "broken").write_text("x\n")
+        (running,) = marked_pids("servers/tool.py", jail=False)
+        os.kill(running, signal.SIGKILL)
+        rollback = wait_for(
+            lambda: next((e for e in events(repo) if e["event"] == "rollback"), None),
+            timeout=30,
+            what="a rollback of the broken server code",
+        )
+        wait_for(
+            lambda: (
+                server_state(repo, "tool") == "healthy"
+                and any(e["event"] == "launch" and e["seq"] > rollback["seq"] for e in events(repo))
+            ),
+            timeout=30,
+            what="the server healthy on the good code",
+        )
+    archive = next(e for e in events(repo) if e["event"] == "archive")
+    assert "servers/broken" in git(repo, "show", "--stat", "--format=", archive["commit"])
+    assert not (repo / "servers" / "broken").exists(), "the good tree is back"
+    exits = [e for e in events(repo) if e["event"] == "exit" and e["code"] == 1]
+    assert exits, "the servers' failure ended the run"
+    note = json.loads((repo / ".git" / "metasup" / "recovery.json").read_text())
+    assert note["stderr_tail"][-1].startswith("metasup: MCP server tool "), note
+
+
+def test_a_config_with_neither_agent_nor_servers_names_what_is_missing(repo: Path) -> None:
+    write_config(repo, "supervisor:\n  min_runtime: 1s\n")
+    out = run_metasup(repo, "config")
+    assert out.returncode == 2
+    assert "nothing to supervise: give `agent:`" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_servers_that_never_come_up_end_in_an_emergency_stop(repo: Path) -> None:
+    (repo / "servers").mkdir()
+    (repo / "servers" / "tool.py").write_text(CRASHABLE)
+    (repo / "servers" / "broken").write_text("from the start\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    config = "supervisor:\n  min_runtime: 2s\n  max_failures: 2\n  mcp_servers:\n" + server(
+        "tool", "unused", args=["servers/tool.py"], max_restarts=50
+    )
+    write_config(repo, config)
+    out = run_metasup(repo, "run", timeout=60)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert [e["event"] for e in events(repo)].count("rollback") == 2
+    assert state(repo)["status"] == "emergency_stop"

@@ -199,7 +199,10 @@ def test_any_mcp_server_map_loads_or_fails_with_one_line(servers: dict[str, obje
             "supervisor:\n  agent: {command: x}\n  max_failures: 0\n",
             "metasup.yaml:3: supervisor.max_failures: 0 is less than the minimum of 1",
         ),
-        ("supervisor:\n  min_runtime: 1s\n", "metasup.yaml:1: supervisor: 'agent' is required"),
+        (
+            "supervisor:\n  min_runtime: 1s\n",
+            "metasup.yaml:1: supervisor: nothing to supervise: give `agent:`",
+        ),
         ("agent: {command: x}\n", "metasup.yaml:1: 'supervisor' is required"),
         (
             "supervisor:\n  agent: {command: x}\n  agent: {command: y}\n",
