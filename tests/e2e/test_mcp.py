@@ -179,6 +179,8 @@ def test_the_agent_reaches_the_supervised_server_and_keeps_its_session(repo: Pat
 
         before, after, listed = anyio.run(scenario)
         assert sorted(listed) == ["echo", "whoami"]
+        # The SDK's client shakes hands as metasup's own session does: no process of its own.
+        assert state(repo)["mcp"]["tools"]["instances"] == []
         second_pid = state(repo)["mcp"]["tools"]["pid"]
         assert before.split()[0] != after.split()[0], "another instance answered"
         assert second_pid != first_pid
@@ -591,3 +593,135 @@ def test_servers_that_never_come_up_end_in_an_emergency_stop(repo: Path) -> None
     assert out.returncode == 3, out.stdout + out.stderr
     assert [e["event"] for e in events(repo)].count("rollback") == 2
     assert state(repo)["status"] == "emergency_stop"
+
+
+class RawClient:
+    """A hand-written MCP client over `metasup mcp connect NAME` (or any stdio command): the
+    handshake exactly as given, as an older or differently capable client sends it."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.next_id = 0
+
+    def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.next_id += 1
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            assert line, f"the connection closed before the answer to {method}"
+            answer = json.loads(line)
+            if answer.get("id") == self.next_id:
+                return dict(answer)
+
+    def notify(self, method: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": method}) + "\n")
+        self.proc.stdin.flush()
+
+    def handshake(self, version: str, capabilities: dict[str, Any]) -> dict[str, Any]:
+        params = {
+            "protocolVersion": version,
+            "capabilities": capabilities,
+            "clientInfo": {"name": "hand-written", "version": "1.12.0"},
+        }
+        result = self.request("initialize", params)["result"]
+        self.notify("notifications/initialized")
+        return dict(result)
+
+    def tools(self) -> list[str]:
+        return sorted(t["name"] for t in self.request("tools/list", {})["result"]["tools"])
+
+    def whoami(self) -> str:
+        answer = self.request("tools/call", {"name": "whoami", "arguments": {}})
+        return str(answer["result"]["content"][0]["text"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+OLD = ("2025-06-18", {})
+CAPABLE = ("2025-11-25", {"sampling": {}, "roots": {"listChanged": True}})
+
+
+def test_each_client_gets_the_handshake_it_would_get_from_the_server_directly(
+    repo: Path,
+) -> None:
+    capable = str(FIXTURES / "capable.py")
+    direct = {}
+    for label, (version, caps) in {"old": OLD, "capable": CAPABLE}.items():
+        c = RawClient([sys.executable, capable], repo)
+        direct[label] = (c.handshake(version, caps)["protocolVersion"], c.tools())
+        c.close()
+    assert direct["old"] == ("2025-06-18", ["whoami"])
+    assert direct["capable"] == ("2025-11-25", ["roots", "sample", "whoami"])
+
+    (repo / "agent.py").write_text(SLEEPER)
+    write_config(repo, mcp_config(server("capable", "capable.py")))
+    connect = [sys.executable, "-m", "metasup", "mcp", "connect", "capable"]
+    with supervising(repo):
+        wait_for(lambda: mcp_events(repo, "capable", "mcp_started"), what="the server up")
+        primary = state(repo)["mcp"]["capable"]["pid"]
+        old1, old2, rich = (
+            RawClient(connect, repo),
+            RawClient(connect, repo),
+            RawClient(connect, repo),
+        )
+        try:
+            for label, client in (("old", old1), ("old", old2), ("capable", rich)):
+                version, caps = OLD if label == "old" else CAPABLE
+                got = (client.handshake(version, caps)["protocolVersion"], client.tools())
+                assert got == direct[label], f"{label} through metasup: {got}"
+            # One process per distinct handshake, shared by the clients that send it.
+            assert old1.whoami() == old2.whoami() != rich.whoami()
+            instances = wait_for(
+                lambda: len(i := state(repo)["mcp"]["capable"]["instances"]) == 2 and i,
+                what="the two extra instances in the status",
+            )
+            by_version = {i["handshake"]: i for i in instances}
+            assert by_version["2025-06-18"]["clients"] == 2
+            assert by_version["2025-11-25"]["clients"] == 1
+            extra = by_version["2025-06-18"]["pid"]
+            assert extra != primary and pid_alive(extra)
+            before = old1.whoami()
+
+            # Supervised like the first: killed, it is restarted under the clients' sessions.
+            os.kill(extra, signal.SIGKILL)
+            wait_for(
+                lambda: any(
+                    e.get("handshake") == "2025-06-18"
+                    for e in mcp_events(repo, "capable", "mcp_restarted")
+                ),
+                what="the old clients' instance restarted",
+            )
+            wait_for(
+                lambda: len(
+                    [e for e in mcp_events(repo, "capable", "mcp_started")
+                     if e.get("handshake") == "2025-06-18"]
+                ) >= 2,
+                what="the old clients' instance back",
+            )  # fmt: skip
+            again = old1.whoami()
+            assert again != before and old2.whoami() == again
+            assert old1.tools() == ["whoami"], "the same handshake was replayed"
+            # metasup's own session (the SDK's) still runs on the first process.
+            assert state(repo)["mcp"]["capable"]["pid"] == primary
+            last = {i["handshake"]: i["pid"] for i in state(repo)["mcp"]["capable"]["instances"]}
+        finally:
+            old1.close()
+            old2.close()
+            rich.close()
+        # The last client of a handshake gone, its process goes.
+        for pid in last.values():
+            wait_for(lambda pid=pid: not pid_alive(pid), what=f"instance {pid} stopped")
+        assert state(repo)["mcp"]["capable"]["instances"] == []

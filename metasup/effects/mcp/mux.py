@@ -7,7 +7,9 @@ does no I/O, so every case is tested without a process.
 
 - The probe's session (`PROBE`) is the server's one real session: its `initialize` goes through.
   Any other client's `initialize` is answered with the server's own result, kept from the
-  probe's; its `notifications/initialized` is dropped. `server/discover` is refused, so a client
+  probe's; its `notifications/initialized` is dropped. (The worker routes here only the clients
+  whose handshake is the probe's; another handshake gets an instance, and a router, of its own,
+  whose probe replays that handshake.) `server/discover` is refused, so a client
   in auto mode falls back to the handshake the server already speaks.
 - Request ids are rewritten to ids unique on the server's side and written back on the way out;
   so are progress tokens. A client's `notifications/cancelled` follows its request.

@@ -66,6 +66,22 @@ _AGENT: dict[str, Check] = {
 }
 _TREE: dict[str, Check] = {"pgid": _optional(_pid), "token": _AGENT["token"]}
 _EXIT: dict[str, Check] = {"run": _nat, "code": _int, "runtime_s": _num}
+_INSTANCE: dict[str, Check] = {
+    "handshake": _optional(_str),
+    "state": _str,
+    "pid": _optional(_pid),
+    "clients": _nat,
+    "restarts": _nat,
+}
+
+
+def _instances(value: Any) -> bool:
+    """An MCP server's extra instances (one per distinct client handshake)."""
+    return isinstance(value, list) and all(
+        isinstance(v, dict) and all(k in v and _INSTANCE[k](v[k]) for k in _INSTANCE) for v in value
+    )
+
+
 _MCP: dict[str, Check] = {
     "state": _str,
     "restarts": _nat,
@@ -78,6 +94,7 @@ _MCP: dict[str, Check] = {
     "reason": _optional(_str),
     "commit": _optional(_str),
     "socket": _optional(_str),
+    "instances": _instances,
 }
 _EXPERIMENT: dict[str, Check] = {
     "id": _optional(_str),

@@ -52,6 +52,10 @@ def lines(details: dict[str, dict[str, Any]], running: bool) -> list[str]:
             parts.append(f"{d['restarts']} restarts")
         if running and d.get("pid"):
             parts.append(f"pid {d['pid']}")
+        extra = d.get("instances") or []
+        if extra:
+            shakes = ", ".join(sorted({str(i.get("handshake")) for i in extra}))
+            parts.append(f"+{len(extra)} for other client handshakes ({shakes})")
         if d.get("reason") and d.get("state") != "healthy":
             parts.append(f"({d['reason']})")
         out.append(f"{name}: " + ", ".join(parts))

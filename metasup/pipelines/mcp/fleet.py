@@ -51,6 +51,7 @@ def _blank(server: McpServerConfig, state: McpState) -> dict[str, Any]:
         "transport": server.transport,
         "url": server.url,
         "clients": 0,
+        "instances": [],
     }
 
 
@@ -224,10 +225,11 @@ class Fleet:
         return True
 
     def _stop_leftovers(self) -> None:
-        """Servers of a worker that died: stop them by their group and marker."""
+        """Servers of a worker that died (extra instances too): stop them by group and marker."""
         for st in self.status.values():
-            if st.get("pgid") and st.get("token"):
-                stop_tree(int(st["pgid"]), str(st["token"]), signal.SIGKILL, 0.0, self.reaper)
+            for one in [st, *(st.get("instances") or [])]:
+                if isinstance(one, dict) and one.get("pgid") and one.get("token"):
+                    stop_tree(int(one["pgid"]), str(one["token"]), signal.SIGKILL, 0.0, self.reaper)
 
     def stop(self) -> None:
         """Stop every server, then the worker (servers get their stop_timeout each)."""
@@ -242,7 +244,9 @@ class Fleet:
         self.worker.kill()
         self._stop_leftovers()
         for st in self.status.values():  # the last probe's figures stay, for the record
-            st.update(state=McpState.STOPPED, pid=None, pgid=None, token=None, clients=0)
+            st.update(
+                state=McpState.STOPPED, pid=None, pgid=None, token=None, clients=0, instances=[]
+            )
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -286,7 +290,8 @@ class Fleet:
         return {n: str(st["state"]) for n, st in self.status.items()}
 
     def details(self) -> dict[str, dict[str, Any]]:
-        keep = ("state", "restarts", "latency_ms", "tools", "pid", "transport", "url", "clients")
+        keep = ("state", "restarts", "latency_ms", "tools", "pid", "transport", "url", "clients",
+                "instances")  # fmt: skip
         out = {n: {k: st.get(k) for k in keep} for n, st in self.status.items()}
         for n, st in out.items():
             st["reason"] = self.status[n].get("reason")
@@ -299,6 +304,7 @@ class Fleet:
         """Every process tree the fleet has running: for a supervisor after a kill -9."""
         trees = self.worker.trees()
         for st in self.status.values():
-            if st.get("pgid") and st.get("token"):
-                trees.append({"pgid": st["pgid"], "token": st["token"]})
+            for one in [st, *(st.get("instances") or [])]:
+                if isinstance(one, dict) and one.get("pgid") and one.get("token"):
+                    trees.append({"pgid": one["pgid"], "token": one["token"]})
         return trees

@@ -1,6 +1,14 @@
 """One configured MCP server through its instances, inside the worker: start it (jailed as
 the agent is), probe it over its one session, restart it under its policy or give up; route the
 agents' sessions (one Unix socket a server) to it through `mux.Router`.
+
+A stdio server speaks one protocol version and one set of client capabilities per process: the
+ones its `initialize` named. metasup's own session sets them for the first process; a client
+whose handshake differs (an older protocol version, sampling or roots declared) gets a process of
+its own, one per distinct handshake and shared by the clients that send it, so it gets what the
+server would give it directly. Such an extra instance is run like the first (probed, restarted
+under the same policy, its handshake replayed after a restart) and stopped when its last client
+leaves.
 """
 
 from __future__ import annotations
@@ -32,13 +40,88 @@ LOG_MAX_BYTES = 5 << 20
 LINE_LIMIT = 64 << 20  # one JSON-RPC message; tool results can be large
 
 
-class ServerRunner:
-    """One configured server through its instances: start, probe, restart, give up."""
+def handshake_key(params: Any) -> str:
+    """What makes two clients' `initialize` the same to a server: the protocol version and the
+    capabilities declared (client names and versions aside)."""
+    if not isinstance(params, dict):
+        return "null"
+    key = [params.get("protocolVersion"), params.get("capabilities")]
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
 
-    def __init__(self, spec: dict[str, Any], worker: Worker) -> None:
+
+class Answered(Exception):
+    """A JSON-RPC error answer to one of metasup's own raw requests: the server is alive."""
+
+
+class RawSession:
+    """metasup's side of an extra instance, in raw JSON-RPC through the router's PROBE
+    connection: the client's own `initialize` replayed, then `tools/list` probes."""
+
+    def __init__(self, params: dict[str, Any], send: Callable[[Message], None]) -> None:
+        self.params = params
+        self.send = send
+        self.pending: dict[int, asyncio.Future[Message]] = {}
+        self.next_id = 0
+
+    async def _request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.next_id += 1
+        rid = self.next_id
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = future
+        try:
+            self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+            answer = await future
+        finally:
+            self.pending.pop(rid, None)
+        error = answer.get("error")
+        if error is not None:
+            raise Answered(str(error.get("message") if isinstance(error, dict) else error))
+        result = answer.get("result")
+        return result if isinstance(result, dict) else {}
+
+    def receive(self, msg: Message) -> None:
+        future = self.pending.get(msg.get("id"))  # type: ignore[arg-type]
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def initialize(self) -> dict[str, Any]:
+        result = await self._request("initialize", self.params)
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return result
+
+    async def list_tools(self) -> Any:
+        from types import SimpleNamespace
+
+        result = await self._request("tools/list", {})
+        tools = result.get("tools")
+        return SimpleNamespace(tools=tools if isinstance(tools, list) else [])
+
+
+class ServerRunner:
+    """One configured server through its instances: start, probe, restart, give up. With a
+    `handshake` (a client's `initialize` params), an extra instance for the clients that send
+    it, under `parent`."""
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        worker: Worker,
+        handshake: dict[str, Any] | None = None,
+        parent: ServerRunner | None = None,
+    ) -> None:
         self.spec = spec
         self.name: str = spec["name"]
         self.worker = worker
+        self.handshake = handshake
+        self.parent = parent
+        self.version = str(handshake.get("protocolVersion")) if handshake else None
+        self.extras: dict[str, ServerRunner] = {}  # handshake key -> its instance
+        self._extra_tasks: list[asyncio.Task[None]] = []
+        self.primary_key: str | None = None  # metasup's own handshake, once seen
+        self.retired = False  # an extra whose last client left
+        self._held: list[tuple[int, Message]] = []  # clients' messages before the first handshake
+        self._raw: RawSession | None = None
+        self._started = False  # an extra's first handshake is done (or given up)
         self.router = Router(self.name)
         self.policy = restarts.RestartPolicy(
             enabled=spec["restart_on_failure"],
@@ -77,7 +160,33 @@ class ServerRunner:
             "transport": self.spec["transport"],
             "url": self.spec.get("url"),
             "clients": len(self.conns),
+            "instances": [e.instance() for e in self.extras.values()],
         }
+
+    def instance(self) -> dict[str, Any]:
+        """An extra instance, for the status."""
+        c = self.child
+        return {
+            "handshake": self.version,
+            "state": self.state,
+            "pid": c.pid if c else None,
+            "pgid": c.pgid if c else None,
+            "token": c.token if c else None,
+            "clients": len(self.conns),
+            "restarts": self.restarts,
+        }
+
+    def runners(self) -> list[ServerRunner]:
+        """This one and its extra instances."""
+        return [self, *self.extras.values()]
+
+    def _event(self, event: str, **fields: Any) -> None:
+        if self.version is not None:
+            fields["handshake"] = self.version
+        self.worker.event(event, **fields)
+
+    def _ending(self) -> bool:
+        return self.worker.stopping or self.retired
 
     def _set(self, state: McpState, reason: str | None = None) -> None:
         self.state, self.reason = state, reason
@@ -89,6 +198,9 @@ class ServerRunner:
         if self._why != "stop":
             self._why = why
         self._wake.set()
+        if why == "stop":
+            for extra in list(self.extras.values()):
+                extra.interrupt("stop")
 
     def child_exited(self, pid: int, code: int) -> None:
         if self.child is not None and pid == self.child.pid and self.exit_code is None:
@@ -99,30 +211,48 @@ class ServerRunner:
         self.history = ()  # new code: a fresh start, whatever failed before
         self.state = McpState.STARTING  # in the status that acknowledges the command, not after
         self.interrupt("restart:" + reason)
+        for extra in list(self.extras.values()):
+            extra.request_restart(reason)
 
     # --- the life of one server ---------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            for extra in list(self.extras.values()):
+                extra.retire()
+            for task in self._extra_tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task  # each stops its own process
+            if self.parent is not None and self.parent.extras.get(self._key()) is self:
+                del self.parent.extras[self._key()]
+                self.worker.status()
+
+    def _key(self) -> str:
+        return handshake_key(self.handshake)
+
+    async def _run(self) -> None:
         if self.spec.get("argv") is None and self.spec.get("url") is None:
             return
-        if not self.spec.get("url"):
+        if not self.spec.get("url") and self.handshake is None:
             await self._serve_socket()
         next_reason: str | None = None
         delay = 0.0
-        while not self.worker.stopping:
+        while not self._ending():
             if delay:
                 await self._sleep(delay)
-                if self.worker.stopping:
+                if self._ending():
                     break
             if next_reason is not None:
                 self.restarts += 1
             outcome, failure = await self._instance(next_reason)
-            if self.worker.stopping:
+            if self._ending():
                 break
             if not failure:  # restarted on purpose: at once, not counted against it
                 next_reason, delay = outcome, 0.0
                 continue
-            self.worker.event(
+            self._event(
                 "mcp_unhealthy",
                 server=self.name,
                 pid=self.child.pid if self.child else None,
@@ -132,11 +262,12 @@ class ServerRunner:
                 self.policy, self.history, time.monotonic()
             )
             if isinstance(decision, restarts.GiveUp):
-                self.worker.event(
+                self._event(
                     "mcp_failed", server=self.name, reason=decision.reason, last_error=outcome
                 )
                 self._set(McpState.FAILED, f"{decision.reason}; last: {outcome}")
                 self.router.down_reason = "failed: " + outcome
+                self._flush_held()  # their answers: it is not available
                 why = await self._idle()
                 if why.startswith("restart:"):
                     next_reason, delay = why.removeprefix("restart:"), 0.0
@@ -156,7 +287,7 @@ class ServerRunner:
             await self._wake.wait()
             self._wake = anyio.Event()
             why, self._why = self._why or "", None
-            if why.startswith("restart:") or why == "stop" or self.worker.stopping:
+            if why.startswith("restart:") or why == "stop" or self._ending():
                 return why
 
     async def _instance(self, restart_reason: str | None) -> tuple[str, bool]:
@@ -185,7 +316,7 @@ class ServerRunner:
                 except SpawnError as e:
                     return str(e), True
             if restart_reason is not None:
-                self.worker.event(
+                self._event(
                     "mcp_restarted",
                     server=self.name,
                     pid=self.child.pid if self.child else None,
@@ -224,8 +355,6 @@ class ServerRunner:
     # --- stdio --------------------------------------------------------------------------------
 
     async def _stdio_instance(self, log: IO[bytes]) -> tuple[str, bool]:
-        from mcp.client.session import ClientSession
-
         c = self.child
         assert c is not None and c.popen.stdout is not None and c.popen.stdin is not None
         loop = asyncio.get_running_loop()
@@ -245,6 +374,25 @@ class ServerRunner:
         self._to_server = write_transport
         self.router.instance_started()
         self.router.connect(PROBE)
+        try:
+            if self.handshake is not None:
+                self._raw = RawSession(
+                    self.handshake, lambda m: self._deliver(self.router.from_client(PROBE, m))
+                )
+                return await self._serve(self._raw)
+            return await self._sdk_session()
+        finally:
+            self._raw = None
+            self._to_server = None
+            self._to_probe = None
+            self._deliver(self.router.instance_lost(self._lost_reason()))
+            read_transport.close()
+            write_transport.close()
+
+    async def _sdk_session(self) -> tuple[str, bool]:
+        """metasup's own session, by the SDK, over the router's PROBE connection."""
+        from mcp.client.session import ClientSession
+
         to_session_send, to_session_recv = anyio.create_memory_object_stream[Any](1000)
         from_session_send, from_session_recv = anyio.create_memory_object_stream[Any](1000)
         self._to_probe = to_session_send
@@ -252,21 +400,16 @@ class ServerRunner:
         async def pump() -> None:
             async for sm in from_session_recv:
                 raw = sm.message.model_dump(by_alias=True, mode="json", exclude_unset=True)
+                if raw.get("method") == "initialize":
+                    self.primary_key = handshake_key(raw.get("params"))
                 self._deliver(self.router.from_client(PROBE, raw))
 
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pump)
-                async with ClientSession(to_session_recv, from_session_send) as session:
-                    ended = await self._serve(session)
-                tg.cancel_scope.cancel()
-            return ended
-        finally:
-            self._to_server = None
-            self._to_probe = None
-            self._deliver(self.router.instance_lost(self._lost_reason()))
-            read_transport.close()
-            write_transport.close()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            async with ClientSession(to_session_recv, from_session_send) as session:
+                ended = await self._serve(session)
+            tg.cancel_scope.cancel()
+        return ended
 
     def _lost_reason(self) -> str:
         if self.exit_code is not None:
@@ -289,6 +432,9 @@ class ServerRunner:
         import mcp_types
         from mcp.shared.message import SessionMessage
 
+        if self._raw is not None:
+            self._raw.receive(msg)
+            return
         if self._to_probe is None:
             return
         try:
@@ -349,11 +495,12 @@ class ServerRunner:
         first = await self._guard(session.initialize, self.spec["start_timeout"])
         if first[0] != "ok":
             return self._ended(first, "no answer to initialize")
+        self._flush_held()  # the clients that came for this handshake: answered from its result
         left = max(0.05, self.spec["start_timeout"] - (time.monotonic() - t0))
         listed = await self._probe(session, left)
         if listed is not None:
             return listed
-        self.worker.event(
+        self._event(
             "mcp_started",
             server=self.name,
             pid=self.child.pid if self.child else None,
@@ -377,7 +524,7 @@ class ServerRunner:
 
         t = time.perf_counter()
         result = await self._guard(session.list_tools, timeout)
-        if result[0] == "error" and isinstance(result[1], MCPError):
+        if result[0] == "error" and isinstance(result[1], MCPError | Answered):
             self.tools = None  # it answered, with an error: alive, but serving no tools
         elif result[0] != "ok":
             return self._ended(result, f"no answer to tools/list within {timeout:g}s")
@@ -452,9 +599,7 @@ class ServerRunner:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = self._next_conn
         self._next_conn += 1
-        self.conns[conn] = writer
-        self.router.connect(conn)
-        self.worker.status()
+        target: ServerRunner | None = None  # decided by its first message: its handshake
         try:
             while True:
                 try:
@@ -470,12 +615,64 @@ class ServerRunner:
                 except ValueError:
                     writer.write(_line(_parse_error()))
                     continue
-                self._deliver(self.router.from_client(conn, msg))
+                if target is None:
+                    target = self._instance_for(msg)
+                    target.attach(conn, writer)
+                target.take(conn, msg)
         finally:
-            del self.conns[conn]
-            self._deliver(self.router.disconnect(conn))
+            if target is not None:
+                target.detach(conn)
             writer.close()
+
+    def _instance_for(self, first: Any) -> ServerRunner:
+        """The instance a client belongs to, by its `initialize`: this one when it shakes hands
+        as metasup's own session did (or sends anything else first), else the extra instance
+        for its handshake, started now when there is none."""
+        if not (isinstance(first, dict) and first.get("method") == "initialize"):
+            return self
+        params = first.get("params")
+        key = handshake_key(params)
+        if self.primary_key is None or key == self.primary_key or not isinstance(params, dict):
+            return self
+        extra = self.extras.get(key)
+        if extra is None or extra.retired:
+            extra = ServerRunner(self.spec, self.worker, handshake=dict(params), parent=self)
+            self.extras[key] = extra
+            self._extra_tasks = [t for t in self._extra_tasks if not t.done()]
+            self._extra_tasks.append(asyncio.get_running_loop().create_task(extra.run()))
             self.worker.status()
+        return extra
+
+    def attach(self, conn: int, writer: asyncio.StreamWriter) -> None:
+        self.conns[conn] = writer
+        self.router.connect(conn)
+        self.worker.status()
+
+    def take(self, conn: int, msg: Any) -> None:
+        """A client's message: held while an extra instance makes its first handshake."""
+        if self.handshake is not None and not self._started:
+            self._held.append((conn, msg))
+            return
+        self._deliver(self.router.from_client(conn, msg))
+
+    def _flush_held(self) -> None:
+        self._started = True
+        held, self._held = self._held, []
+        for conn, msg in held:
+            if conn in self.conns:
+                self._deliver(self.router.from_client(conn, msg))
+
+    def detach(self, conn: int) -> None:
+        self.conns.pop(conn, None)
+        self._deliver(self.router.disconnect(conn))
+        self._held = [(c, m) for c, m in self._held if c != conn]
+        if self.parent is not None and not self.conns:
+            self.retire()  # its clients are gone: so is the process kept for their handshake
+        self.worker.status()
+
+    def retire(self) -> None:
+        self.retired = True
+        self.interrupt("stop")
 
 
 class _LineProtocol(asyncio.Protocol):

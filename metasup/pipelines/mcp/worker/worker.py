@@ -110,12 +110,13 @@ class Worker:
         """Hand each server its exit. Statuses are taken from the reaper rather than from this
         call's reap: a stop running in a thread may have reaped another server's exit first."""
         self.reaper.reap()
-        for runner in self.runners.values():
-            c = runner.child
-            if c is not None:
-                code = self.reaper.pop(c.pid)
-                if code is not None:
-                    runner.child_exited(c.pid, c.exit_code(code))
+        for primary in list(self.runners.values()):
+            for runner in primary.runners():
+                c = runner.child
+                if c is not None:
+                    code = self.reaper.pop(c.pid)
+                    if code is not None:
+                        runner.child_exited(c.pid, c.exit_code(code))
 
     def operator(self, request: Any) -> dict[str, Any]:
         """One request on the control socket: `{"restart": NAME}`, from a `failed` state too."""
