@@ -2,8 +2,8 @@
 
 metasup runs this in the agent's place, in the agent's jail and environment. It lives while the
 servers do, and exits 1, naming the server and why, at the first `mcp_unhealthy` or `mcp_failed`
-the journal records after this run's `launch` (or at once, when a server is not healthy as it
-starts). The loop then treats the servers as it treats an agent: a failure before `min_runtime`
+the journal records after this run's `launch`, or at once when a server is not `healthy` as it
+starts. The loop then treats the servers as it treats an agent: a failure before `min_runtime`
 is a quick failure, archived and rolled back to the good commit (whose server code the next
 launch runs), `max_failures` of them in a row an emergency stop; a run past `min_runtime` marks
 the commit good.
@@ -89,7 +89,9 @@ def _not_healthy(state: Path) -> tuple[str, str] | None:
         return None
     servers = doc.get("mcp_servers") if isinstance(doc, dict) else None
     for name, st in sorted(servers.items()) if isinstance(servers, dict) else []:
-        if st in ("unhealthy", "failed"):
+        # Not up at launch is not up: a server still restarting after a failure may take longer
+        # than min_runtime to fail again, and its commit would be marked good meanwhile.
+        if st != "healthy":
             return str(name), str(st)
     return None
 
