@@ -82,6 +82,10 @@ class Cluster:
             shutil.rmtree(d, ignore_errors=True)
 
 
+# One worker runs them all: each worker that runs one starts a cluster of its own otherwise.
+pytestmark = pytest.mark.xdist_group("ray-cluster")
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     c = Cluster()
