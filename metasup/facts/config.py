@@ -583,6 +583,7 @@ def _mcp_server(
         stop_timeout=dur((*at, "stop_timeout"), e.get("stop_timeout"), 5.0) or 0.0,
         backoff=backoff,
         max_restarts=e.get("max_restarts", 5),
+        max_handshakes=e.get("max_handshakes", McpServerConfig.max_handshakes),
         restart_period=dur((*at, "restart_period"), e.get("restart_period"), 60.0) or 0.0,
         watch=None
         if watch is None

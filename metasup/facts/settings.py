@@ -92,6 +92,9 @@ class McpServerConfig:
     restart_period: float = 60.0
     watch: tuple[str, ...] | None = None  # None: the folders of the files the command names
     sse: bool = False  # `type: sse`: the older HTTP+SSE transport, not streamable HTTP
+    # Processes besides the first for clients whose handshake differs from metasup's (stdio):
+    # past this many distinct handshakes at once, a new one is refused.
+    max_handshakes: int = 8
     headers: Mapping[str, str] = field(default_factory=dict)  # sent with every HTTP request
 
     @property
@@ -118,6 +121,7 @@ class McpServerConfig:
             "max_restarts": self.max_restarts,
             "restart_period": self.restart_period,
             "watch": list(self.watch) if self.watch is not None else None,
+            "max_handshakes": self.max_handshakes,
             # Names only: values are often tokens (`Authorization: Bearer ${TOKEN}`), and this is
             # what `metasup config` prints.
             "headers": {k: "***" for k in self.headers},

@@ -667,7 +667,7 @@ def test_each_client_gets_the_handshake_it_would_get_from_the_server_directly(
     assert direct["capable"] == ("2025-11-25", ["roots", "sample", "whoami"])
 
     (repo / "agent.py").write_text(SLEEPER)
-    write_config(repo, mcp_config(server("capable", "capable.py")))
+    write_config(repo, mcp_config(server("capable", "capable.py", max_handshakes=2)))
     connect = [sys.executable, "-m", "metasup", "mcp", "connect", "capable"]
     with supervising(repo):
         wait_for(lambda: mcp_events(repo, "capable", "mcp_started"), what="the server up")
@@ -693,6 +693,15 @@ def test_each_client_gets_the_handshake_it_would_get_from_the_server_directly(
             assert by_version["2025-11-25"]["clients"] == 1
             extra = by_version["2025-06-18"]["pid"]
             assert extra != primary and pid_alive(extra)
+            # A third distinct handshake passes max_handshakes: refused, not a third process.
+            third = RawClient(connect, repo)
+            refused = third.request(
+                "initialize",
+                {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "x"}},
+            )
+            assert "max_handshakes" in refused["error"]["message"]
+            third.close()
+            assert len(state(repo)["mcp"]["capable"]["instances"]) == 2
             before = old1.whoami()
 
             # Supervised like the first: killed, it is restarted under the clients' sessions.
@@ -725,3 +734,39 @@ def test_each_client_gets_the_handshake_it_would_get_from_the_server_directly(
         for pid in last.values():
             wait_for(lambda pid=pid: not pid_alive(pid), what=f"instance {pid} stopped")
         assert state(repo)["mcp"]["capable"]["instances"] == []
+
+
+PEEKING_AGENT = textwrap.dedent(
+    """
+    import json, os, socket, time
+    from pathlib import Path
+    path = Path(os.environ["METASUP_MCP_DIR"]).parent / "secret" / "mcp-control.sock"
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(path))
+        s.sendall(json.dumps({"restart": "tools"}).encode() + b"\\n")
+        outcome = "answered: " + s.recv(4096).decode()
+    except OSError as e:
+        outcome = "refused: " + type(e).__name__
+    Path("peeked").write_text(outcome)
+    time.sleep(120)  # ok: a long-running agent
+    """
+)
+
+
+def test_the_agent_cannot_reach_the_operators_control_socket(repo: Path) -> None:
+    """`metasup mcp restart` is the operator's: from the jail, its socket is not there."""
+    (repo / "agent.py").write_text(PEEKING_AGENT)
+    (repo / ".gitignore").write_text("peeked\n")
+    write_config(repo, mcp_config(server("tools", "healthy.py")))
+    with supervising(repo):
+        outcome = wait_for(
+            lambda: (repo / "peeked").exists() and (repo / "peeked").read_text(),
+            what="the agent's attempt",
+        )
+        assert outcome.startswith("refused: "), outcome
+        assert (repo / ".git" / "metasup" / "secret" / "mcp-control.sock").exists()
+        # The operator, outside the jail, does reach it.
+        assert run_metasup(repo, "mcp", "restart", "tools").returncode == 0
+    reasons = [e["reason"] for e in mcp_events(repo, "tools", "mcp_restarted")]
+    assert reasons == ["requested by the operator (metasup mcp restart)"]

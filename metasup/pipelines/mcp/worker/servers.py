@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ import anyio
 
 from metasup.decisions import restarts
 from metasup.effects.files.safeio import open_append
-from metasup.effects.mcp.mux import PROBE, SERVER, Message, Out, Router
+from metasup.effects.mcp.mux import PROBE, SERVER, UNAVAILABLE, Message, Out, Router
 from metasup.effects.process.spawn import Child, SpawnError, spawn
 from metasup.effects.process.trees import stop_tree
 from metasup.pipelines.mcp.protocol import McpState
@@ -223,8 +224,15 @@ class ServerRunner:
             for extra in list(self.extras.values()):
                 extra.retire()
             for task in self._extra_tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task  # each stops its own process
+                except asyncio.CancelledError:
+                    pass
+                except Exception as e:  # one extra's fault is not the server's end
+                    print(
+                        f"metasup mcp: {self.name}: an extra instance failed: {e!r}",
+                        file=sys.stderr,
+                    )
             if self.parent is not None and self.parent.extras.get(self._key()) is self:
                 del self.parent.extras[self._key()]
                 self.worker.status()
@@ -617,6 +625,9 @@ class ServerRunner:
                     continue
                 if target is None:
                     target = self._instance_for(msg)
+                    if target is None:
+                        writer.write(_line(_too_many(msg, self.spec["max_handshakes"])))
+                        break
                     target.attach(conn, writer)
                 target.take(conn, msg)
         finally:
@@ -624,10 +635,12 @@ class ServerRunner:
                 target.detach(conn)
             writer.close()
 
-    def _instance_for(self, first: Any) -> ServerRunner:
+    def _instance_for(self, first: Any) -> ServerRunner | None:
         """The instance a client belongs to, by its `initialize`: this one when it shakes hands
         as metasup's own session did (or sends anything else first), else the extra instance
-        for its handshake, started now when there is none."""
+        for its handshake, started now when there is none. None when that would pass the
+        server's `max_handshakes`: a client could otherwise make metasup start a process per
+        invented capability set."""
         if not (isinstance(first, dict) and first.get("method") == "initialize"):
             return self
         params = first.get("params")
@@ -636,6 +649,9 @@ class ServerRunner:
             return self
         extra = self.extras.get(key)
         if extra is None or extra.retired:
+            live = [e for e in self.extras.values() if not e.retired]
+            if len(live) >= self.spec["max_handshakes"]:
+                return None
             extra = ServerRunner(self.spec, self.worker, handshake=dict(params), parent=self)
             self.extras[key] = extra
             self._extra_tasks = [t for t in self._extra_tasks if not t.done()]
@@ -697,6 +713,16 @@ class _LineProtocol(asyncio.Protocol):
 
 def _line(msg: Message) -> bytes:
     return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+
+
+def _too_many(msg: Any, limit: int) -> Message:
+    msg_id = msg.get("id") if isinstance(msg, dict) else None
+    text = (
+        f"metasup runs at most {limit} more processes of this server for other client "
+        "handshakes (max_handshakes), and that many are serving; connect with metasup's "
+        "handshake or one of theirs, or later"
+    )
+    return {"jsonrpc": "2.0", "id": msg_id, "error": {"code": UNAVAILABLE, "message": text}}
 
 
 def _parse_error() -> Message:
