@@ -282,20 +282,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_command_serving_streamable_http_is_probed_over_http(repo: Path) -> None:
+def web_server(repo: Path, **extra: Any) -> int:
+    """An agent that sleeps, and `web`: a command serving streamable HTTP on a free port."""
     port = free_port()
     (repo / "agent.py").write_text(SLEEPER)
-    write_config(
-        repo,
-        mcp_config(
-            server(
-                "web",
-                "http_server.py",
-                args=[str(FIXTURES / "http_server.py"), str(port)],
-                url=f"http://127.0.0.1:{port}/mcp",
-            )
-        ),
-    )
+    http = str(FIXTURES / "http_server.py")
+    url = f"http://127.0.0.1:{port}/mcp"
+    write_config(repo, mcp_config(server("web", "", args=[http, str(port)], url=url, **extra)))
+    return port
+
+
+def test_a_command_serving_streamable_http_is_probed_over_http(repo: Path) -> None:
+    web_server(repo)
     with supervising(repo):
         doc = wait_for(
             lambda: (s := state(repo)).get("mcp", {}).get("web", {}).get("latency_ms") and s
@@ -346,20 +344,7 @@ def test_servers_end_with_a_supervisor_killed_by_sigkill(repo: Path) -> None:
 
 def test_a_frozen_http_server_is_unhealthy_within_its_probe_timeout(repo: Path) -> None:
     """SIGSTOP leaves the port open and the connection accepted: only a bounded request tells."""
-    port = free_port()
-    (repo / "agent.py").write_text(SLEEPER)
-    write_config(
-        repo,
-        mcp_config(
-            server(
-                "web",
-                "http_server.py",
-                args=[str(FIXTURES / "http_server.py"), str(port)],
-                url=f"http://127.0.0.1:{port}/mcp",
-                max_restarts=50,
-            )
-        ),
-    )
+    port = web_server(repo, max_restarts=50)
     with supervising(repo):
         wait_for(lambda: mcp_events(repo, "web", "mcp_started"), what="the server up")
         (frozen,) = marked_pids(str(port), jail=False)  # the server itself, not its jail's bwrap
