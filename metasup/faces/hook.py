@@ -184,14 +184,6 @@ def _busy(hook: Path, chained: Path) -> Exception:
     )
 
 
-def installed(workdir: Path) -> bool:
-    hook = hooks_dir(workdir) / "pre-commit"
-    try:
-        return MARKER in hook.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-
-
 # --- the pre-commit framework ---------------------------------------------------------------
 
 FRAMEWORK_CONFIG = ".pre-commit-config.yaml"

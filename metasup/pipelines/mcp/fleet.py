@@ -224,12 +224,19 @@ class Fleet:
         self.commits = commits
         return True
 
-    def _stop_leftovers(self) -> None:
-        """Servers of a worker that died (extra instances too): stop them by group and marker."""
+    def _server_trees(self) -> list[dict[str, Any]]:
+        """The process group and marker of each server process, extra instances too."""
+        trees = []
         for st in self.status.values():
             for one in [st, *(st.get("instances") or [])]:
                 if isinstance(one, dict) and one.get("pgid") and one.get("token"):
-                    stop_tree(int(one["pgid"]), str(one["token"]), signal.SIGKILL, 0.0, self.reaper)
+                    trees.append({"pgid": one["pgid"], "token": one["token"]})
+        return trees
+
+    def _stop_leftovers(self) -> None:
+        """Servers of a worker that died: stop them by their group and marker."""
+        for tree in self._server_trees():
+            stop_tree(int(tree["pgid"]), str(tree["token"]), signal.SIGKILL, 0.0, self.reaper)
 
     def stop(self) -> None:
         """Stop every server, then the worker (servers get their stop_timeout each)."""
@@ -302,9 +309,4 @@ class Fleet:
 
     def trees(self) -> list[dict[str, Any]]:
         """Every process tree the fleet has running: for a supervisor after a kill -9."""
-        trees = self.worker.trees()
-        for st in self.status.values():
-            for one in [st, *(st.get("instances") or [])]:
-                if isinstance(one, dict) and one.get("pgid") and one.get("token"):
-                    trees.append({"pgid": one["pgid"], "token": one["token"]})
-        return trees
+        return [*self.worker.trees(), *self._server_trees()]
