@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from testing.fixtures import git, run_metasup
@@ -11,7 +13,20 @@ from testing.fixtures import git, run_metasup
 
 def test_demo_shows_a_rollback_and_a_good_mark(tmp_path: Path) -> None:
     target = tmp_path / "demo"
-    out = run_metasup(tmp_path, "demo", "--dir", str(target), timeout=60)
+    # As scripts/demo runs it: the venv's own `metasup`, its bin/ first on PATH for this
+    # process only.
+    bin_dir = Path(sys.executable).parent
+    out = subprocess.run(
+        [str(bin_dir / "metasup"), "demo", "--dir", str(target)],
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},  # not activated
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     text = out.stdout
     # Not a TTY: plain lines, no colour codes.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -157,7 +158,11 @@ def _metasup_command() -> str:
     exe = Path(sys.argv[0])
     if exe.name == "metasup" and exe.is_file():
         found = shutil.which("metasup")
-        if found and Path(found).resolve() == exe.resolve():
+        # scripts/demo puts its venv's bin/ first on PATH for this process only: a venv's own
+        # script, its venv not activated by the user, is not on a new shell's PATH.
+        venv = sys.prefix != sys.base_prefix and os.environ.get("VIRTUAL_ENV") != sys.prefix
+        own_bin = exe.parent.resolve() == (Path(sys.prefix) / "bin").resolve()
+        if found and Path(found).resolve() == exe.resolve() and not (venv and own_bin):
             return "metasup"
         return shlex.quote(str(exe.resolve()))
     return f"{shlex.quote(sys.executable)} -m metasup"
