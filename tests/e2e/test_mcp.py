@@ -534,8 +534,7 @@ def test_without_an_agent_the_servers_are_the_supervised_process(repo: Path) -> 
         )
         # The edit an agent (or the server itself) makes; then the server dies.
         (repo / "servers" / "broken").write_text("x\n")
-        (running,) = marked_pids("servers/tool.py", jail=False)
-        os.kill(running, signal.SIGKILL)
+        os.kill(state(repo)["mcp"]["tool"]["pid"], signal.SIGKILL)  # its process (or jail)
         rollback = wait_for(
             lambda: next((e for e in events(repo) if e["event"] == "rollback"), None),
             timeout=30,
