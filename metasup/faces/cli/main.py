@@ -91,7 +91,9 @@ def _group(name: str, help: str) -> typer.Typer:
 
 
 mcp_app = _group(
-    "mcp", "MCP: reach the supervised servers, or serve metasup's own tools to the agent."
+    "mcp",
+    "MCP: list and restart the supervised servers, reach them, or serve metasup's own tools to "
+    "the agent.",
 )
 mcp_app.command("list")(mcp.list_servers)
 mcp_app.command("restart")(mcp.restart)
