@@ -350,6 +350,14 @@ class Experimenter:
             here = candidates.worktree_at(
                 self.repo, self.slot("cand", slot), self.pool, commit, self._git
             )
+        # Judged only on its own tree: a slot that does not hold the candidate (a mutator's
+        # edit not what was committed, anything else that wrote into the slot) fails it
+        # loudly rather than passing another tree's verdict off as its own.
+        wrong = candidates.not_held(here, commit, base)
+        if wrong:
+            said = f"the worktree does not hold {commit[:12]}: {', '.join(wrong[:5])}"
+            found.steps.append(StepResult("worktree", False, said, 0.0))
+            return found
         baseline_tree = (
             candidates.worktree_at(self.repo, self.slot("base", slot), self.pool, base, self._git)
             if self.ex.fitness and baseline

@@ -5,6 +5,7 @@ only what differs, and emptied of what a run left)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -114,6 +115,36 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             path.unlink()
+
+
+def not_held(worktree: Path, commit: str, base: str) -> list[str]:
+    """What keeps `worktree` from holding `commit`, judged where the candidate differs from
+    `base` (the only paths a move or a mutator wrote): HEAD elsewhere, or each of those paths
+    whose content is not the commit's. Empty when it holds it. Reads only the changed files."""
+    tree_repo = pygit2.Repository(str(worktree))
+    target = tree_repo[commit].peel(pygit2.Commit)
+    if tree_repo.head.target != target.id:
+        return [f"HEAD is {tree_repo.head.target}"]
+    wrong = []
+    changed = tree_repo[base].peel(pygit2.Commit).tree.diff_to_tree(target.tree)
+    for path in sorted({d.new_file.path for d in changed.deltas}):
+        try:
+            entry = target.tree[path]
+        except KeyError:
+            entry = None
+        file = worktree / path
+        if entry is None:
+            if os.path.lexists(file):
+                wrong.append(path)
+            continue
+        try:
+            data = os.readlink(file).encode() if file.is_symlink() else file.read_bytes()
+        except OSError:
+            wrong.append(path)
+            continue
+        if pygit2.hash(data) != entry.id:
+            wrong.append(path)
+    return wrong
 
 
 def hold(worktree: Path, commit: str, paths: list[str]) -> None:

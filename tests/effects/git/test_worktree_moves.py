@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metasup.effects.git.candidates import candidate_commit, hold, worktree_at
+from metasup.effects.git.candidates import candidate_commit, hold, not_held, worktree_at
 from metasup.effects.git.repo import GitRepo
 from testing.fixtures import git, make_repo
 
@@ -110,3 +110,17 @@ def test_a_held_child_is_exactly_its_commit_and_keeps_the_stat_cache(tmp_path: P
     (here / "d" / "c.txt").unlink()
     hold(here, one, ["a.txt", "d/c.txt"])
     _is_exactly(here, one)
+
+
+def test_a_slot_that_does_not_hold_its_candidate_is_named(tmp_path: Path) -> None:
+    """What `assess` checks before judging: the slot holds the candidate where it differs
+    from the base, or it says where not."""
+    _repo, g, (base, one, _two) = _base(tmp_path)
+    pool = tmp_path / "pool"
+    here = worktree_at(g, "cand-0", pool, one)
+    assert not_held(here, one, base) == []
+    (here / "a.txt").write_text("another candidate's\n")  # same path, other content
+    (here / "d" / "c.txt").write_text("deleted in the candidate\n")
+    assert not_held(here, one, base) == ["a.txt", "d/c.txt"]
+    worktree_at(g, "cand-0", pool, base)
+    assert not_held(here, one, base) == [f"HEAD is {base}"]
