@@ -246,6 +246,23 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(raw)
 
 
+def events_since(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The events of the complete lines after byte `offset`, and the offset past them: a
+    follower reads only what was appended since its last look, not the whole journal again."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:  # not there (yet), or unreadable for now: nothing new to follow
+        return [], offset
+    end = data.rfind(b"\n") + 1  # a line still being written waits for the next look
+    out = []
+    for raw in data[:end].splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(raw))
+    return out, offset + end
+
+
 def tail_events(path: Path, window: int = 1 << 18) -> list[dict[str, Any]]:
     """The events in the last `window` bytes of the log: recent history, read cheaply."""
     try:

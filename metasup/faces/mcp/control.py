@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metasup.effects.records.journal import StateDir, current_status, read_events
+from metasup.effects.records.journal import StateDir, current_status, events_since
 from metasup.faces.mcp.connect import connect_unix
 from metasup.facts.errors import Refused, UserError
 
@@ -96,7 +96,7 @@ def restart(dirs: StateDir, name: str, wait: float, say: Callable[[str], None]) 
     _, running = current_status(dirs)
     if not running:
         raise Refused("metasup is not running in this repository: nothing to restart")
-    since = _last_seq(dirs)
+    _, offset = events_since(dirs.events)  # what the journal holds before the request
     answer = ask(dirs.mcp_control, {"restart": name})
     if "error" in answer:
         raise Refused(str(answer["error"]))
@@ -105,8 +105,9 @@ def restart(dirs: StateDir, name: str, wait: float, say: Callable[[str], None]) 
         return 0
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        for e in read_events(dirs.events):
-            if e.get("seq", 0) > since and e.get("server") == name and e["event"] in OUTCOMES:
+        events, offset = events_since(dirs.events, offset)
+        for e in events:
+            if e.get("server") == name and e.get("event") in OUTCOMES:
                 return _outcome(e, say)
         time.sleep(0.1)  # polling the journal: bounded by --wait
     say(f"{name}: still starting after {wait:g}s (see `metasup mcp list`)")
@@ -120,10 +121,3 @@ def _outcome(e: dict[str, Any], say: Callable[[str], None]) -> int:
         return 0
     say(f"{name}: {e['event'].removeprefix('mcp_')}: {e.get('reason')}")
     return 1
-
-
-def _last_seq(dirs: StateDir) -> int:
-    last = 0
-    for e in read_events(dirs.events):
-        last = max(last, int(e.get("seq", 0)))
-    return last

@@ -8,8 +8,8 @@ is a quick failure, archived and rolled back to the good commit (whose server co
 launch runs), `max_failures` of them in a row an emergency stop; a run past `min_runtime` marks
 the commit good.
 
-Light on purpose: the standard library only, the journal read from its end, polled (the
-journal is append-only; 50 ms is well under any probe interval).
+Light on purpose: the journal's reader and the standard library, the journal read from its
+end, polled (it is append-only; 50 ms is well under any probe interval).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from metasup.effects.records.journal import events_since
 
 POLL = 0.05  # seconds between looks at the journal
 FAILURES = ("mcp_unhealthy", "mcp_failed")
@@ -42,19 +44,10 @@ def main() -> int:
     if ill:
         print(f"metasup: MCP server {ill[0]} is {ill[1]} at launch", file=sys.stderr)
         return 1
-    partial = b""
     while True:
-        try:
-            with events.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except OSError:
-            data = b""
-        offset += len(data)
-        *lines, partial = (partial + data).split(b"\n")
-        for raw in lines:
-            record = _record(raw)
-            if record is not None and record.get("event") in FAILURES:
+        records, offset = events_since(events, offset)
+        for record in records:
+            if record.get("event") in FAILURES:
                 server = record.get("server")
                 why = record.get("reason") or record.get("last_error") or "no reason given"
                 print(f"metasup: MCP server {server} {record['event'][4:]}: {why}", file=sys.stderr)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from metasup.effects.records.journal import (
     GENESIS,
@@ -171,3 +173,29 @@ def test_a_killed_holder_leaves_no_lock(tmp_path: Path) -> None:
     lock = RepoLock(path, "r")
     lock.acquire()
     lock.release()
+
+
+@given(st.lists(st.integers(0, 1000), max_size=20), st.lists(st.integers(1, 40), max_size=30))
+def test_a_follower_reads_each_appended_event_once_and_never_half_a_line(
+    values: list[int], cuts: list[int]
+) -> None:
+    """`events_since`, as `metasup log --follow` and `mcp restart` use it: the journal
+    written in arbitrary pieces, read between any two of them."""
+    import tempfile
+
+    from metasup.effects.records.journal import events_since
+
+    data = b"".join(json.dumps({"seq": v}).encode() + b"\n" for v in values)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "events.jsonl"
+        seen: list[int] = []
+        offset, written = 0, 0
+        for cut in [*cuts, len(data)]:
+            chunk = data[written : written + cut]
+            written += len(chunk)
+            with path.open("ab") as f:
+                f.write(chunk)
+            events, offset = events_since(path, offset)
+            seen += [e["seq"] for e in events]
+        assert seen == values
+        assert events_since(path, offset) == ([], offset)

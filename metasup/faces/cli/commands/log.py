@@ -29,7 +29,7 @@ def log(
     config: ConfigOpt = None,
 ) -> None:
     """The event log (events.jsonl)."""
-    from metasup.effects.records.journal import StateDir, read_events, verify_chain
+    from metasup.effects.records.journal import StateDir, events_since, read_events, verify_chain
 
     repo = find_repo()
     if config is not None:
@@ -46,7 +46,7 @@ def log(
         else:
             typer.echo(f"ok: {count} events, chain intact")
         raise typer.Exit(1 if problems else 0)
-    events = list(read_events(path))
+    events, offset = events_since(path)
     if as_json and not follow:
         typer.echo(json.dumps(events))
         return
@@ -54,7 +54,7 @@ def log(
     for record in events:
         show(record)
     if follow:
-        _follow(path, show, len(events))
+        _follow(path, show, offset)
 
 
 def _event_printer(as_json: bool) -> Any:
@@ -77,16 +77,15 @@ def _event_printer(as_json: bool) -> Any:
     return show
 
 
-def _follow(path: Path, show: Any, seen: int) -> None:
-    from metasup.effects.records.journal import read_events
+def _follow(path: Path, show: Any, offset: int) -> None:
+    from metasup.effects.records.journal import events_since
 
     try:
         while True:
             time.sleep(0.25)  # a tail -f: polling the file is what it is for
-            events = list(read_events(path))
-            for record in events[seen:]:
+            events, offset = events_since(path, offset)
+            for record in events:
                 show(record)
             sys.stdout.flush()
-            seen = len(events)
     except KeyboardInterrupt:
         return
