@@ -57,14 +57,7 @@ def test_a_run_that_outlived_min_runtime_while_the_supervisor_was_paused_is_no_q
         proc.send_signal(signal.SIGSTOP)  # the supervisor misses its min_runtime timer
         go.touch()
 
-        def agent_ended() -> bool:
-            try:
-                with open(f"/proc/{agent}/stat") as f:
-                    return f.read().split(") ")[-1].split()[0] == "Z"
-            except FileNotFoundError:
-                return True
-
-        wait_for(agent_ended, what="the agent's exit while the supervisor is paused")
+        wait_for(lambda: not pid_alive(agent), what="the agent to end, supervisor paused")
         proc.send_signal(signal.SIGCONT)
         assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
