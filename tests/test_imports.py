@@ -21,7 +21,16 @@ ONLY = {"decisions": {"facts", "decisions"}}
 OWNERS = {
     "pygit2": {
         f"effects.git.{m}"
-        for m in ("repo", "lookup", "files", "candidates", "protected", "population")
+        for m in (
+            "repo",
+            "lookup",
+            "files",
+            "candidates",
+            "protected",
+            "population",
+            "scoped",
+            "treeedit",
+        )
     },
     "subprocess": {"effects.process.spawn"},
     "psutil": {"effects.process.trees"},

@@ -6,6 +6,10 @@ the supervisor's loop, which restores it from the good commit (on its own thread
 never races a snapshot or a rollback). The snapshot guard stays behind it for whatever an event
 could miss; a queue overflow asks for it at once. The supervisor's lock file is watched too: a
 lock removed or replaced wakes the loop, which then stops.
+
+The same watch keeps `changes`: every path of the tree written since git last held it clean
+(`ChangedPaths`), so the git steps look at those only. Its barrier is a file with a name no
+one else can guess, created and removed in the lock's folder.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from metasup.effects.files.changed import ChangedPaths
 from metasup.effects.files.inotify import TreeWatch
 from metasup.effects.process.wake import WakePipe
 from metasup.facts.gitpaths import in_git_dir
 from metasup.pipelines.intake import INBOX
 
 MODES = ("restore", "restore_and_restart", "stop")
+_BARRIER = ".metasup-barrier-"
 
 
 class TamperWatch:
@@ -36,6 +42,11 @@ class TamperWatch:
         self._lock = threading.Lock()
         self._queued: set[str] = set()
         self._overflowed = False
+        self._barriers: dict[str, threading.Event] = {}
+        # Without a folder of metasup's own to put a barrier in, the set is never trusted.
+        self.changes: ChangedPaths | None = (
+            ChangedPaths(self._barrier) if lock_path is not None else None
+        )
         also = (lock_path.parent,) if lock_path is not None else ()
         self._watch = TreeWatch(workdir, _left_out, self._changed, self._overflow, also)
 
@@ -55,15 +66,51 @@ class TamperWatch:
         return self._watch.watched()
 
     def _changed(self, path: str) -> None:
-        if self.lock_path is not None and path == str(self.lock_path):
-            self.wake.poke()  # the loop checks the lock at every wake-up
+        if self.lock_path is not None and os.path.dirname(path) == str(self.lock_path.parent):
+            if path == str(self.lock_path):
+                self.wake.poke()  # the loop checks the lock at every wake-up
+            else:
+                with self._lock:
+                    passed = self._barriers.get(os.path.basename(path))
+                if passed is not None:
+                    passed.set()
             return
         self._seen(path, str(self.workdir))
 
     def _overflow(self) -> None:
         with self._lock:
             self._overflowed = True
+        if self.changes is not None:
+            self.changes.lost()
         self.wake.poke()
+
+    def _barrier(self) -> Callable[[float], bool]:
+        """Start a barrier; the returned wait(timeout) is True once the watch read past it."""
+        assert self.lock_path is not None
+        name = _BARRIER + os.urandom(8).hex()  # not `secrets`: it loads _hashlib
+        passed = threading.Event()
+        with self._lock:
+            self._barriers[name] = passed
+        path = self.lock_path.parent / name
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            os.unlink(path)
+        except OSError:
+            passed.clear()
+
+            def never(timeout: float) -> bool:
+                return False
+
+            return never
+
+        def wait(timeout: float) -> bool:
+            try:
+                return passed.wait(timeout)
+            finally:
+                with self._lock:
+                    self._barriers.pop(name, None)
+
+        return wait
 
     def take_overflow(self) -> bool:
         """Whether events were lost since the last call: the guard must look at everything."""
@@ -77,6 +124,8 @@ class TamperWatch:
         rel = path[len(root) + 1 :].replace(os.sep, "/")
         if _left_out(rel) or rel.startswith(INBOX + "/"):
             return  # git's own files, and the agents' drop box
+        if self.changes is not None:
+            self.changes.add(rel)
         if not self.protect(rel):
             return
         with self._lock:

@@ -95,6 +95,32 @@ def clear_special(workdir: Path, paths: Iterable[str]) -> list[str]:
     return removed
 
 
+def clear_links(workdir: Path, paths: Iterable[str]) -> list[str]:
+    """Remove symbolic links standing at `paths` or at a folder on their way: a checkout
+    limited to some paths writes through them (to wherever they point) instead of replacing
+    them. Returns the ones removed."""
+    removed = []
+    seen: set[str] = set()
+    for rel in paths:
+        parts = rel.rstrip("/").split("/")
+        for n in range(1, len(parts) + 1):
+            here = "/".join(parts[:n])
+            if here in seen:
+                continue
+            seen.add(here)
+            try:
+                st = os.lstat(workdir / here)
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            if stat.S_ISLNK(st.st_mode):
+                os.unlink(workdir / here)
+                removed.append(here)
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                break
+    return removed
+
+
 def make_dirs(workdir: Path, path: str) -> None:
     """The parent directories of `path`, as real directories: whatever stands in their way
     (a file, a symbolic link pointing anywhere) is removed, never followed."""

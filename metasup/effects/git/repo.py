@@ -30,11 +30,14 @@ from typing import Any
 import pygit2
 from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
 
+from metasup.effects.files.changed import ChangedPaths, outermost
 from metasup.effects.files.safeio import move, read_regular
 from metasup.effects.git import protected
-from metasup.effects.git.files import clear_special
-from metasup.effects.git.sweep import ARCHIVED, Sweep
+from metasup.effects.git.files import clear_links, clear_special
+from metasup.effects.git.scoped import status_within
+from metasup.effects.git.sweep import ARCHIVED, Sweep, Taken
 from metasup.effects.git.sweep import plan as plan_sweep
+from metasup.effects.git.treeedit import Edit, edit_tree
 from metasup.facts.errors import UserError
 from metasup.facts.faults import crashpoint, is_armed
 from metasup.facts.gitpaths import common_dir
@@ -45,8 +48,12 @@ AUTHOR = ("metasup", "metasup@localhost")
 
 _WT_CHANGED = FileStatus.WT_NEW | FileStatus.WT_MODIFIED | FileStatus.WT_TYPECHANGE
 _WT_RENAMED = FileStatus.WT_RENAMED
+_GONE = FileStatus.WT_DELETED | FileStatus.WT_TYPECHANGE
+_WT_ANY = _GONE | FileStatus.WT_MODIFIED
 _LOCK_WAIT_S = 5.0
 _REF_RETRIES = 5
+# A change to one of these changes what other paths mean to git: every path is looked at.
+_RULE_FILES = (".gitignore", ".gitattributes")
 
 
 class GitError(UserError):
@@ -120,6 +127,74 @@ class GitRepo:
                 "supervise (git switch BRANCH)"
             )
         self.branch: str = str(head.target)
+        # What a watch saw change since the tree was last clean (see `_scope`), and the state
+        # of git's own files when metasup last left the index holding HEAD.
+        self.changes: ChangedPaths | None = None
+        self._trusted: tuple[object, ...] | None = None
+        self.full_scans = 0  # steps that had to look at the whole tree
+
+    # --- what changed ---------------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[object, ...]:
+        """What must not have moved for the index to still hold HEAD with nothing staged, and
+        for the ignore rules outside the tree to be the same: the index file, info/exclude and
+        the config as files, and the branch's tip."""
+        out: list[object] = []
+        for path in (self.git_dir / "index", self.git_dir / "info" / "exclude"):
+            try:
+                st = os.stat(path)
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns))
+            except OSError:
+                out.append(None)
+        try:
+            st = os.stat(common_dir(self.git_dir) / "config")
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+        out.append(self.head())
+        return tuple(out)
+
+    def _scope(self) -> frozenset[str] | None:
+        """The paths a step needs to look at, or None to look at the whole tree: when no watch
+        runs, the watch does not know, someone else wrote the index or moved the branch since
+        metasup last did, or an ignore or attributes file changed."""
+        feed = self.changes
+        paths = feed.begin() if feed is not None else None
+        if (
+            paths is None
+            or self._trusted is None
+            or self._trusted != self._stamp()
+            or any(p.rsplit("/", 1)[-1] in _RULE_FILES for p in paths)
+        ):
+            self.full_scans += 1
+            return None
+        return paths
+
+    def _settled(self) -> None:
+        """The tree, the index and HEAD agree now (as of the last `_scope`)."""
+        self._trusted = self._stamp()
+        if self.changes is not None:
+            self.changes.settle()
+
+    def _status(
+        self, index: pygit2.Index, scope: frozenset[str] | None, untracked: str = "all"
+    ) -> dict[str, int]:
+        if scope is None:
+            return self.repo.status(untracked_files=untracked)
+        return status_within(self.repo, index, outermost(scope), untracked)
+
+    def _ignored_within(self, paths: Iterable[str]) -> list[str]:
+        """The ignored paths among `paths` (folders standing for what they hold)."""
+        out: list[str] = []
+        for path in sorted(set(paths)):
+            if any(path.startswith(o + "/") for o in out) or not os.path.lexists(
+                self.workdir / path
+            ):
+                continue
+            with contextlib.suppress(pygit2.GitError):
+                if self.repo.path_is_ignored(path):
+                    out.append(path)
+        return out
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -239,21 +314,40 @@ class GitRepo:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def _stage_worktree(self, index: pygit2.Index, status: dict[str, int] | None = None) -> int:
-        """Stage every change of the working tree into `index` (in memory); count them."""
-        changed = 0
-        if status is None:
-            status = self.repo.status(untracked_files="all")
+    def _stage_worktree(self, index: pygit2.Index, status: dict[str, int]) -> list[str]:
+        """Stage every change of the working tree into `index` (in memory); the paths."""
+        changed = []
         for path, flags in status.items():
             if path.endswith("/"):
                 continue  # a nested repository: its history is its own, and a reset keeps it
             if flags & FileStatus.WT_DELETED:
                 index.remove(path)
-                changed += 1
+                changed.append(path)
             elif flags & (_WT_CHANGED | _WT_RENAMED):
                 index.add(path)
-                changed += 1
+                changed.append(path)
         return changed
+
+    def _head_tree(self) -> pygit2.Tree | None:
+        head = self.head()
+        return self.repo[head].peel(pygit2.Commit).tree if head is not None else None
+
+    def _tree_of(
+        self, index: pygit2.Index, scope: frozenset[str] | None, staged: list[str]
+    ) -> pygit2.Oid:
+        """The tree `index` holds. Within a scope the index held HEAD before `staged` were
+        staged, so HEAD's tree with those paths is the same tree, for a fraction of the cost."""
+        if scope is None:
+            return index.write_tree()
+        edits: dict[str, Edit] = {}
+        for path in staged:
+            try:
+                entry = index[path]
+            except KeyError:
+                edits[path] = None
+            else:
+                edits[path] = (entry.id, entry.mode)
+        return edit_tree(self.repo, self._head_tree(), edits)
 
     def _commit_on_branch(self, tree: pygit2.Oid, message: str) -> str:
         """Commit `tree` on the supervised branch; CAS on the branch tip, retried if it moved."""
@@ -277,26 +371,29 @@ class GitRepo:
         from it, so a protected change is never committed.
         """
         self.clear_stale_locks()
+        scope = self._scope()
         index = self.repo.index
-        index.read()
-        status = self.repo.status(untracked_files="all")
+        index.read(False)  # reloaded only when the file changed
+        status = self._status(index, scope)
         restored: tuple[str, ...] = ()
         if protect is not None:
             restored = protected.restore_changed(self, status, protect)
             if restored:
                 index.read()
-                status = self.repo.status(untracked_files="all")
-        changed = self._stage_worktree(index, status)
-        tree = index.write_tree()
+                status = self._status(index, scope)
+        staged = self._stage_worktree(index, status)
+        tree = self._tree_of(index, scope, staged)
         head = self.head()
         if head is not None and self.repo[head].peel(pygit2.Commit).tree_id == tree:
-            if changed:
+            if staged:
                 index.write()
+            self._settled()
             return Snapshot(commit=None, head=head, changed=0, restored=restored)
         index.write()
         message = f"metasup: snapshot\n\nMetasup-Run: {run}\n"
         commit = self._commit_on_branch(tree, message)
-        return Snapshot(commit=commit, head=commit, changed=changed, restored=restored)
+        self._settled()
+        return Snapshot(commit=commit, head=commit, changed=len(staged), restored=restored)
 
     def archive(
         self,
@@ -314,9 +411,22 @@ class GitRepo:
         untouched. None when there is nothing at all (an unborn branch with an empty tree).
         """
         sweep = sweep or Sweep(since_ns=None, max_file_size=None, max_files=None)
-        status = self.repo.status(untracked_files="normal", ignored=sweep.since_ns is not None)
+        scope = self._scope()
+        if scope is not None and sweep.since_ns is not None and self.changes is not None:
+            since_good = self.changes.since(sweep.since_ns)
+            scope = None if since_good is None else scope | since_good
+        index = self.repo.index
+        index.read(False)
+        if scope is None:
+            status = self.repo.status(untracked_files="normal", ignored=sweep.since_ns is not None)
+            ignored = [p for p, f in status.items() if f & FileStatus.IGNORED]
+        else:
+            # "all": libgit2 drops a new folder named in the list when not recursing into it.
+            status = status_within(self.repo, index, outermost(scope), "all")
+            ignored = self._ignored_within(scope) if sweep.since_ns is not None else []
         untracked = [p for p, f in status.items() if f & FileStatus.WT_NEW]
-        ignored = [p for p, f in status.items() if f & FileStatus.IGNORED]
+        if scope is not None:
+            untracked = self._as_folders(untracked)
         taken = plan_sweep(self.workdir, untracked, ignored, sweep)
         name = archive_ref_name(reason)
         suffix = 1
@@ -325,37 +435,13 @@ class GitRepo:
             name = f"{archive_ref_name(reason)}-{suffix}"
         root = quarantine_root or self.git_dir / "metasup" / "quarantine"
         folder = root / name.rsplit("/", 1)[1]
-        index = self.repo.index
-        index.read()
-        try:
-            tracked = {
-                p: f for p, f in status.items() if not f & (FileStatus.WT_NEW | FileStatus.IGNORED)
-            }
-            changed = self._stage_worktree(index, tracked)
-            for path in taken.hash_untracked:
-                with contextlib.suppress(OSError, pygit2.GitError):  # gone, or swapped since
-                    index.add(path)
-                    changed += 1
-            for path in taken.hash_ignored:
-                entry = self._entry_for(path, f"{ARCHIVED}/ignored/{path}")
-                if entry is not None:
-                    index.add(entry)
-                    changed += 1
-            for unit in taken.quarantine:
-                with contextlib.suppress(FileNotFoundError):  # gone since the walk
-                    move(self.workdir / unit.path, folder / unit.path)
-            for path, _kind in taken.special:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.workdir / path)
-            if not taken.empty:
-                doc = taken.manifest(str(folder.relative_to(self.git_dir)))
-                data = (json.dumps(doc, indent=2) + "\n").encode()
-                blob = self.repo.create_blob(data)
-                index.add(pygit2.IndexEntry(f"{ARCHIVED}/manifest.json", blob, FileMode.BLOB))
-                changed += 1
-            tree = index.write_tree()
-        finally:
-            index.read(force=True)  # drop the in-memory staging; the index file is never written
+        tracked = {
+            p: f for p, f in status.items() if not f & (FileStatus.WT_NEW | FileStatus.IGNORED)
+        }
+        if scope is None:
+            tree, changed = self._archive_in_index(index, tracked, taken, folder)
+        else:
+            tree, changed = self._archive_by_edits(tracked, taken, folder)
         head = self.head()
         head_tree = self.repo[head].peel(pygit2.Commit).tree_id if head else None
         if head is not None and tree == head_tree:
@@ -381,6 +467,84 @@ class GitRepo:
             ignored=len(taken.hash_ignored),
             quarantined=[u.path for u in taken.quarantine],
         )
+
+    def _as_folders(self, untracked: list[str]) -> list[str]:
+        """Untracked files as a status that does not recurse names them: the outermost new
+        folder holding each (`name/`), so a folder past the bounds is quarantined whole."""
+        tree = self._head_tree()
+        out: set[str] = set()
+        for path in untracked:
+            parts = path.rstrip("/").split("/")
+            entry = path
+            for n in range(1, len(parts)):
+                folder = "/".join(parts[:n])
+                if tree is None or folder not in tree:
+                    entry = folder + "/"
+                    break
+            out.add(entry)
+        return sorted(out)
+
+    def _archive_in_index(
+        self, index: pygit2.Index, tracked: dict[str, int], taken: Taken, folder: Path
+    ) -> tuple[pygit2.Oid, int]:
+        """The archive's tree staged in the index in memory (which may hold staged changes of
+        someone else's: they go in too); the index file is never written."""
+        try:
+            changed = len(self._stage_worktree(index, tracked))
+            for path in taken.hash_untracked:
+                with contextlib.suppress(OSError, pygit2.GitError):  # gone, or swapped since
+                    index.add(path)
+                    changed += 1
+            for path in taken.hash_ignored:
+                entry = self._entry_for(path, f"{ARCHIVED}/ignored/{path}")
+                if entry is not None:
+                    index.add(entry)
+                    changed += 1
+            self._set_aside(taken, folder)
+            manifest = self._manifest(taken, folder)
+            if manifest is not None:
+                index.add(manifest)
+                changed += 1
+            return index.write_tree(), changed
+        finally:
+            index.read(force=True)  # drop the in-memory staging; the index file is never written
+
+    def _archive_by_edits(
+        self, tracked: dict[str, int], taken: Taken, folder: Path
+    ) -> tuple[pygit2.Oid, int]:
+        """The archive's tree as HEAD's with the changed paths replaced (the index holds HEAD
+        within a scope); files are stored as the bytes on disk."""
+        edits: dict[str, Edit] = {}
+        for path, flags in tracked.items():
+            if path.endswith("/"):
+                continue  # a nested repository
+            if flags & (_WT_CHANGED | _WT_RENAMED | FileStatus.WT_DELETED):
+                entry = self._entry_for(path, path)
+                edits[path] = (entry.id, entry.mode) if entry is not None else None
+        entries = [self._entry_for(p, p) for p in taken.hash_untracked]
+        entries += [self._entry_for(p, f"{ARCHIVED}/ignored/{p}") for p in taken.hash_ignored]
+        self._set_aside(taken, folder)
+        entries.append(self._manifest(taken, folder))
+        for entry in entries:
+            if entry is not None:
+                edits[str(entry.path)] = (entry.id, entry.mode)
+        return edit_tree(self.repo, self._head_tree(), edits), len(edits)
+
+    def _set_aside(self, taken: Taken, folder: Path) -> None:
+        """What is past the bounds goes into the quarantine folder; special files go."""
+        for unit in taken.quarantine:
+            with contextlib.suppress(FileNotFoundError):  # gone since the walk
+                move(self.workdir / unit.path, folder / unit.path)
+        for path, _kind in taken.special:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.workdir / path)
+
+    def _manifest(self, taken: Taken, folder: Path) -> pygit2.IndexEntry | None:
+        if taken.empty:
+            return None
+        doc = taken.manifest(str(folder.relative_to(self.git_dir)))
+        blob = self.repo.create_blob((json.dumps(doc, indent=2) + "\n").encode())
+        return pygit2.IndexEntry(f"{ARCHIVED}/manifest.json", blob, FileMode.BLOB)
 
     def _entry_for(self, path: str, stored_as: str) -> pygit2.IndexEntry | None:
         """An index entry at `stored_as` for the file at `path` in the tree, its blob written
@@ -424,18 +588,70 @@ class GitRepo:
         and nested repositories stay. The caller archives first.
         """
         self.clear_stale_locks()
+        scope = self._scope()
         commit = self.repo[target].peel(pygit2.Commit)
-        self.clear_special_in(self.repo)
-        extra = {"callbacks": _CrashMidCheckout()} if is_armed("reset:mid-checkout") else {}
-        self.repo.checkout_tree(  # type: ignore[no-untyped-call]
-            commit.tree,
-            strategy=CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED,
-            **extra,
-        )
+        extra: dict[str, Any] = {}
+        if is_armed("reset:mid-checkout"):
+            extra["callbacks"] = _CrashMidCheckout()
+        strategy = CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED
+        head = self.head()
+        if scope is not None:
+            # What the run changed, and what differs between the failed commit and the target.
+            moved = self.changed_paths(head, str(commit.id)) if head is not None else set()
+            paths = outermost(scope | moved)
+            try:
+                self._checkout_paths(commit.tree, paths, strategy, bool(moved), extra)
+            except pygit2.GitError:
+                scope = None  # libgit2 refuses some paths-limited checkouts: do the whole tree
+        if scope is None:
+            self.clear_special_in(self.repo)
+            status = self.repo.status(untracked_files="no")
+            self._make_room(commit.tree, [p for p, f in status.items() if f & _GONE])
+            self.repo.checkout_tree(commit.tree, strategy=strategy, **extra)  # type: ignore[no-untyped-call]
         self.repo.references.create(self.branch, commit.id, force=True)
-        head = self.repo.references.get("HEAD")
-        if head is None or head.target != self.branch:
+        ref = self.repo.references.get("HEAD")
+        if ref is None or ref.target != self.branch:
             self.repo.set_head(self.branch)
+        self._settled()
+
+    def _make_room(self, tree: pygit2.Tree, gone: list[str]) -> None:
+        """A tracked file deleted where the target has a folder: the folder, made first.
+        libgit2 1.9 fails such a checkout ("null OID cannot exist"), hard reset included."""
+        for path in gone:
+            try:
+                entry = tree[path]
+            except KeyError:
+                continue
+            if entry.type_str == "tree" and not os.path.lexists(self.workdir / path):
+                with contextlib.suppress(OSError):
+                    os.makedirs(self.workdir / path)
+
+    def _checkout_paths(
+        self,
+        tree: pygit2.Tree,
+        paths: list[str],
+        strategy: CheckoutStrategy,
+        moved: bool,
+        extra: dict[str, Any],
+    ) -> None:
+        """Put `paths` (folders: all they hold) back as `tree` has them."""
+        if not paths:
+            return  # an empty list would mean every path to libgit2
+        index = self.repo.index
+        index.read(False)
+        suspect = status_within(self.repo, index, paths, "no")
+        clear_special(self.workdir, list(suspect))
+        clear_links(self.workdir, [*suspect, *paths])
+        self._make_room(tree, [p for p, f in suspect.items() if f & _GONE])
+        strategy |= CheckoutStrategy.DISABLE_PATHSPEC_MATCH
+        if not moved:
+            # The index holds the target already: writing it (50 ms at 100k files) would
+            # only refresh the stat data of the files put back, and a stale one costs a hash
+            # of those files at the next look.
+            strategy |= CheckoutStrategy.DONT_UPDATE_INDEX
+        self.repo.checkout_tree(  # type: ignore[no-untyped-call]
+            tree, strategy=strategy, paths=paths, **extra
+        )
 
     # --- experiments ---------------------------------------------------------------------------
 
@@ -564,7 +780,11 @@ class GitRepo:
         suspect = [
             p for p, f in status.items() if f & (FileStatus.WT_DELETED | FileStatus.WT_TYPECHANGE)
         ]
-        return clear_special(Path(repo.workdir), suspect) if suspect else []
+        workdir = Path(repo.workdir)
+        # A link where a tracked file or folder was (typechanged, or modified when libgit2
+        # compares it as a file): the checkout would write through it.
+        links = clear_links(workdir, [p for p, f in status.items() if f & _WT_ANY])
+        return (clear_special(workdir, suspect) if suspect else []) + links
 
     def reaches(self, commit: str, ancestor: str) -> bool:
         """`ancestor` is in the history of `commit`."""

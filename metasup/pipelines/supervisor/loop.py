@@ -209,6 +209,9 @@ class Supervisor:
             self.guards.check_at_start(self.config.path)
             self._start_intake()
             self.guards.start_tamper_watch(self.selector)
+            if self.guards.tamper is not None:
+                self.repo.changes = self.guards.tamper.changes
+                self._good_now()  # from here the watch sees what changes: nothing ran before
             if self.config.rollback.backup_interval:
                 self.backups = Backups(
                     self.repo,
@@ -352,6 +355,7 @@ class Supervisor:
         if self.recovery is not None:
             self.recovery.close(timeout=120)
         self.guards.stop()
+        self.repo.changes = None  # no watch from here: the steps left scan the tree
         if self.intake is not None:
             self.intake.stop()
         if self.agent is not None and self.agent.running is not None:
@@ -475,7 +479,7 @@ class Supervisor:
                 continue
             del self.timers[name]
             if name is Timer.MIN_RUNTIME:
-                self._good_since_ns = time.time_ns()  # the same commit, proven good again
+                self._good_now()  # the same commit, proven good again
                 observed.append(lifecycle.MinRuntimeReached(run=self.state.run))
             elif name is Timer.BACKOFF:
                 observed.append(lifecycle.BackoffElapsed())
@@ -571,7 +575,7 @@ class Supervisor:
                 assert head is not None
                 return lifecycle.Snapshotted(commit=head)
             case lifecycle.MarkGood(commit=commit, baseline=baseline):
-                self._good_since_ns = time.time_ns()
+                self._good_now()
                 self.repo.set_good(commit)
                 self._emit(Event.MARK_GOOD, commit=commit, run=self.state.run, baseline=baseline)
             case lifecycle.SyncServers(commit=commit):
@@ -744,6 +748,12 @@ class Supervisor:
             self._deferred_inbox = False
             observed += self._take_proposals()
         return observed
+
+    def _good_now(self) -> None:
+        """The tree is in a good state now: ignored files changed later go with a rollback."""
+        self._good_since_ns = time.time_ns()
+        if self.repo.changes is not None:
+            self.repo.changes.good(self._good_since_ns)
 
     def _strategy(self) -> str:
         gains = list(self.trials.recent_gains) if self.trials is not None else []
