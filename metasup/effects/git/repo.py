@@ -33,7 +33,13 @@ from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
 from metasup.effects.files.changed import ChangedPaths, outermost
 from metasup.effects.files.safeio import move, read_regular
 from metasup.effects.git import protected
-from metasup.effects.git.files import clear_links, clear_special
+from metasup.effects.git.files import (
+    clear_links,
+    clear_special,
+    make_dirs,
+    same_file,
+    write_file,
+)
 from metasup.effects.git.scoped import status_within
 from metasup.effects.git.sweep import ARCHIVED, Sweep, Taken
 from metasup.effects.git.sweep import plan as plan_sweep
@@ -132,6 +138,7 @@ class GitRepo:
         self.changes: ChangedPaths | None = None
         self._trusted: tuple[object, ...] | None = None
         self.full_scans = 0  # steps that had to look at the whole tree
+        self._unlinked: list[str] = []  # links a reset removed from the way
 
     # --- what changed ---------------------------------------------------------------------------
 
@@ -595,24 +602,69 @@ class GitRepo:
             extra["callbacks"] = _CrashMidCheckout()
         strategy = CheckoutStrategy.FORCE | CheckoutStrategy.REMOVE_UNTRACKED
         head = self.head()
+        # What differs between the failed commit and the target: the checkout writes there,
+        # through any link standing on the way (an untracked one too).
+        moved = self.changed_paths(head, str(commit.id)) if head is not None else set()
         if scope is not None:
-            # What the run changed, and what differs between the failed commit and the target.
-            moved = self.changed_paths(head, str(commit.id)) if head is not None else set()
-            paths = outermost(scope | moved)
             try:
-                self._checkout_paths(commit.tree, paths, strategy, bool(moved), extra)
+                self._checkout_paths(commit.tree, scope, moved, strategy, extra)
             except pygit2.GitError:
                 scope = None  # libgit2 refuses some paths-limited checkouts: do the whole tree
         if scope is None:
             self.clear_special_in(self.repo)
             status = self.repo.status(untracked_files="no")
-            self._make_room(commit.tree, [p for p, f in status.items() if f & _GONE])
+            self._unlinked = clear_links(self.workdir, [*status, *moved])
+            gone = [p for p, f in status.items() if f & _GONE]
+            self._make_room(commit.tree, [*gone, *self._unlinked])
             self.repo.checkout_tree(commit.tree, strategy=strategy, **extra)  # type: ignore[no-untyped-call]
+        self._true_up(commit.tree, {*moved, *self._unlinked})
+        self._unlinked = []
         self.repo.references.create(self.branch, commit.id, force=True)
         ref = self.repo.references.get("HEAD")
         if ref is None or ref.target != self.branch:
             self.repo.set_head(self.branch)
         self._settled()
+
+    def _true_up(self, tree: pygit2.Tree, paths: set[str]) -> None:
+        """After a checkout: each of `paths` in the working tree and the index as `tree` has
+        it. libgit2 leaves some behind where a link stood (a link replaced by a file in the
+        target, a file written through a link), so these are checked, and written where
+        wrong, without following anything the agent planted."""
+        if not paths:
+            return
+        index = self.repo.index
+        index.read(False)
+        changed = False
+        for path in sorted(paths):
+            try:
+                entry: pygit2.Object | None = tree[path]
+            except KeyError:
+                entry = None
+            if entry is None:
+                if path in index:
+                    index.remove(path)
+                    changed = True
+                continue
+            if not isinstance(entry, pygit2.Blob):
+                continue  # a folder: its files are listed themselves
+            full = self.workdir / path
+            data, mode = bytes(entry.data), int(entry.filemode)
+            if not same_file(full, data, mode):
+                if os.path.isdir(full) and not os.path.islink(full):
+                    continue  # someone's folder: never deleted here (the archive took it)
+                make_dirs(self.workdir, path)
+                if mode == FileMode.LINK:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(full)
+                    os.symlink(data, full)
+                else:
+                    write_file(full, data, mode == FileMode.BLOB_EXECUTABLE)
+            current = index[path] if path in index else None  # noqa: SIM401 (Index has no get)
+            if current is None or current.id != entry.id or current.mode != mode:
+                index.add(path)
+                changed = True
+        if changed:
+            index.write()
 
     def _make_room(self, tree: pygit2.Tree, gone: list[str]) -> None:
         """A tracked file deleted where the target has a folder: the folder, made first.
@@ -629,20 +681,22 @@ class GitRepo:
     def _checkout_paths(
         self,
         tree: pygit2.Tree,
-        paths: list[str],
+        scope: frozenset[str],
+        moved: set[str],
         strategy: CheckoutStrategy,
-        moved: bool,
         extra: dict[str, Any],
     ) -> None:
-        """Put `paths` (folders: all they hold) back as `tree` has them."""
+        """Put what the run changed (`scope`) and what differs between HEAD and `tree`
+        (`moved`) back as `tree` has them; folders stand for all they hold."""
+        paths = outermost(scope | moved)
         if not paths:
             return  # an empty list would mean every path to libgit2
         index = self.repo.index
         index.read(False)
         suspect = status_within(self.repo, index, paths, "no")
         clear_special(self.workdir, list(suspect))
-        clear_links(self.workdir, [*suspect, *paths])
-        self._make_room(tree, [p for p, f in suspect.items() if f & _GONE])
+        self._unlinked = clear_links(self.workdir, [*suspect, *scope, *moved])
+        self._make_room(tree, [*(p for p, f in suspect.items() if f & _GONE), *self._unlinked])
         strategy |= CheckoutStrategy.DISABLE_PATHSPEC_MATCH
         if not moved:
             # The index holds the target already: writing it (50 ms at 100k files) would

@@ -21,11 +21,9 @@ from metasup.pipelines.tamper import TamperWatch
 from testing.fixtures import git, make_repo
 
 NAMES = ["a.txt", "b.txt", "d/c.txt", "d/e/f.txt", "d/e", "n/m/o.txt", "x.log", "link"]
-# No symbolic links yet: a link planted at a tracked path makes the reset fail or write
-# through it, with or without the watch (libgit2 1.9's checkout; issue 17's note).
 KINDS = [
-    "write", "delete", "rename", "mkdir_p", "chmod", "ignore_rule", "rmtree", "move_out",
-    "move_in", "touch",
+    "write", "delete", "rename", "mkdir_p", "chmod", "symlink", "ignore_rule", "rmtree",
+    "move_out", "move_in", "touch",
 ]  # fmt: skip
 OPS = st.lists(
     st.tuples(st.sampled_from(KINDS), st.sampled_from(NAMES), st.sampled_from(NAMES)),
@@ -148,7 +146,7 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
 
 
 @settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("METASUP_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -244,3 +242,32 @@ def test_outermost_keeps_no_path_inside_another(paths: list[str]) -> None:
         assert path in kept or any(path.startswith(k + "/") for k in kept)
     for k in kept:
         assert not any(k.startswith(other + "/") for other in kept)
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["watched", "scanned"])
+def test_a_reset_never_writes_through_a_planted_link(
+    tmp_path_factory: pytest.TempPathFactory, watch: bool
+) -> None:
+    """Tracked files and a folder replaced by links pointing out of the tree (dangling, so a
+    write through them would create the file there): the reset puts the tree back and writes
+    nothing outside."""
+    w = Watched(tmp_path_factory.mktemp("links"))
+    try:
+        if not watch:
+            w.g.changes = None
+        good = git(w.repo, "rev-parse", "HEAD").strip()
+        victim = w.outside / "victim.txt"
+        folder = w.outside / "folder"
+        (w.repo / "a.txt").unlink()
+        os.symlink(victim, w.repo / "a.txt")
+        shutil.rmtree(w.repo / "d" / "e")
+        os.symlink(folder, w.repo / "d" / "e")
+        g = w.g
+        g.archive("test", 1)
+        g.reset_to(good)
+        assert not victim.exists() and not folder.exists()
+        assert (w.repo / "a.txt").read_text() == "a.txt\n"
+        assert (w.repo / "d" / "e" / "f.txt").read_text() == "d/e/f.txt\n"
+        assert _status(w.repo) == ""
+    finally:
+        w.watch.stop()
