@@ -51,6 +51,8 @@ class Notice(StrEnum):
     INTEGRITY_STOP = "integrity_stop"
     LEFTOVERS_STOPPED = "leftovers_stopped"
     MCP_WORKER_EXITED = "mcp_worker_exited"
+    OBJECTS_PACKED = "objects_packed"
+    PACK_FAILED = "pack_failed"
     MCP_WORKER_FAILED = "mcp_worker_failed"
     PROPOSAL_UNREADABLE = "proposal_unreadable"
     PRUNE_FAILED = "prune_failed"

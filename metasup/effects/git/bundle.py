@@ -21,7 +21,7 @@ def write_bundle(workdir: Path, folder: Path, keep: int, head: str | None, reape
     name = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{(head or 'unborn')[:12]}.bundle"
     tmp = folder / f".{name}.tmp"
     try:
-        _git(workdir, ["bundle", "create", "-q", str(tmp), "--all"], reaper, "git bundle")
+        git_cli(workdir, ["bundle", "create", "-q", str(tmp), "--all"], reaper, "git bundle")
     except GitError:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -48,7 +48,7 @@ def bundle_bytes(repo: Any, commit: str, base: str | None, reaper: Any) -> bytes
         with tempfile.TemporaryDirectory(prefix="metasup-bundle-") as tmp:
             out = Path(tmp) / "c.bundle"
             argv = ["bundle", "create", "-q", str(out), ref, *([f"^{base}"] if base else [])]
-            _git(repo.workdir, argv, reaper, "git bundle")
+            git_cli(repo.workdir, argv, reaper, "git bundle")
             return out.read_bytes()
     finally:
         repo.delete_ref(ref)
@@ -63,7 +63,7 @@ def fetch_bundle(workdir: Path, data: bytes, reaper: Any) -> None:
         path = Path(tmp) / "c.bundle"
         path.write_bytes(data)
         argv = ["fetch", "-q", str(path), f"+{SHIP_REF}*:{SHIP_REF}*"]
-        _git(workdir, argv, reaper, "git fetch of a bundle")
+        git_cli(workdir, argv, reaper, "git fetch of a bundle")
 
 
 def write_refs_bundle(workdir: Path, path: Path, heads: dict[str, str], reaper: Any) -> Path:
@@ -73,8 +73,10 @@ def write_refs_bundle(workdir: Path, path: Path, heads: dict[str, str], reaper: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        _git(workdir, ["bundle", "create", "-q", str(tmp), *sorted(heads)], reaper, "git bundle")
-        listed = _git(workdir, ["bundle", "list-heads", str(tmp)], reaper, "git bundle list-heads")
+        git_cli(workdir, ["bundle", "create", "-q", str(tmp), *sorted(heads)], reaper, "git bundle")
+        listed = git_cli(
+            workdir, ["bundle", "list-heads", str(tmp)], reaper, "git bundle list-heads"
+        )
         held = {}
         for line in listed.splitlines():
             commit, _, ref = line.partition(" ")
@@ -89,8 +91,9 @@ def write_refs_bundle(workdir: Path, path: Path, heads: dict[str, str], reaper: 
     return path
 
 
-def _git(workdir: Path, args: list[str], reaper: Any, what: str) -> str:
-    """The git CLI for what libgit2 cannot do with bundles, with a hard timeout; its stdout."""
+def git_cli(workdir: Path, args: list[str], reaper: Any, what: str) -> str:
+    """The git CLI for what libgit2 cannot do (bundles, packs), with a hard timeout; its
+    stdout."""
     from metasup.effects.process.spawn import run_command
 
     done = run_command(

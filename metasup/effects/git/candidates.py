@@ -14,7 +14,7 @@ from pathlib import Path
 import pygit2
 from pygit2.enums import CheckoutStrategy, FileStatus
 
-from metasup.effects.git.files import clear_special
+from metasup.effects.git.files import clear_links, clear_special
 from metasup.effects.git.repo import POOL_BRANCH_PREFIX, FileChange, GitRepo, signature
 
 
@@ -100,6 +100,9 @@ def move(worktree: Path, commit: str) -> None:
     # A fifo where the checkout writes would make it wait for a reader for ever (status walks
     # do not list special files, so each path to write is looked at).
     clear_special(worktree, paths)
+    # A link planted where the commit has a file or a folder: the checkout would write
+    # through it, out of the worktree.
+    clear_links(worktree, paths)
     if paths:
         tree_repo.checkout_tree(  # type: ignore[no-untyped-call]
             target.tree,

@@ -24,6 +24,7 @@ from metasup.decisions import lifecycle
 from metasup.decisions.counters import Counters, tally
 from metasup.decisions.lifecycle import LOOP_TIMERS, OnTamper, Phase, Timer
 from metasup.effects.files.safeio import open_append
+from metasup.effects.git import packing
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.jail import Jail
 from metasup.effects.process.spawn import Reaper, SpawnError, become_subreaper
@@ -51,6 +52,7 @@ from metasup.pipelines.supervisor.agent import Agent
 from metasup.pipelines.supervisor.backups import Backups
 from metasup.pipelines.supervisor.guards import Guards
 from metasup.pipelines.supervisor.helper import Helper
+from metasup.pipelines.supervisor.packing import Packer
 from metasup.pipelines.supervisor.recovery import Recovery
 from metasup.pipelines.supervisor.report import Reporter, plain_reporter
 from metasup.pipelines.supervisor.retention import Retention
@@ -129,6 +131,7 @@ class Supervisor:
         self.recovery: Recovery | None = None
         self.backups: Backups | None = None
         self.retention: Retention | None = None
+        self.packer: Packer | None = None
         self._terminal: list[Any] | None = None  # the terminal's settings before the view
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
@@ -233,6 +236,8 @@ class Supervisor:
                 self.selector,
             )
             self.retention.start()
+            auto = _gc_auto(self.repo)
+            self.packer = Packer(self.repo, self.reaper, self._say, self.selector, auto)
             if self.config.proposals_mode == "experiment":
                 assert self.intake is not None
                 self.trials = Trials(
@@ -374,6 +379,8 @@ class Supervisor:
             self.backups.close()
         if self.retention is not None:
             self.retention.close()
+        if self.packer is not None:
+            self.packer.close()
         if self.fleet is not None:
             self.fleet.stop()  # after the agent: its servers outlive it
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
@@ -435,6 +442,9 @@ class Supervisor:
             elif key.data == "backup":
                 assert self.backups is not None
                 self.timers[Timer.BACKUP] = self.backups.finished()
+            elif key.data == "pack":
+                assert self.packer is not None
+                self.packer.finished()
             elif key.data == "prune":
                 assert self.retention is not None
                 self.retention.take()
@@ -480,6 +490,10 @@ class Supervisor:
             del self.timers[name]
             if name is Timer.MIN_RUNTIME:
                 self._good_now()  # the same commit, proven good again
+                if self.packer is not None:
+                    # A healthy run: no git step until it ends, and a crash (whose rollback
+                    # must not wait) is not what usually comes next.
+                    self.packer.maybe_start()
                 observed.append(lifecycle.MinRuntimeReached(run=self.state.run))
             elif name is Timer.BACKOFF:
                 observed.append(lifecycle.BackoffElapsed())
@@ -557,6 +571,8 @@ class Supervisor:
     def _perform(self, action: lifecycle.Action) -> lifecycle.Observation | None:
         if isinstance(action, GIT_ACTIONS):
             self.lock.check()  # a second supervisor may run beside us: touch nothing
+            if self.packer is not None:
+                self.packer.hold()
         agent = self.agent
         assert agent is not None
         match action:
@@ -840,3 +856,11 @@ def restore_terminal(saved: list[Any] | None) -> None:
 
     with contextlib.suppress(termios.error, OSError):
         termios.tcsetattr(1, termios.TCSADRAIN, saved)
+
+
+def _gc_auto(repo: GitRepo) -> int:
+    """git's `gc.auto`: the loose objects past which it packs (0: never)."""
+    try:
+        return int(str(repo.repo.config["gc.auto"]))
+    except (KeyError, ValueError):
+        return packing.AUTO

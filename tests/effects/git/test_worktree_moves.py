@@ -18,7 +18,9 @@ from testing.fixtures import git, make_repo
 NAMES = ["a.txt", "b.txt", "d/c.txt", "d/e/f.txt", "run.sh", "new.txt", "d/new.txt", "x.log"]
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["write", "delete", "fifo", "chmod", "mkdir", "ignored", "stage"]),
+        st.sampled_from(
+            ["write", "delete", "fifo", "chmod", "mkdir", "ignored", "stage", "link", "dirlink"]
+        ),
         st.sampled_from(NAMES),
         st.binary(max_size=20),
     ),
@@ -51,7 +53,9 @@ def _scribble(here: Path, ops: list[tuple[str, str, bytes]]) -> None:
             if op in ("write", "ignored"):
                 target = path.with_suffix(".log") if op == "ignored" else path
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if target.is_dir():
+                if target.is_symlink():
+                    target.unlink()  # writing would follow it out of the worktree
+                elif target.is_dir():
                     shutil.rmtree(target)
                 elif target.exists() and not target.is_file():
                     target.unlink()  # a fifo: writing would wait for a reader
@@ -71,6 +75,17 @@ def _scribble(here: Path, ops: list[tuple[str, str, bytes]]) -> None:
                 os.chmod(path, path.stat().st_mode ^ stat.S_IXUSR)
             elif op == "mkdir":
                 (here / "cache" / name).mkdir(parents=True, exist_ok=True)
+            elif op in ("link", "dirlink"):
+                # Dangling, out of the worktree: a write through it would create the file.
+                at = path if op == "link" else path.parent
+                if at == here:
+                    continue
+                if at.is_dir() and not at.is_symlink():
+                    shutil.rmtree(at)
+                else:
+                    at.unlink(missing_ok=True)
+                at.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(here.parent / f"outside-{at.name}", at)
             elif op == "stage" and path.is_file():
                 git(here, "add", "--", name, check=False)
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
@@ -101,6 +116,7 @@ def test_a_move_leaves_exactly_the_commit(tmp_path_factory, ops, to, first) -> N
     _scribble(here, ops)
     worktree_at(g, "cand-0", root, commits[to])
     _is_exactly(here, commits[to])
+    assert not list(root.glob("outside-*")), "a move wrote through a planted link"
 
 
 def test_a_held_child_is_exactly_its_commit_and_keeps_the_stat_cache(tmp_path: Path) -> None:
