@@ -143,7 +143,8 @@ def make_repo(root: Path, files: int, seed: int = 1) -> Path:
     git(repo, "config", "user.name", "bench")
     git(repo, "config", "user.email", "bench@localhost")
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "base")
+    # No gc --auto of git's own in the background: it would pack beside the measurements.
+    git(repo, "-c", "gc.auto=0", "commit", "-q", "-m", "base")
     git(repo, "status", "--porcelain")  # warm the index stat cache, as a live repo has it
     return repo
 
@@ -684,6 +685,7 @@ def bench_loop(root: Path, sizes: list[int], cycles: int, drift_cycles: int) -> 
     for files in sizes:
         print(f"[bench] loop at {files} files", file=sys.stderr, flush=True)
         repo = make_repo(root / f"loop-{files}", files)
+        git(repo, "gc", "-q")  # packed, as a clone is (and no gc --auto of git's own midway)
         crash = supervise(repo, agent, ["quick", "10"], cycles, "10s", log)
         cli = cli_crash_loop(repo, files, cycles)
         git(repo, "reset", "-q", "--hard", "HEAD")
@@ -703,6 +705,7 @@ def bench_loop(root: Path, sizes: list[int], cycles: int, drift_cycles: int) -> 
     out["respawn_anchor"] = {"by": anchor, **_dist(gaps)}
     print(f"[bench] {drift_cycles} crashes in a row at 10k files", file=sys.stderr, flush=True)
     repo = make_repo(root / "drift", 10000)
+    git(repo, "gc", "-q")
     drift = supervise(repo, agent, ["quick", "10"], drift_cycles, "10s", log)
     out["drift"] = {
         "cycles": len(drift),

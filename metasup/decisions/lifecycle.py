@@ -53,6 +53,7 @@ class Timer(StrEnum):
     TAMPER = "tamper"
     BACKUP = "backup"
     EVOLUTION = "evolution"  # the next continuous evolution round
+    VERIFY = "verify"  # the watch's list of changes checked against a full status
 
 
 FIRST_SAMPLE = 1.0  # seconds after a launch: its first health sample past the launch's own

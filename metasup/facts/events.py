@@ -46,6 +46,7 @@ class Notice(StrEnum):
     API_FAILED = "api_failed"
     API_LISTENING = "api_listening"
     BACKUP_FAILED = "backup_failed"
+    CHANGES_MISSED = "changes_missed"
     INBOX_POLLING = "inbox_polling"
     INBOX_REFUSED = "inbox_refused"
     INTEGRITY_STOP = "integrity_stop"
@@ -61,6 +62,7 @@ class Notice(StrEnum):
     STOP_REQUESTED = "stop_requested"
     STRAGGLERS_STOPPED = "stragglers_stopped"
     TAMPER_WATCH_OFF = "tamper_watch_off"
+    VERIFY_FAILED = "verify_failed"
     VIEW_FAILED = "view_failed"
     RESUMING_ROLLBACK = "resuming_rollback"
 

@@ -100,6 +100,27 @@ class ChangedPaths:
                 return None
             return frozenset(self._since_good)
 
+    def verify(self, dirty: Iterable[str]) -> list[str]:
+        """`dirty`: what a full status found changed. Those the set does not hold (nor a
+        folder of theirs) were missed: a write through a hard link from outside the tree, or
+        through a shared mapping, makes no event. Then nothing is known until the next full
+        scan. Returns the missed paths (a path settled since the status was taken counts too:
+        one full scan too many, never one too few)."""
+        with self._lock:
+            if not self._known:
+                return []
+            held = self._paths
+            missed = [
+                path
+                for path in dirty
+                if not any(
+                    "/".join(path.split("/")[:n]) in held for n in range(1, path.count("/") + 2)
+                )
+            ]
+            if missed:
+                self._lost_locked()
+        return sorted(missed)
+
 
 def outermost(paths: Iterable[str]) -> list[str]:
     """`paths` without those inside another of them: a folder stands for what it holds."""

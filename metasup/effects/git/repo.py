@@ -275,24 +275,28 @@ class GitRepo:
         with exclude.open("a", encoding="utf-8") as f:
             f.write(f"{sep}# metasup\n{pattern}\n")
 
-    def stale_locks(self) -> list[Path]:
-        """Lock files git or libgit2 left behind in this repository."""
+    def stale_locks(self, everywhere: bool = True) -> list[Path]:
+        """Lock files git or libgit2 left behind in this repository. Not `everywhere`: only
+        those a step of the loop meets (the index, HEAD, packed-refs, the branch and the good
+        ref); walking every ref, a thousand archives among them, costs milliseconds a step."""
         candidates = [self.git_dir / n for n in ("index.lock", "HEAD.lock", "packed-refs.lock")]
         refs = self.git_dir / "refs"
-        if refs.is_dir():
+        if not everywhere:
+            candidates += [self.git_dir / f"{name}.lock" for name in (self.branch, GOOD_REF)]
+        elif refs.is_dir():
             candidates += refs.rglob("*.lock")
         # The pooled worktrees' own index and HEAD: a run killed while one moved left them.
         candidates += self.git_dir.glob("worktrees/*/index.lock")
         candidates += self.git_dir.glob("worktrees/*/HEAD.lock")
         return [p for p in candidates if p.exists()]
 
-    def clear_stale_locks(self, wait: float = _LOCK_WAIT_S) -> list[Path]:
+    def clear_stale_locks(self, wait: float = _LOCK_WAIT_S, everywhere: bool = True) -> list[Path]:
         """Remove locks that no live git process holds; wait a little for live ones.
 
         Raises GitError when a running git keeps a lock past the wait: going ahead would be
         exactly the lost-edit trap.
         """
-        locks = self.stale_locks()
+        locks = self.stale_locks(everywhere)
         if not locks:
             return []
         deadline = time.monotonic() + wait
@@ -300,7 +304,7 @@ class GitRepo:
             holders = _git_processes_in(self.workdir, self.git_dir)
             if not holders:
                 break
-            locks = self.stale_locks()
+            locks = self.stale_locks(everywhere)
             if not locks:
                 return []
             if time.monotonic() >= deadline:
@@ -377,7 +381,7 @@ class GitRepo:
         With `protect`, protected paths that differ from the good commit are first restored
         from it, so a protected change is never committed.
         """
-        self.clear_stale_locks()
+        self.clear_stale_locks(everywhere=False)
         scope = self._scope()
         index = self.repo.index
         index.read(False)  # reloaded only when the file changed
@@ -594,7 +598,7 @@ class GitRepo:
         Contents and modes are restored and untracked non-ignored files removed; ignored files
         and nested repositories stay. The caller archives first.
         """
-        self.clear_stale_locks()
+        self.clear_stale_locks(everywhere=False)
         scope = self._scope()
         commit = self.repo[target].peel(pygit2.Commit)
         extra: dict[str, Any] = {}

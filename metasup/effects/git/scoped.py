@@ -12,6 +12,7 @@ filters, nested repositories reported as `name/` and never entered.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pygit2
 from pygit2._libgit2 import ffi  # type: ignore[import-not-found]
@@ -60,3 +61,19 @@ def status_within(
         if flag is not None:
             found[delta.new_file.path or delta.old_file.path] = int(flag)
     return found
+
+
+_WT = (
+    FileStatus.WT_NEW
+    | FileStatus.WT_MODIFIED
+    | FileStatus.WT_DELETED
+    | FileStatus.WT_TYPECHANGE
+    | FileStatus.WT_RENAMED
+)
+
+
+def dirty_paths(workdir: Path) -> list[str]:
+    """Every path a full status reports changed in the working tree (untracked included),
+    read through a repository object of its own: safe on another thread than the loop's."""
+    repo = pygit2.Repository(str(workdir))
+    return [p.rstrip("/") for p, f in repo.status(untracked_files="all").items() if f & _WT]

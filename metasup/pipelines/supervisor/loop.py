@@ -59,6 +59,7 @@ from metasup.pipelines.supervisor.retention import Retention
 from metasup.pipelines.supervisor.signals import STOP_SIGNALS, SignalPipe
 from metasup.pipelines.supervisor.status import ExitStatus, StatusDocument
 from metasup.pipelines.supervisor.trials import Trials
+from metasup.pipelines.supervisor.verify import VERIFY_INTERVAL_S, Verifier
 
 if TYPE_CHECKING:
     from metasup.pipelines.mcp.fleet import Fleet
@@ -132,6 +133,7 @@ class Supervisor:
         self.backups: Backups | None = None
         self.retention: Retention | None = None
         self.packer: Packer | None = None
+        self.verifier: Verifier | None = None
         self._terminal: list[Any] | None = None  # the terminal's settings before the view
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
@@ -212,9 +214,13 @@ class Supervisor:
             self.guards.check_at_start(self.config.path)
             self._start_intake()
             self.guards.start_tamper_watch(self.selector)
-            if self.guards.tamper is not None:
+            if self.guards.tamper is not None and self.guards.tamper.changes is not None:
                 self.repo.changes = self.guards.tamper.changes
                 self._good_now()  # from here the watch sees what changes: nothing ran before
+                self.verifier = Verifier(
+                    self.repo.workdir, self.repo.changes, self._say, self.selector
+                )
+                self.timers[Timer.VERIFY] = time.monotonic() + VERIFY_INTERVAL_S
             if self.config.rollback.backup_interval:
                 self.backups = Backups(
                     self.repo,
@@ -381,6 +387,8 @@ class Supervisor:
             self.retention.close()
         if self.packer is not None:
             self.packer.close()
+        if self.verifier is not None:
+            self.verifier.close()
         if self.fleet is not None:
             self.fleet.stop()  # after the agent: its servers outlive it
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
@@ -442,6 +450,10 @@ class Supervisor:
             elif key.data == "backup":
                 assert self.backups is not None
                 self.timers[Timer.BACKUP] = self.backups.finished()
+            elif key.data == "verify":
+                assert self.verifier is not None
+                self.verifier.finished()
+                self.timers[Timer.VERIFY] = time.monotonic() + VERIFY_INTERVAL_S
             elif key.data == "pack":
                 assert self.packer is not None
                 self.packer.finished()
@@ -513,6 +525,8 @@ class Supervisor:
                 observed += self._tamper_restore(recheck=True)
             elif name is Timer.BACKUP and self.backups is not None:
                 self.backups.start()
+            elif name is Timer.VERIFY and self.verifier is not None:
+                self.verifier.start()
             elif name is Timer.EVOLUTION and self.rounds is not None and self.rounds.due():
                 observed.append(lifecycle.WinnerJudged())
         return observed
