@@ -25,7 +25,7 @@ def test_a_write_through_an_outside_hard_link_is_committed_all_the_same(
             if os.environ["METASUP_RUN"] == "2":
                 with open({str(link)!r}, "r+") as f:  # the same inode, another folder
                     f.write("AFTER!\\n")
-            time.sleep(0.6)
+            time.sleep(0.6)  # ok: a healthy run outlasts min_runtime
             """
         ),
     )

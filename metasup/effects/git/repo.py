@@ -138,7 +138,6 @@ class GitRepo:
         self.changes: ChangedPaths | None = None
         self._trusted: tuple[object, ...] | None = None
         self.full_scans = 0  # steps that had to look at the whole tree
-        self._unlinked: list[str] = []  # links a reset removed from the way
 
     # --- what changed ---------------------------------------------------------------------------
 
@@ -609,20 +608,20 @@ class GitRepo:
         # What differs between the failed commit and the target: the checkout writes there,
         # through any link standing on the way (an untracked one too).
         moved = self.changed_paths(head, str(commit.id)) if head is not None else set()
+        unlinked: list[str] = []  # links removed from the checkout's way
         if scope is not None:
             try:
-                self._checkout_paths(commit.tree, scope, moved, strategy, extra)
+                self._checkout_paths(commit.tree, scope, moved, strategy, extra, unlinked)
             except pygit2.GitError:
                 scope = None  # libgit2 refuses some paths-limited checkouts: do the whole tree
         if scope is None:
             self.clear_special_in(self.repo)
             status = self.repo.status(untracked_files="no")
-            self._unlinked = clear_links(self.workdir, [*status, *moved])
+            unlinked += clear_links(self.workdir, [*status, *moved])
             gone = [p for p, f in status.items() if f & _GONE]
-            self._make_room(commit.tree, [*gone, *self._unlinked])
+            self._make_room(commit.tree, [*gone, *unlinked])
             self.repo.checkout_tree(commit.tree, strategy=strategy, **extra)  # type: ignore[no-untyped-call]
-        self._true_up(commit.tree, {*moved, *self._unlinked})
-        self._unlinked = []
+        self._true_up(commit.tree, {*moved, *unlinked})
         self.repo.references.create(self.branch, commit.id, force=True)
         ref = self.repo.references.get("HEAD")
         if ref is None or ref.target != self.branch:
@@ -689,9 +688,11 @@ class GitRepo:
         moved: set[str],
         strategy: CheckoutStrategy,
         extra: dict[str, Any],
+        unlinked: list[str],
     ) -> None:
         """Put what the run changed (`scope`) and what differs between HEAD and `tree`
-        (`moved`) back as `tree` has them; folders stand for all they hold."""
+        (`moved`) back as `tree` has them; folders stand for all they hold. The links removed
+        from the way are added to `unlinked`."""
         paths = outermost(scope | moved)
         if not paths:
             return  # an empty list would mean every path to libgit2
@@ -699,8 +700,8 @@ class GitRepo:
         index.read(False)
         suspect = status_within(self.repo, index, paths, "no")
         clear_special(self.workdir, list(suspect))
-        self._unlinked = clear_links(self.workdir, [*suspect, *scope, *moved])
-        self._make_room(tree, [*(p for p, f in suspect.items() if f & _GONE), *self._unlinked])
+        unlinked += clear_links(self.workdir, [*suspect, *scope, *moved])
+        self._make_room(tree, [*(p for p, f in suspect.items() if f & _GONE), *unlinked])
         strategy |= CheckoutStrategy.DISABLE_PATHSPEC_MATCH
         if not moved:
             # The index holds the target already: writing it (50 ms at 100k files) would

@@ -17,7 +17,16 @@ from metasup.effects.git.scoped import dirty_paths
 from metasup.facts.events import Notice, Report
 from metasup.pipelines.supervisor.background import Job
 
-VERIFY_INTERVAL_S = float(os.environ.get("METASUP_VERIFY_INTERVAL_S", "60"))
+
+def _interval() -> float:
+    """60 s; tests shorten it (an internal knob, like METASUP_CRASHPOINT)."""
+    try:
+        return max(0.05, float(os.environ.get("METASUP_VERIFY_INTERVAL_S", "60")))
+    except ValueError:
+        return 60.0
+
+
+VERIFY_INTERVAL_S = _interval()
 
 
 class Verifier:
