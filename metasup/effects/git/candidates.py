@@ -109,6 +109,15 @@ def move(worktree: Path, commit: str) -> None:
             paths=paths,
             strategy=CheckoutStrategy.FORCE | CheckoutStrategy.DISABLE_PATHSPEC_MATCH,
         )
+        # A file a run staged (`git add`) and then deleted: neither in the tree nor in the
+        # commit, the checkout leaves its index entry behind.
+        index = tree_repo.index
+        index.read(False)
+        staged = [p for p in paths if p in index and p not in target.tree]
+        for path in staged:
+            index.remove(path)
+        if staged:
+            index.write()
     tree_repo.set_head(target.id)
 
 

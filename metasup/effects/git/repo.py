@@ -153,8 +153,9 @@ class GitRepo:
             except OSError:
                 out.append(None)
         try:
+            # The change time too: a program can set a file's mtime back, never its ctime.
             st = os.stat(common_dir(self.git_dir) / "config")
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns))
         except OSError:
             out.append(None)
         out.append(self.head())

@@ -271,3 +271,18 @@ def test_a_reset_never_writes_through_a_planted_link(
         assert _status(w.repo) == ""
     finally:
         w.watch.stop()
+
+
+def test_a_config_rewritten_with_its_old_time_means_a_full_scan(watched: Watched) -> None:
+    """The agent edits `.git/config` in place (an ignore file named there, say), same size,
+    and sets its mtime back: the change time still tells."""
+    g, repo = watched.g, watched.repo
+    config = repo / ".git" / "config"
+    before = config.stat()
+    text = config.read_text()
+    config.write_text(text.replace("filemode = true", "filemode = True"))  # same size
+    os.utime(config, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert config.stat().st_mtime_ns == before.st_mtime_ns
+    scans = g.full_scans
+    g.snapshot(1)
+    assert g.full_scans == scans + 1
