@@ -110,24 +110,19 @@ class ChangedPaths:
             if not self._known:
                 return []
             held = self._paths
-            missed = [
-                path
-                for path in dirty
-                if not any(
-                    "/".join(path.split("/")[:n]) in held for n in range(1, path.count("/") + 2)
-                )
-            ]
+            missed = [p for p in dirty if p not in held and not any(_folders(p) & held)]
             if missed:
                 self._lost_locked()
         return sorted(missed)
 
 
+def _folders(path: str) -> set[str]:
+    """The folders `path` lies in: `a/b/c` -> {`a`, `a/b`}."""
+    parts = path.split("/")
+    return {"/".join(parts[:n]) for n in range(1, len(parts))}
+
+
 def outermost(paths: Iterable[str]) -> list[str]:
     """`paths` without those inside another of them: a folder stands for what it holds."""
     given = set(paths)
-    out = []
-    for path in sorted(given):
-        parts = path.split("/")
-        if not any("/".join(parts[:n]) in given for n in range(1, len(parts))):
-            out.append(path)
-    return out
+    return [path for path in sorted(given) if not _folders(path) & given]

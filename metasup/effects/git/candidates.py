@@ -14,7 +14,7 @@ from pathlib import Path
 import pygit2
 from pygit2.enums import CheckoutStrategy, FileStatus
 
-from metasup.effects.git.files import clear_links, clear_special
+from metasup.effects.git.files import clear_links, clear_special, index_as
 from metasup.effects.git.repo import POOL_BRANCH_PREFIX, FileChange, GitRepo, signature
 
 
@@ -109,14 +109,10 @@ def move(worktree: Path, commit: str) -> None:
             paths=paths,
             strategy=CheckoutStrategy.FORCE | CheckoutStrategy.DISABLE_PATHSPEC_MATCH,
         )
-        # A file a run staged (`git add`) and then deleted: neither in the tree nor in the
-        # commit, the checkout leaves its index entry behind.
+        # What a run staged (`git add`) and then undid in the tree: the checkout leaves it.
         index = tree_repo.index
         index.read(False)
-        staged = [p for p in paths if p in index and p not in target.tree]
-        for path in staged:
-            index.remove(path)
-        if staged:
+        if index_as(index, target.tree, paths):
             index.write()
     tree_repo.set_head(target.id)
 

@@ -121,6 +121,30 @@ def clear_links(workdir: Path, paths: Iterable[str]) -> list[str]:
     return removed
 
 
+def index_as(index: pygit2.Index, tree: pygit2.Tree, paths: Iterable[str]) -> bool:
+    """The index entries of `paths` made what `tree` has (absent ones removed); a path-limited
+    checkout leaves some behind: a file a run staged and deleted, a mode it staged and put
+    back, a link it stood in for. Entries are written without stat data, so the next status
+    hashes those few files once. True when the index changed (the caller writes it)."""
+    changed = False
+    for path in paths:
+        try:
+            entry: pygit2.Object | None = tree[path]
+        except KeyError:
+            entry = None
+        if isinstance(entry, pygit2.Tree):
+            continue  # a folder: its files are listed themselves
+        current = index[path] if path in index else None  # noqa: SIM401 (Index has no get)
+        if entry is None:
+            if current is not None:
+                index.remove(path)
+                changed = True
+        elif current is None or current.id != entry.id or current.mode != entry.filemode:
+            index.add(pygit2.IndexEntry(path, entry.id, entry.filemode))
+            changed = True
+    return changed
+
+
 def make_dirs(workdir: Path, path: str) -> None:
     """The parent directories of `path`, as real directories: whatever stands in their way
     (a file, a symbolic link pointing anywhere) is removed, never followed."""

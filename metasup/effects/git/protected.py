@@ -56,7 +56,7 @@ def restore_changed(
     restored = [
         path
         for path in sorted(p for p in candidates if protect(p))
-        if _restore_path(git, tree, path)
+        if restore_path(git, tree, path)
     ]
     return tuple(restored)
 
@@ -95,7 +95,7 @@ def restore_protected(
         full = git.workdir / path
         if full.is_dir() and not full.is_symlink() and not _is_blob(git, tree, path):
             continue  # a folder: what is under it was listed on its own (and may be free)
-        if _restore_path(git, tree, path):
+        if restore_path(git, tree, path):
             restored.append(path)
     return tuple(restored)
 
@@ -107,7 +107,7 @@ def _is_blob(git: GitRepo, tree: pygit2.Tree, path: str) -> bool:
         return False
 
 
-def _restore_path(git: GitRepo, tree: pygit2.Tree, path: str) -> bool:
+def restore_path(git: GitRepo, tree: pygit2.Tree, path: str) -> bool:
     """Make `path` in the working tree what it is in `tree`; False when it already was."""
     try:
         entry: pygit2.Object | None = tree[path]

@@ -33,13 +33,7 @@ from pygit2.enums import CheckoutStrategy, FileMode, FileStatus
 from metasup.effects.files.changed import ChangedPaths, outermost
 from metasup.effects.files.safeio import move, read_regular
 from metasup.effects.git import protected
-from metasup.effects.git.files import (
-    clear_links,
-    clear_special,
-    make_dirs,
-    same_file,
-    write_file,
-)
+from metasup.effects.git.files import clear_links, clear_special, index_as
 from metasup.effects.git.scoped import status_within
 from metasup.effects.git.sweep import ARCHIVED, Sweep, Taken
 from metasup.effects.git.sweep import plan as plan_sweep
@@ -146,18 +140,15 @@ class GitRepo:
         for the ignore rules outside the tree to be the same: the index file, info/exclude and
         the config as files, and the branch's tip."""
         out: list[object] = []
-        for path in (self.git_dir / "index", self.git_dir / "info" / "exclude"):
+        config = common_dir(self.git_dir) / "config"
+        for path in (self.git_dir / "index", self.git_dir / "info" / "exclude", config):
             try:
                 st = os.stat(path)
-                out.append((st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns))
             except OSError:
                 out.append(None)
-        try:
+                continue
             # The change time too: a program can set a file's mtime back, never its ctime.
-            st = os.stat(common_dir(self.git_dir) / "config")
             out.append((st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns))
-        except OSError:
-            out.append(None)
         out.append(self.head())
         return tuple(out)
 
@@ -634,40 +625,19 @@ class GitRepo:
         it. libgit2 leaves some behind where a link stood (a link replaced by a file in the
         target, a file written through a link), so these are checked, and written where
         wrong, without following anything the agent planted."""
-        if not paths:
+        kept = []
+        for path in sorted(paths):
+            full = self.workdir / path
+            if path in tree and os.path.isdir(full) and not os.path.islink(full):
+                continue  # someone's folder where the target has a file: never deleted here
+            kept.append(path)
+            if path in tree and isinstance(tree[path], pygit2.Blob):
+                protected.restore_path(self, tree, path)  # written only where it differs
+        if not kept:
             return
         index = self.repo.index
         index.read(False)
-        changed = False
-        for path in sorted(paths):
-            try:
-                entry: pygit2.Object | None = tree[path]
-            except KeyError:
-                entry = None
-            if entry is None:
-                if path in index:
-                    index.remove(path)
-                    changed = True
-                continue
-            if not isinstance(entry, pygit2.Blob):
-                continue  # a folder: its files are listed themselves
-            full = self.workdir / path
-            data, mode = bytes(entry.data), int(entry.filemode)
-            if not same_file(full, data, mode):
-                if os.path.isdir(full) and not os.path.islink(full):
-                    continue  # someone's folder: never deleted here (the archive took it)
-                make_dirs(self.workdir, path)
-                if mode == FileMode.LINK:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(full)
-                    os.symlink(data, full)
-                else:
-                    write_file(full, data, mode == FileMode.BLOB_EXECUTABLE)
-            current = index[path] if path in index else None  # noqa: SIM401 (Index has no get)
-            if current is None or current.id != entry.id or current.mode != mode:
-                index.add(path)
-                changed = True
-        if changed:
+        if index_as(index, tree, kept):
             index.write()
 
     def _make_room(self, tree: pygit2.Tree, gone: list[str]) -> None:
