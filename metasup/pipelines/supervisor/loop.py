@@ -422,7 +422,11 @@ class Supervisor:
                         pending.append(follow)
                 if self.state.phase in lifecycle.FINAL:
                     return self.state.exit_code or 0
-                self._write_state()
+                if not pending:
+                    # Once what follows is done: a state between two steps lasts no longer
+                    # than the next step, and each write is a file made and renamed (a
+                    # restart wrote four).
+                    self._write_state()
             pending.extend(self._wait())
 
     def _wait(self) -> list[lifecycle.Observation]:
