@@ -40,6 +40,7 @@ class LaunchLog:
         self.echo = echo
         self._file: IO[bytes] = open_append(self.path)
         self._size = self._file.tell()
+        self._rotated = 0  # rotated files this run made (at most `backups` kept)
         self._partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self.stderr_tail: deque[str] = deque(maxlen=tail_lines)
         self.stdout_tail: deque[str] = deque(maxlen=tail_lines)
@@ -77,6 +78,12 @@ class LaunchLog:
                 os.replace(src, f"{stem}.{n}.log")
         self._file = open_append(self.path)
         self._size = 0
+        self._rotated = min(self.backups, self._rotated + 1)
+
+    def files(self) -> list[Path]:
+        """The files this log wrote: the current one and the rotated ones kept."""
+        stem = self.path.with_suffix("")
+        return [self.path, *(Path(f"{stem}.{n}.log") for n in range(1, self._rotated + 1))]
 
     def close(self) -> None:
         for stream, rest in self._partial.items():

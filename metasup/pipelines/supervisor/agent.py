@@ -43,7 +43,7 @@ from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.facts.faults import child_env
 from metasup.facts.settings import Config
 from metasup.facts.units import format_size
-from metasup.pipelines.supervisor.retention import prune_run_logs
+from metasup.pipelines.supervisor.retention import RunLogs
 from metasup.pipelines.supervisor.status import AgentStatus
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ class Agent:
         self.running: Running | None = None
         self.last_stderr_tail: list[str] = []
         self._pipe_fds: dict[str, int] = {}
+        self.run_logs = RunLogs(dirs.logs, config.logs)
         self._ahead: Child | None = None  # the next run's jail, made ahead
 
     @property
@@ -372,7 +373,8 @@ class Agent:
                 self.selector.unregister(cgroup.oom_fd)
         r.child.release()
         self.running = None
-        prune_run_logs(self.dirs.logs, self.config.logs)
+        self.run_logs.closed(r.run, r.log.files())
+        self.run_logs.prune()
 
     def _unwatch_closed_pipes(self, everything: bool = False) -> None:
         """Stop watching pipes that reached end of file (all of them with `everything`)."""

@@ -161,6 +161,20 @@ class Guards:
                 lost=refguard.as_fields(lost),
             )
 
+    def own_writes_begin(self) -> tuple[int, ...] | None:
+        """Before metasup itself adds an archive ref: the refs' stamp, when it is the one the
+        last check saw (None otherwise)."""
+        stamp = self.repo.refs_stamp()
+        return stamp if stamp == self._refs_stamp else None
+
+    def own_writes_done(self, before: tuple[int, ...] | None) -> None:
+        """metasup added an archive ref since `before`, its agent stopped: the stamp moves on
+        without comparing every archive ref again (a look at a thousand costs ~4 ms, and each
+        crash added one). A ref someone else wrote meanwhile is found by the check that runs
+        at least every ARCHIVE_CHECK_S."""
+        if before is not None and before == self._refs_stamp:
+            self._refs_stamp = self.repo.refs_stamp()
+
     def keep_rewritten(self) -> None:
         """The branch rewound or rewritten behind metasup's back: what it no longer reaches
         is archived before the next snapshot builds on the new history."""

@@ -137,6 +137,7 @@ class Supervisor:
         self._terminal: list[Any] | None = None  # the terminal's settings before the view
         self._exit_mono = 0.0  # when the last exit was seen
         self._crashed_at: float | None = None  # the exit of a quick failure, until relaunch
+        self._refs_before: tuple[int, ...] | None = None  # the refs as checked before a rollback
         self.last_crash_to_relaunch_s: float | None = None
         self.evolution: dict[str, Any] | None = None  # the last evolution's figures
         self._servers_waiting: list[str] | None = None  # the MCP servers a launch waits for
@@ -764,7 +765,10 @@ class Supervisor:
 
     def _quick_failure(self, qf: lifecycle.QuickFailure) -> lifecycle.Observation | None:
         assert self.agent is not None and self.recovery is not None
-        self.guards.check_refs()  # the rollback's target must not have vanished with its ref
+        # The rollback's target must not have vanished with its ref; the archive refs are
+        # compared too when their folder changed since the last look.
+        self.guards.check_refs(everything=False)
+        self._refs_before = self.guards.own_writes_begin()
         self._crashed_at = self._exit_mono
         failures = self.state.consecutive_failures
         return self.recovery.start(qf, self.agent.last_stderr_tail, self._good_since_ns, failures)
@@ -772,6 +776,8 @@ class Supervisor:
     def _rollback_finished(self) -> list[lifecycle.Observation]:
         assert self.recovery is not None
         observed = [self.recovery.finished(self.state.consecutive_failures)]
+        self.guards.own_writes_done(self._refs_before)
+        self._refs_before = None
         if self.retention is not None:  # a new archive: past the limits, perhaps
             self.retention.apply()
             self.retention.start()
