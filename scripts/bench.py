@@ -30,7 +30,9 @@
    update-ref; reset --hard; clean -fd`, the snapshot of a healthy run's 10 changed files (the
    journal's `duration_ms`) against `git add -A && git commit`, a plain restart (jailed, and
    with the jail off) against pm2 when npm can install it and a bare shell respawn loop, and
-   `--drift-cycles` crashes in a row at 10k files (early against late)
+   `--drift-cycles` crashes in a row at 10k files (early against late). Run it on a quiet
+   disk: on ext4 without a journal, files created within a minute or so of many deletions (the
+   end of another bench run) skip past the freed inodes and cost ten times as much
 
 The agent for 3-5 is a small C program (built with gcc) that stamps CLOCK_REALTIME as its first
 and last instruction, so the latency is exit-to-exec, without any interpreter start-up.
