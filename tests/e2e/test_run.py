@@ -285,6 +285,22 @@ def test_plain_restarts_and_max_cycles(repo: Path) -> None:
     assert len(logs) == 3 and logs[0].startswith("run-000001-")
 
 
+def test_run_logs_past_keep_runs_go_as_runs_end(agent_repo: Any) -> None:
+    """Logs from before this start and those of each run as it ends count alike."""
+    repo = agent_repo(
+        "import time\nprint('a run', flush=True)\ntime.sleep(0.2)\n",
+        min_runtime="50ms",
+        extra="  logs: {keep_runs: 2}\n",
+    )
+    logs = repo / ".git" / "metasup" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "run-000000-earlier.log").write_text("a log of an earlier start\n")
+    out = run_metasup(repo, "run", "--max-cycles", "4")
+    assert out.returncode == 0, out.stderr
+    left = sorted(p.name.split("-")[1] for p in logs.iterdir())
+    assert left == ["000003", "000004"]
+
+
 def test_memory_breach_is_a_health_kill_and_a_quick_failure(agent_repo: Any) -> None:
     repo = agent_repo(
         "import time\nblob = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(blob), 4096):\n"

@@ -118,25 +118,23 @@ class RunLogs:
         self.config = config
         self._runs: dict[int, dict[Path, int]] | None = None
 
-    def _read(self) -> dict[int, dict[Path, int]]:
-        runs: dict[int, dict[Path, int]] = {}
-        for path in self.folder.glob("run-*.log"):
-            number = path.name.split("-")[1]
-            if number.isdigit():
-                runs.setdefault(int(number), {})[path] = _size(path)
-        return runs
+    def _known(self) -> dict[int, dict[Path, int]]:
+        """run -> {file: size}, read from the folder the first time."""
+        if self._runs is None:
+            self._runs = {}
+            for path in self.folder.glob("run-*.log"):
+                number = path.name.split("-")[1]
+                if number.isdigit():
+                    self._runs.setdefault(int(number), {})[path] = _size(path)
+        return self._runs
 
     def closed(self, run: int, files: list[Path]) -> None:
         """Run `run`'s log closed, having written `files`."""
-        if self._runs is None:
-            self._runs = self._read()
-        self._runs.setdefault(run, {}).update({path: _size(path) for path in files})
+        self._known().setdefault(run, {}).update({path: _size(path) for path in files})
 
     def prune(self) -> None:
         """The logs past the limits go, oldest runs first."""
-        if self._runs is None:
-            self._runs = self._read()
-        runs = self._runs
+        runs = self._known()
         sizes = [(n, sum(paths.values())) for n, paths in runs.items()]
         for n in logs_to_drop(sizes, self.config.keep_runs, self.config.max_size):
             for path in runs.pop(n):
@@ -149,8 +147,3 @@ def _size(path: Path) -> int:
         return path.lstat().st_size
     except OSError:
         return 0
-
-
-def prune_run_logs(folder: Path, config: LogsConfig) -> None:
-    """The run logs past `keep_runs` runs or `max_size` bytes go, oldest runs first."""
-    RunLogs(folder, config).prune()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from metasup.effects.process.launchlog import LaunchLog
 from metasup.facts.settings import LogsConfig
-from metasup.pipelines.supervisor.retention import RunLogs, prune_run_logs
+from metasup.pipelines.supervisor.retention import RunLogs
 
 
 def test_run_logs_by_count_and_by_size(tmp_path: Path) -> None:
@@ -14,7 +14,7 @@ def test_run_logs_by_count_and_by_size(tmp_path: Path) -> None:
         (tmp_path / f"run-{run:06d}-abc.log").write_text("x")
     (tmp_path / "run-000005-abc.1.log").write_text("x")
     (tmp_path / "mcp-tools.log").write_text("not a run's")
-    prune_run_logs(tmp_path, LogsConfig(keep_runs=2, max_size=None))
+    RunLogs(tmp_path, LogsConfig(keep_runs=2, max_size=None)).prune()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "mcp-tools.log",
         "run-000004-abc.log",
@@ -22,7 +22,7 @@ def test_run_logs_by_count_and_by_size(tmp_path: Path) -> None:
         "run-000005-abc.log",
     ]
     (tmp_path / "run-000006-abc.log").write_text("y" * 100)
-    prune_run_logs(tmp_path, LogsConfig(keep_runs=10, max_size=100))
+    RunLogs(tmp_path, LogsConfig(keep_runs=10, max_size=100)).prune()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run-")) == [
         "run-000006-abc.log"
     ]
