@@ -288,7 +288,8 @@ def test_plain_restarts_and_max_cycles(repo: Path) -> None:
 def test_run_logs_past_keep_runs_go_as_runs_end(agent_repo: Any) -> None:
     """Logs from before this start and those of each run as it ends count alike."""
     repo = agent_repo(
-        "import time\nprint('a run', flush=True)\ntime.sleep(0.2)\n",
+        "import time\nprint('a run', flush=True)\n"
+        "time.sleep(0.2)  # ok: a healthy run outlasts min_runtime\n",
         min_runtime="50ms",
         extra="  logs: {keep_runs: 2}\n",
     )
