@@ -73,6 +73,8 @@ HOSTILE = textwrap.dedent(
     attempt("git diff", lambda: git("diff", "--stat"))
     attempt("git log", lambda: git("log", "-1", "--oneline"))
     attempt("write the config", lambda: write("metasup.yaml", "supervisor: {}\\n"))
+    # A second name for a tracked file: written through, the watch would see that name only.
+    attempt("hard link", lambda: os.link("agent.py", "agent-link.py"))
     attempt("write the policy", lambda: write("protected/safety_rules.yaml", "protected: []\\n"))
     attempt("write .metasup", lambda: write(".metasup/state", "x"))
     attempt("read the journal key", lambda: open(".git/metasup/secret/journal.key", "rb").close())
@@ -162,6 +164,7 @@ def test_a_hostile_agent_cannot_reach_what_is_not_its_own(repo: Path) -> None:
         "commit",
         "hooks",
         "write the config",
+        "hard link",
         "write the policy",
         "write .metasup",
         "read the journal key",
@@ -391,6 +394,11 @@ def test_landlock_mode_keeps_writes_in_the_tree_and_signals_in_the_jail(repo: Pa
                     seen[name] = "done"
                 except OSError as e:
                     seen[name] = e.strerror
+            try:
+                os.link("mine.txt", "mine-link.txt")
+                seen["link"] = "done"
+            except OSError as e:
+                seen["link"] = e.strerror
             sup = json.loads(Path(".git/metasup/state.json").read_text())["supervisor_pid"]
             try:
                 os.kill(sup, signal.SIGSTOP)
@@ -410,6 +418,7 @@ def test_landlock_mode_keeps_writes_in_the_tree_and_signals_in_the_jail(repo: Pa
     assert seen == {
         "tree": "done",
         "outside": "Permission denied",
+        "link": "Invalid cross-device link",
         "signal": "Operation not permitted",
     }
     assert not Path("/var/tmp/landlock-attack").exists()

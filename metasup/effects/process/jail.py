@@ -7,7 +7,9 @@ are bound read-only on top, and a protected path that does not exist yet gets an
 folder in its place, so it cannot be created. The rest of the filesystem is read-only but
 `sandbox.writable`, a private `/dev` (its `/dev/shm` is the jail's own tmpfs) and `/tmp`, an
 overlay of the host's whose writes stay in the jail. Mount points cannot be unmounted, renamed or
-unlinked from inside, and without capabilities no mount can be made there at all.
+unlinked from inside, and without capabilities no mount can be made there at all. Hard links
+fail with EXDEV (`nolinks`): a file written through a second name would escape the watch that
+tells which paths changed.
 
 The supervisor stays out of sight: the jail's pid namespace shows only the jail. bwrap runs as its
 pid 1 and dies with its parent (`--die-with-parent`); when the jailed command exits, bwrap exits,
@@ -38,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from metasup.effects.process import cgroups, landlock
+from metasup.effects.process import cgroups, landlock, nolinks
 from metasup.effects.process.cgroups import Cgroup
 from metasup.effects.process.spawn import Reaper, run_command
 from metasup.effects.process.view import (
@@ -141,10 +143,13 @@ _NAMESPACE_FLAGS = (
 )
 
 
-def launcher_args(bwrap: str, options_fd: int) -> list[str]:
-    """bwrap's command line: the namespaces only; the rest of its options come from
-    `options_fd` (see `Prepared`), and the command follows. Pure."""
-    return [bwrap, *_NAMESPACE_FLAGS, "--args", str(options_fd), "--"]
+def launcher_args(bwrap: str, options_fd: int, seccomp_fd: int) -> list[str]:
+    """bwrap's command line: the namespaces and the filter that denies hard links
+    (`nolinks`); the rest of its options come from `options_fd` (see `Prepared`), and the
+    command follows. Pure."""
+    return [
+        bwrap, *_NAMESPACE_FLAGS, "--seccomp", str(seccomp_fd), "--args", str(options_fd), "--"
+    ]  # fmt: skip
 
 
 # --- a prepared jail for one spawn ---------------------------------------------------------------
@@ -451,13 +456,14 @@ class Jail:
         assert bwrap is not None
         cgroup = self._cgroup()
         args_r, args_w = os.pipe2(os.O_CLOEXEC)
+        seccomp = nolinks.program_fd()
         return Prepared(
             self.mode,
-            launcher_args(bwrap, args_r),
+            launcher_args(bwrap, args_r, seccomp),
             None,
             cgroup,
             self._rlimits(cgroup),
-            (args_r, *gate),
+            (args_r, seccomp, *gate),
             ours is not None,
             ours,
             _done=self._retire,

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from metasup.effects.process import nolinks
+
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
@@ -91,6 +93,7 @@ def preexec(
     restricts itself. Only system calls, nothing that takes a lock (libc is loaded here, in the
     parent: a dlopen after fork may wait for ever)."""
     libc = ctypes.CDLL(None, use_errno=True)
+    no_links = nolinks.installer(libc)
 
     def enter() -> None:
         for path in join:
@@ -99,6 +102,7 @@ def preexec(
             os.close(fd)
         for which, value in rlimits:
             resource.setrlimit(which, (value, value))
-        _enforce(landlock, libc)
+        _enforce(landlock, libc)  # sets no_new_privs, which a filter needs
+        no_links()
 
     return enter

@@ -77,8 +77,8 @@ def test_a_worktree_inside_the_common_git_dir_is_bound_below_it(tmp_path: Path) 
     assert args.index(str(common)) < args.index("--bind") < args.index(str(tree / ".git"))
     assert "--unshare-net" not in args
     assert "--unshare-net" in view_options(View(tree=tree, cwd=tree, network=False))
-    launcher = launcher_args("bwrap", 7)
-    assert launcher[-3:] == ["--args", "7", "--"] and "--cap-drop" in launcher
+    launcher = launcher_args("bwrap", 7, 8)
+    assert launcher[-5:] == ["--seccomp", "8", "--args", "7", "--"] and "--cap-drop" in launcher
 
 
 def test_the_view_holds_git_dirs_protected_paths_and_missing_ones(tmp_path: Path) -> None:
