@@ -21,12 +21,12 @@ from pathlib import Path
 
 from metasup.effects.files.changed import ChangedPaths
 from metasup.effects.files.inotify import TreeWatch
+from metasup.effects.files.watched import Barriers
 from metasup.effects.process.wake import WakePipe
 from metasup.facts.gitpaths import in_git_dir
 from metasup.pipelines.intake import INBOX
 
 MODES = ("restore", "restore_and_restart", "stop")
-_BARRIER = ".metasup-barrier-"
 
 
 class TamperWatch:
@@ -42,10 +42,10 @@ class TamperWatch:
         self._lock = threading.Lock()
         self._queued: set[str] = set()
         self._overflowed = False
-        self._barriers: dict[str, threading.Event] = {}
         # Without a folder of metasup's own to put a barrier in, the set is never trusted.
+        self._barriers = Barriers(lock_path.parent) if lock_path is not None else None
         self.changes: ChangedPaths | None = (
-            ChangedPaths(self._barrier) if lock_path is not None else None
+            ChangedPaths(self._barriers.start) if self._barriers is not None else None
         )
         also = (lock_path.parent,) if lock_path is not None else ()
         self._watch = TreeWatch(workdir, _left_out, self._changed, self._overflow, also)
@@ -69,11 +69,8 @@ class TamperWatch:
         if self.lock_path is not None and os.path.dirname(path) == str(self.lock_path.parent):
             if path == str(self.lock_path):
                 self.wake.poke()  # the loop checks the lock at every wake-up
-            else:
-                with self._lock:
-                    passed = self._barriers.get(os.path.basename(path))
-                if passed is not None:
-                    passed.set()
+            elif self._barriers is not None:
+                self._barriers.seen(path)
             return
         self._seen(path, str(self.workdir))
 
@@ -83,34 +80,6 @@ class TamperWatch:
         if self.changes is not None:
             self.changes.lost()
         self.wake.poke()
-
-    def _barrier(self) -> Callable[[float], bool]:
-        """Start a barrier; the returned wait(timeout) is True once the watch read past it."""
-        assert self.lock_path is not None
-        name = _BARRIER + os.urandom(8).hex()  # not `secrets`: it loads _hashlib
-        passed = threading.Event()
-        with self._lock:
-            self._barriers[name] = passed
-        path = self.lock_path.parent / name
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-            os.unlink(path)
-        except OSError:
-            passed.clear()
-
-            def never(timeout: float) -> bool:
-                return False
-
-            return never
-
-        def wait(timeout: float) -> bool:
-            try:
-                return passed.wait(timeout)
-            finally:
-                with self._lock:
-                    self._barriers.pop(name, None)
-
-        return wait
 
     def take_overflow(self) -> bool:
         """Whether events were lost since the last call: the guard must look at everything."""

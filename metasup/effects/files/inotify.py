@@ -123,17 +123,33 @@ class TreeWatch:
         return None
 
     def _watch_tree(self, top: str) -> list[str]:
-        """Watch `top` and every folder under it but those skipped; the paths found."""
+        """Watch `top` and every folder under it but those skipped; the paths found. Each
+        folder is watched before it is listed: what is made in it meanwhile is either listed
+        or reported by the watch (listed first, a file made between the two would be neither)."""
         found = []
-        for folder, dirs, files in os.walk(top):
+        pending = [top]
+        while pending:
+            folder = pending.pop()
             rel = self._rel(folder)
             if rel is None:
-                dirs[:] = []
                 continue
-            prefix = f"{rel}/" if rel else ""
-            dirs[:] = [d for d in dirs if not self.skip(prefix + d)]
             self._watch(folder)
-            found += [os.path.join(folder, name) for name in (*dirs, *files)]
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue  # gone again, or not a folder
+            prefix = f"{rel}/" if rel else ""
+            for entry in entries:
+                path = os.path.join(folder, entry.name)
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                if is_dir and self.skip(prefix + entry.name):
+                    continue
+                found.append(path)
+                if is_dir:
+                    pending.append(path)
         return found
 
     def _unwatch_under(self, path: str) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pygit2
 from pygit2.enums import FileStatus
 
+from metasup.effects.files.safeio import is_special
+from metasup.effects.git import candidates
 from metasup.effects.git.repo import GitRepo, signature
 
 POP_PREFIX = "refs/metasup/pop/"
@@ -87,30 +89,23 @@ class Unrepresentable(Exception):
     """The worktree holds something a commit of ours cannot (a symlink, a nested repository)."""
 
 
-def worktree_changes(worktree: Path, parent: str) -> list[dict[str, str]]:
+def worktree_changes(worktree: Path, parent: str, *, watch: bool = True) -> list[dict[str, str]]:
     """What was changed in `worktree` since `parent`, as a proposal's `changes` (content in
     base64): what `git add -A` would commit, whatever the index says.
 
-    One status walk (which trusts the index's stat cache) names the suspects; each is then
-    compared with the parent's tree, so an index someone staged into changes nothing. Ignored
-    files are removed: the worktree started without any, and the child is judged in it as its
-    commit alone."""
+    The suspects are the paths the worktree's watch saw written since its last move (and what
+    they hold, for a new folder), or else those one status walk names (which trusts the index's
+    stat cache); each is then compared with the parent's tree, so an index someone staged into
+    changes nothing. Ignored files are removed: the worktree started without any, and the child
+    is judged in it as its commit alone. `watch=False`: walk, whatever the watch knows."""
     import base64
-    import shutil
 
-    repo = pygit2.Repository(str(worktree))
+    repo = candidates.repo_of(worktree)
     tree = repo[parent].peel(pygit2.Commit).tree
+    known = candidates.changed_since_clean(worktree, repo) if watch else None
+    suspects = _walked(repo, worktree) if known is None else _seen(repo, worktree, tree, known)
     changes: list[dict[str, str]] = []
-    for path, flags in sorted(repo.status(untracked_files="all", ignored=True).items()):
-        if flags & FileStatus.IGNORED:
-            left = worktree / path.rstrip("/")
-            if left.is_dir() and not left.is_symlink():
-                shutil.rmtree(left, ignore_errors=True)
-            else:
-                left.unlink(missing_ok=True)
-            continue
-        if path.endswith("/"):
-            raise Unrepresentable(f"{path} is a nested repository")
+    for path in sorted(suspects):
         try:
             entry: pygit2.Object | None = tree[path]
         except KeyError:
@@ -119,7 +114,7 @@ def worktree_changes(worktree: Path, parent: str) -> list[dict[str, str]]:
         try:
             st = os.lstat(full)
         except (FileNotFoundError, NotADirectoryError):  # gone, or a folder became a file
-            if entry is not None:
+            if entry is not None and not isinstance(entry, pygit2.Tree):
                 changes.append({"file": path, "action": "delete"})
             continue
         if not stat.S_ISREG(st.st_mode):
@@ -136,3 +131,64 @@ def worktree_changes(worktree: Path, parent: str) -> list[dict[str, str]]:
             {"file": path, "content_base64": base64.b64encode(data).decode(), "mode": mode}
         )
     return changes
+
+
+def _walked(repo: pygit2.Repository, worktree: Path) -> list[str]:
+    """The suspects of one status walk; ignored files removed on the way."""
+    suspects = []
+    for path, flags in repo.status(untracked_files="all", ignored=True).items():
+        if flags & FileStatus.IGNORED:
+            candidates.remove_path(worktree / path.rstrip("/"))
+            continue
+        if path.endswith("/"):
+            raise Unrepresentable(f"{path} is a nested repository")
+        suspects.append(path)
+    return suspects
+
+
+def _seen(
+    repo: pygit2.Repository, worktree: Path, tree: pygit2.Tree, known: frozenset[str]
+) -> set[str]:
+    """The suspects among the paths a watch saw written: each file, what a folder holds, what
+    the parent had in a folder that went; untracked ignored files removed on the way."""
+    suspects: set[str] = set()
+    for rel in known:
+        full = worktree / rel
+        if full.is_dir() and not full.is_symlink():
+            for folder, dirs, files in os.walk(full):
+                if ".git" in dirs or ".git" in files:
+                    inner = Path(folder).relative_to(worktree).as_posix()
+                    raise Unrepresentable(f"{inner}/ is a nested repository")
+                here = Path(folder).relative_to(worktree).as_posix()
+                suspects.update(f"{here}/{name}" for name in files)
+                # a link to a folder is listed with the folders; os.walk does not follow it
+                suspects.update(f"{here}/{d}" for d in dirs if os.path.islink(f"{folder}/{d}"))
+        else:
+            suspects.add(rel)
+        try:
+            entry: pygit2.Object | None = tree[rel]
+        except (KeyError, TypeError, ValueError):
+            entry = None
+        if isinstance(entry, pygit2.Tree):  # a folder of the parent's, maybe gone or replaced
+            suspects.update(candidates.files_under(entry, rel))
+    kept = set()
+    for path in suspects:
+        if path.split("/")[0] == ".git":
+            continue
+        try:
+            tree[path]
+            tracked = True
+        except (KeyError, TypeError, ValueError):
+            tracked = False
+        if not tracked:
+            try:
+                mode = os.lstat(worktree / path).st_mode
+            except OSError:
+                mode = None
+            if mode is not None and is_special(mode):
+                continue  # a fifo, a socket, a device: git never lists one it does not track
+            if mode is not None and repo.path_is_ignored(path):
+                candidates.remove_path(worktree / path)
+                continue
+        kept.add(path)
+    return kept

@@ -109,13 +109,20 @@ def _is_blob(git: GitRepo, tree: pygit2.Tree, path: str) -> bool:
 
 def restore_path(git: GitRepo, tree: pygit2.Tree, path: str) -> bool:
     """Make `path` in the working tree what it is in `tree`; False when it already was."""
+    return put_path(git.repo, git.workdir, tree, path)
+
+
+def put_path(repo: pygit2.Repository, workdir: Path, tree: pygit2.Tree, path: str) -> bool:
+    """Make `path` under `workdir` what it is in `tree` (of `repo`): its file written, or
+    whatever stands there removed where `tree` has nothing; a folder of `tree` is only cleared
+    the way to. Never follows a link. False when it already was."""
     try:
         entry: pygit2.Object | None = tree[path]
     except KeyError:
         entry = None
-    target = git.workdir / path
+    target = workdir / path
     present = target.exists() or target.is_symlink()
-    blob = git.repo[entry.id] if entry is not None else None
+    blob = repo.get(entry.id) if entry is not None else None  # a submodule's commit: absent
     if isinstance(blob, pygit2.Blob):
         assert entry is not None
         mode = entry.filemode
@@ -127,7 +134,7 @@ def restore_path(git: GitRepo, tree: pygit2.Tree, path: str) -> bool:
             return False
         if entry is not None and target.is_dir() and not target.is_symlink():
             return False
-    make_dirs(git.workdir, path)
+    make_dirs(workdir, path)
     if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
     if blob is None:

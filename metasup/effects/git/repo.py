@@ -37,7 +37,7 @@ from metasup.effects.git.files import clear_links, clear_special, index_as
 from metasup.effects.git.scoped import status_within
 from metasup.effects.git.sweep import ARCHIVED, Sweep, Taken
 from metasup.effects.git.sweep import plan as plan_sweep
-from metasup.effects.git.treeedit import Edit, edit_tree
+from metasup.effects.git.treeedit import Edit, changed_between, edit_tree
 from metasup.facts.errors import UserError
 from metasup.facts.faults import crashpoint, is_armed
 from metasup.facts.gitpaths import common_dir
@@ -239,11 +239,7 @@ class GitRepo:
             return set()
         a = self.repo[old].peel(pygit2.Commit).tree
         b = self.repo[new].peel(pygit2.Commit).tree
-        paths: set[str] = set()
-        for delta in a.diff_to_tree(b).deltas:
-            paths.add(delta.old_file.path)
-            paths.add(delta.new_file.path)
-        return paths
+        return changed_between(a, b)
 
     def archives(self) -> list[tuple[str, str]]:
         """(ref, commit) of every archived state, oldest first."""

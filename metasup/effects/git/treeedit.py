@@ -70,3 +70,26 @@ def edit_tree(
     if oid is None:
         return repo.TreeBuilder().write()
     return oid
+
+
+def changed_between(a: pygit2.Tree | None, b: pygit2.Tree | None, prefix: str = "") -> set[str]:
+    """The paths of the files (and links, and submodules) that differ between two trees, each
+    side of a move; a folder on both sides with the same id is skipped whole, so the cost
+    follows the change (libgit2's tree diff reads every entry: 3.5 ms at 10k files)."""
+    if a is not None and b is not None and a.id == b.id:
+        return set()
+    left = {str(e.name): e for e in a} if a is not None else {}
+    right = {str(e.name): e for e in b} if b is not None else {}
+    found: set[str] = set()
+    for name in left.keys() | right.keys():
+        old, new = left.get(name), right.get(name)
+        if old is not None and new is not None and (old.id, old.filemode) == (new.id, new.filemode):
+            continue
+        path = prefix + name
+        old_tree = old if isinstance(old, pygit2.Tree) else None
+        new_tree = new if isinstance(new, pygit2.Tree) else None
+        if (old is not None and old_tree is None) or (new is not None and new_tree is None):
+            found.add(path)  # a file on at least one side
+        if old_tree is not None or new_tree is not None:
+            found |= changed_between(old_tree, new_tree, path + "/")
+    return found
