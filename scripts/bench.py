@@ -382,7 +382,8 @@ def bench_experiments(repo: Path, agent: Path, log: Path, repeats: int) -> dict[
 
 def bench_evolution(repo: Path, agent: Path, log: Path) -> dict[str, Any]:
     """`metasup evolve` on `repo`: its own overhead per candidate (wall time minus the time its
-    commands ran, from their own stamps), with the jail and without; then the throughput of a
+    commands ran, from their own stamps: the jail's start and end of each command count as
+    overhead), with the jail and without, once the pool's slots exist; then the throughput of a
     CPU-bound fitness (300 ms) at max_concurrent 1 vs 2."""
     from metasup.effects.records.journal import StateDir, read_events
     from metasup.facts.config import parse_config
@@ -436,12 +437,23 @@ def bench_evolution(repo: Path, agent: Path, log: Path) -> dict[str, Any]:
             "children_per_s": round(children / (last - first), 3),
         }
 
+    # The pool's two slots made first: each costs a full checkout once (timed apart), which
+    # 15 candidates would otherwise share; and which slots a run makes depends on its verdict.
+    from metasup.effects.git.candidates import worktree_at
+
+    pool = StateDir.for_git_dir(g.git_dir).root / "worktrees"
+    made = []
+    for slot in ("cand-0", "base-0"):
+        t = time.perf_counter()
+        worktree_at(g, slot, pool, g.head() or "HEAD")
+        made.append(time.perf_counter() - t)
     jailed = evolve("auto", 1, 0, 8)
     off = evolve("off", 1, 0, 8)
     one = evolve("auto", 1, 300, 9)  # 8 children a generation: 2 slots stay busy
     two = evolve("auto", 2, 300, 9)
     return {
         "files": sum(1 for _ in repo.rglob("*.txt")),
+        "slot_first_checkout_ms": median_ms(made),
         "overhead_jail": jailed,
         "overhead_off": off,
         "cpu_bound_children_per_s": {"1": one["children_per_s"], "2": two["children_per_s"]},
@@ -557,8 +569,23 @@ def print_ray(r: dict[str, Any]) -> None:
     )
 
 
+def print_experiments(e: dict[str, Any]) -> None:
+    print("\n## experiments on 10k files")
+    print(
+        f"shadow spawn, warm pool: {e['shadow_spawn_warm_pool_ms']} ms median; "
+        f"git worktree add: {e['git_worktree_add_ms']} ms "
+        f"({e['git_worktree_add_ms'] / max(e['shadow_spawn_warm_pool_ms'], 0.001):.0f}x)"
+    )
+    walls = e["four_candidates_wall_s"]
+    print(
+        f"4 candidates: {walls['1']} s at max_concurrent 1, {walls['2']} s at 2 "
+        f"(ratio {e['concurrency_ratio']})"
+    )
+
+
 def print_evolution(e: dict[str, Any]) -> None:
     print("\n## evolution (metasup evolve, 10k-file repository)")
+    print(f"a pooled worktree's first checkout (once per slot): {e['slot_first_checkout_ms']} ms")
     for key, label in (("overhead_jail", "jail on"), ("overhead_off", "mode: off")):
         o = e[key]
         print(
@@ -1129,7 +1156,17 @@ def main() -> int:
     parser.add_argument("--drift-cycles", type=int, default=500)
     parser.add_argument(
         "--only",
-        choices=["mcp", "api", "tamper", "jail", "archive", "evolution", "ray", "loop"],
+        choices=[
+            "mcp",
+            "api",
+            "tamper",
+            "jail",
+            "archive",
+            "experiments",
+            "evolution",
+            "ray",
+            "loop",
+        ],
         default=None,
         help="Run one part only.",
     )
@@ -1152,6 +1189,15 @@ def main() -> int:
             ),
             "jail": (lambda: bench_jail(root, args.cycles), print_jail),
             "archive": (lambda: bench_bulk_archive(root), print_bulk),
+            "experiments": (
+                lambda: bench_experiments(
+                    make_repo(root / "big", 10000),
+                    build_agent(root),
+                    root / "agent.log",
+                    args.repeats,
+                ),
+                print_experiments,
+            ),
             "evolution": (
                 lambda: bench_evolution(
                     make_repo(root / "big", 10000), build_agent(root), root / "agent.log"
@@ -1388,18 +1434,7 @@ def print_table(r: dict[str, Any]) -> None:
     print("\n## proposal validation (median ms)")
     for name, v in r["validation"].items():
         print(f"| {name:<10} | {v['median_ms']:>8.3f} ms | {v['per_second']:>7} / s |")
-    e = r["experiments"]
-    print("\n## experiments on 10k files")
-    print(
-        f"shadow spawn, warm pool: {e['shadow_spawn_warm_pool_ms']} ms median; "
-        f"git worktree add: {e['git_worktree_add_ms']} ms "
-        f"({e['git_worktree_add_ms'] / max(e['shadow_spawn_warm_pool_ms'], 0.001):.0f}x)"
-    )
-    walls = e["four_candidates_wall_s"]
-    print(
-        f"4 candidates: {walls['1']} s at max_concurrent 1, {walls['2']} s at 2 "
-        f"(ratio {e['concurrency_ratio']})"
-    )
+    print_experiments(r["experiments"])
     print_evolution(r["evolution"])
     print_ray(r["ray"])
     idle = r["idle"]

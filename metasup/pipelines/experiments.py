@@ -284,10 +284,9 @@ class Experimenter:
     def _evaluate(self, c: Candidate, base: str, slot: int) -> None:
         t0 = time.perf_counter()
         self.emit(Event.EXPERIMENT_STARTED, id=c.id, source=c.source, base=base)
-        here = candidates.worktree_at(
-            self.repo, self.slot("cand", slot), self.pool, base, self._git
-        )
-        proposal, errors = proposals.validate(c.raw, self.policy, here)
+        with self._git:  # judged against the base commit itself: no worktree to move there
+            kind, sha = candidates.in_commit(self.repo, base)
+            proposal, errors = proposals.validate(c.raw, self.policy, proposals.Looker(kind, sha))
         if proposal is None or errors:
             c.errors = [e.as_dict() for e in errors]
             c.outcome = "rejected"

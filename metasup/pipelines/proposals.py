@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,15 @@ def _schema_validator() -> Any:
 # --- validation -------------------------------------------------------------------------------
 
 
-def validate(raw: bytes, policy: Policy, workdir: Path) -> tuple[Proposal | None, list[Rejection]]:
-    """The proposal when every check passes, else None and every reason it does not."""
+def validate(
+    raw: bytes, policy: Policy, where: Path | Looker
+) -> tuple[Proposal | None, list[Rejection]]:
+    """The proposal when every check passes, else None and every reason it does not; the
+    tree checks against the working tree at `where`, or a commit's (`Looker`)."""
     proposal, errors = parse(raw, policy)
     if proposal is None or errors:
         return None, errors
-    errors = check_against_tree(proposal, workdir)
+    errors = check_against_tree(proposal, where)
     return (None, errors) if errors else (proposal, [])
 
 
@@ -251,11 +255,36 @@ def _overlaps(changes: list[Change]) -> list[Rejection]:
     return errors
 
 
-def check_against_tree(proposal: Proposal, workdir: Path) -> list[Rejection]:
+@dataclass(frozen=True)
+class Looker:
+    """What stands at a path of a tree (`kind`: missing, link, dir, file or other) and the
+    blob sha of a file there: the working tree's, or a commit's read from git."""
+
+    kind: Callable[[str], str]
+    sha: Callable[[str], str]
+
+
+def on_disk(workdir: Path) -> Looker:
+    def kind(path: str) -> str:
+        try:
+            mode = os.lstat(workdir / path).st_mode
+        except FileNotFoundError:
+            return "missing"
+        if stat.S_ISLNK(mode):
+            return "link"
+        if stat.S_ISDIR(mode):
+            return "dir"
+        return "file" if stat.S_ISREG(mode) else "other"
+
+    return Looker(kind, lambda path: blob_sha((workdir / path).read_bytes()))
+
+
+def check_against_tree(proposal: Proposal, where: Path | Looker) -> list[Rejection]:
     """Symlinks, files in the way, deletes of missing files, stale bases. Reads only."""
+    look = on_disk(where) if isinstance(where, Path) else where
     errors = []
     for ch in proposal.changes:
-        problem = _tree_problem(ch, workdir)
+        problem = _tree_problem(ch, look)
         if problem is not None:
             code, message = problem
             errors.append(
@@ -264,31 +293,28 @@ def check_against_tree(proposal: Proposal, workdir: Path) -> list[Rejection]:
     return errors
 
 
-def _tree_problem(ch: Change, workdir: Path) -> tuple[str, str] | None:
+def _tree_problem(ch: Change, look: Looker) -> tuple[str, str] | None:
     parts = ch.path.split("/")
-    here = workdir
-    for n, part in enumerate(parts):
-        here = here / part
-        try:
-            st = os.lstat(here)
-        except FileNotFoundError:
+    for n in range(len(parts)):
+        shown = "/".join(parts[: n + 1])
+        kind = look.kind(shown)
+        if kind == "missing":
             if ch.delete:
                 return "delete_missing", "there is no such file to delete"
             if ch.expected_sha is not None:
                 return "stale", f"expected_sha {ch.expected_sha} but the file does not exist"
             return None
         last = n == len(parts) - 1
-        shown = "/".join(parts[: n + 1])
-        if stat.S_ISLNK(st.st_mode):
+        if kind == "link":
             return "path_symlink", f"{shown!r} is a symbolic link; changes never follow one"
-        if not last and not stat.S_ISDIR(st.st_mode):
+        if not last and kind != "dir":
             return "path_invalid", f"{shown!r} is a file, not a directory"
-        if last and stat.S_ISDIR(st.st_mode):
+        if last and kind == "dir":
             return "path_invalid", "it is a directory"
-        if last and not stat.S_ISREG(st.st_mode):
+        if last and kind != "file":
             return "path_invalid", "it is not a regular file"
     if ch.expected_sha is not None:
-        current = blob_sha((workdir / ch.path).read_bytes())
+        current = look.sha(ch.path)
         if current != ch.expected_sha:
             return "stale", f"expected_sha {ch.expected_sha}, but the file is now {current}"
     return None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from metasup.facts.policy import Limits, Policy, load_policy
@@ -370,3 +370,51 @@ def test_hostile_proposals(tmp_path_factory: pytest.TempPathFactory, document: A
 def test_deep_nesting_is_a_schema_error(tree: Path, policy: Policy) -> None:
     raw = b"[" * 100_000 + b"]" * 100_000
     assert codes(raw, policy, tree) == ["schema"]
+
+
+_IN_TREE = ["a.txt", "d/b.txt", "d", "d/e/c.txt", "link", "link/x", "a.txt/x", "new.txt", "d/new"]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(_IN_TREE), st.booleans(), st.sampled_from([None, "right", "wrong"])
+        ),
+        min_size=1,
+        max_size=4,
+        unique_by=lambda c: c[0],
+    )
+)
+def test_a_commit_is_judged_as_a_worktree_holding_it_is(tmp_path_factory, changes) -> None:  # type: ignore[no-untyped-def]
+    """Experiments check a proposal against the base commit read from git, not against a
+    worktree moved there: every answer is the one the worktree gives."""
+    from metasup.effects.git.candidates import in_commit
+    from metasup.effects.git.repo import GitRepo
+    from testing.fixtures import git, make_repo
+
+    repo = make_repo(tmp_path_factory.mktemp("judged") / "repo")
+    (repo / "d" / "e").mkdir(parents=True)
+    for name in ("a.txt", "d/b.txt", "d/e/c.txt"):
+        (repo / name).write_text(name)
+    os.symlink("a.txt", repo / "link")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "tree")
+    entries = []
+    for path, delete, sha in changes:
+        entry: dict[str, Any] = {"file": path}
+        if delete:
+            entry["action"] = "delete"
+        else:
+            entry["content"] = "new\n"
+        if sha is not None:
+            entry["expected_sha"] = blob_sha(path.encode()) if sha == "right" else "0" * 40
+        entries.append(entry)
+    proposal, _ = proposals.parse(doc(*entries), load_policy(repo))
+    assume(proposal is not None)  # refused before the tree is looked at: the same for both
+    assert proposal is not None
+    kind, sha = in_commit(GitRepo(repo), git(repo, "rev-parse", "HEAD").strip())
+    from_git = proposals.check_against_tree(proposal, proposals.Looker(kind, sha))
+    assert from_git == proposals.check_against_tree(proposal, repo)

@@ -57,6 +57,25 @@ def candidate_commit(git: GitRepo, base: str, changes: list[FileChange], message
     return str(oid)
 
 
+def in_commit(git: GitRepo, commit: str) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    """What `commit` has at a path, as a worktree holding it would show it (missing, link, dir,
+    file, or other: a submodule), and the blob id of a file there: a proposal is checked
+    against a commit without a worktree moved to it. Call under the lock that guards `git`."""
+    tree = git.repo[commit].peel(pygit2.Commit).tree
+
+    def kind(path: str) -> str:
+        entry = _entry(tree, path)
+        if entry is None:
+            return "missing"
+        if entry.filemode == pygit2.enums.FileMode.LINK:
+            return "link"
+        if isinstance(entry, pygit2.Tree):
+            return "dir"
+        return "file" if isinstance(entry, pygit2.Blob) else "other"
+
+    return kind, lambda path: str(tree[path].id)
+
+
 def worktree_at(
     git: GitRepo,
     slot: str,
