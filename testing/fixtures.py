@@ -169,14 +169,15 @@ def jail_off(repo: Path, code: str, **config: Any) -> None:
 def marked_pids(marker: str, jail: bool = True) -> list[int]:
     """Live processes (zombies aside) with `marker` as an argument. A jailed process knows only
     its pid in the jail's namespace: a test finds it from outside by what it runs. `jail`:
-    bwrap's own processes (whose arguments hold the jailed command's) count too."""
+    bwrap's own processes (whose arguments hold the jailed command's) count too, and the shell
+    that waits in the next run's jail built ahead (`metasup-launch`)."""
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         info = proc.info
         argv = info["cmdline"] or []
         if info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid() or not argv:
             continue
-        if not jail and os.path.basename(argv[0]) == "bwrap":
+        if not jail and (os.path.basename(argv[0]) == "bwrap" or "metasup-launch" in argv[:4]):
             continue
         if marker in argv:
             found.append(proc.pid)

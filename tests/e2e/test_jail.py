@@ -211,9 +211,25 @@ def test_a_jailed_agent_dies_with_its_supervisor(repo: Path) -> None:
     write_config(repo, agent_config().replace("agent.py]", f"agent.py, 'agent:{repo}']"))
     with supervising(repo) as proc:
         wait_for(lambda: marked_pids(f"agent:{repo}", jail=False), what="the agent")
+        # The next run's jail, built ahead: its shell waits for the launch's line.
+        wait_for(lambda: _launch_shells(f"agent:{repo}"), what="the jail built ahead")
         proc.kill()  # kill -9: no stop step runs
         proc.wait()
         wait_for(lambda: not marked_pids(f"agent:{repo}"), timeout=5, what="the agent gone")
+    assert not _launch_shells(f"agent:{repo}"), "the jail built ahead outlived its supervisor"
+
+
+def _launch_shells(marker: str) -> list[int]:
+    """The shells waiting in jails built ahead for `marker`'s command."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        argv = proc.info["cmdline"] or []
+        waiting = "metasup-launch" in argv[:4] and marker in argv
+        if waiting and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc.pid)
+    return found
 
 
 def limited_repo(repo: Path, agent: str, sandbox: str, health: str = "") -> Path:

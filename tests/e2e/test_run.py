@@ -197,7 +197,9 @@ DAEMON_AGENT = textwrap.dedent(
 def daemon_repo(repo: Path, sleep: float, code: int, sandbox: str = "auto") -> Path:
     (repo / "agent.py").write_text(DAEMON_AGENT)
     (repo / ".gitignore").write_text("*.started\n__pycache__/\n")
-    cfg = agent_config(extra=f"  sandbox: {{mode: {sandbox}}}\n")
+    # A failure well within min_runtime however slow the machine: its daemon takes two Python
+    # starts before the agent exits.
+    cfg = agent_config(min_runtime="5s", extra=f"  sandbox: {{mode: {sandbox}}}\n")
     write_config(repo, cfg.replace("agent.py]", f"agent.py, '{sleep}', '{code}', 'agent:{repo}']"))
     return repo
 

@@ -439,10 +439,14 @@ class Jail:
 
     def launch(self, prepared: Prepared, view: View, env: Mapping[str, str]) -> None:
         """Start a jail made ahead in `view`, with `env` as the command's whole environment."""
+        prepared.fill(self.options(view, env))
+
+    def options(self, view: View, env: Mapping[str, str]) -> list[str]:
+        """The options that start a jail made ahead in `view` with `env` (see `launch`)."""
         options = [*view_options(self._settle(view)), "--clearenv"]
         for key, value in env.items():
             options += ["--setenv", key, value]
-        prepared.fill(options)
+        return options
 
     def _bwrap(
         self,

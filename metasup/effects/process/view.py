@@ -33,6 +33,22 @@ class View:
     tmp_overlay: bool = True  # /tmp: the host's seen, writes kept in the jail; else empty
 
 
+def marks(view: View) -> tuple[tuple[int, int] | None, ...]:
+    """What each path the view binds is now (device and inode; None: missing). A jail built
+    ahead shows the files its binds were made on: it is used only if these are unchanged (a
+    protected file replaced by a new one since would show its old content there)."""
+    found: list[tuple[int, int] | None] = []
+    for path in (view.tree, *view.readonly, *view.placeholders, *view.holes, *view.writable,
+                 *view.hidden):  # fmt: skip
+        try:
+            st = os.stat(path)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((st.st_dev, st.st_ino))
+    return tuple(found)
+
+
 def view_to_json(view: View) -> dict[str, Any]:
     """For a helper process (the MCP worker) that jails what it starts."""
     return {

@@ -1,17 +1,25 @@
 """The agent's runs, as the loop starts, watches and ends them.
 
-A run starts in the jail made ahead while the run before it ran (or in a new one, or in none),
+A run starts in the jail built ahead while the run before it ran (or in a new one, or in none),
 with its output pipes on the loop's selector and its cgroup's OOM events too; it is sampled for
 health, killed for a breach, and stopped (stop signal, then SIGKILL, stragglers included) before
 any git step. The loop decides when; this does.
+
+The jail built ahead is whole: namespaces, cgroup, mounts and environment, with a shell of ours
+as its command, waiting to read the three variables only a launch knows (the run, its commit,
+the strategy) on its stdin; it then execs the agent with /dev/null as stdin. A launch writes one
+line. It is used only when the launch would build the same jail (same view on the same files,
+same environment but those three); otherwise it is killed and a new one made at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import selectors
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,7 +45,7 @@ from metasup.effects.process.trees import (
     stop_tree,
     tree_members,
 )
-from metasup.effects.process.view import View
+from metasup.effects.process.view import View, marks
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Emit, Event, Notice, Report
 from metasup.facts.faults import child_env
@@ -48,6 +56,49 @@ from metasup.pipelines.supervisor.status import AgentStatus
 
 if TYPE_CHECKING:
     from metasup.pipelines.supervisor.api_child import ApiProcess
+
+
+# Set by the shell in the jail built ahead, from the line a launch writes.
+LATE_VARS = ("METASUP_RUN", "METASUP_COMMIT", "METASUP_STRATEGY")
+_LATE_VALUE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_SHELL = "/bin/sh"
+_LATE_SCRIPT = (
+    "read -r METASUP_RUN METASUP_COMMIT METASUP_STRATEGY || exit 111\n"
+    "export METASUP_RUN METASUP_COMMIT METASUP_STRATEGY\n"
+    'exec "$@" </dev/null\n'
+)
+
+
+@dataclass
+class Built:
+    """What a jail built ahead was built with: a launch that would build another one kills it.
+    Its options are written on a thread of their own (they wait for its move into its cgroup,
+    which can take the kernel ~10 ms, beside the run just launched)."""
+
+    view: View
+    env: dict[str, str]  # without the late variables
+    marks: tuple[tuple[int, int] | None, ...]
+    filling: threading.Thread | None = None
+    failed: OSError | None = None
+
+    def fill(self, prepared: Prepared, options: list[str]) -> None:
+        def write() -> None:
+            try:
+                prepared.fill(options)
+            except OSError as e:
+                self.failed = e
+
+        self.filling = threading.Thread(target=write, name="metasup-jail-fill", daemon=True)
+        self.filling.start()
+
+    def filled(self) -> bool:
+        if self.filling is not None:
+            self.filling.join()
+        return self.failed is None
+
+
+def _static(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in LATE_VARS}
 
 
 @dataclass
@@ -102,6 +153,7 @@ class Agent:
         self._pipe_fds: dict[str, int] = {}
         self.run_logs = RunLogs(dirs.logs, config.logs)
         self._ahead: Child | None = None  # the next run's jail, made ahead
+        self._built: Built | None = None  # how it was built, when it was built whole
 
     @property
     def mode(self) -> str:
@@ -151,7 +203,7 @@ class Agent:
             log=log.path.name,
             sandbox=self.mode if jailed is not None else "off",
         )
-        self._spawn_ahead()
+        self._spawn_ahead(env, holes)
         return None
 
     def _start(self, env: dict[str, str], holes: tuple[Path, ...]) -> Child:
@@ -161,8 +213,14 @@ class Agent:
         if self.jail is None or not self.config.sandbox.applies("agent"):
             return spawn(command, cwd=self.workdir, env=env)
         view = self.jail_view(self.workdir, holes)
+        built, self._built = self._built, None
         child = self._take_ahead()
-        if child is not None and child.jail is not None:
+        if child is not None and child.jail is not None and built is not None:
+            if self._fits(built, view, env) and self._go(child, env):
+                child.started = time.monotonic()
+                return child
+            self.drop(child)  # built for another launch, or it died meanwhile: a new jail below
+        elif child is not None and child.jail is not None:
             if findable(command[0], self.workdir, env):
                 try:
                     self.jail.launch(child.jail, view, {**env, TREE_VAR: child.token})
@@ -178,9 +236,35 @@ class Agent:
         jailed = self.jail.prepare(view, hold=hold)
         return spawn(command, cwd=self.workdir, env=env, jail=jailed)
 
-    def _spawn_ahead(self) -> None:
-        """The next run's jail, made now while this one runs (see `Jail.ahead`). Not without a
-        network: its launch waits for the API to be bound in it."""
+    def _fits(self, built: Built, view: View, env: dict[str, str]) -> bool:
+        """Whether this launch would build the jail `built` describes, on the same files."""
+        return (
+            built.filled()
+            and built.view == view
+            and built.env == _static(env)
+            and all(_LATE_VALUE.fullmatch(env.get(k, "")) for k in LATE_VARS)
+            and findable(self.config.agent.command[0], self.workdir, env)
+            and built.marks == marks(view)
+        )
+
+    @staticmethod
+    def _go(child: Child, env: dict[str, str]) -> bool:
+        """Give the waiting shell its line: it execs the agent. False when it is gone."""
+        stdin = child.popen.stdin
+        if stdin is None:
+            return False
+        line = " ".join(env[k] for k in LATE_VARS) + "\n"
+        try:
+            stdin.write(line.encode())
+            stdin.close()
+        except OSError:
+            return False
+        return True
+
+    def _spawn_ahead(self, env: dict[str, str], holes: tuple[Path, ...]) -> None:
+        """The next run's jail, made now while this one runs (see `Jail.ahead`): built whole
+        for a launch like this one's, else (no shell to wait in) left to read its options at
+        the launch. Not without a network: its launch waits for the API to be bound in it."""
         if self.jail is None or not self.config.sandbox.applies("agent"):
             return
         if not self.config.sandbox.network or self._ahead is not None:
@@ -188,12 +272,20 @@ class Agent:
         prepared = self.jail.ahead()
         if prepared is None:
             return
+        command = list(self.config.agent.command)
+        whole = os.access(_SHELL, os.X_OK)
+        argv = [_SHELL, "-c", _LATE_SCRIPT, "metasup-launch", *command] if whole else command
         try:
-            self._ahead = spawn(
-                self.config.agent.command, cwd=self.workdir, env=child_env(), jail=prepared
-            )
+            self._ahead = spawn(argv, cwd=self.workdir, env=child_env(), jail=prepared, stdin=whole)
         except SpawnError:
             self._ahead = None  # the launch makes its jail then, and says what went wrong
+            return
+        if not whole:
+            return
+        view = self.jail_view(self.workdir, holes)
+        static = _static(env)
+        self._built = Built(view, static, marks(view))
+        self._built.fill(prepared, self.jail.options(view, {**static, TREE_VAR: self._ahead.token}))
 
     def _take_ahead(self) -> Child | None:
         """The jail made ahead, if it still waits (someone may have killed it)."""
@@ -213,6 +305,9 @@ class Agent:
         cgroup."""
         if child is None:
             child, self._ahead = self._ahead, None
+            built, self._built = self._built, None
+            if built is not None:
+                built.filled()  # its thread is done with the jail's pipes before they close
         if child is None:
             return
         with contextlib.suppress(ProcessLookupError):

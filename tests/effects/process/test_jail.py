@@ -150,3 +150,24 @@ def test_a_dead_supervisors_jails_are_swept(tmp_path: Path) -> None:
         left.kill()
         if folder.exists():
             folder.rmdir()
+
+
+def test_marks_change_when_a_bound_file_is_replaced_not_when_written(tmp_path: Path) -> None:
+    """A jail built ahead shows the files its binds were made on: replaced since (a new file
+    renamed over it), it would show the old one, so the marks differ and it is not used."""
+    from metasup.effects.process.view import marks
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    config = tree / "metasup.yaml"
+    config.write_text("a\n")
+    view = View(tree=tree, cwd=tree, readonly=(config,), placeholders=(tree / "missing",))
+    before = marks(view)
+    config.write_text("b\n")  # in place: the bind shows it
+    assert marks(view) == before
+    (tree / "new.yaml").write_text("c\n")
+    (tree / "new.yaml").replace(config)
+    assert marks(view) != before
+    after = marks(view)
+    (tree / "missing").mkdir()  # a path that appears is another file too
+    assert marks(view) != after
