@@ -26,6 +26,7 @@ from metasup.facts.settings import (
     SANDBOX_TARGETS,
     AgentConfig,
     Backoff,
+    CanaryConfig,
     Config,
     Criteria,
     EvolutionConfig,
@@ -37,6 +38,7 @@ from metasup.facts.settings import (
     RollbackConfig,
     SandboxConfig,
     SandboxLimits,
+    ServeConfig,
     is_loopback,
     servers_watch,
     split_listen,
@@ -48,7 +50,7 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 
 # Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
 # the ones a file sets so nobody believes they are in force.
-INACTIVE_KEYS: tuple[str, ...] = ()
+INACTIVE_KEYS: tuple[str, ...] = ("serve",)
 
 
 def find_config(root: Path, explicit: Path | None = None) -> Path:
@@ -261,6 +263,7 @@ def _build(
         proposals_mode=s.get("proposals", {}).get("mode", "direct"),
         experiments=experiments,
         evolution=_evolution(s.get("evolution"), lines, name, dur),
+        serve=_serve(s.get("serve"), agent, lines, name),
         api_listen=_api_listen(s.get("api", {}), lines, name),
         api_allow_remote=s.get("api", {}).get("allow_remote", False),
         on_tamper=s.get("on_tamper", "restore"),
@@ -418,6 +421,59 @@ def _evolution(
         mode=e.get("mode", "manual"),
         trigger_every=dur((*at, "trigger", "every"), trigger.get("every"), 3600.0) or 3600.0,
         trigger_min_gain=trigger.get("min_gain"),
+    )
+
+
+def _serve(
+    sv: Mapping[str, Any] | None, agent: AgentConfig, lines: dict[Path_, int], name: str
+) -> ServeConfig | None:
+    """What the schema cannot say: replicas of an agent (there must be one), bounds in order,
+    a canary that only ever steps up."""
+    if sv is None:
+        return None
+    at = ("supervisor", "serve")
+    if agent.servers_only:
+        raise fail_at(name, lines, at, "serving runs replicas of the agent: give `agent:` too")
+    d = ServeConfig()
+    r = sv.get("replicas", {})
+    low, high = r.get("min", d.min_replicas), r.get("max", max(d.max_replicas, r.get("min", 1)))
+    if high < low:
+        raise fail_at(name, lines, (*at, "replicas", "max"), f"max ({high}) is below min ({low})")
+    c = sv.get("canary", {})
+    dc = CanaryConfig()
+    start = float(c.get("start", dc.start))
+    steps = tuple(float(x) for x in c.get("steps", dc.steps))
+    for i, (before, step) in enumerate(zip((start, *steps), steps, strict=False)):
+        if step <= before:
+            raise fail_at(
+                name,
+                lines,
+                (*at, "canary", "steps", i),
+                f"{step:g} does not step up from {before:g}: the share only ever grows",
+            )
+    if steps[-1] != 1.0:
+        raise fail_at(
+            name,
+            lines,
+            (*at, "canary", "steps", len(steps) - 1),
+            f"the last step is {steps[-1]:g}: a candidate is promoted after taking all the "
+            "traffic (1.0)",
+        )
+    return ServeConfig(
+        listen=sv.get("listen", d.listen),
+        port_env=sv.get("port_env", d.port_env),
+        health_path=sv.get("health_path", d.health_path),
+        min_replicas=low,
+        max_replicas=high,
+        target_inflight=float(r.get("target_inflight", d.target_inflight)),
+        mirror=float(sv.get("mirror", d.mirror)),
+        canary=CanaryConfig(
+            start=start,
+            steps=steps,
+            step_requests=c.get("step_requests", dc.step_requests),
+            max_error_delta=float(c.get("max_error_delta", dc.max_error_delta)),
+            max_p99_ratio=float(c.get("max_p99_ratio", dc.max_p99_ratio)),
+        ),
     )
 
 

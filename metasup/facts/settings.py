@@ -223,6 +223,54 @@ class EvolutionConfig:
         }
 
 
+@dataclass(frozen=True)
+class CanaryConfig:
+    """How a candidate's share of live traffic steps up, and what reverts it."""
+
+    start: float = 0.01
+    steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
+    step_requests: int = 200
+    max_error_delta: float = 0.02
+    max_p99_ratio: float = 1.2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "steps": list(self.steps),
+            "step_requests": self.step_requests,
+            "max_error_delta": self.max_error_delta,
+            "max_p99_ratio": self.max_p99_ratio,
+        }
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """metasup's front door for an agent that serves HTTP (SPEC, "Serving")."""
+
+    listen: str = "127.0.0.1:8080"
+    port_env: str = "PORT"
+    health_path: str = "/health"
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_inflight: float = 8.0
+    mirror: float = 0.1
+    canary: CanaryConfig = CanaryConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "listen": self.listen,
+            "port_env": self.port_env,
+            "health_path": self.health_path,
+            "replicas": {
+                "min": self.min_replicas,
+                "max": self.max_replicas,
+                "target_inflight": self.target_inflight,
+            },
+            "mirror": self.mirror,
+            "canary": self.canary.to_dict(),
+        }
+
+
 SANDBOX_TARGETS = ("agent", "mcp_servers", "experiments")
 
 
@@ -280,6 +328,7 @@ class Config:
     proposals_mode: str = "direct"
     experiments: ExperimentsConfig = ExperimentsConfig()
     evolution: EvolutionConfig | None = None  # None: no `evolution:` section
+    serve: ServeConfig | None = None  # None: no `serve:` section
     api_listen: str | None = None  # host:port; None: no HTTP API
     api_allow_remote: bool = False
     on_tamper: str = "restore"  # restore | restore_and_restart | stop
@@ -333,6 +382,7 @@ class Config:
                 "proposals": {"mode": self.proposals_mode},
                 "experiments": self.experiments.to_dict(),
                 "evolution": self.evolution.to_dict() if self.evolution else None,
+                "serve": self.serve.to_dict() if self.serve else None,
                 "api": {"listen": self.api_listen, "allow_remote": self.api_allow_remote},
                 "sandbox": self.sandbox.to_dict(),
             },

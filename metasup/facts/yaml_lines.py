@@ -67,7 +67,13 @@ def _construct(
 def dotted(at: Path_) -> str:
     out = ""
     for part in at:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        # A key with a line break or another control character, quoted: the error stays on
+        # one line and says what the key is.
+        shown = part if part.isprintable() else repr(part)
+        out += f".{shown}" if out else shown
     return out
 
 

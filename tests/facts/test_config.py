@@ -330,7 +330,8 @@ def test_cli_config_error_is_one_line_exit_2(repo: Path) -> None:
     assert out.stderr.strip() == (
         "metasup: error: metasup.yaml:3: supervisor.colour: unknown key (known: agent, api, "
         "evolution, experiments, health_checks, logs, max_failures, mcpServers, mcp_config, "
-        "mcp_servers, min_runtime, on_tamper, proposals, protected_paths, rollback, sandbox)"
+        "mcp_servers, min_runtime, on_tamper, proposals, protected_paths, rollback, sandbox, "
+        "serve)"
     )
     assert "Traceback" not in out.stderr
 
@@ -518,3 +519,58 @@ def test_retention_settings() -> None:
     ) == (
         "metasup.yaml:3: supervisor.rollback.keep_archives.count: 0 is less than the minimum of 1"
     )
+
+
+def test_serve_defaults_and_the_spec_example() -> None:
+    cfg = parse(
+        "supervisor:\n  agent: {command: x}\n  serve:\n"
+        '    listen: "127.0.0.1:8080"\n    port_env: PORT\n    health_path: /health\n'
+        "    replicas: {min: 1, max: 4, target_inflight: 8}\n    mirror: 0.1\n"
+        "    canary: {start: 0.01, steps: [0.05, 0.25, 0.5, 1.0], step_requests: 200,\n"
+        "             max_error_delta: 0.02, max_p99_ratio: 1.2}\n"
+    )
+    serve = cfg.serve  # type: ignore[attr-defined]
+    assert serve.min_replicas == 1 and serve.max_replicas == 4 and serve.target_inflight == 8
+    assert serve.canary.steps == (0.05, 0.25, 0.5, 1.0) and serve.canary.step_requests == 200
+    assert cfg.inactive == ("serve",)  # type: ignore[attr-defined]
+    bare = parse('supervisor:\n  agent: {command: x}\n  serve: {listen: "127.0.0.1:0"}\n')
+    assert bare.serve.port_env == "PORT" and bare.serve.canary.steps[-1] == 1.0  # type: ignore[attr-defined]
+    assert parse("supervisor:\n  agent: {command: x}\n").serve is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("serve", "expected"),
+    [
+        ("replicas: {min: 3, max: 2}", "supervisor.serve.replicas.max: max (2) is below min (3)"),
+        ("replicas: {min: 0}", "supervisor.serve.replicas.min: 0 is less than the minimum of 1"),
+        ("mirror: 1.5", "supervisor.serve.mirror: 1.5 is greater than the maximum of 1"),
+        (
+            "canary: {start: 0.2, steps: [0.1, 1.0]}",
+            "supervisor.serve.canary.steps[0]: 0.1 does not step up from 0.2",
+        ),
+        (
+            "canary: {steps: [0.5, 0.9]}",
+            "supervisor.serve.canary.steps[1]: the last step is 0.9",
+        ),
+        ("canary: {max_p99_ratio: 0.5}", "supervisor.serve.canary.max_p99_ratio: 0.5 is less"),
+        ("port_env: 1PORT", "supervisor.serve.port_env: '1PORT': the variable each replica"),
+        ("health_path: health", "supervisor.serve.health_path: 'health': a replica is ready"),
+        ("listen: nowhere", "supervisor.serve.listen: 'nowhere': host:port of the front door"),
+        ("replica: {min: 1}", "supervisor.serve.replica: unknown key"),
+    ],
+)
+def test_serve_errors_name_the_key(serve: str, expected: str) -> None:
+    said = error_of(f"supervisor:\n  agent: {{command: x}}\n  serve:\n    {serve}\n")
+    assert expected in said and said.startswith("metasup.yaml:") and "\n" not in said
+
+
+def test_serving_needs_an_agent() -> None:
+    said = error_of(
+        "supervisor:\n  mcpServers: {a: {command: x}}\n  serve: {listen: '127.0.0.1:0'}\n"
+    )
+    assert "supervisor.serve: serving runs replicas of the agent" in said
+
+
+def test_a_key_with_a_line_break_is_quoted_in_its_error() -> None:
+    said = error_of('supervisor:\n  agent: {command: x}\n  health_checks: {"a\\nb": 1}\n')
+    assert "\n" not in said and "supervisor.health_checks.'a\\nb': unknown key" in said

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -43,5 +44,12 @@ def run(
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     # Every config error surfaces here, before anything starts.
-    sources = parse_config(text, path).sources
+    parsed = parse_config(text, path)
+    sources = parsed.sources
+    if parsed.inactive:  # accepted, but nobody should believe them in force
+        print(
+            f"metasup: not active yet in this version (accepted, no effect): "
+            f"{', '.join(parsed.inactive)}",
+            file=sys.stderr,
+        )
     exec_core(repo.workdir, path, config_digest(text, *sources), max_cycles, options.debug, plain)
