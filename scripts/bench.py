@@ -25,6 +25,10 @@
    what its mutator, check and fitness commands took by their own stamps), jail on and off;
    children per second with a fitness burning 300 ms of CPU, max_concurrent 2 against 1
 
+14. `--only serve`: the front door's added latency on loopback: p50 and p99 at 200 requests a
+   second (open loop, 4 keep-alive connections) straight to one replica, through the proxy, and
+   through the proxy copying every request to a candidate (mirror 1.0); each in its own process
+
 13. `--only loop`: the loop as users run it, through `metasup run` at each of `--sizes`: crash
    to relaunch with a rollback (10 files changed) against the git CLI loop `add -A; commit;
    update-ref; reset --hard; clean -fd`, the snapshot of a healthy run's 10 changed files (the
@@ -1173,6 +1177,7 @@ def main() -> int:
             "evolution",
             "ray",
             "loop",
+            "serve",
         ],
         default=None,
         help="Run one part only.",
@@ -1196,6 +1201,7 @@ def main() -> int:
             ),
             "jail": (lambda: bench_jail(root, args.cycles), print_jail),
             "archive": (lambda: bench_bulk_archive(root), print_bulk),
+            "serve": (lambda: bench_serve(), print_serve),
             "experiments": (
                 lambda: bench_experiments(
                     make_repo(root / "big", 10000),
@@ -1273,6 +1279,7 @@ def main() -> int:
         results["idle"] = bench_idle(small, agent, log, args.idle_seconds)
         results["api"] = bench_api(small, agent, log, args.idle_seconds)
         results["mcp"] = bench_mcp(root / "mcp", 300, 10)
+        results["serve"] = bench_serve()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -1419,6 +1426,121 @@ def print_mcp(m: dict[str, Any]) -> None:
     print(f"death_to_healthy: SIGKILL to answering again, restart backoff {backoff}s")
 
 
+_REPLICA = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = b"ok"
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(body)
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+s.daemon_threads = True
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+_PROXY = """
+import asyncio, socket, sys
+from metasup.facts.settings import ServeConfig
+from metasup.pipelines.serve.front import Front, Replica
+async def main():
+    good, candidate, mirror = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    front = Front(ServeConfig(mirror=mirror), lambda event: None)
+    front.replicas = [Replica("good", good)]
+    if mirror:
+        front.replicas.append(Replica("candidate", candidate, arm="candidate"))
+        front.stage = "mirror"
+    sock = socket.create_server(("127.0.0.1", 0))
+    await front.start(sock)
+    print(sock.getsockname()[1], flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+asyncio.run(main())
+"""
+
+_LOAD = """
+import asyncio, json, sys, time
+import aiohttp
+async def main():
+    url, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    out = []
+    conn = aiohttp.TCPConnector(limit=4)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        for _ in range(20):  # warm the connections
+            async with session.get(url) as r:
+                await r.read()
+        async def one():
+            t = time.perf_counter()
+            async with session.get(url) as r:
+                await r.read()
+            out.append(time.perf_counter() - t)
+        tasks, start = [], time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the open loop's pace
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    print(json.dumps(out))
+asyncio.run(main())
+"""
+
+
+def bench_serve(seconds: float = 10.0, rate: float = 200.0) -> dict[str, Any]:
+    """Added latency of the front door: the same replica straight, proxied, and proxied with
+    every request copied to a candidate. Each party in a process of its own."""
+    started: list[subprocess.Popen[str]] = []
+
+    def run(code: str, *args: str) -> str:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        started.append(proc)
+        assert proc.stdout is not None
+        return f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+
+    try:
+        good, candidate = run(_REPLICA), run(_REPLICA)
+        proxied = run(_PROXY, good, candidate, "0")
+        mirrored = run(_PROXY, good, candidate, "1.0")
+        out = {}
+        for name, url in (("direct", good), ("proxied", proxied), ("mirror_all", mirrored)):
+            load = subprocess.run(
+                [sys.executable, "-c", _LOAD, url + "/", str(rate), str(seconds)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            out[name] = _dist(json.loads(load.stdout))
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        **out,
+        "added_p50_ms": round(out["proxied"]["median_ms"] - out["direct"]["median_ms"], 3),
+        "added_p99_ms": round(out["proxied"]["p99_ms"] - out["direct"]["p99_ms"], 3),
+        "mirror_p99_rise_ms": round(out["mirror_all"]["p99_ms"] - out["proxied"]["p99_ms"], 3),
+    }
+
+
+def print_serve(r: dict[str, Any]) -> None:
+    print(f"\n## the front door ({r['rate']:g} req/s for {r['seconds']:g} s, loopback)")
+    for name in ("direct", "proxied", "mirror_all"):
+        d = r[name]
+        print(f"{name:>10}: p50 {d['median_ms']} ms, p99 {d['p99_ms']} ms")
+    print(
+        f"added by the proxy: p50 {r['added_p50_ms']} ms, p99 {r['added_p99_ms']} ms; "
+        f"mirroring every request raises the p99 by {r['mirror_p99_rise_ms']} ms"
+    )
+
+
 def print_table(r: dict[str, Any]) -> None:
     print("\n## git steps (median ms; ratio = metasup / git CLI, below 1 is faster)")
     print(f"| {'step':<28} | {'files':>6} | {'metasup':>9} | {'git CLI':>9} | {'ratio':>6} |")
@@ -1454,6 +1576,7 @@ def print_table(r: dict[str, Any]) -> None:
     print_tamper(r["tamper"])
     print_api(r["api"])
     print_mcp(r["mcp"])
+    print_serve(r["serve"])
 
 
 if __name__ == "__main__":

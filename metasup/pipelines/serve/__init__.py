@@ -1,0 +1,1 @@
+"""Serving: metasup's front door for an agent that serves HTTP (SPEC, "Serving")."""
