@@ -158,10 +158,12 @@ def spawn(
     stderr: IO[bytes] | None = None,
     pass_fds: Sequence[int] = (),
     jail: Prepared | None = None,
+    output: IO[bytes] | None = None,
 ) -> Child:
     """Start `argv` as the leader of a new session. `capture`: stdout (and stderr, unless
-    `stderr` names a file for it) come back as non-blocking pipes; `stdin`: a pipe to write to,
-    else /dev/null. `jail`: run it in the jail prepared for it (see `jail`)."""
+    `stderr` names a file for it) come back as non-blocking pipes; `output`: both go to this
+    file instead; `stdin`: a pipe to write to, else /dev/null. `jail`: run it in the jail
+    prepared for it (see `jail`)."""
     token = uuid.uuid4().hex
     full_env = dict(env)
     full_env[TREE_VAR] = token
@@ -178,8 +180,8 @@ def spawn(
             cwd=cwd,
             env=full_env,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=pipe,
-            stderr=stderr if stderr is not None else pipe,
+            stdout=output if output is not None else pipe,
+            stderr=stderr if stderr is not None else output if output is not None else pipe,
             start_new_session=True,
             close_fds=True,
             pass_fds=(*pass_fds, *(jail.pass_fds if jail else ())),

@@ -1,0 +1,133 @@
+"""Replicas of the good commit behind the front door, on a real repository, each in a pooled
+worktree and a real jail: ready on their health path, replaced when one is killed, moved to a new
+good commit, all gone when serving stops."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import signal
+import socket
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+from metasup.effects.git.repo import GitRepo
+from metasup.effects.process.jail import Jail
+from metasup.effects.process.spawn import Reaper
+from metasup.effects.process.view import make_view
+from metasup.facts.settings import SandboxConfig, ServeConfig
+from metasup.pipelines.serve.front import Front
+from metasup.pipelines.serve.replicas import ReplicaSet
+from testing.fixtures import git, make_repo, marked_pids, wait_for
+
+APP = textwrap.dedent(
+    """
+    import os, sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    VERSION = "v1"
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        def log_message(self, *a): pass
+        def do_GET(self):
+            body = f"{VERSION} {os.environ['METASUP_REPLICA']}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+    ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+    """
+)
+
+
+class Serving:
+    def __init__(self, repo: Path, marker: str) -> None:
+        self.events: list[dict[str, Any]] = []
+        cfg = ServeConfig(min_replicas=2, max_replicas=2)
+        sandbox = SandboxConfig(writable=())
+        self.reaper = Reaper()
+        self.front = Front(cfg, self.events.append)
+        self.set = ReplicaSet(
+            GitRepo(repo),
+            repo / ".git" / "metasup" / "worktrees",
+            ("python3", "app.py", marker),
+            {"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
+            cfg,
+            self.front,
+            self.events.append,
+            self.reaper,
+            jail=Jail(sandbox, reaper=self.reaper),
+            view=lambda here: make_view(here, sandbox=sandbox),
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.call(self.front.start(self.sock))
+        self.runner = asyncio.run_coroutine_threadsafe(self.set.run(), self.loop)
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event]
+
+    def get(self) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn.request("GET", "/")
+        answer = conn.getresponse()
+        return answer.status, answer.read().decode()
+
+    def stop(self) -> None:
+        self.call(self.set.stop())
+        self.runner.result(10)
+        self.call(self.front.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_replicas_serve_are_replaced_follow_the_good_commit_and_go(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "app.py").write_text(APP)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "v1")
+    v1 = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "app.py").write_text(APP.replace('VERSION = "v1"', 'VERSION = "v2"'))
+    git(repo, "commit", "-qam", "v2")
+    v2 = git(repo, "rev-parse", "HEAD").strip()
+    marker = f"replica:{tmp_path}"
+    serving = Serving(repo, marker)
+    try:
+        serving.call(serving.set.follow(v1))
+        wait_for(lambda: len(serving.named("replica_started")) == 2, what="two replicas ready")
+        answers = {serving.get() for _ in range(8)}
+        assert {status for status, _ in answers} == {200}
+        assert {text.split()[0] for _, text in answers} == {"v1"}
+        assert len({text for _, text in answers}) == 2  # both replicas take requests
+        # A replica killed (the app inside its jail): taken out, reported, replaced.
+        victim = marked_pids(marker, jail=False)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: serving.named("replica_stopped") or serving.runner.done(),
+            what="the death reported",
+        )
+        assert not serving.runner.done(), serving.runner.exception()
+        assert serving.named("replica_stopped")[0]["reason"] == "died"
+        wait_for(lambda: len(serving.named("replica_started")) == 3, what="a replacement")
+        assert {serving.get()[0] for _ in range(8)} == {200}
+        # A new good commit: replicas on it first, then the old ones go.
+        serving.call(serving.set.follow(v2))  # the loop rolls the replicas over
+        wait_for(lambda: len(serving.named("replica_started")) == 5, what="two on v2")
+        wait_for(lambda: len(serving.front.replicas) == 2, what="the old ones gone")
+        assert {serving.get()[1].split()[0] for _ in range(8)} == {"v2"}
+        stopped = [e for e in serving.named("replica_stopped") if e["commit"] == v1]
+        assert len(stopped) == 3 and all(e["commit"] == v1 for e in stopped)
+    finally:
+        serving.stop()
+    assert marked_pids(marker) == []  # every replica's tree ended with the serving
+    assert serving.front.replicas == []
