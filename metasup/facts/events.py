@@ -35,6 +35,12 @@ class Event(StrEnum):
     RECOVERED = "recovered"
     REFS_RESTORED = "refs_restored"
     JOURNAL_BROKEN = "journal_broken"
+    REPLICA_STARTED = "replica_started"
+    REPLICA_STOPPED = "replica_stopped"
+    SCALED = "scaled"
+    CANARY_STEP = "canary_step"
+    CANARY_REVERTED = "canary_reverted"
+    CANARY_PROMOTED = "canary_promoted"
 
 
 class Notice(StrEnum):
@@ -65,6 +71,9 @@ class Notice(StrEnum):
     VERIFY_FAILED = "verify_failed"
     VIEW_FAILED = "view_failed"
     RESUMING_ROLLBACK = "resuming_rollback"
+    SERVE_EXITED = "serve_exited"
+    SERVE_FAILED = "serve_failed"
+    SERVE_LISTENING = "serve_listening"
 
 
 # emit(event, **fields): journal the event, then report it.

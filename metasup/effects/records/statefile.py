@@ -114,6 +114,35 @@ _EVOLUTION: dict[str, Check] = {
     "running": _bool,
 }
 
+_ARM: dict[str, Check] = {
+    "requests": _nat,
+    "errors": _nat,
+    "p50_ms": _optional(_num),
+    "p99_ms": _optional(_num),
+    "share": _num,
+}
+_REPLICA: dict[str, Check] = {"id": _str, "arm": _str, "inflight": _nat, "ready": _bool}
+
+
+def _fits(value: Any, fields: dict[str, Check]) -> bool:
+    return isinstance(value, dict) and all(k in value and c(value[k]) for k, c in fields.items())
+
+
+def _serve(v: Any) -> bool:
+    """The front door's status (SPEC, "Serving"): its URL, replicas and arms, whole or not."""
+    if not isinstance(v, dict) or not _str(v.get("url")):
+        return False
+    replicas, arms = v.get("replicas", []), v.get("arms", {})
+    return (
+        isinstance(replicas, list)
+        and all(_fits(r, _REPLICA) for r in replicas)
+        and isinstance(arms, dict)
+        and all(_fits(a, _ARM) for a in arms.values())
+        and _optional(_str)(v.get("stage"))
+        and _optional(_sha)(v.get("commit"))
+    )
+
+
 # Every field the supervisor writes, with its shape. Nested objects are cleaned the same way.
 STATE_FIELDS: dict[str, Check | dict[str, Check] | tuple[str, dict[str, Check]]] = {
     "status": _str,
@@ -139,6 +168,8 @@ STATE_FIELDS: dict[str, Check | dict[str, Check] | tuple[str, dict[str, Check]]]
     "mcp": ("map", _MCP),
     "helper_trees": ("list", _TREE),
     "api_url": _optional(_str),
+    "serve_url": _optional(_str),
+    "serve": _optional(_serve),
     "last_crash_to_relaunch_s": _optional(_num),
     "experiments": ("list", _EXPERIMENT),
     "experiment_running": _bool,

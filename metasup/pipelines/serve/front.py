@@ -28,6 +28,9 @@ HOP = frozenset(
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
         "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Connection", "Host",
+        # Answered here (aiohttp sends the 100 when the body is read); the replica gets the
+        # body straight away.
+        "Expect",
     )
 )  # fmt: skip
 SESSION_HEADER = "X-Session-Id"

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from metasup.pipelines.mcp.fleet import Fleet
     from metasup.pipelines.supervisor.api_child import ApiProcess
     from metasup.pipelines.supervisor.rounds import Rounds
+    from metasup.pipelines.supervisor.serving import ServeProcess
 
 # Actions that write to git: each waits until the repository lock is known to be still ours.
 GIT_ACTIONS = (
@@ -129,6 +130,7 @@ class Supervisor:
         self.rounds: Rounds | None = None  # evolution rounds, in mode: continuous
         self.fleet: Fleet | None = None
         self.api: ApiProcess | None = None
+        self.serving: ServeProcess | None = None
         self.recovery: Recovery | None = None
         self.backups: Backups | None = None
         self.retention: Retention | None = None
@@ -176,6 +178,8 @@ class Supervisor:
             self.evolution = _last_evolution(journalled)
             if self.config.api_listen:
                 self._start_api(self.config.api_listen)
+            if self.config.serve is not None:
+                self._start_serving(self.config.serve.listen)
             if self.config.mcp_servers:
                 from metasup.pipelines.mcp.fleet import Fleet  # only where there are servers to run
 
@@ -349,6 +353,26 @@ class Supervisor:
             self.agent.api = self.api
         self.report({"event": Notice.API_LISTENING, "url": url})
 
+    def _start_serving(self, listen: str) -> None:
+        from metasup.pipelines.supervisor.serving import ServeProcess
+
+        self.serving = ServeProcess(
+            listen,
+            self.dirs,
+            self.repo.workdir,
+            self.config.path,
+            self.reaper,
+            self.selector,
+            self._emit,
+            self._say,
+        )
+        try:
+            url = self.serving.start()
+        except OSError as e:
+            self.serving = None
+            raise UserError(f"cannot serve on {listen}: {e.strerror or e}") from None
+        self.report({"event": Notice.SERVE_LISTENING, "url": url})
+
     def _stop_leftovers(self, previous: dict[str, Any]) -> None:
         """A supervisor killed with -9 could not stop its agent (or its MCP servers, should
         their worker have missed its end): do it before any git step."""
@@ -392,6 +416,8 @@ class Supervisor:
             self.verifier.close()
         if self.fleet is not None:
             self.fleet.stop()  # after the agent: its servers outlive it
+        if self.serving is not None:
+            self.serving.stop()  # its replicas with it
         status = "emergency_stop" if self.state.phase is Phase.EMERGENCY_STOP else "stopped"
         if self.journal is not None:
             self._emit(Event.SUPERVISOR_STOP, status=status, exit_code=self.state.exit_code)
@@ -471,6 +497,10 @@ class Supervisor:
                 assert self.fleet is not None
                 if self.fleet.read():
                     self._write_state()
+            elif key.data == "serve":
+                assert self.serving is not None
+                if self.serving.read():
+                    self._write_state()
             elif key.data == "inbox":
                 assert self.intake is not None
                 if resetting:
@@ -549,6 +579,8 @@ class Supervisor:
                     self._write_state()
                 if self.api is not None:
                     self.api.check()
+                if self.serving is not None and self.serving.check():
+                    self._write_state()
             elif signum in STOP_SIGNALS:
                 self.report({"event": Notice.STOP_REQUESTED, "signal": signal.Signals(signum).name})
                 observed.append(lifecycle.StopRequested())
@@ -813,6 +845,10 @@ class Supervisor:
         self.evolution = figures
 
     def _write_state(self, status: str | None = None) -> None:
+        if self.serving is not None:
+            # Written once a wake-up's steps are done: the good commit as it stands then is
+            # what the replicas run (they wait for a first good commit).
+            self.serving.follow(self.state.good)
         phase = self.state.phase
         if status is None:
             status = "emergency_stop" if phase is Phase.EMERGENCY_STOP else "running"
@@ -841,8 +877,11 @@ class Supervisor:
             "mcp_servers": self.fleet.states() if self.fleet else {},
             "mcp": self.fleet.details() if self.fleet else {},
             "helper_trees": (self.fleet.trees() if self.fleet else [])
-            + (self.api.trees() if self.api else []),
+            + (self.api.trees() if self.api else [])
+            + (self.serving.trees() if self.serving else []),
             "api_url": self.api.url if self.api else None,
+            "serve_url": self.serving.url if self.serving else None,
+            "serve": self.serving.describe() if self.serving else None,
             "last_crash_to_relaunch_s": self.last_crash_to_relaunch_s,
             "experiments": list(self.trials.recent) if self.trials is not None else [],
             "experiment_running": self.trials is not None and self.trials.job.running,

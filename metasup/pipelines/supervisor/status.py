@@ -51,6 +51,8 @@ class StatusDocument(TypedDict):
     mcp: dict[str, dict[str, Any]]
     helper_trees: list[dict[str, Any]]
     api_url: str | None
+    serve_url: str | None
+    serve: dict[str, Any] | None  # {"url", "replicas", "arms", ...} (SPEC, "Serving")
     last_crash_to_relaunch_s: float | None
     experiments: list[dict[str, Any]]
     experiment_running: bool

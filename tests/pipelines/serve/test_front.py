@@ -134,9 +134,11 @@ def test_requests_are_proxied_on_one_kept_connection_and_shared(ups: list[Upstre
         conn.request("POST", "/echo?q=1", body=payload)
         echoed = conn.getresponse()
         assert echoed.status == 200 and echoed.read() == payload
+        conn.request("POST", "/echo", body=b"later", headers={"Expect": "100-continue"})
+        assert conn.getresponse().read() == b"later"  # the 100 is the proxy's to send
         assert conn.sock is not None  # still the one connection
         # counted once the answer is written: the client may read it a moment before
-        wait_for(lambda: proxy.front.status()["arms"]["good"]["requests"] == 12, what="12")
+        wait_for(lambda: proxy.front.status()["arms"]["good"]["requests"] == 13, what="13")
     finally:
         proxy.stop()
 

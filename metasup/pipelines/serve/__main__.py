@@ -1,0 +1,5 @@
+import sys
+
+from metasup.pipelines.serve.main import main
+
+sys.exit(main())

@@ -1,0 +1,183 @@
+"""The supervisor's side of serving: the front door's process (`metasup.pipelines.serve`).
+
+The supervisor binds the front's socket itself, so `serve.listen` port 0 resolves at once and
+`serve_url` is in `state.json` before any replica runs, and hands it to the helper. It tells the
+helper the good commit (its replicas run that), journals the events the helper reports, and keeps
+its last status for `state.json`. A helper that dies is started again on the same socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import socket
+from pathlib import Path
+from typing import Any
+
+from metasup.decisions.restarts import GiveUp
+from metasup.effects.process.spawn import Reaper, SpawnError
+from metasup.effects.records.journal import StateDir
+from metasup.facts.events import Emit, Event, Notice, Report
+from metasup.facts.settings import LISTEN_BACKLOG, split_listen
+from metasup.pipelines.supervisor.helper import Helper
+
+EVENTS = {
+    e.value: e
+    for e in (
+        Event.REPLICA_STARTED,
+        Event.REPLICA_STOPPED,
+        Event.SCALED,
+        Event.CANARY_STEP,
+        Event.CANARY_REVERTED,
+        Event.CANARY_PROMOTED,
+    )
+}
+LINE_LIMIT = 1 << 20
+
+
+class ServeProcess:
+    def __init__(
+        self,
+        listen: str,
+        dirs: StateDir,
+        workdir: Path,
+        config_path: Path,
+        reaper: Reaper,
+        selector: selectors.BaseSelector,
+        emit: Emit,
+        report: Report,
+    ) -> None:
+        self.listen = listen
+        self.dirs = dirs
+        self.workdir = workdir
+        self.config_path = config_path
+        self.selector = selector
+        self.emit = emit
+        self.report = report
+        self.helper = Helper(
+            "metasup.pipelines.serve",
+            cwd=dirs.root,
+            reaper=reaper,
+            log=dirs.logs / "serve.log",
+            capture=True,
+        )
+        self.sock: socket.socket | None = None
+        self.url: str | None = None
+        self.good: str | None = None
+        self.status: dict[str, Any] = {}
+        self.stopping = False
+        self._buffer = b""
+        self._fd = -1
+
+    def start(self) -> str:
+        """Bind and start the helper; the front's URL. OSError when the address cannot be
+        bound."""
+        host, port = split_listen(self.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        bound = self.sock.getsockname()[1]
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        self.url = f"http://{shown}:{bound}"
+        self._spawn()
+        return self.url
+
+    def _spawn(self) -> None:
+        assert self.sock is not None
+        args = (
+            *("--fd", str(self.sock.fileno()), "--git-dir", str(self.dirs.root.parent)),
+            *("--workdir", str(self.workdir), "--config", str(self.config_path)),
+        )
+        try:
+            self.helper.start(*args, pass_fds=(self.sock.fileno(),))
+        except SpawnError as e:
+            self.report({"event": Notice.SERVE_FAILED, "error": str(e)})
+            return
+        self._buffer = b""
+        self._fd = self.helper.stdout_fd
+        if self._fd >= 0:
+            self.selector.register(self._fd, selectors.EVENT_READ, "serve")
+        if self.good is not None:
+            self._tell(self.good)
+
+    def follow(self, good: str | None) -> None:
+        """The replicas run `good` (the good commit) from now on."""
+        if good is None or good == self.good:
+            return
+        self.good = good
+        self._tell(good)
+
+    def _tell(self, good: str) -> None:
+        self.helper.write(json.dumps({"good": good}).encode() + b"\n")
+
+    def read(self) -> bool:
+        """What the helper said: its events journalled, its status kept. True when the status
+        changed."""
+        try:
+            chunk = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._unregister()
+            return False
+        self._buffer += chunk
+        changed = False
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > LINE_LIMIT:
+            self._buffer = b""  # a line that long is not ours
+        for line in lines:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(doc, dict):
+                continue
+            event = EVENTS.get(str(doc.get("event")))
+            if event is not None:
+                self.emit(event, **{k: v for k, v in doc.items() if k != "event"})
+            elif isinstance(doc.get("status"), dict):
+                self.status = doc["status"]
+                changed = True
+        return changed
+
+    def _unregister(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self._fd)
+            self._fd = -1
+
+    def check(self) -> bool:
+        """After a SIGCHLD: restart a helper that died (a few times a minute at most)."""
+        if self.stopping:
+            return False
+        code = self.helper.exited()
+        if code is None:
+            return False
+        self._unregister()
+        self.report({"event": Notice.SERVE_EXITED, "code": code})
+        if isinstance(self.helper.after_exit(), GiveUp):
+            self.report(
+                {"event": Notice.SERVE_FAILED, "error": "it keeps dying; see logs/serve.log"}
+            )
+            return True
+        self._spawn()
+        return True
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._unregister()
+        self.helper.stop(grace=10.0)  # its stdin ends: it stops its replicas, then itself
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def trees(self) -> list[dict[str, Any]]:
+        return self.helper.trees()
+
+    def describe(self) -> dict[str, Any] | None:
+        if self.url is None:
+            return None
+        return {"url": self.url, **self.status}
