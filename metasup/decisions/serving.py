@@ -61,12 +61,17 @@ class Scale:
 
 
 def scale(
-    cfg: ServeConfig, replicas: int, inflight: int, low_since: float | None, now: float
+    cfg: ServeConfig,
+    replicas: int,
+    inflight: int,
+    low_since: float | None,
+    now: float,
+    quiet_s: float = SCALE_DOWN_AFTER_S,
 ) -> Scale:
     """Replicas to run for `inflight` requests in flight over `replicas` ready ones. Up at once
     to what keeps each at `target_inflight` at most; down one at a time, and only after the load
-    stayed under half the target per replica (one fewer replica) for `SCALE_DOWN_AFTER_S`: a
-    burst does not make replicas come and go (hysteresis)."""
+    stayed under half the target per replica (one fewer replica) for `quiet_s`: a burst does
+    not make replicas come and go (hysteresis)."""
     replicas = max(replicas, 1)
     wanted = max(cfg.min_replicas, min(cfg.max_replicas, math.ceil(inflight / cfg.target_inflight)))
     if wanted > replicas:
@@ -76,7 +81,7 @@ def scale(
         return Scale(max(replicas, cfg.min_replicas), None)
     if low_since is None:
         return Scale(replicas, now)
-    if now - low_since >= SCALE_DOWN_AFTER_S:
+    if now - low_since >= quiet_s:
         return Scale(replicas - 1, now)  # the next step down waits as long again
     return Scale(replicas, low_since)
 

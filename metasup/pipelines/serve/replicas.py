@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
-from metasup.decisions.serving import scale
+from metasup.decisions.serving import SCALE_DOWN_AFTER_S, scale
 from metasup.effects.git import candidates
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.jail import Jail
@@ -67,6 +67,7 @@ class ReplicaSet:
         jail: Jail | None = None,
         view: Callable[[Path], View] | None = None,
         log: IO[bytes] | None = None,
+        quiet_s: float = SCALE_DOWN_AFTER_S,
     ) -> None:
         self.git = git
         self.pool = pool
@@ -83,6 +84,7 @@ class ReplicaSet:
         self.commit: str | None = None
         self.running: dict[str, Running] = {}
         self.wanted = cfg.min_replicas
+        self.quiet_s = quiet_s  # low load this long before a replica goes
         self._low_since: float | None = None
         self._next = 0
         self._session: ClientSession | None = None
@@ -131,7 +133,9 @@ class ReplicaSet:
         current = [r for r in self.running.values() if r.commit == self.commit]
         ready = [r for r in current if r.replica.ready]
         inflight = sum(r.replica.inflight for r in self.running.values() if r.replica.ready)
-        decided = scale(self.cfg, max(len(ready), 1), inflight, self._low_since, time.monotonic())
+        decided = scale(
+            self.cfg, max(len(ready), 1), inflight, self._low_since, time.monotonic(), self.quiet_s
+        )
         self._low_since = decided.low_since
         if decided.target != self.wanted and len(ready) == len(current):
             self.report({"event": "scaled", "from": self.wanted, "to": decided.target,

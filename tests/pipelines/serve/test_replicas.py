@@ -25,7 +25,7 @@ from testing.fixtures import git, make_repo, marked_pids, wait_for
 
 APP = textwrap.dedent(
     """
-    import os, sys
+    import os, sys, time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     VERSION = "v1"
     class H(BaseHTTPRequestHandler):
@@ -33,6 +33,8 @@ APP = textwrap.dedent(
         disable_nagle_algorithm = True
         def log_message(self, *a): pass
         def do_GET(self):
+            if self.path == "/slow":
+                time.sleep(0.3)  # ok: a request that takes its time, to build up load
             body = f"{VERSION} {os.environ['METASUP_REPLICA']}".encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -44,9 +46,9 @@ APP = textwrap.dedent(
 
 
 class Serving:
-    def __init__(self, repo: Path, marker: str) -> None:
+    def __init__(self, repo: Path, marker: str, cfg: ServeConfig | None = None) -> None:
         self.events: list[dict[str, Any]] = []
-        cfg = ServeConfig(min_replicas=2, max_replicas=2)
+        cfg = cfg or ServeConfig(min_replicas=2, max_replicas=2)
         sandbox = SandboxConfig(writable=())
         self.reaper = Reaper()
         self.front = Front(cfg, self.events.append)
@@ -61,6 +63,7 @@ class Serving:
             self.reaper,
             jail=Jail(sandbox, reaper=self.reaper),
             view=lambda here: make_view(here, sandbox=sandbox),
+            quiet_s=0.5,
         )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -76,9 +79,9 @@ class Serving:
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == event]
 
-    def get(self) -> tuple[int, str]:
+    def get(self, path: str = "/") -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        conn.request("GET", "/")
+        conn.request("GET", path)
         answer = conn.getresponse()
         return answer.status, answer.read().decode()
 
@@ -131,3 +134,46 @@ def test_replicas_serve_are_replaced_follow_the_good_commit_and_go(tmp_path: Pat
         serving.stop()
     assert marked_pids(marker) == []  # every replica's tree ended with the serving
     assert serving.front.replicas == []
+
+
+def test_replicas_scale_up_under_load_and_down_after_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "app.py").write_text(APP)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "v1")
+    marker = f"replica:{tmp_path}"
+    cfg = ServeConfig(min_replicas=1, max_replicas=3, target_inflight=1)
+    serving = Serving(repo, marker, cfg)
+    loading = threading.Event()
+    codes: list[int] = []
+
+    def client() -> None:
+        while loading.is_set():
+            codes.append(serving.get("/slow")[0])
+
+    try:
+        serving.call(serving.set.follow(git(repo, "rev-parse", "HEAD").strip()))
+        wait_for(lambda: len(serving.named("replica_started")) == 1, what="one replica")
+        loading.set()
+        clients = [threading.Thread(target=client) for _ in range(3)]
+        for t in clients:
+            t.start()
+        # three requests in flight on one replica, one wanted on each: up to three at once
+        wait_for(lambda: serving.named("scaled"), what="a scale-up")
+        assert serving.named("scaled")[0]["to"] > 1
+        wait_for(lambda: sum(r.ready for r in serving.front.replicas) == 3, 30, "three ready")
+        loading.clear()
+        for t in clients:
+            t.join(10)
+        # quiet: one replica goes at a time, each after a quiet spell, down to the minimum
+        wait_for(lambda: len(serving.front.replicas) == 1, 30, "back to one")
+        downs = [e for e in serving.named("scaled") if e["to"] < e["from"]]
+        assert [(e["from"], e["to"]) for e in downs] == [(3, 2), (2, 1)]
+        # out of the routing first, then stopped: the event follows the stop
+        wait_for(lambda: len(serving.named("replica_stopped")) == 2, what="two stopped")
+        assert {e["reason"] for e in serving.named("replica_stopped")} == {"scaled down"}
+        assert set(codes) == {200}  # no request failed while replicas came and went
+    finally:
+        loading.clear()
+        serving.stop()
+    assert marked_pids(marker) == []
