@@ -164,7 +164,11 @@ class Promote:
 
 Canary = Hold | Step | Revert | Promote
 
-MIN_FOR_P99 = 20  # requests on each arm before a p99 is compared (one slow request is not a p99)
+# Requests on each arm before their p99s are compared: below a hundred, a p99 is the slowest one.
+MIN_FOR_P99 = 100
+# A p99 difference below this is the scheduler's, not the candidate's (loopback answers take a
+# millisecond or two, and one preemption doubles them): compared beyond it.
+P99_SLACK_S = 0.002
 
 
 def breach(cfg: CanaryConfig, good: Latencies, candidate: Latencies) -> str | None:
@@ -176,10 +180,10 @@ def breach(cfg: CanaryConfig, good: Latencies, candidate: Latencies) -> str | No
         )
     if candidate.requests >= MIN_FOR_P99 and good.requests >= MIN_FOR_P99:
         cp99, gp99 = candidate.quantile(0.99), good.quantile(0.99)
-        if cp99 is not None and gp99 is not None and cp99 > gp99 * cfg.max_p99_ratio:
+        if cp99 is not None and gp99 is not None and cp99 > gp99 * cfg.max_p99_ratio + P99_SLACK_S:
             return (
                 f"p99 {cp99 * 1000:.1f} ms against {gp99 * 1000:.1f} ms on the good arm "
-                f"(allowed x{cfg.max_p99_ratio:g})"
+                f"(allowed x{cfg.max_p99_ratio:g} + {P99_SLACK_S * 1000:g} ms)"
             )
     return None
 

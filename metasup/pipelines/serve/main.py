@@ -2,8 +2,9 @@
 
 A helper child of the supervisor (see `supervisor.serving`): the listening socket comes bound
 (`--fd`), so `serve.listen` port 0 is known before anything starts. Its stdin carries one JSON
-object a line from the supervisor (`{"good": COMMIT}`: run the replicas on it); end of file
-stops everything. Its stdout carries one JSON object a line back: events for the journal
+object a line from the supervisor: `{"good": COMMIT}` (run the replicas on it) or
+`{"candidate": COMMIT, "id": ID}` (put it on live traffic, see `canary`); end of file stops
+everything. Its stdout carries one JSON object a line back: events for the journal
 (`{"event": ...}`) and the serving status (`{"status": {...}}`) each second and after each event.
 """
 
@@ -94,6 +95,8 @@ async def serve(sock: socket.socket, git_dir: Path, workdir: Path, config: Path)
                 doc = json.loads(line)
                 if isinstance(doc.get("good"), str):
                     await replicas.follow(doc["good"])
+                elif isinstance(doc.get("candidate"), str):
+                    replicas.offer(doc["candidate"], str(doc.get("id") or doc["candidate"][:12]))
     finally:  # the supervisor is gone or stopping: so is every replica
         telling.cancel()
         await replicas.stop()

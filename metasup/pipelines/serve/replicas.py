@@ -30,6 +30,7 @@ from metasup.effects.process.spawn import Child, Reaper, SpawnError, spawn
 from metasup.effects.process.trees import stop_tree
 from metasup.effects.process.view import View
 from metasup.facts.settings import ServeConfig
+from metasup.pipelines.serve.canary import CanaryRun
 from metasup.pipelines.serve.front import Front, Replica
 
 READY_TIMEOUT_S = 30.0  # a replica not answering its health path by then is stopped, replaced
@@ -85,6 +86,7 @@ class ReplicaSet:
         self.running: dict[str, Running] = {}
         self.wanted = cfg.min_replicas
         self.quiet_s = quiet_s  # low load this long before a replica goes
+        self.canary: CanaryRun | None = None
         self._low_since: float | None = None
         self._next = 0
         self._session: ClientSession | None = None
@@ -97,6 +99,32 @@ class ReplicaSet:
         ready as are wanted, stops the ones on the commit before (each after its requests in
         flight). Everything happens on the loop: no two steps race."""
         self.commit = commit
+
+    def offer(self, commit: str, candidate: str) -> bool:
+        """Put a candidate (its commit passed its offline judgement) on live traffic: a replica
+        of its own, then mirror and canary (`canary.CanaryRun`). False while another is on."""
+        if self.canary is not None:
+            return False
+        self.canary = CanaryRun(self.cfg, self.front, candidate, commit, self.report)
+        return True
+
+    async def _candidate(self) -> None:
+        """Start the candidate's replica; once the canary has its verdict, stop it."""
+        run = self.canary
+        if run is None:
+            return
+        mine = [r for r in self.running.values() if r.replica.arm == "candidate"]
+        verdict = run.tick() if any(r.replica.ready for r in mine) or run.verdict else None
+        if verdict is not None:
+            for r in mine:
+                await self._stop(r, "promoted" if verdict.promoted else "reverted")
+            self.canary = None
+            return
+        if not mine and run.started:
+            run.fail("the candidate's replica did not start or stopped")
+        elif not mine:
+            run.started = True
+            await self._start(run.commit, arm="candidate")
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -126,11 +154,15 @@ class ReplicaSet:
                         "reason": "died",
                     }
                 )
+                if r.replica.arm == "candidate" and self.canary is not None:
+                    self.canary.fail("the candidate's replica died")
             elif not r.replica.ready:
                 await self._probe(r)
         if self.commit is None or self._stopping:
             return
-        current = [r for r in self.running.values() if r.commit == self.commit]
+        await self._candidate()
+        good = [r for r in self.running.values() if r.replica.arm == "good"]
+        current = [r for r in good if r.commit == self.commit]
         ready = [r for r in current if r.replica.ready]
         inflight = sum(r.replica.inflight for r in self.running.values() if r.replica.ready)
         decided = scale(
@@ -142,9 +174,9 @@ class ReplicaSet:
                          "inflight": inflight})  # fmt: skip
             self.wanted = decided.target
         for _ in range(self.wanted - len(current)):  # a start that fails is tried next tick
-            await self._start()
+            await self._start(self.commit)
         if len(ready) >= self.wanted:  # the commit before goes once this one is ready
-            for r in [r for r in self.running.values() if r.commit != self.commit]:
+            for r in [r for r in good if r.commit != self.commit]:
                 await self._stop(r, "replaced by the commit " + self.commit[:12])
         extra = len(current) - self.wanted
         for r in sorted(ready, key=lambda r: r.replica.inflight)[: max(extra, 0)]:
@@ -164,18 +196,19 @@ class ReplicaSet:
                     "event": "replica_started",
                     "replica": r.replica.id,
                     "commit": r.commit,
+                    "arm": r.replica.arm,
                     "url": r.replica.url,
                     "ready_ms": round((time.monotonic() - r.started) * 1000, 1),
                 }
             )
+            if r.replica.arm == "candidate" and self.canary is not None:
+                self.canary.begin()
         elif time.monotonic() - r.started > READY_TIMEOUT_S:
             await self._stop(r, f"not ready after {READY_TIMEOUT_S:g}s")
 
     # --- one replica ---------------------------------------------------------------------------
 
-    async def _start(self) -> None:
-        commit = self.commit
-        assert commit is not None
+    async def _start(self, commit: str, arm: str = "good") -> None:
         n, self._next = self._next, self._next + 1
         slot = self._free_slot()
         # The git step on a thread: the proxy goes on answering meanwhile. Only the loop's
@@ -193,7 +226,7 @@ class ReplicaSet:
             self.report({"event": "replica_stopped", "replica": f"r{n}", "commit": commit,
                          "code": None, "reason": str(e)})  # fmt: skip
             return
-        replica = Replica(f"r{n}", f"http://127.0.0.1:{port}", ready=False)
+        replica = Replica(f"r{n}", f"http://127.0.0.1:{port}", arm=arm, ready=False)
         self.running[slot] = Running(replica, child, commit, slot, time.monotonic())
         self.front.replicas = [*self.front.replicas, replica]
 

@@ -28,6 +28,7 @@ APP = textwrap.dedent(
     import os, sys, time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     VERSION = "v1"
+    FAILING = False
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
@@ -36,7 +37,7 @@ APP = textwrap.dedent(
             if self.path == "/slow":
                 time.sleep(0.3)  # ok: a request that takes its time, to build up load
             body = f"{VERSION} {os.environ['METASUP_REPLICA']}".encode()
-            self.send_response(200)
+            self.send_response(500 if FAILING and self.path != "/health" else 200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -128,8 +129,9 @@ def test_replicas_serve_are_replaced_follow_the_good_commit_and_go(tmp_path: Pat
         wait_for(lambda: len(serving.named("replica_started")) == 5, what="two on v2")
         wait_for(lambda: len(serving.front.replicas) == 2, what="the old ones gone")
         assert {serving.get()[1].split()[0] for _ in range(8)} == {"v2"}
-        stopped = [e for e in serving.named("replica_stopped") if e["commit"] == v1]
-        assert len(stopped) == 3 and all(e["commit"] == v1 for e in stopped)
+        # the old ones are out of the routing first, and reported once stopped
+        wait_for(lambda: len(serving.named("replica_stopped")) == 3, what="three stopped")
+        assert {e["commit"] for e in serving.named("replica_stopped")} == {v1}
     finally:
         serving.stop()
     assert marked_pids(marker) == []  # every replica's tree ended with the serving
@@ -177,3 +179,95 @@ def test_replicas_scale_up_under_load_and_down_after_it(tmp_path: Path) -> None:
         loading.clear()
         serving.stop()
     assert marked_pids(marker) == []
+
+
+def _two_commits(tmp_path: Path, failing: bool) -> tuple[Path, str, str]:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "app.py").write_text(APP)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "good")
+    good = git(repo, "rev-parse", "HEAD").strip()
+    second = APP.replace('VERSION = "v1"', 'VERSION = "v2"')
+    (repo / "app.py").write_text(second.replace("FAILING = False", f"FAILING = {failing}"))
+    git(repo, "commit", "-qam", "candidate")
+    return repo, good, git(repo, "rev-parse", "HEAD").strip()
+
+
+def _load(serving: Serving, until: Any, limit: int = 3000) -> list[tuple[int, str]]:
+    """Requests one after another (sessions of their own, no key) until `until()`."""
+    seen = []
+    while not until() and len(seen) < limit:
+        seen.append(serving.get())
+    return seen
+
+
+def test_a_failing_candidate_is_reverted_by_its_mirrored_answers_before_a_client_sees_one(
+    tmp_path: Path,
+) -> None:
+    repo, good, bad = _two_commits(tmp_path, failing=True)
+    cfg = ServeConfig(min_replicas=1, max_replicas=1, mirror=0.5)
+    serving = Serving(repo, f"replica:{tmp_path}", cfg)
+    try:
+        serving.call(serving.set.follow(good))
+        wait_for(lambda: serving.named("replica_started"), what="a good replica")
+        assert serving.set.offer(bad, "exp-1")
+        seen = _load(serving, lambda: serving.named("canary_reverted"))
+        reverted = serving.named("canary_reverted")[0]
+        assert reverted["id"] == "exp-1" and reverted["commit"] == bad
+        assert reverted["reason"].startswith("mirrored: error rate")
+        assert [e["stage"] for e in serving.named("canary_step")] == ["mirror"]
+        assert {status for status, _ in seen} == {200}  # every answer a client saw was good's
+        assert {text.split()[0] for _, text in seen} == {"v1"}
+        wait_for(lambda: not [r for r in serving.front.replicas if r.arm == "candidate"],
+                 what="the candidate's replica gone")  # fmt: skip
+    finally:
+        serving.stop()
+
+
+def test_a_failing_canary_is_reverted_at_the_first_breach_errors_bounded_by_its_share(
+    tmp_path: Path,
+) -> None:
+    from metasup.facts.settings import CanaryConfig
+
+    repo, good, bad = _two_commits(tmp_path, failing=True)
+    canary = CanaryConfig(start=0.1, steps=(0.5, 1.0), step_requests=20)
+    cfg = ServeConfig(min_replicas=1, max_replicas=1, mirror=0.0, canary=canary)
+    serving = Serving(repo, f"replica:{tmp_path}", cfg)
+    try:
+        serving.call(serving.set.follow(good))
+        wait_for(lambda: serving.named("replica_started"), what="a good replica")
+        serving.set.offer(bad, "exp-2")
+        wait_for(lambda: serving.named("canary_step"), what="the canary on")
+        seen = _load(serving, lambda: serving.named("canary_reverted"))
+        seen += [serving.get() for _ in range(20)]  # after the revert: good's alone
+        errors = sum(status == 500 for status, _ in seen)
+        assert 1 <= errors <= 0.1 * len(seen) + 2, (errors, len(seen))
+        assert all(status == 200 for status, _ in seen[-20:])
+        assert "error rate" in serving.named("canary_reverted")[0]["reason"]
+        assert serving.named("canary_reverted")[0]["share"] == 0.1
+    finally:
+        serving.stop()
+
+
+def test_a_healthy_candidate_steps_up_to_all_the_traffic_and_is_promoted(tmp_path: Path) -> None:
+    from metasup.facts.settings import CanaryConfig
+
+    repo, good, better = _two_commits(tmp_path, failing=False)
+    canary = CanaryConfig(start=0.25, steps=(0.5, 1.0), step_requests=10, max_p99_ratio=50)
+    cfg = ServeConfig(min_replicas=1, max_replicas=1, mirror=0.5, canary=canary)
+    serving = Serving(repo, f"replica:{tmp_path}", cfg)
+    try:
+        serving.call(serving.set.follow(good))
+        wait_for(lambda: serving.named("replica_started"), what="a good replica")
+        serving.set.offer(better, "exp-3")
+        seen = _load(serving, lambda: serving.named("canary_promoted"))
+        assert serving.named("canary_promoted")[0] == {
+            "event": "canary_promoted", "id": "exp-3", "commit": better,
+        }  # fmt: skip
+        steps = [(e["stage"], e["share"]) for e in serving.named("canary_step")]
+        assert steps == [("mirror", 0.5), ("canary", 0.25), ("canary", 0.5), ("canary", 1.0)]
+        assert {status for status, _ in seen} == {200}
+        versions = [text.split()[0] for _, text in seen]
+        assert "v2" in versions and not serving.named("canary_reverted")
+    finally:
+        serving.stop()
