@@ -50,7 +50,7 @@ CONFIG_CANDIDATES = ("metasup.yaml", "config/metasup.yaml")
 
 # Keys accepted now whose feature arrives with a later part of metasup; `metasup config` lists
 # the ones a file sets so nobody believes they are in force.
-INACTIVE_KEYS: tuple[str, ...] = ("serve.mirror", "serve.canary")
+INACTIVE_KEYS: tuple[str, ...] = ()
 
 
 def find_config(root: Path, explicit: Path | None = None) -> Path:

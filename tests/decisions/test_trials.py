@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from metasup.decisions.trials import Next, Trial, judged, merged, queued
+from metasup.decisions.trials import Next, Trial, canary_ended, judged, merged, queued
 
 
 @pytest.mark.parametrize(("state", "waiting"), list(itertools.product(Trial, (False, True))))
@@ -32,11 +32,28 @@ def test_no_winner_is_concluded_at_once_and_the_next_starts(waiting: bool) -> No
     assert step.conclude and not step.hold and step.start is waiting
 
 
-@pytest.mark.parametrize("state", [Trial.IDLE, Trial.HELD])
+@pytest.mark.parametrize("waiting", [False, True])
+def test_with_serving_a_winner_goes_on_live_traffic_first(waiting: bool) -> None:
+    step = judged(Trial.JUDGING, winner=True, waiting=waiting, canary=True)
+    assert step == Next(Trial.CANARY, offer=True)
+    assert queued(Trial.CANARY, waiting) == Next(Trial.CANARY)  # nothing new starts meanwhile
+    assert canary_ended(Trial.CANARY, promoted=True, waiting=waiting) == Next(Trial.HELD, hold=True)
+    reverted = canary_ended(Trial.CANARY, promoted=False, waiting=waiting)
+    assert reverted.conclude and not reverted.hold and reverted.start is waiting
+    assert reverted.state is (Trial.JUDGING if waiting else Trial.IDLE)
+
+
+@pytest.mark.parametrize(("state", "promoted"), list(itertools.product(
+    [Trial.IDLE, Trial.JUDGING, Trial.HELD], [False, True])))  # fmt: skip
+def test_a_canary_verdict_with_no_canary_on_changes_nothing(state: Trial, promoted: bool) -> None:
+    assert canary_ended(state, promoted, waiting=True) == Next(state)
+
+
+@pytest.mark.parametrize("state", [Trial.IDLE, Trial.HELD, Trial.CANARY])
 def test_a_judgement_with_nothing_under_way_changes_nothing(state: Trial) -> None:
     assert judged(state, winner=True, waiting=True) == Next(state)
 
 
-@pytest.mark.parametrize("state", [Trial.IDLE, Trial.JUDGING])
+@pytest.mark.parametrize("state", [Trial.IDLE, Trial.JUDGING, Trial.CANARY])
 def test_a_snapshot_without_a_held_winner_merges_nothing(state: Trial) -> None:
     assert merged(state, waiting=True) == Next(state)

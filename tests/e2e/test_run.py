@@ -506,14 +506,3 @@ def test_archives_past_keep_archives_go_into_a_bundle_and_none_is_lost(
     assert by_name(repo, "refs_restored") == []
     again = git(repo, "for-each-ref", "--format=%(refname)", "refs/metasup/archive").split()
     assert again == left
-
-
-def test_a_key_not_active_yet_is_said_at_the_start(agent_repo: Any) -> None:
-    """`serve.canary` is accepted and checked, but does nothing yet: `run` says so first."""
-    repo = agent_repo(
-        "import sys\nsys.exit(0)\n", extra="  serve: {listen: '127.0.0.1:0', canary: {}}\n"
-    )
-    out = run_metasup(repo, "run", "--max-cycles", "1")
-    assert out.returncode == 0, out.stderr
-    said = "metasup: not active yet in this version (accepted, no effect): serve.canary"
-    assert said in out.stderr

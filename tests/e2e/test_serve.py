@@ -90,6 +90,10 @@ def _named(repo: Path, name: str) -> list[dict[str, object]]:
     return [e for e in events(repo) if e["event"] == name]
 
 
+def _reverted_archives(repo: Path) -> list[dict[str, object]]:
+    return [e for e in _named(repo, "archive") if "reverted" in str(e.get("ref"))]
+
+
 def _served(repo: Path) -> int:
     serve = state(repo).get("serve") or {}
     return int(serve.get("arms", {}).get("good", {}).get("requests", 0))
@@ -119,3 +123,70 @@ def test_a_front_door_address_in_use_is_a_clear_error(repo: Path) -> None:
     taken.close()
     assert out.returncode == 2
     assert f"cannot serve on 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
+
+
+CANARY_APP = APP.replace(
+    "    def do_GET(self):\n",
+    "    def do_GET(self):\n"
+    "        if self.path != '/health' and open('mode.txt').read().strip() == 'fail':\n"
+    "            self.send_response(500)\n"
+    "            self.send_header('Content-Length', '0')\n"
+    "            self.end_headers()\n"
+    "            return\n",
+)
+
+
+def test_a_judged_winner_goes_on_live_traffic_reverted_or_promoted(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Experiment mode with serving: a proposal that passes its checks is not merged at once;
+    its canary decides. One that fails on live traffic is reverted (archived, its proposal
+    rejected, nothing merged); one that holds is promoted, then merged."""
+    (repo / "app.py").write_text(CANARY_APP)
+    (repo / "mode.txt").write_text("ok\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    marker = f"canary:{repo}"
+    extra = (
+        "  proposals: {mode: experiment}\n"
+        "  experiments: {checks: [[python3, -c, pass]], timeout: 30s}\n"
+        "  serve:\n    listen: '127.0.0.1:0'\n    replicas: {min: 1, max: 1}\n"
+        "    mirror: 0.5\n"
+        "    canary: {start: 0.25, steps: [0.5, 1.0], step_requests: 10, max_p99_ratio: 50}\n"
+    )
+    write_config(repo, agent_config(extra=extra).replace("agent.py]", f"app.py, '{marker}']"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "the app")
+
+    def propose(name: str, mode: str) -> None:
+        doc = {"reason": name, "changes": [{"file": "mode.txt", "content": mode + "\n"}]}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(doc))
+        out = run_metasup(repo, "propose", str(path))
+        assert out.returncode == 0, out.stderr
+
+    def load_until(event: str) -> list[int]:
+        url = state(repo)["serve_url"]
+        codes: list[int] = []
+        wait_for(lambda: codes.append(_get(url)[0]) or _named(repo, event), 60, event)
+        return codes
+
+    with supervising(repo):
+        wait_for(lambda: len(_named(repo, "replica_started")) == 1, 30, "a replica")
+        propose("broken", "fail")
+        wait_for(lambda: _named(repo, "experiment_passed"), 30, "the offline judgement")
+        codes = load_until("canary_reverted")
+        assert set(codes) == {200}  # its mirrored answers gave it away: no client saw one
+        reverted = _named(repo, "canary_reverted")[0]
+        assert reverted["reason"].startswith("mirrored: error rate")
+        archive = wait_for(lambda: _reverted_archives(repo), what="the archive")
+        assert git(repo, "show", f"{archive[0]['ref']}:mode.txt").strip() == "fail"
+        assert (repo / "mode.txt").read_text() == "ok\n"  # nothing merged
+        propose("better", "ok2")
+        wait_for(lambda: len(_named(repo, "experiment_passed")) == 2, 30, "the second judged")
+        codes = load_until("canary_promoted")
+        assert set(codes) == {200}
+        steps = [e["share"] for e in _named(repo, "canary_step")]
+        assert steps[-3:] == [0.25, 0.5, 1.0]
+        wait_for(lambda: _named(repo, "merged"), 30, "the merge")
+        assert git(repo, "show", "HEAD:mode.txt").strip() == "ok2"
+    assert marked_pids(marker) == []

@@ -532,7 +532,7 @@ def test_serve_defaults_and_the_spec_example() -> None:
     serve = cfg.serve  # type: ignore[attr-defined]
     assert serve.min_replicas == 1 and serve.max_replicas == 4 and serve.target_inflight == 8
     assert serve.canary.steps == (0.05, 0.25, 0.5, 1.0) and serve.canary.step_requests == 200
-    assert cfg.inactive == ("serve.mirror", "serve.canary")  # type: ignore[attr-defined]
+    assert cfg.inactive == ()  # type: ignore[attr-defined]
     bare = parse('supervisor:\n  agent: {command: x}\n  serve: {listen: "127.0.0.1:0"}\n')
     assert bare.serve.port_env == "PORT" and bare.serve.canary.steps[-1] == 1.0  # type: ignore[attr-defined]
     assert parse("supervisor:\n  agent: {command: x}\n").serve is None  # type: ignore[attr-defined]

@@ -260,6 +260,7 @@ class Supervisor:
                     self._emit,
                     self.reaper,
                     self.selector,
+                    offer=self.serving.offer if self.serving is not None else None,
                 )
             evolution = self.config.evolution
             if evolution is not None and evolution.mode == "continuous":
@@ -501,6 +502,12 @@ class Supervisor:
                 assert self.serving is not None
                 if self.serving.read():
                     self._write_state()
+                verdicts, self.serving.verdicts = self.serving.verdicts, []
+                for candidate, promoted, reason in verdicts:
+                    if self.trials is not None and self.trials.canary_ended(
+                        candidate, promoted, reason, self._strategy()
+                    ):
+                        observed.append(lifecycle.WinnerJudged())
             elif key.data == "inbox":
                 assert self.intake is not None
                 if resetting:

@@ -67,6 +67,8 @@ class ServeProcess:
         self.url: str | None = None
         self.good: str | None = None
         self.status: dict[str, Any] = {}
+        # The canaries' verdicts, (candidate id, promoted, reason), for the loop to take.
+        self.verdicts: list[tuple[str, bool, str | None]] = []
         self.stopping = False
         self._buffer = b""
         self._fd = -1
@@ -108,6 +110,15 @@ class ServeProcess:
         self.good = good
         self._tell(good)
 
+    def offer(self, commit: str, candidate: str) -> bool:
+        """Put a candidate on live traffic (its canary's verdict comes back in `verdicts`).
+        False when there is no front door to put it behind."""
+        if self.helper.child is None:
+            return False
+        line = json.dumps({"candidate": commit, "id": candidate}).encode() + b"\n"
+        self.helper.write(line)
+        return True
+
     def _tell(self, good: str) -> None:
         self.helper.write(json.dumps({"good": good}).encode() + b"\n")
 
@@ -138,6 +149,15 @@ class ServeProcess:
             event = EVENTS.get(str(doc.get("event")))
             if event is not None:
                 self.emit(event, **{k: v for k, v in doc.items() if k != "event"})
+                if event in (Event.CANARY_PROMOTED, Event.CANARY_REVERTED):
+                    reason = doc.get("reason")
+                    self.verdicts.append(
+                        (
+                            str(doc.get("id")),
+                            event is Event.CANARY_PROMOTED,
+                            reason if isinstance(reason, str) else None,
+                        )
+                    )
             elif isinstance(doc.get("status"), dict):
                 self.status = doc["status"]
                 changed = True

@@ -1,7 +1,9 @@
 """Proposals in experiment mode: judged while the agent runs, merged between its runs.
 
 The schedule (one at a time, a winner held until the next snapshot) is `decisions.trials`; this
-performs it: the judging thread, the merge, the inbox's verdicts on the proposals.
+performs it: the judging thread, the merge, the inbox's verdicts on the proposals. With `serve`,
+a winner goes on live traffic first (`offer`): merged once its canary is promoted, archived as
+`exp-<id>-reverted` (its proposal rejected, `experiment_reverted`) when it is reverted.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class Trials:
         emit: Emit,
         reaper: Reaper,
         selector: selectors.BaseSelector,
+        offer: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.intake = intake
+        self.offer = offer  # puts a winner (commit, id) on live traffic; None: no serving
         self.experimenter = Experimenter(repo, config, policy, dirs.root, emit, reaper)
         self.experimenter.clean_leftovers()
         self.job: Job[Outcome] = Job("experiment")
@@ -62,7 +66,31 @@ class Trials:
             if c.verdict is not None and c.verdict.improvement is not None:
                 self.recent_gains.append(c.verdict.improvement)
         self._held = outcome
-        step = trials.judged(self.state, outcome.winner is not None, bool(self.intake.queue))
+        step = trials.judged(
+            self.state, outcome.winner is not None, bool(self.intake.queue), self.offer is not None
+        )
+        if step.offer:
+            assert self.offer is not None and outcome.winner is not None
+            assert outcome.winner.commit is not None
+            if not self.offer(outcome.winner.commit, outcome.winner.id):
+                step = trials.Next(trials.Trial.HELD, hold=True)  # no front door: merge as ever
+        self._follow(step, strategy)
+        return step.hold
+
+    def canary_ended(
+        self, candidate: str, promoted: bool, reason: str | None, strategy: str
+    ) -> bool:
+        """The front door's verdict on the winner it had: True when it now waits to be merged
+        (promoted); reverted, it is concluded as such. A verdict on another candidate (one
+        offered before a restart) changes nothing."""
+        held = self._held
+        if held is None or held.winner is None or held.winner.id != candidate:
+            return False
+        if not promoted:
+            held.winner.outcome = "reverted"
+            held.winner.errors = [{"code": "canary", "message": reason or "reverted"}]
+            held.winner = None
+        step = trials.canary_ended(self.state, promoted, bool(self.intake.queue))
         self._follow(step, strategy)
         return step.hold
 

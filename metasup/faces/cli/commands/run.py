@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -44,12 +43,5 @@ def run(
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read: {e}") from None
     # Every config error surfaces here, before anything starts.
-    parsed = parse_config(text, path)
-    sources = parsed.sources
-    if parsed.inactive:  # accepted, but nobody should believe them in force
-        print(
-            f"metasup: not active yet in this version (accepted, no effect): "
-            f"{', '.join(parsed.inactive)}",
-            file=sys.stderr,
-        )
+    sources = parse_config(text, path).sources
     exec_core(repo.workdir, path, config_digest(text, *sources), max_cycles, options.debug, plain)
