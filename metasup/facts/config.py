@@ -251,6 +251,7 @@ def _build(
         protected += ("/" + client[0],)  # it configures supervised processes, as the config
 
     inactive = tuple(k for k in INACTIVE_KEYS if _has(s, k.split(".")))
+    sandbox = _sandbox(s.get("sandbox", {}), lines, name)
     return Config(
         path=path,
         agent=agent,
@@ -263,11 +264,11 @@ def _build(
         proposals_mode=s.get("proposals", {}).get("mode", "direct"),
         experiments=experiments,
         evolution=_evolution(s.get("evolution"), lines, name, dur),
-        serve=_serve(s.get("serve"), agent, lines, name),
+        serve=_serve(s.get("serve"), agent, sandbox, lines, name),
         api_listen=_api_listen(s.get("api", {}), lines, name),
         api_allow_remote=s.get("api", {}).get("allow_remote", False),
         on_tamper=s.get("on_tamper", "restore"),
-        sandbox=_sandbox(s.get("sandbox", {}), lines, name),
+        sandbox=sandbox,
         logs=logs,
         inactive=inactive,
         mcp_config=client[0] if client else None,
@@ -425,15 +426,27 @@ def _evolution(
 
 
 def _serve(
-    sv: Mapping[str, Any] | None, agent: AgentConfig, lines: dict[Path_, int], name: str
+    sv: Mapping[str, Any] | None,
+    agent: AgentConfig,
+    sandbox: SandboxConfig,
+    lines: dict[Path_, int],
+    name: str,
 ) -> ServeConfig | None:
-    """What the schema cannot say: replicas of an agent (there must be one), bounds in order,
-    a canary that only ever steps up."""
+    """What the schema cannot say: replicas of an agent (there must be one) that the front
+    door can reach, bounds in order, a canary that only ever steps up."""
     if sv is None:
         return None
     at = ("supervisor", "serve")
     if agent.servers_only:
         raise fail_at(name, lines, at, "serving runs replicas of the agent: give `agent:` too")
+    if not sandbox.network and sandbox.applies("agent"):
+        raise fail_at(
+            name,
+            lines,
+            at,
+            "replicas in jails without a network cannot be reached by the front door: "
+            "serving needs `sandbox.network: true`",
+        )
     d = ServeConfig()
     r = sv.get("replicas", {})
     low, high = r.get("min", d.min_replicas), r.get("max", max(d.max_replicas, r.get("min", 1)))

@@ -564,6 +564,18 @@ def test_serve_errors_name_the_key(serve: str, expected: str) -> None:
     assert expected in said and said.startswith("metasup.yaml:") and "\n" not in said
 
 
+def test_serving_needs_replicas_the_front_door_can_reach() -> None:
+    said = error_of(
+        "supervisor:\n  agent: {command: x}\n  sandbox: {network: false}\n"
+        "  serve: {listen: '127.0.0.1:0'}\n"
+    )
+    assert "supervisor.serve: replicas in jails without a network" in said
+    parse(  # with the jail off for the agent, the replicas share the host's network
+        "supervisor:\n  agent: {command: x}\n  sandbox: {network: false, mode: 'off'}\n"
+        "  serve: {listen: '127.0.0.1:0'}\n"
+    )
+
+
 def test_serving_needs_an_agent() -> None:
     said = error_of(
         "supervisor:\n  mcpServers: {a: {command: x}}\n  serve: {listen: '127.0.0.1:0'}\n"
