@@ -57,6 +57,7 @@ def test_replicas_serve_through_the_front_door_and_are_replaced(repo: Path) -> N
     marker = f"served:{repo}"
     cfg = agent_config(
         extra="  serve:\n    listen: '127.0.0.1:0'\n    replicas: {min: 2, max: 2}\n"
+        "  api: {listen: '127.0.0.1:0'}\n"
     ).replace("agent.py]", f"app.py, '{marker}']")
     write_config(repo, cfg)
     git(repo, "add", "-A")
@@ -73,6 +74,17 @@ def test_replicas_serve_through_the_front_door_and_are_replaced(repo: Path) -> N
         shown = json.loads(run_metasup(repo, "status", "--json").stdout)
         assert shown["serve_url"] == url and shown["serve"]["arms"]["good"]["requests"] >= 8
         assert len(shown["serve"]["replicas"]) == 2
+        # /metrics: per arm, from the same status
+        from prometheus_client.parser import text_string_to_metric_families
+
+        api = state(repo)["api_url"]
+        families = {f.name: f for f in text_string_to_metric_families(_get(api, "/metrics")[1])}
+        served = {s.labels["arm"]: s.value for s in families["metasup_serve_arm_requests"].samples}
+        assert served["good"] >= 8 and served["candidate"] == 0
+        p99 = {s.labels["arm"]: s.value for s in families["metasup_serve_arm_p99_seconds"].samples}
+        assert 0 < p99["good"] < 1
+        ready = {s.labels["arm"]: s.value for s in families["metasup_serve_replicas_ready"].samples}
+        assert ready == {"good": 2.0, "candidate": 0.0}
         good = state(repo)["good_commit"]
         assert {e["commit"] for e in _named(repo, "replica_started")} == {good}
         # One replica's app killed inside its jail: reported, and another takes its place.

@@ -93,12 +93,46 @@ class _Collector:
         evolution = s.get("evolution") or {}
         for key, doc in EVOLUTION_GAUGES.items():
             yield _gauge(f"metasup_evolution_{key}", doc, evolution.get(key))
+        yield from _serving(s.get("serve") or {})
         up = GaugeMetricFamily(
             "metasup_status", "1 for the supervisor's status.", labels=["status"]
         )
         for status in ("running", "stopped", "emergency_stop"):
             up.add_metric([status], 1.0 if s.get("status") == status else 0.0)
         yield up
+
+
+# arm figure in the status -> (metric name, help, factor): the front door's arms, counted over
+# the current window (a canary step starts a new one), so gauges rather than counters.
+ARM_GAUGES = {
+    "requests": ("metasup_serve_arm_requests", "Requests the arm answered in this window.", 1.0),
+    "errors": ("metasup_serve_arm_errors", "Answers of 500 or more (or none) in this window.", 1.0),
+    "p50_ms": ("metasup_serve_arm_p50_seconds", "Median latency of the arm.", 0.001),
+    "p99_ms": ("metasup_serve_arm_p99_seconds", "99th percentile latency of the arm.", 0.001),
+    "share": ("metasup_serve_arm_share", "Share of the requests routed to the arm.", 1.0),
+}
+
+
+def _serving(serve: dict[str, Any]) -> Iterator[Any]:
+    from prometheus_client.core import GaugeMetricFamily
+
+    arms = serve.get("arms") or {}
+    for key, (name, doc, factor) in ARM_GAUGES.items():
+        g = GaugeMetricFamily(name, doc, labels=["arm"])
+        for arm, figures in sorted(arms.items()):
+            value = figures.get(key) if isinstance(figures, dict) else None
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                g.add_metric([arm], float(value) * factor)
+        yield g
+    replicas = serve.get("replicas") or []
+    ready = GaugeMetricFamily(
+        "metasup_serve_replicas_ready", "Replicas taking requests.", labels=["arm"]
+    )
+    for arm in ("good", "candidate"):
+        ready.add_metric(
+            [arm], float(sum(1 for r in replicas if r.get("arm") == arm and r.get("ready")))
+        )
+    yield ready
 
 
 def _mb(value: Any) -> float | None:

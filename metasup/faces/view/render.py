@@ -45,6 +45,9 @@ EVENT_COLOURS = {
     "mcp_restarted": "yellow",
     "mcp_unhealthy": "red",
     "mcp_failed": "bold red",
+    "replica_stopped": "yellow",
+    "canary_reverted": "bold red",
+    "canary_promoted": "green",
     "experiment_failed": "red",
     "health_kill": "red",
     "emergency_stop": "bold red",
@@ -123,6 +126,9 @@ def render(
     mcp = doc.get("mcp") or {}
     if mcp:
         parts.append(_mcp_table(mcp))
+    serve = doc.get("serve")
+    if isinstance(serve, dict):
+        parts.append(_serve_table(serve))
     experiments = doc.get("experiments") or []
     if experiments or doc.get("experiment_running"):
         parts.append(_experiments_table(experiments, bool(doc.get("experiment_running"))))
@@ -237,6 +243,42 @@ def _mcp_table(mcp: dict[str, Any]) -> Table:
     return table
 
 
+def _serve_line(arm: str, figures: dict[str, Any]) -> list[str]:
+    def ms(key: str) -> str:
+        value = figures.get(key)
+        return f"{value:.1f} ms" if isinstance(value, int | float) else "-"
+
+    share = figures.get("share")
+    return [
+        arm,
+        f"{share:.0%}" if isinstance(share, int | float) else "-",
+        str(figures.get("requests", 0)),
+        str(figures.get("errors", 0)),
+        ms("p50_ms"),
+        ms("p99_ms"),
+    ]
+
+
+def _serve_table(serve: dict[str, Any]) -> Table:
+    """The front door: its arms, and the replicas ready on each."""
+    replicas = serve.get("replicas") or []
+    ready = {arm: sum(1 for r in replicas if r.get("arm") == arm and r.get("ready"))
+             for arm in ("good", "candidate")}  # fmt: skip
+    stage = serve.get("stage")
+    title = f"serving {serve.get('url', '')}" + (f"   {stage}" if stage else "")
+    table = Table(title=title, title_justify="left", expand=True)
+    for col in ("arm", "share", "requests", "errors", "p50", "p99", "replicas"):
+        table.add_column(col)
+    for arm, figures in (serve.get("arms") or {}).items():
+        if arm == "candidate" and not ready.get(arm) and not figures.get("requests"):
+            continue  # no candidate on: one row
+        table.add_row(*_serve_line(arm, figures), str(ready.get(arm, 0)))
+    mirror = serve.get("mirror") or {}
+    if stage == "mirror":
+        table.add_row(*_serve_line("mirrored", mirror), f"{mirror.get('dropped', 0)} dropped")
+    return table
+
+
 def _experiments_table(experiments: list[dict[str, Any]], running: bool) -> Table:
     title = "experiments" + (" (one running)" if running else "")
     table = Table(title=title, title_justify="left", expand=True)
@@ -295,6 +337,14 @@ def plain(doc: dict[str, Any], running: bool, now: float | None = None) -> str:
         lines.append(f"archive:  {doc['last_archive']}")
     if doc.get("api_url"):
         lines.append(f"api:      {doc['api_url']}")
+    serve = doc.get("serve")
+    if isinstance(serve, dict):
+        for arm, f in (serve.get("arms") or {}).items():
+            if f.get("requests") or arm == "good":
+                lines.append(
+                    f"serve:    {arm}: {f.get('requests', 0)} requests, {f.get('errors', 0)} "
+                    f"errors, p50 {f.get('p50_ms')} ms, p99 {f.get('p99_ms')} ms"
+                )
     for name, st in (doc.get("mcp") or {}).items():
         latency = st.get("latency_ms")
         facts = [

@@ -158,3 +158,32 @@ def test_an_event_line_leaves_its_chain_out() -> None:
     }
     line = event_text(record)
     assert line == "20:00:00 exit               code=1"
+
+
+def _serve(stage: str | None, candidate: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "url": "http://127.0.0.1:8080",
+        "stage": stage,
+        "replicas": [
+            {"id": "r0", "arm": "good", "inflight": 1, "ready": True},
+            {"id": "r1", "arm": "good", "inflight": 0, "ready": True},
+            {"id": "r2", "arm": "candidate", "inflight": 0, "ready": stage is not None},
+        ],
+        "arms": {
+            "good": {"requests": 940, "errors": 3, "p50_ms": 1.2, "p99_ms": 4.8, "share": 0.95},
+            "candidate": candidate,
+        },
+        "mirror": {"requests": 0, "errors": 0, "p50_ms": None, "p99_ms": None, "dropped": 0},
+    }
+
+
+def test_serving_has_a_panel_with_each_arm() -> None:
+    canary = {"requests": 50, "errors": 1, "p50_ms": 1.3, "p99_ms": 5.1, "share": 0.05}
+    out = text(doc(serve=_serve("canary", canary)), [ev(7, "canary_step", share=0.05)])
+    assert "serving http://127.0.0.1:8080 canary" in out
+    assert "│ good │ 95% │ 940 │ 3 │ 1.2 ms │ 4.8 ms │ 2 │" in out
+    assert "│ candidate │ 5% │ 50 │ 1 │ 1.3 ms │ 5.1 ms │ 1 │" in out
+    idle = {"requests": 0, "errors": 0, "p50_ms": None, "p99_ms": None, "share": 0.0}
+    quiet = text(doc(serve=_serve(None, idle)))
+    assert "good" in quiet and "candidate" not in quiet  # no candidate on: one row
+    assert "serve:    good: 940 requests, 3 errors" in plain(doc(serve=_serve(None, idle)), True)
