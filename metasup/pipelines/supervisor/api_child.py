@@ -18,8 +18,7 @@ from metasup.decisions.restarts import GiveUp
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Notice
-from metasup.facts.settings import LISTEN_BACKLOG, split_listen
-from metasup.pipelines.supervisor.helper import Helper
+from metasup.pipelines.supervisor.helper import Helper, bind_listen
 
 
 class ApiProcess:
@@ -58,12 +57,7 @@ class ApiProcess:
     def start(self) -> str:
         """Bind, write a new token, start the server; the base URL. OSError when the address
         cannot be bound (in use, not local)."""
-        host, port = split_listen(self.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
-        bound = self.sock.getsockname()[1]
-        shown = f"[{host}]" if family == socket.AF_INET6 else host
-        self.url = f"http://{shown}:{bound}"
+        self.sock, self.url = bind_listen(self.listen)
         write_token(self.token_path)
         self._spawn()
         return self.url

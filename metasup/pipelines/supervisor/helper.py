@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from metasup.effects.files.safeio import open_append
 from metasup.effects.process.spawn import Child, Reaper, python_module, spawn
 from metasup.effects.process.trees import stop_tree
 from metasup.facts.faults import child_env
+from metasup.facts.settings import LISTEN_BACKLOG, split_listen
 
 # A helper that dies is started again at once, and given up on after its 4th death in a minute.
 HELPER_RESTARTS = RestartPolicy(initial=0.0, max=0.0, max_restarts=3, period=60.0)
@@ -134,3 +136,14 @@ class Helper:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+
+def bind_listen(listen: str) -> tuple[socket.socket, str]:
+    """A listening socket at `listen` (host:port; port 0: any free one) and its URL: bound by
+    the supervisor so the port is known at once, then handed to a helper. OSError when the
+    address cannot be bound."""
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    return sock, f"http://{shown}:{sock.getsockname()[1]}"

@@ -20,8 +20,7 @@ from metasup.decisions.restarts import GiveUp
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Emit, Event, Notice, Report
-from metasup.facts.settings import LISTEN_BACKLOG, split_listen
-from metasup.pipelines.supervisor.helper import Helper
+from metasup.pipelines.supervisor.helper import Helper, bind_listen
 
 EVENTS = {
     e.value: e
@@ -76,12 +75,7 @@ class ServeProcess:
     def start(self) -> str:
         """Bind and start the helper; the front's URL. OSError when the address cannot be
         bound."""
-        host, port = split_listen(self.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
-        bound = self.sock.getsockname()[1]
-        shown = f"[{host}]" if family == socket.AF_INET6 else host
-        self.url = f"http://{shown}:{bound}"
+        self.sock, self.url = bind_listen(self.listen)
         self._spawn()
         return self.url
 

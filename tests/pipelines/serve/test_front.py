@@ -3,10 +3,8 @@ streamed bodies), the proxy's own event loop on a thread."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,8 +13,9 @@ from typing import Any
 import pytest
 
 from metasup.facts.settings import ServeConfig
-from metasup.pipelines.serve.front import Front, Replica
+from metasup.pipelines.serve.front import Replica
 from testing.fixtures import wait_for
+from tests.pipelines.serve.front_door import Proxy
 
 
 class Upstream:
@@ -68,37 +67,6 @@ class Upstream:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-class Proxy:
-    def __init__(self, cfg: ServeConfig) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.front = Front(cfg, self.events.append)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.call(self.front.start(self.sock))
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def set(self, **changes: Any) -> None:
-        async def apply() -> None:
-            for key, value in changes.items():
-                setattr(self.front, key, value)
-
-        self.call(apply())
-
-    def client(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-
-    def stop(self) -> None:
-        self.call(self.front.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ good commit, all gone when serving stops."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import signal
-import socket
 import textwrap
 import threading
 from pathlib import Path
@@ -19,9 +17,9 @@ from metasup.effects.process.jail import Jail
 from metasup.effects.process.spawn import Reaper
 from metasup.effects.process.view import make_view
 from metasup.facts.settings import SandboxConfig, ServeConfig
-from metasup.pipelines.serve.front import Front
 from metasup.pipelines.serve.replicas import ReplicaSet
 from testing.fixtures import git, make_repo, marked_pids, wait_for
+from tests.pipelines.serve.front_door import Proxy
 
 APP = textwrap.dedent(
     """
@@ -46,14 +44,13 @@ APP = textwrap.dedent(
 )
 
 
-class Serving:
+class Serving(Proxy):
     def __init__(self, repo: Path, marker: str, cfg: ServeConfig | None = None) -> None:
-        self.events: list[dict[str, Any]] = []
         cfg = cfg or ServeConfig(min_replicas=2, max_replicas=2)
+        super().__init__(cfg)
         sandbox = SandboxConfig(writable=())
         self.reaper = Reaper()
-        self.front = Front(cfg, self.events.append)
-        self.set = ReplicaSet(
+        self.replicas = ReplicaSet(
             GitRepo(repo),
             repo / ".git" / "metasup" / "worktrees",
             ("python3", "app.py", marker),
@@ -66,33 +63,21 @@ class Serving:
             view=lambda here: make_view(here, sandbox=sandbox),
             quiet_s=0.5,
         )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.call(self.front.start(self.sock))
-        self.runner = asyncio.run_coroutine_threadsafe(self.set.run(), self.loop)
-
-    def call(self, coro: Any, timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        self.runner = asyncio.run_coroutine_threadsafe(self.replicas.run(), self.loop)
 
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == event]
 
     def get(self, path: str = "/") -> tuple[int, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = self.client()
         conn.request("GET", path)
         answer = conn.getresponse()
         return answer.status, answer.read().decode()
 
     def stop(self) -> None:
-        self.call(self.set.stop())
+        self.call(self.replicas.stop(), 60)
         self.runner.result(10)
-        self.call(self.front.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.sock.close()
+        super().stop()
 
 
 def test_replicas_serve_are_replaced_follow_the_good_commit_and_go(tmp_path: Path) -> None:
@@ -107,7 +92,7 @@ def test_replicas_serve_are_replaced_follow_the_good_commit_and_go(tmp_path: Pat
     marker = f"replica:{tmp_path}"
     serving = Serving(repo, marker)
     try:
-        serving.call(serving.set.follow(v1))
+        serving.call(serving.replicas.follow(v1))
         wait_for(lambda: len(serving.named("replica_started")) == 2, what="two replicas ready")
         answers = {serving.get() for _ in range(8)}
         assert {status for status, _ in answers} == {200}
@@ -125,7 +110,7 @@ def test_replicas_serve_are_replaced_follow_the_good_commit_and_go(tmp_path: Pat
         wait_for(lambda: len(serving.named("replica_started")) == 3, what="a replacement")
         assert {serving.get()[0] for _ in range(8)} == {200}
         # A new good commit: replicas on it first, then the old ones go.
-        serving.call(serving.set.follow(v2))  # the loop rolls the replicas over
+        serving.call(serving.replicas.follow(v2))  # the loop rolls the replicas over
         wait_for(lambda: len(serving.named("replica_started")) == 5, what="two on v2")
         wait_for(lambda: len(serving.front.replicas) == 2, what="the old ones gone")
         assert {serving.get()[1].split()[0] for _ in range(8)} == {"v2"}
@@ -154,7 +139,7 @@ def test_replicas_scale_up_under_load_and_down_after_it(tmp_path: Path) -> None:
             codes.append(serving.get("/slow")[0])
 
     try:
-        serving.call(serving.set.follow(git(repo, "rev-parse", "HEAD").strip()))
+        serving.call(serving.replicas.follow(git(repo, "rev-parse", "HEAD").strip()))
         wait_for(lambda: len(serving.named("replica_started")) == 1, what="one replica")
         loading.set()
         clients = [threading.Thread(target=client) for _ in range(3)]
@@ -208,9 +193,9 @@ def test_a_failing_candidate_is_reverted_by_its_mirrored_answers_before_a_client
     cfg = ServeConfig(min_replicas=1, max_replicas=1, mirror=0.5)
     serving = Serving(repo, f"replica:{tmp_path}", cfg)
     try:
-        serving.call(serving.set.follow(good))
+        serving.call(serving.replicas.follow(good))
         wait_for(lambda: serving.named("replica_started"), what="a good replica")
-        assert serving.set.offer(bad, "exp-1")
+        assert serving.replicas.offer(bad, "exp-1")
         seen = _load(serving, lambda: serving.named("canary_reverted"))
         reverted = serving.named("canary_reverted")[0]
         assert reverted["id"] == "exp-1" and reverted["commit"] == bad
@@ -234,9 +219,9 @@ def test_a_failing_canary_is_reverted_at_the_first_breach_errors_bounded_by_its_
     cfg = ServeConfig(min_replicas=1, max_replicas=1, mirror=0.0, canary=canary)
     serving = Serving(repo, f"replica:{tmp_path}", cfg)
     try:
-        serving.call(serving.set.follow(good))
+        serving.call(serving.replicas.follow(good))
         wait_for(lambda: serving.named("replica_started"), what="a good replica")
-        serving.set.offer(bad, "exp-2")
+        serving.replicas.offer(bad, "exp-2")
         wait_for(lambda: serving.named("canary_step"), what="the canary on")
         seen = _load(serving, lambda: serving.named("canary_reverted"))
         seen += [serving.get() for _ in range(20)]  # after the revert: good's alone
@@ -257,9 +242,9 @@ def test_a_healthy_candidate_steps_up_to_all_the_traffic_and_is_promoted(tmp_pat
     cfg = ServeConfig(min_replicas=1, max_replicas=1, mirror=0.5, canary=canary)
     serving = Serving(repo, f"replica:{tmp_path}", cfg)
     try:
-        serving.call(serving.set.follow(good))
+        serving.call(serving.replicas.follow(good))
         wait_for(lambda: serving.named("replica_started"), what="a good replica")
-        serving.set.offer(better, "exp-3")
+        serving.replicas.offer(better, "exp-3")
         seen = _load(serving, lambda: serving.named("canary_promoted"))
         assert serving.named("canary_promoted")[0] == {
             "event": "canary_promoted", "id": "exp-3", "commit": better,
