@@ -67,6 +67,15 @@ def descendants() -> list[psutil.Process]:
     return procs
 
 
+def subtree(pid: int) -> list[int]:
+    """`pid` and every process under it (a jail: bwrap, and all it runs), whatever their
+    environment says (a jail's processes do not carry the tree's token)."""
+    try:
+        return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        return [pid]
+
+
 def tree_members(pgid: int, token: str, adopt_unmarked: bool = False) -> list[psutil.Process]:
     """The live processes of one tree among metasup's descendants.
 

@@ -26,8 +26,9 @@ from metasup.decisions.serving import SCALE_DOWN_AFTER_S, scale
 from metasup.effects.git import candidates
 from metasup.effects.git.repo import GitRepo
 from metasup.effects.process.jail import Jail
+from metasup.effects.process.sockets import listens_on
 from metasup.effects.process.spawn import Child, Reaper, SpawnError, spawn
-from metasup.effects.process.trees import stop_tree
+from metasup.effects.process.trees import stop_tree, subtree
 from metasup.effects.process.view import View
 from metasup.facts.settings import ServeConfig
 from metasup.pipelines.serve.canary import CanaryRun
@@ -45,6 +46,10 @@ class Running:
     commit: str
     slot: str
     started: float
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
 
 
 def free_port() -> int:
@@ -189,6 +194,11 @@ class ReplicaSet:
                 ok = answer.status == 200
         except (ClientError, TimeoutError, ConnectionError):
             ok = False
+        if ok and listens_on(subtree(r.child.pid), _port(r.replica.url)) is False:
+            # Answered, but not by the replica: another process holds its port (a candidate's
+            # replica on the same loopback could). Never routed to; a new one gets a new port.
+            await self._stop(r, "its port is answered by another process")
+            return
         if ok:
             r.replica.ready = True
             self.report(

@@ -45,10 +45,16 @@ APP = textwrap.dedent(
 
 
 class Serving(Proxy):
-    def __init__(self, repo: Path, marker: str, cfg: ServeConfig | None = None) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        marker: str,
+        cfg: ServeConfig | None = None,
+        sandbox: SandboxConfig | None = None,
+    ) -> None:
         cfg = cfg or ServeConfig(min_replicas=2, max_replicas=2)
         super().__init__(cfg)
-        sandbox = SandboxConfig(writable=())
+        sandbox = sandbox or SandboxConfig(writable=())
         self.reaper = Reaper()
         self.replicas = ReplicaSet(
             GitRepo(repo),
@@ -256,3 +262,57 @@ def test_a_healthy_candidate_steps_up_to_all_the_traffic_and_is_promoted(tmp_pat
         assert "v2" in versions and not serving.named("canary_reverted")
     finally:
         serving.stop()
+
+
+SQUATTED = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    # Never listens: says its port where another process (the test, playing the squatter
+    # a candidate's replica could be) will bind it and answer for it.
+    Path(sys.argv[1], "port").write_text(os.environ["PORT"])
+    time.sleep(600)  # ok: it only has to stay alive
+    """
+)
+
+
+def test_a_port_answered_by_another_process_never_takes_requests(tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    repo = make_repo(tmp_path / "repo")
+    (repo / "app.py").write_text(SQUATTED)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "squatted")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    cfg = ServeConfig(min_replicas=1, max_replicas=1)
+    # the folder is the replica's argument: where it writes, and how the test finds it
+    serving = Serving(repo, str(shared), cfg, SandboxConfig(writable=(str(shared),)))
+    squatters: list[ThreadingHTTPServer] = []
+
+    class Impostor(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "8")
+            self.end_headers()
+            self.wfile.write(b"impostor")
+
+    try:
+        serving.call(serving.replicas.follow(git(repo, "rev-parse", "HEAD").strip()))
+        port = int(wait_for(lambda: (shared / "port").exists() and (shared / "port").read_text()))
+        squatter = ThreadingHTTPServer(("127.0.0.1", port), Impostor)
+        squatters.append(squatter)
+        threading.Thread(target=squatter.serve_forever, args=(0.05,), daemon=True).start()
+        stopped = wait_for(lambda: serving.named("replica_stopped"), 30, "the replica refused")
+        assert stopped[0]["reason"] == "its port is answered by another process"
+        assert not serving.named("replica_started")
+        assert serving.get()[0] in (502, 503)  # never the impostor's answer
+    finally:
+        for squatter in squatters:
+            squatter.shutdown()
+            squatter.server_close()
+        serving.stop()
+    assert marked_pids(str(shared)) == []
