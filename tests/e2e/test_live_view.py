@@ -55,17 +55,25 @@ def test_the_live_view_draws_follows_a_rollback_and_quits_on_q(repo: Path) -> No
             f"echo $? > {shlex.quote(str(done))}"
         )
         with tmux(repo, command) as (base, target):
+            # A frame may be caught half drawn: wait for the whole of it.
             drawn = wait_for(
-                lambda: "metasup running" in (s := screen(base, target)) and s,
+                lambda: (
+                    "metasup running" in (s := screen(base, target))
+                    and "latest events" in s
+                    and "launch" in s
+                    and s
+                ),
                 what="the view to draw",
             )
             assert "latest events" in drawn and "launch" in drawn
             (repo / "go").write_text("now")
-            seen = wait_for(
-                lambda: "rollback" in (s := screen(base, target)) and s,
-                what="the rollback on screen",
-            )
-            rollback = next(line for line in seen.splitlines() if " rollback " in line)
+
+            def rolled_back() -> str:
+                shown = screen(base, target)  # one capture: the line and the screen agree
+                return shown if _line_with(shown, " rollback ") else ""
+
+            seen = wait_for(rolled_back, what="the rollback on screen")
+            rollback = _line_with(seen, " rollback ")
             assert "run=1" in rollback
             wait_for(lambda: "failures 1 in a row" in " ".join(screen(base, target).split()))
             subprocess.run([*base, "send-keys", "-t", target, "q"], check=True)
@@ -90,7 +98,12 @@ def test_run_on_a_terminal_shows_the_view_inline(repo: Path) -> None:
     command = f"{shlex.quote(sys.executable)} -m metasup run; echo $? > {shlex.quote(str(done))}"
     with tmux(repo, command) as (base, target):
         drawn = wait_for(
-            lambda: "metasup running" in (s := screen(base, target)) and "mark_good" in s and s,
+            lambda: (
+                "metasup running" in (s := screen(base, target))
+                and "mark_good" in s
+                and "latest events" in s
+                and s
+            ),
             what="the view in metasup run",
         )
         assert "latest events" in drawn and "agent says hi" not in drawn
@@ -206,3 +219,8 @@ def test_run_view_keys_do_not_echo_q_asks_then_stops_and_events_fill_the_rows(
         assert code == "0"
     stops = [e for e in events(repo) if e["event"] == "supervisor_stop"]
     assert stops, "a clean stop, journalled"
+
+
+def _line_with(text: str, word: str) -> str:
+    """The first line of a screen holding `word` ("" when none: the frame is not there yet)."""
+    return next((line for line in text.splitlines() if word in line), "")
