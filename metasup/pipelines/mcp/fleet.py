@@ -14,7 +14,6 @@ agent starts once they answer again (or their start timeout passes).
 from __future__ import annotations
 
 import contextlib
-import os
 import selectors
 import signal
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from metasup.facts.faults import child_env
 from metasup.facts.settings import McpServerConfig
 from metasup.pipelines.mcp import protocol
 from metasup.pipelines.mcp.protocol import McpState
-from metasup.pipelines.supervisor.helper import Helper
+from metasup.pipelines.supervisor.helper import Helper, read_lines
 
 EVENTS = {
     e.value: e
@@ -159,18 +158,9 @@ class Fleet:
         if self._fd < 0:
             return False
         changed = False
-        while True:
-            try:
-                data = os.read(self._fd, 1 << 16)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                self._unwatch()
-                break
-            self._buf += data
-        *lines, self._buf = self._buf.split(b"\n")
+        lines, self._buf, ended = read_lines(self._fd, self._buf)
+        if ended:
+            self._unwatch()
         for line in lines:
             reply = protocol.decode_reply(line)
             if reply is not None:

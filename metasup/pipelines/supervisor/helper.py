@@ -9,6 +9,7 @@ One that dies is started again under its restart policy (`decisions.restarts`), 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -147,3 +148,22 @@ def bind_listen(listen: str) -> tuple[socket.socket, str]:
     sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     return sock, f"http://{shown}:{sock.getsockname()[1]}"
+
+
+def read_lines(fd: int, buffer: bytes) -> tuple[list[bytes], bytes, bool]:
+    """What a helper's report pipe (non-blocking) holds now, as whole lines, and the part of a
+    line still to come; True when the pipe ended (the helper is gone)."""
+    ended = False
+    while True:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        except OSError:
+            data = b""
+        if not data:
+            ended = True
+            break
+        buffer += data
+    *lines, buffer = buffer.split(b"\n")
+    return lines, buffer, ended

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import selectors
 import socket
 from pathlib import Path
@@ -20,7 +19,7 @@ from metasup.decisions.restarts import GiveUp
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Emit, Event, Notice, Report
-from metasup.pipelines.supervisor.helper import Helper, bind_listen
+from metasup.pipelines.supervisor.helper import Helper, bind_listen, read_lines
 
 EVENTS = {
     e.value: e
@@ -119,18 +118,12 @@ class ServeProcess:
     def read(self) -> bool:
         """What the helper said: its events journalled, its status kept. True when the status
         changed."""
-        try:
-            chunk = os.read(self._fd, 1 << 16)
-        except BlockingIOError:
+        if self._fd < 0:
             return False
-        except OSError:
-            chunk = b""
-        if not chunk:
+        lines, self._buffer, ended = read_lines(self._fd, self._buffer)
+        if ended:
             self._unregister()
-            return False
-        self._buffer += chunk
         changed = False
-        *lines, self._buffer = self._buffer.split(b"\n")
         if len(self._buffer) > LINE_LIMIT:
             self._buffer = b""  # a line that long is not ours
         for line in lines:
