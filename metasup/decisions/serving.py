@@ -201,3 +201,39 @@ def next_canary(
         return Hold()
     later = [s for s in cfg.steps if s > share]
     return Step(later[0]) if later else Promote()
+
+
+# --- candidates waiting for the front door ---------------------------------------------------
+
+
+@dataclass
+class Offers:
+    """Candidates go on live traffic one at a time, in the order offered. `on` is the one the
+    front door has; the others wait. Each call says which candidate to hand the front door now
+    (None: nothing to send)."""
+
+    on: tuple[str, str] | None = None  # (commit, id)
+    waiting: list[tuple[str, str]] = field(default_factory=list)
+
+    def offer(self, commit: str, candidate: str) -> tuple[str, str] | None:
+        self.waiting.append((commit, candidate))
+        return self._next()
+
+    def ended(self, candidate: str) -> tuple[str, str] | None:
+        """A verdict on `candidate`; one on a candidate not on (from before a restart of ours)
+        changes nothing."""
+        if self.on is not None and self.on[1] == candidate:
+            self.on = None
+        return self._next()
+
+    def drop_all(self) -> list[tuple[str, str]]:
+        """The front door is gone for good: every candidate on or waiting, none left."""
+        pending = [*([self.on] if self.on else []), *self.waiting]
+        self.on, self.waiting = None, []
+        return pending
+
+    def _next(self) -> tuple[str, str] | None:
+        if self.on is None and self.waiting:
+            self.on = self.waiting.pop(0)
+            return self.on
+        return None

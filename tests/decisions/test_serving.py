@@ -12,6 +12,7 @@ from metasup.decisions.serving import (
     SCALE_DOWN_AFTER_S,
     Hold,
     Latencies,
+    Offers,
     Promote,
     Revert,
     Step,
@@ -158,3 +159,34 @@ def test_the_share_only_ever_grows_until_a_revert_or_the_promotion(errors: list[
             share, at_step, cand = decided.share, 0, Latencies()
             shares.append(share)
     assert shares == sorted(set(shares))
+
+
+# --- offers ------------------------------------------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=40))
+def test_offers_go_to_the_front_door_one_at_a_time_in_order(ops: list[tuple[bool, int]]) -> None:
+    """Against a model: candidates offered in order are sent in that order, a next one only
+    after the verdict on the one on; a verdict on another changes nothing; none is lost."""
+    offers = Offers()
+    sent: list[str] = []
+    offered: list[str] = []
+    for n, (is_offer, k) in enumerate(ops):
+        if is_offer:
+            name = f"c{n}"
+            offered.append(name)
+            out = offers.offer("sha-" + name, name)
+        else:
+            target = offers.on[1] if offers.on is not None and k % 2 == 0 else f"stray{k}"
+            out = offers.ended(target)
+        if out is not None:
+            assert out == offers.on and out[0] == "sha-" + out[1]
+            sent.append(out[1])
+        assert offers.on is None or offers.on[1] == sent[-1]
+        if offers.on is None:
+            assert offers.waiting == []
+    assert sent == offered[: len(sent)]  # in order, each once
+    first_left = len(sent) - (1 if offers.on is not None else 0)
+    left = offers.drop_all()
+    assert [c for _, c in left] == offered[first_left:]  # the one on, then those waiting
+    assert offers.on is None and offers.waiting == [] and offers.drop_all() == []

@@ -202,3 +202,77 @@ def test_a_judged_winner_goes_on_live_traffic_reverted_or_promoted(
         wait_for(lambda: _named(repo, "merged"), 30, "the merge")
         assert git(repo, "show", "HEAD:mode.txt").strip() == "ok2"
     assert marked_pids(marker) == []
+
+
+EVOLVED_APP = APP.replace(
+    "    def do_GET(self):\n",
+    "    def do_GET(self):\n"
+    "        strict = os.path.exists(STRICT)\n"
+    "        if self.path != '/health' and strict and open('gaps.txt').read() != START:\n"
+    "            self.send_response(500)\n"
+    "            self.send_header('Content-Length', '0')\n"
+    "            self.end_headers()\n"
+    "            return\n",
+)
+
+
+def test_an_evolution_rounds_winner_goes_on_live_traffic_before_its_merge(
+    tmp_path: Path,
+) -> None:
+    """Continuous evolution with serving: a round's winner is merged only once its canary is
+    promoted. While the app fails any gaps but the first (a file in the git dir says so), each
+    winner is reverted: archived as evo-<id>-reverted, nothing merged. Without it, the next
+    round's winner is promoted, merged and marked good."""
+    from tests.e2e.test_evolve import config, evolution_repo
+
+    body = config(generations=1, repeats=1).replace(
+        "  evolution:\n", "  evolution:\n    mode: continuous\n    trigger: {every: 200ms}\n"
+    )
+    body = body.replace("supervisor:\n", "supervisor:\n  min_runtime: 300ms\n") + (
+        "  serve:\n    listen: '127.0.0.1:0'\n    replicas: {min: 1, max: 1}\n"
+        "    mirror: 0.5\n"
+        "    canary: {start: 0.25, steps: [1.0], step_requests: 10, max_p99_ratio: 50}\n"
+    )
+    repo = evolution_repo(tmp_path / "r", body)
+    strict = repo / ".git" / "strict"  # the git dir: the jail binds it, read-only
+    strict.write_text("")
+    start = (repo / "gaps.txt").read_text()
+    app = f"STRICT = {str(strict)!r}\nSTART = {start!r}\n" + EVOLVED_APP
+    (repo / "agent.py").write_text(app)
+    git(repo, "commit", "-qam", "an app that serves")
+    base = git(repo, "rev-parse", "HEAD").strip()
+
+    def load_until(event: str, timeout: float) -> list[int]:
+        url = state(repo)["serve_url"]
+        codes: list[int] = []
+        wait_for(lambda: codes.append(_get(url)[0]) or _named(repo, event), timeout, event)
+        return codes
+
+    with supervising(repo):
+        wait_for(lambda: _named(repo, "replica_started"), 30, "a replica")
+        codes = load_until("canary_reverted", 90)
+        assert set(codes) == {200}  # its mirrored answers gave it away
+        reverted = _named(repo, "canary_reverted")[0]
+        finished = next(e for e in _named(repo, "evolution_finished") if e.get("promoted"))
+        assert reverted["id"] == finished["best_id"]
+        assert reverted["commit"] == finished["best_commit"]
+        ref = f"evo-{reverted['id']}-reverted"
+        archive = wait_for(
+            lambda: [e for e in _reverted_archives(repo) if ref in str(e["ref"])], what=ref
+        )[0]
+        assert archive["commit"] == finished["best_commit"]
+        assert _named(repo, "merged") == [] and git(repo, "rev-parse", "HEAD").strip() == base
+        strict.unlink()
+        codes = load_until("canary_promoted", 90)
+        promoted = _named(repo, "canary_promoted")[0]
+        assert set(codes) == {200}
+        merged = wait_for(lambda: _named(repo, "merged"), 30, "the merge")[0]
+        assert merged["candidate"] == promoted["commit"] and merged["id"] == promoted["id"]
+        wait_for(
+            lambda: any(
+                e["event"] == "mark_good" and e.get("commit") == merged["commit"]
+                for e in events(repo)
+            ),
+            30,
+            "the merged winner marked good",
+        )

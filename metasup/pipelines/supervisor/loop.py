@@ -275,6 +275,7 @@ class Supervisor:
                     self.reaper,
                     self.selector,
                     self._evolution_figures,
+                    offer=self.serving.offer if self.serving is not None else None,
                 )
                 self.timers[Timer.EVOLUTION] = self.rounds.first_due(time.monotonic())
             return self._loop()
@@ -502,12 +503,7 @@ class Supervisor:
                 assert self.serving is not None
                 if self.serving.read():
                     self._write_state()
-                verdicts, self.serving.verdicts = self.serving.verdicts, []
-                for candidate, promoted, reason in verdicts:
-                    if self.trials is not None and self.trials.canary_ended(
-                        candidate, promoted, reason, self._strategy()
-                    ):
-                        observed.append(lifecycle.WinnerJudged())
+                observed += self._canary_verdicts()
             elif key.data == "inbox":
                 assert self.intake is not None
                 if resetting:
@@ -569,7 +565,27 @@ class Supervisor:
                 self.backups.start()
             elif name is Timer.VERIFY and self.verifier is not None:
                 self.verifier.start()
-            elif name is Timer.EVOLUTION and self.rounds is not None and self.rounds.due():
+            elif name is Timer.EVOLUTION and self.rounds is not None:
+                won, again = self.rounds.due(time.monotonic())
+                if again is not None:
+                    self.timers[Timer.EVOLUTION] = again
+                if won:
+                    observed.append(lifecycle.WinnerJudged())
+        return observed
+
+    def _canary_verdicts(self) -> list[lifecycle.Observation]:
+        """The front door's verdicts, each to the experiment or the evolution round whose winner
+        it was: a promoted one then waits to be merged between runs."""
+        assert self.serving is not None
+        observed: list[lifecycle.Observation] = []
+        verdicts, self.serving.verdicts = self.serving.verdicts, []
+        for candidate, promoted, reason in verdicts:
+            won = self.trials is not None and self.trials.canary_ended(
+                candidate, promoted, reason, self._strategy()
+            )
+            if self.rounds is not None and self.rounds.canary_ended(candidate, promoted):
+                won = True
+            if won:
                 observed.append(lifecycle.WinnerJudged())
         return observed
 
@@ -588,6 +604,7 @@ class Supervisor:
                     self.api.check()
                 if self.serving is not None and self.serving.check():
                     self._write_state()
+                    observed += self._canary_verdicts()
             elif signum in STOP_SIGNALS:
                 self.report({"event": Notice.STOP_REQUESTED, "signal": signal.Signals(signum).name})
                 observed.append(lifecycle.StopRequested())

@@ -4,6 +4,10 @@ The supervisor binds the front's socket itself, so `serve.listen` port 0 resolve
 `serve_url` is in `state.json` before any replica runs, and hands it to the helper. It tells the
 helper the good commit (its replicas run that), journals the events the helper reports, and keeps
 its last status for `state.json`. A helper that dies is started again on the same socket.
+
+Candidates go on live traffic one at a time: an offer made while another is on waits its turn
+here (the helper takes one), and the one on is offered again to a helper started after a death.
+A helper that keeps dying has its candidates reverted: none is merged without its canary.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from metasup.decisions.restarts import GiveUp
+from metasup.decisions.serving import Offers
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Emit, Event, Notice, Report
@@ -67,6 +72,8 @@ class ServeProcess:
         self.status: dict[str, Any] = {}
         # The canaries' verdicts, (candidate id, promoted, reason), for the loop to take.
         self.verdicts: list[tuple[str, bool, str | None]] = []
+        self.offers = Offers()
+        self.gave_up = False
         self.stopping = False
         self._buffer = b""
         self._fd = -1
@@ -95,6 +102,8 @@ class ServeProcess:
             self.selector.register(self._fd, selectors.EVENT_READ, "serve")
         if self.good is not None:
             self._tell(self.good)
+        if self.offers.on is not None:  # a canary the last helper took with it starts again
+            self._send_offer(self.offers.on)
 
     def follow(self, good: str | None) -> None:
         """The replicas run `good` (the good commit) from now on."""
@@ -106,11 +115,19 @@ class ServeProcess:
     def offer(self, commit: str, candidate: str) -> bool:
         """Put a candidate on live traffic (its canary's verdict comes back in `verdicts`).
         False when there is no front door to put it behind."""
-        if self.helper.child is None:
+        if self.gave_up or self.sock is None:
             return False
-        line = json.dumps({"candidate": commit, "id": candidate}).encode() + b"\n"
-        self.helper.write(line)
+        self._send_offer(self.offers.offer(commit, candidate))
         return True
+
+    def _send_offer(self, offer: tuple[str, str] | None) -> None:
+        if offer is not None:
+            line = {"candidate": offer[0], "id": offer[1]}
+            self.helper.write(json.dumps(line).encode() + b"\n")
+
+    def _verdict(self, candidate: str, promoted: bool, reason: str | None) -> None:
+        self.verdicts.append((candidate, promoted, reason))
+        self._send_offer(self.offers.ended(candidate))
 
     def _tell(self, good: str) -> None:
         self.helper.write(json.dumps({"good": good}).encode() + b"\n")
@@ -138,12 +155,10 @@ class ServeProcess:
                 self.emit(event, **{k: v for k, v in doc.items() if k != "event"})
                 if event in (Event.CANARY_PROMOTED, Event.CANARY_REVERTED):
                     reason = doc.get("reason")
-                    self.verdicts.append(
-                        (
-                            str(doc.get("id")),
-                            event is Event.CANARY_PROMOTED,
-                            reason if isinstance(reason, str) else None,
-                        )
+                    self._verdict(
+                        str(doc.get("id")),
+                        event is Event.CANARY_PROMOTED,
+                        reason if isinstance(reason, str) else None,
                     )
             elif isinstance(doc.get("status"), dict):
                 self.status = doc["status"]
@@ -169,6 +184,13 @@ class ServeProcess:
             self.report(
                 {"event": Notice.SERVE_FAILED, "error": "it keeps dying; see logs/serve.log"}
             )
+            self.gave_up = True
+            reason = "the front door stopped before its canary ended"
+            for commit, candidate in self.offers.drop_all():
+                self.emit(
+                    Event.CANARY_REVERTED, id=candidate, commit=commit, reason=reason, share=0.0
+                )
+                self.verdicts.append((candidate, False, reason))
             return True
         self._spawn()
         return True
