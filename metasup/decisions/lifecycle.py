@@ -114,6 +114,9 @@ class Started:
 @dataclass(frozen=True)
 class Snapshotted:
     commit: str  # HEAD after the snapshot: what is about to run
+    # It ran on live traffic as it is (a canary promoted it and its merge was a fast-forward):
+    # good at once, as a run past min_runtime would make it.
+    proven: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ class MergeWinner:
 class MarkGood:
     commit: str
     baseline: bool = False  # the first snapshot, marked good because nothing else was
+    promoted: bool = False  # a canary promoted it
 
 
 @dataclass(frozen=True)
@@ -388,7 +392,7 @@ def decide(
         case Snapshotted() if state.phase is Phase.STARTING and state.winner:
             return replace(state, winner=False), [MergeWinner()]
 
-        case Snapshotted(commit=commit) if state.phase is Phase.STARTING:
+        case Snapshotted(commit=commit, proven=proven) if state.phase is Phase.STARTING:
             if state.stop_requested:
                 return _finish(state, 0, [])
             actions: list[Action] = []
@@ -396,6 +400,9 @@ def decide(
             if good is None:
                 good = commit
                 actions.append(MarkGood(commit, baseline=True))
+            elif proven and good != commit:
+                good = commit
+                actions.append(MarkGood(commit, promoted=True))
             return replace(
                 state,
                 phase=Phase.LAUNCHING,

@@ -87,6 +87,17 @@ def test_snapshot_with_a_good_ref_launches_without_marking() -> None:
     assert state.good == "g" * 40 and state.commit == "d" * 40
 
 
+def test_a_merge_to_the_commit_a_canary_promoted_is_good_before_it_runs() -> None:
+    state, actions = decide(S, at(Phase.STARTING), Snapshotted("d" * 40, proven=True))
+    assert actions == [MarkGood("d" * 40, promoted=True), SyncServers("d" * 40)]
+    assert state.good == "d" * 40 and state.phase is Phase.LAUNCHING
+    # Already good: nothing to mark. Not proven: good only after min_runtime, as ever.
+    _, actions = decide(S, at(Phase.STARTING), Snapshotted("g" * 40, proven=True))
+    assert actions == [SyncServers("g" * 40)]
+    state, actions = decide(S, at(Phase.STARTING), Snapshotted("d" * 40))
+    assert actions == [SyncServers("d" * 40)] and state.good == "g" * 40
+
+
 def test_min_runtime_marks_the_running_commit_good() -> None:
     state, actions = decide(S, at(Phase.RUNNING), MinRuntimeReached(run=2))
     assert state.phase is Phase.GOOD and state.good == "c" * 40
@@ -305,7 +316,7 @@ def test_backoff_delay_edges() -> None:
 
 _observations = st.one_of(
     st.builds(Started, good=st.none() | st.just("g" * 40)),
-    st.builds(Snapshotted, commit=st.sampled_from(["a" * 40, "g" * 40])),
+    st.builds(Snapshotted, commit=st.sampled_from(["a" * 40, "g" * 40]), proven=st.booleans()),
     st.just(ServersReady()),
     st.builds(MinRuntimeReached, run=st.integers(0, 5)),
     st.builds(Exited, code=st.integers(-15, 3), runtime=st.floats(0, 30)),

@@ -102,6 +102,10 @@ def _named(repo: Path, name: str) -> list[dict[str, object]]:
     return [e for e in events(repo) if e["event"] == name]
 
 
+def _marked(repo: Path, commit: object) -> list[dict[str, object]]:
+    return [e for e in _named(repo, "mark_good") if e["commit"] == commit]
+
+
 def _reverted_archives(repo: Path) -> list[dict[str, object]]:
     return [e for e in _named(repo, "archive") if "reverted" in str(e.get("ref"))]
 
@@ -199,8 +203,12 @@ def test_a_judged_winner_goes_on_live_traffic_reverted_or_promoted(
         assert set(codes) == {200}
         steps = [e["share"] for e in _named(repo, "canary_step")]
         assert steps[-3:] == [0.25, 0.5, 1.0]
-        wait_for(lambda: _named(repo, "merged"), 30, "the merge")
+        merged = wait_for(lambda: _named(repo, "merged"), 30, "the merge")[0]
         assert git(repo, "show", "HEAD:mode.txt").strip() == "ok2"
+        # A fast-forward to what served the traffic: good at once, not after min_runtime.
+        good = wait_for(lambda: _marked(repo, merged["commit"]), 30, "mark_good")[0]
+        assert good["reason"] == "canary promoted"
+        assert git(repo, "rev-parse", "refs/metasup/good").strip() == merged["commit"]
     assert marked_pids(marker) == []
 
 
@@ -268,11 +276,5 @@ def test_an_evolution_rounds_winner_goes_on_live_traffic_before_its_merge(
         assert set(codes) == {200}
         merged = wait_for(lambda: _named(repo, "merged"), 30, "the merge")[0]
         assert merged["candidate"] == promoted["commit"] and merged["id"] == promoted["id"]
-        wait_for(
-            lambda: any(
-                e["event"] == "mark_good" and e.get("commit") == merged["commit"]
-                for e in events(repo)
-            ),
-            30,
-            "the merged winner marked good",
-        )
+        good = wait_for(lambda: _marked(repo, merged["commit"]), 30, "mark_good")[0]
+        assert good["reason"] == "canary promoted"

@@ -658,17 +658,20 @@ class Supervisor:
                 return self._snapshot(run)
             case lifecycle.MergeWinner():
                 if self.rounds is not None and self.rounds.held is not None:
-                    merged = self.rounds.merge_held()
+                    merged, proven = self.rounds.merge_held()
                 else:
                     assert self.trials is not None
-                    merged = self.trials.merge_held(self._strategy())
+                    merged, proven = self.trials.merge_held(self._strategy())
                 head = merged or self.repo.head()
                 assert head is not None
-                return lifecycle.Snapshotted(commit=head)
-            case lifecycle.MarkGood(commit=commit, baseline=baseline):
+                return lifecycle.Snapshotted(commit=head, proven=proven and merged == head)
+            case lifecycle.MarkGood(commit=commit, baseline=baseline, promoted=promoted):
                 self._good_now()
                 self.repo.set_good(commit)
-                self._emit(Event.MARK_GOOD, commit=commit, run=self.state.run, baseline=baseline)
+                why = {"reason": "canary promoted"} if promoted else {}
+                self._emit(
+                    Event.MARK_GOOD, commit=commit, run=self.state.run, baseline=baseline, **why
+                )
             case lifecycle.SyncServers(commit=commit):
                 return self._sync_servers(commit)
             case lifecycle.Launch(run=run, commit=commit):

@@ -72,6 +72,7 @@ class Rounds:
         self.held: Result | None = None  # a winner waiting to be merged between runs
         self.offered: Result | None = None  # a winner on live traffic, its canary not ended
         self._reoffer = False  # offer `offered` again at the first due (after a restart)
+        self._promoted = False  # the held winner's canary promoted it
         self._announced = False
         events = list(read_events(dirs.events))
         found = evo.histories(events)
@@ -98,7 +99,7 @@ class Rounds:
         elif ended is None and self.offer is not None:
             self.offered, self._reoffer = result, True
         else:
-            self.held = result
+            self.held, self._promoted = result, ended is True
 
     def first_due(self, now: float) -> float:
         """When the first round may start: at once to resume an interrupted one (or merge a
@@ -188,7 +189,7 @@ class Rounds:
         best = result.best
         if promoted:
             self.last_score = best.score
-            self.held, self._announced = result, True
+            self.held, self._announced, self._promoted = result, True, True
             crashpoint("evolve_round_held")
             return True
         with self.exp.git_lock:
@@ -196,14 +197,17 @@ class Rounds:
         self.emit(Event.ARCHIVE, ref=ref, commit=best.commit, reason="evolution winner reverted")
         return False
 
-    def merge_held(self) -> str | None:
-        """Between runs, right after the snapshot: merge the held winner; the new head."""
+    def merge_held(self) -> tuple[str | None, bool]:
+        """Between runs, right after the snapshot: merge the held winner. (The new head, whether
+        it is the commit a canary promoted: a fast-forward to it.)"""
         held, self.held = self.held, None
+        promoted, self._promoted = self._promoted, False
         if held is None or held.best is None:
-            return None
+            return None, False
         target = self.repo.head()
         assert target is not None
-        return self.search.merge_winner(held.history, held.best, target)
+        merged = self.search.merge_winner(held.history, held.best, target)
+        return merged, promoted and merged == held.best.commit
 
     def stop(self) -> None:
         """A round under way has its commands killed; it is resumed at the next start."""

@@ -47,6 +47,7 @@ class Trials:
         selector.register(self.job.fd, selectors.EVENT_READ, "experiment")
         self.state = Trial.IDLE
         self._held: Outcome | None = None
+        self._promoted = False  # the held winner's canary promoted it
         self._items: list[Any] = []  # the claims the experiment under way is about
         self.recent_gains: deque[float] = deque(maxlen=5)
         self.recent: deque[dict[str, Any]] = deque(maxlen=10)  # for the status
@@ -86,6 +87,7 @@ class Trials:
         held = self._held
         if held is None or held.winner is None or held.winner.id != candidate:
             return False
+        self._promoted = promoted
         if not promoted:
             held.winner.outcome = "reverted"
             held.winner.errors = [{"code": "canary", "message": reason or "reverted"}]
@@ -94,11 +96,14 @@ class Trials:
         self._follow(step, strategy)
         return step.hold
 
-    def merge_held(self, strategy: str) -> str | None:
-        """Between runs, right after the snapshot: merge the held winner; its commit."""
-        outcome = self._held
+    def merge_held(self, strategy: str) -> tuple[str | None, bool]:
+        """Between runs, right after the snapshot: merge the held winner. (Its commit, whether
+        that commit is the one a canary promoted: a fast-forward to it.)"""
+        outcome, promoted, self._promoted = self._held, self._promoted, False
         self._follow(trials.merged(self.state, bool(self.intake.queue)), strategy)
-        return outcome.merged if outcome is not None else None
+        if outcome is None or outcome.merged is None:
+            return None, False
+        return outcome.merged, promoted and outcome.fast_forward
 
     def _follow(self, step: trials.Next, strategy: str) -> None:
         if step.conclude and self._held is not None:
