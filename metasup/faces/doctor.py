@@ -38,7 +38,11 @@ def run_checks(start: Path, explicit: Path | None = None) -> list[Check]:
     checks.append(_guard("hook", lambda: _hook(workdir)))
     listen = getattr(config, "api_listen", None)
     if listen:
-        checks.append(_guard("api", lambda: _port(workdir, listen)))
+        checks.append(_guard("api", lambda: _port(workdir, "api", listen, "api.listen")))
+    serve = getattr(config, "serve", None)
+    if serve is not None:
+        front = serve.listen
+        checks.append(_guard("serve", lambda: _port(workdir, "serve", front, "serve.listen")))
     checks.append(_guard("inotify", _inotify))
     checks.append(_guard("sandbox", lambda: _sandbox(config)))
     return checks
@@ -148,14 +152,15 @@ def _hook(workdir: Path) -> Check:
     )
 
 
-def _port(workdir: Path, listen: str) -> Check:
+def _port(workdir: Path, name: str, listen: str, key: str) -> Check:
+    """Whether metasup could listen at `listen` (the API's or the front door's address)."""
     from metasup.effects.git.repo import GitRepo
     from metasup.effects.records.journal import StateDir, current_status
     from metasup.facts.settings import split_listen
 
     host, port = split_listen(listen)
     if port == 0:
-        return Check("api", True, f"{listen}: any free port")
+        return Check(name, True, f"{listen}: any free port")
     _, running = current_status(StateDir.for_git_dir(GitRepo(workdir).git_dir))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -163,14 +168,14 @@ def _port(workdir: Path, listen: str) -> Check:
             pass
     except OSError as e:
         if running:
-            return Check("api", True, f"{listen} is in use by the running supervisor")
+            return Check(name, True, f"{listen} is in use by the running supervisor")
         return Check(
-            "api",
+            name,
             False,
             f"cannot listen on {listen}: {e.strerror or e}",
-            "free the port, or set api.listen to another (port 0: any free one)",
+            f"free the port, or set {key} to another (port 0: any free one)",
         )
-    return Check("api", True, f"{listen} is free")
+    return Check(name, True, f"{listen} is free")
 
 
 def _inotify() -> Check:

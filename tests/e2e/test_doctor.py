@@ -33,11 +33,17 @@ def test_a_broken_policy_and_a_busy_port(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         config = repo / "metasup.yaml"
-        config.write_text(config.read_text() + f'  api: {{listen: "127.0.0.1:{port}"}}\n')
+        config.write_text(
+            config.read_text()
+            + f'  api: {{listen: "127.0.0.1:{port}"}}\n'
+            + f'  serve: {{listen: "127.0.0.1:{port}"}}\n'
+        )
         out = run_metasup(repo, "doctor")
     assert out.returncode == 1
     assert "FAIL policy     protected/safety_rules.yaml:" in out.stdout
     assert f"FAIL api        cannot listen on 127.0.0.1:{port}" in out.stdout
+    assert f"FAIL serve      cannot listen on 127.0.0.1:{port}" in out.stdout
+    assert "set serve.listen to another" in out.stdout
 
 
 def test_outside_a_repository(tmp_path: Path) -> None:

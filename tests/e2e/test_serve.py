@@ -278,3 +278,49 @@ def test_an_evolution_rounds_winner_goes_on_live_traffic_before_its_merge(
         assert merged["candidate"] == promoted["commit"] and merged["id"] == promoted["id"]
         good = wait_for(lambda: _marked(repo, merged["commit"]), 30, "mark_good")[0]
         assert good["reason"] == "canary promoted"
+
+
+def _front_doors(repo: Path) -> list[int]:
+    """The front door processes serving `repo` (`--workdir` names it)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        argv = " ".join(p.info["cmdline"] or [])
+        if "metasup.pipelines.serve" in argv and str(repo) in argv:
+            found.append(p.pid)
+    return found
+
+
+def test_a_killed_front_door_comes_back_on_the_same_address_without_its_old_replicas(
+    repo: Path,
+) -> None:
+    """The front door's process killed with -9 (as an OOM killer would): its replicas go with
+    it, a new one is started on the same socket and serves again."""
+    (repo / "app.py").write_text(APP)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    marker = f"front:{repo}"
+    extra = "  serve:\n    listen: '127.0.0.1:0'\n    replicas: {min: 1, max: 1}\n"
+    write_config(repo, agent_config(extra=extra).replace("agent.py]", f"app.py, '{marker}']"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "the app")
+    with supervising(repo):
+        url = wait_for(lambda: state(repo).get("serve_url"), what="serve_url")
+        wait_for(lambda: _named(repo, "replica_started"), 30, "a replica")
+        assert _get(url)[0] == 200
+        (front,) = _front_doors(repo)
+        first = [p for p in marked_pids(marker) if _is_replica(p)]
+        assert first
+        os.kill(front, signal.SIGKILL)
+        wait_for(lambda: not [p for p in first if p in marked_pids(marker)], 15, "old replicas")
+        wait_for(lambda: len(_named(repo, "replica_started")) >= 2, 30, "a new replica")
+        status = wait_for(lambda: _try_get(url), 30, "the front door answering again")
+        assert status == 200 and len(_front_doors(repo)) == 1
+    assert marked_pids(marker) == []
+
+
+def _try_get(url: str) -> int | None:
+    try:
+        return _get(url)[0]
+    except OSError:
+        return None

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metasup.decisions import mcp_watch, restarts
+from metasup.decisions import mcp_watch
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.process.trees import stop_tree
 from metasup.effects.records.journal import StateDir
@@ -200,8 +200,7 @@ class Fleet:
         self._stop_leftovers()
         if self.stopping:
             return True
-        self.report({"event": Notice.MCP_WORKER_EXITED, "code": code})
-        if isinstance(self.worker.after_exit(), restarts.GiveUp):
+        if not self.worker.restart_after(code, self.report, Notice.MCP_WORKER_EXITED, None):
             self.gave_up = True
             for name in self.servers:
                 self.emit(

@@ -14,7 +14,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from metasup.decisions.restarts import GiveUp
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Notice
@@ -112,12 +111,10 @@ class ApiProcess:
         code = self.helper.exited()
         if code is None:
             return False
-        self.report({"event": Notice.API_EXITED, "code": code})
-        if isinstance(self.helper.after_exit(), GiveUp):
+        if self.helper.restart_after(code, self.report, Notice.API_EXITED, Notice.API_FAILED):
+            self._spawn()
+        else:
             self.gave_up = True
-            self.report({"event": Notice.API_FAILED, "error": "it keeps dying; see logs/api.log"})
-            return True
-        self._spawn()
         return True
 
     def stop(self) -> None:

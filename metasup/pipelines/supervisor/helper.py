@@ -21,6 +21,7 @@ from metasup.decisions.restarts import GiveUp, Restart, RestartPolicy, after_fai
 from metasup.effects.files.safeio import open_append
 from metasup.effects.process.spawn import Child, Reaper, python_module, spawn
 from metasup.effects.process.trees import stop_tree
+from metasup.facts.events import Notice, Report
 from metasup.facts.faults import child_env
 from metasup.facts.settings import LISTEN_BACKLOG, split_listen
 
@@ -98,6 +99,19 @@ class Helper:
         """Whether a helper that died is started again, by its restart policy."""
         decision, self._history = after_failure(self.restarts, self._history, time.monotonic())
         return decision
+
+    def restart_after(
+        self, code: int, report: Report, exited: Notice, failed: Notice | None
+    ) -> bool:
+        """Its death (`code`, as `exited` gave it) reported as `exited`; True when it is to be
+        started again, False when it keeps dying (reported as `failed`, naming its log)."""
+        report({"event": exited, "code": code})
+        if isinstance(self.after_exit(), GiveUp):
+            if failed is not None:
+                log = f"logs/{self.log.name}" if self.log is not None else "its log"
+                report({"event": failed, "error": f"it keeps dying; see {log}"})
+            return False
+        return True
 
     def stop(self, grace: float, sig: int = signal.SIGTERM, timeout: float = 2.0) -> None:
         """End its stdin and give it `grace` seconds to end; then `sig` to its whole tree, and

@@ -19,7 +19,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from metasup.decisions.restarts import GiveUp
 from metasup.decisions.serving import Offers
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
@@ -179,11 +178,9 @@ class ServeProcess:
         if code is None:
             return False
         self._unregister()
-        self.report({"event": Notice.SERVE_EXITED, "code": code})
-        if isinstance(self.helper.after_exit(), GiveUp):
-            self.report(
-                {"event": Notice.SERVE_FAILED, "error": "it keeps dying; see logs/serve.log"}
-            )
+        if not self.helper.restart_after(
+            code, self.report, Notice.SERVE_EXITED, Notice.SERVE_FAILED
+        ):
             self.gave_up = True
             reason = "the front door stopped before its canary ended"
             for commit, candidate in self.offers.drop_all():
