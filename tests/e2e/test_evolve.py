@@ -133,6 +133,10 @@ def assert_whole(repo: Path) -> None:
 # --- the demo -------------------------------------------------------------------------------
 
 
+# The tests that read the demo's evolution run on one worker, which runs it once.
+ON_THE_DEMO = pytest.mark.xdist_group("evolve-demo")
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     where = tmp_path_factory.mktemp("evolve-demo") / "repo"
@@ -145,6 +149,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Com
     return where, out
 
 
+@ON_THE_DEMO
 def test_the_demo_beats_its_baseline_within_five_generations_and_merges_it(
     demo: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -167,6 +172,7 @@ def test_the_demo_beats_its_baseline_within_five_generations_and_merges_it(
         pass
 
 
+@ON_THE_DEMO
 def test_candidates_events_carry_what_the_spec_lists(
     demo: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -187,6 +193,7 @@ def test_candidates_events_carry_what_the_spec_lists(
     assert {e["node"] for e in evaluated} == {socket.gethostname()}  # the local executor
 
 
+@ON_THE_DEMO
 def test_population_lists_the_candidates_best_first(
     demo: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
