@@ -324,3 +324,43 @@ def _try_get(url: str) -> int | None:
         return _get(url)[0]
     except OSError:
         return None
+
+
+def test_a_front_door_that_keeps_dying_reverts_its_candidate_and_merges_nothing(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A candidate on the canary survives one death of the front door (offered again to the
+    next); when the front door keeps dying, it is reverted, never merged unjudged."""
+    (repo / "app.py").write_text(CANARY_APP)
+    (repo / "mode.txt").write_text("ok\n")
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    extra = (
+        "  proposals: {mode: experiment}\n"
+        "  experiments: {checks: [[python3, -c, pass]], timeout: 30s}\n"
+        "  serve:\n    listen: '127.0.0.1:0'\n    replicas: {min: 1, max: 1}\n"
+        "    mirror: 0.5\n    canary: {step_requests: 100000}\n"
+    )
+    write_config(repo, agent_config(extra=extra).replace("agent.py]", "app.py]"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "the app")
+    doc = {"reason": "ok2", "changes": [{"file": "mode.txt", "content": "ok2\n"}]}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    with supervising(repo):
+        wait_for(lambda: _named(repo, "replica_started"), 30, "a replica")
+        assert run_metasup(repo, "propose", str(tmp_path / "p.json")).returncode == 0
+        wait_for(lambda: _named(repo, "canary_step"), 30, "the candidate on the mirror")
+        (front,) = _front_doors(repo)
+        os.kill(front, signal.SIGKILL)
+        # The next front door takes the candidate up again.
+        wait_for(lambda: len(_named(repo, "canary_step")) >= 2, 30, "the canary again")
+        assert _named(repo, "canary_reverted") == []
+        for _ in range(3):  # three more deaths within the minute: given up on
+            (front,) = wait_for(
+                lambda old=front: [p for p in _front_doors(repo) if p != old], 30, "a front door"
+            )
+            os.kill(front, signal.SIGKILL)
+        (reverted,) = wait_for(lambda: _named(repo, "canary_reverted"), 30, "the revert")
+        assert reverted["reason"] == "the front door stopped before its canary ended"
+        wait_for(lambda: _reverted_archives(repo), 30, "the archive")
+        assert _named(repo, "merged") == []
+        assert git(repo, "show", "HEAD:mode.txt").strip() == "ok"

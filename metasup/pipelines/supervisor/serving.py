@@ -94,6 +94,7 @@ class ServeProcess:
             self.helper.start(*args, pass_fds=(self.sock.fileno(),))
         except SpawnError as e:
             self.report({"event": Notice.SERVE_FAILED, "error": str(e)})
+            self._give_up()
             return
         self._buffer = b""
         self._fd = self.helper.stdout_fd
@@ -178,19 +179,19 @@ class ServeProcess:
         if code is None:
             return False
         self._unregister()
-        if not self.helper.restart_after(
-            code, self.report, Notice.SERVE_EXITED, Notice.SERVE_FAILED
-        ):
-            self.gave_up = True
-            reason = "the front door stopped before its canary ended"
-            for commit, candidate in self.offers.drop_all():
-                self.emit(
-                    Event.CANARY_REVERTED, id=candidate, commit=commit, reason=reason, share=0.0
-                )
-                self.verdicts.append((candidate, False, reason))
-            return True
-        self._spawn()
+        if self.helper.restart_after(code, self.report, Notice.SERVE_EXITED, Notice.SERVE_FAILED):
+            self._spawn()
+        else:
+            self._give_up()
         return True
+
+    def _give_up(self) -> None:
+        """No front door any more: its candidates are reverted (none is merged unjudged)."""
+        self.gave_up = True
+        reason = "the front door stopped before its canary ended"
+        for commit, candidate in self.offers.drop_all():
+            self.emit(Event.CANARY_REVERTED, id=candidate, commit=commit, reason=reason, share=0.0)
+            self.verdicts.append((candidate, False, reason))
 
     def stop(self) -> None:
         self.stopping = True
