@@ -37,6 +37,7 @@ SESSION_HEADER = "X-Session-Id"
 SESSION_COOKIES = ("session", "sessionid", "session_id")
 MIRROR_MAX_BODY = 1 << 20  # a request body larger than this is not mirrored (counted dropped)
 MIRROR_QUEUE = 256
+WHOLE_BODY = 64 << 10  # an answer up to this size (with a Content-Length) is sent in one piece
 
 
 @dataclass
@@ -162,10 +163,21 @@ class Front:
                 data=body,
                 allow_redirects=False,
             ) as upstream:
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+                size = upstream.content_length
+                bodied = request.method != "HEAD" and upstream.status not in (204, 304)
+                if bodied and size is not None and size <= WHOLE_BODY:
+                    # A small answer goes out whole: head and body in one write to the client.
+                    response = web.Response(
+                        status=upstream.status, reason=upstream.reason, body=await upstream.read()
+                    )
+                else:
+                    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
                 for k, v in upstream.headers.items():
                     if k.lower() not in HOP:  # Content-Length stays: the body is passed whole
                         response.headers.add(k, v)
+                if isinstance(response, web.Response):
+                    stats.add(time.perf_counter() - t0, error=upstream.status >= 500)
+                    return response
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)

@@ -53,6 +53,12 @@ class Upstream:
                     return self._answer(200, b"x" * (3 << 20))
                 self._answer(200, outer.name.encode())
 
+            def do_HEAD(self) -> None:
+                outer.seen.append(("HEAD", self.path, b""))
+                self.send_response(200)
+                self.send_header("Content-Length", "5")  # what a GET would carry
+                self.end_headers()
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.seen.append(("POST", self.path, body))
@@ -96,6 +102,13 @@ def test_requests_are_proxied_on_one_kept_connection_and_shared(ups: list[Upstre
         names = [get(conn, "/who")[1] for _ in range(10)]
         assert set(names) == {b"a", b"b"}  # equal replicas take turns
         assert all(s == ("GET", "/who", b"") for u in ups[:2] for s in u.seen)
+        conn.request("GET", "/who")
+        answer = conn.getresponse()  # one Content-Length, whichever way the body went out
+        assert answer.msg.get_all("Content-Length") == ["1"] and answer.read() in (b"a", b"b")
+        conn.request("HEAD", "/who")
+        answer = conn.getresponse()  # a HEAD's length is the GET's, with no body after it
+        assert answer.status == 200 and answer.msg.get_all("Content-Length") == ["5"]
+        assert answer.read() == b""
         status, body, _ = get(conn, "/big")  # a body of 3 MiB, streamed
         assert status == 200 and body == b"x" * (3 << 20)
         payload = bytes(range(256)) * 4000  # ~1 MB up
@@ -106,7 +119,7 @@ def test_requests_are_proxied_on_one_kept_connection_and_shared(ups: list[Upstre
         assert conn.getresponse().read() == b"later"  # the 100 is the proxy's to send
         assert conn.sock is not None  # still the one connection
         # counted once the answer is written: the client may read it a moment before
-        wait_for(lambda: proxy.front.status()["arms"]["good"]["requests"] == 13, what="13")
+        wait_for(lambda: proxy.front.status()["arms"]["good"]["requests"] == 15, what="15")
     finally:
         proxy.stop()
 
