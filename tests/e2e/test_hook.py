@@ -155,28 +155,53 @@ def test_the_hook_runs_on_an_unborn_branch(tmp_path: Path) -> None:
     assert out.returncode == 1 and "added protected/a" in out.stderr
 
 
+def _as_a_user_names_it(tmp: Path) -> tuple[str, str]:
+    """This repository as a user's `.pre-commit-config.yaml` names it, a path and a rev: its
+    HEAD, or with uncommitted changes a clone holding them committed (as `pre-commit try-repo`
+    makes one)."""
+    head = git(ROOT, "rev-parse", "HEAD").strip()
+    diff = subprocess.run(
+        ["git", "diff", "HEAD", "--binary"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    if not diff:
+        return str(ROOT), head
+    shadow = tmp / "shadow"
+    git(tmp, "clone", "-q", str(ROOT), str(shadow))
+    subprocess.run(["git", "apply"], cwd=shadow, input=diff, check=True)
+    git(shadow, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "working tree")
+    return str(shadow), git(shadow, "rev-parse", "HEAD").strip()
+
+
 def test_through_the_pre_commit_framework(tmp_path: Path) -> None:
-    """`pre-commit try-repo` installs this repository's hook the way users get it (a venv made
-    by pre-commit from the package registry) and runs it on a staged change."""
+    """The hook the way users get it: a `.pre-commit-config.yaml` naming this repository, from
+    which pre-commit builds the hook's venv (from the package registry), then runs it on a
+    clean and a refused staged change. One store: the venv is built once (`try-repo` would
+    build it for each run)."""
     repo = make_repo(tmp_path / "repo")
     (repo / "b.txt").write_text("b\n")
     git(repo, "add", "-A")
+    where, rev = _as_a_user_names_it(tmp_path)
+    config = tmp_path / "pre-commit-config.yaml"  # outside the repository: nothing to stage
+    config.write_text(
+        f"repos:\n- repo: {where}\n  rev: {rev}\n  hooks: [{{id: metasup-protected-paths}}]\n"
+    )
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
     pre_commit = str(Path(sys.executable).parent / "pre-commit")
 
-    def try_repo() -> subprocess.CompletedProcess[str]:
+    def run_hook() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [pre_commit, "try-repo", str(ROOT), "metasup-protected-paths"],
+            [pre_commit, "run", "--config", str(config)],
             cwd=repo, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
 
-    clean = try_repo()
+    clean = run_hook()
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "metasup protected paths" in clean.stdout and "Passed" in clean.stdout
     (repo / "protected").mkdir()
     (repo / "protected" / "a").write_text("x\n")
     git(repo, "add", "-A")
     git(repo, "rm", "-q", "--cached", "b.txt")
-    refused = try_repo()
+    refused = run_hook()
     assert refused.returncode == 1
     assert "added protected/a" in refused.stdout and "Failed" in refused.stdout
+    assert len(list((tmp_path / "pre-commit-home").glob("repo*/py_env-*"))) == 1
