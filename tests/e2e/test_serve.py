@@ -364,3 +364,41 @@ def test_a_front_door_that_keeps_dying_reverts_its_candidate_and_merges_nothing(
         wait_for(lambda: _reverted_archives(repo), 30, "the archive")
         assert _named(repo, "merged") == []
         assert git(repo, "show", "HEAD:mode.txt").strip() == "ok"
+
+
+def test_a_rounds_winner_on_the_canary_when_metasup_is_killed_goes_on_again_after(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of metasup while a round's winner is on the canary: the next start offers the
+    same winner again (the journal says its canary never ended), and it is promoted and merged
+    as if nothing happened; nothing was merged meanwhile."""
+    from tests.e2e.test_evolve import config, evolution_repo
+
+    body = config(generations=1, repeats=1).replace(
+        "  evolution:\n", "  evolution:\n    mode: continuous\n    trigger: {every: 200ms}\n"
+    )
+    body = body.replace("supervisor:\n", "supervisor:\n  min_runtime: 300ms\n") + (
+        "  serve:\n    listen: '127.0.0.1:0'\n    replicas: {min: 1, max: 1}\n"
+        "    mirror: 0.5\n"
+        "    canary: {start: 0.25, steps: [1.0], step_requests: 10, max_p99_ratio: 50}\n"
+    )
+    repo = evolution_repo(tmp_path / "r", body)
+    (repo / "agent.py").write_text(APP)
+    git(repo, "commit", "-qam", "an app that serves")
+    with supervising(repo) as proc:
+        # No traffic: the winner waits on the mirror stage for its copies.
+        first = wait_for(lambda: _named(repo, "canary_step"), 90, "a winner on the canary")[0]
+        proc.kill()
+        proc.wait(timeout=20)
+    assert _named(repo, "canary_promoted") == [] and _named(repo, "merged") == []
+    with supervising(repo):
+        again = wait_for(lambda: _named(repo, "canary_step")[1:], 30, "the winner offered again")
+        assert again[0]["id"] == first["id"] and again[0]["commit"] == first["commit"]
+        # serve_url read at each look: a new port (listen port 0) once the new state is written
+        wait_for(
+            lambda: _try_get(state(repo)["serve_url"]) == 200 and _named(repo, "canary_promoted"),
+            60,
+            "promoted",
+        )
+        merged = wait_for(lambda: _named(repo, "merged"), 30, "the merge")[0]
+        assert merged["candidate"] == first["commit"] and merged["id"] == first["id"]
