@@ -17,7 +17,7 @@ from typing import Any
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Notice
-from metasup.pipelines.supervisor.helper import Helper, bind_listen
+from metasup.pipelines.supervisor.helper import Helper, bind_listen, listener_args
 
 
 class ApiProcess:
@@ -65,8 +65,7 @@ class ApiProcess:
         assert self.sock is not None
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         args = (
-            *("--fd", str(self.sock.fileno()), "--git-dir", str(self.dirs.root.parent)),
-            *("--workdir", str(self.workdir), "--config", str(self.config_path)),
+            *listener_args(self.sock, self.dirs.root.parent, self.workdir, self.config_path),
             *("--control", str(theirs.fileno())),
         )
         try:

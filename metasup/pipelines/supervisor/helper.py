@@ -164,6 +164,15 @@ def bind_listen(listen: str) -> tuple[socket.socket, str]:
     return sock, f"http://{shown}:{sock.getsockname()[1]}"
 
 
+def listener_args(sock: socket.socket, git_dir: Path, workdir: Path, config: Path) -> list[str]:
+    """What a helper that serves on `sock` (the API, the front door) is told: the socket it
+    inherits, where the repository and its tree are, and the config in use."""
+    return [
+        *("--fd", str(sock.fileno()), "--git-dir", str(git_dir)),
+        *("--workdir", str(workdir), "--config", str(config)),
+    ]
+
+
 def read_lines(fd: int, buffer: bytes) -> tuple[list[bytes], bytes, bool]:
     """What a helper's report pipe (non-blocking) holds now, as whole lines, and the part of a
     line still to come; True when the pipe ended (the helper is gone)."""

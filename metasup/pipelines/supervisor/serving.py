@@ -23,7 +23,7 @@ from metasup.decisions.serving import Offers
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Emit, Event, Notice, Report
-from metasup.pipelines.supervisor.helper import Helper, bind_listen, read_lines
+from metasup.pipelines.supervisor.helper import Helper, bind_listen, listener_args, read_lines
 
 EVENTS = {
     e.value: e
@@ -86,10 +86,7 @@ class ServeProcess:
 
     def _spawn(self) -> None:
         assert self.sock is not None
-        args = (
-            *("--fd", str(self.sock.fileno()), "--git-dir", str(self.dirs.root.parent)),
-            *("--workdir", str(self.workdir), "--config", str(self.config_path)),
-        )
+        args = listener_args(self.sock, self.dirs.root.parent, self.workdir, self.config_path)
         try:
             self.helper.start(*args, pass_fds=(self.sock.fileno(),))
         except SpawnError as e:
