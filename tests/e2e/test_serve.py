@@ -224,13 +224,9 @@ EVOLVED_APP = APP.replace(
 )
 
 
-def test_an_evolution_rounds_winner_goes_on_live_traffic_before_its_merge(
-    tmp_path: Path,
-) -> None:
-    """Continuous evolution with serving: a round's winner is merged only once its canary is
-    promoted. While the app fails any gaps but the first (a file in the git dir says so), each
-    winner is reverted: archived as evo-<id>-reverted, nothing merged. Without it, the next
-    round's winner is promoted, merged and marked good."""
+def _evolving_and_serving(path: Path) -> Path:
+    """The evolution demo's repository with continuous rounds and a front door whose canary
+    ends after 10 requests a step."""
     from tests.e2e.test_evolve import config, evolution_repo
 
     body = config(generations=1, repeats=1).replace(
@@ -241,7 +237,17 @@ def test_an_evolution_rounds_winner_goes_on_live_traffic_before_its_merge(
         "    mirror: 0.5\n"
         "    canary: {start: 0.25, steps: [1.0], step_requests: 10, max_p99_ratio: 50}\n"
     )
-    repo = evolution_repo(tmp_path / "r", body)
+    return evolution_repo(path, body)
+
+
+def test_an_evolution_rounds_winner_goes_on_live_traffic_before_its_merge(
+    tmp_path: Path,
+) -> None:
+    """Continuous evolution with serving: a round's winner is merged only once its canary is
+    promoted. While the app fails any gaps but the first (a file in the git dir says so), each
+    winner is reverted: archived as evo-<id>-reverted, nothing merged. Without it, the next
+    round's winner is promoted, merged and marked good."""
+    repo = _evolving_and_serving(tmp_path / "r")
     strict = repo / ".git" / "strict"  # the git dir: the jail binds it, read-only
     strict.write_text("")
     start = (repo / "gaps.txt").read_text()
@@ -372,17 +378,7 @@ def test_a_rounds_winner_on_the_canary_when_metasup_is_killed_goes_on_again_afte
     """kill -9 of metasup while a round's winner is on the canary: the next start offers the
     same winner again (the journal says its canary never ended), and it is promoted and merged
     as if nothing happened; nothing was merged meanwhile."""
-    from tests.e2e.test_evolve import config, evolution_repo
-
-    body = config(generations=1, repeats=1).replace(
-        "  evolution:\n", "  evolution:\n    mode: continuous\n    trigger: {every: 200ms}\n"
-    )
-    body = body.replace("supervisor:\n", "supervisor:\n  min_runtime: 300ms\n") + (
-        "  serve:\n    listen: '127.0.0.1:0'\n    replicas: {min: 1, max: 1}\n"
-        "    mirror: 0.5\n"
-        "    canary: {start: 0.25, steps: [1.0], step_requests: 10, max_p99_ratio: 50}\n"
-    )
-    repo = evolution_repo(tmp_path / "r", body)
+    repo = _evolving_and_serving(tmp_path / "r")
     (repo / "agent.py").write_text(APP)
     git(repo, "commit", "-qam", "an app that serves")
     with supervising(repo) as proc:
