@@ -13,7 +13,6 @@ agent starts once they answer again (or their start timeout passes).
 
 from __future__ import annotations
 
-import contextlib
 import selectors
 import signal
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from metasup.facts.faults import child_env
 from metasup.facts.settings import McpServerConfig
 from metasup.pipelines.mcp import protocol
 from metasup.pipelines.mcp.protocol import McpState
-from metasup.pipelines.supervisor.helper import Helper, read_lines
+from metasup.pipelines.supervisor.helper import Helper, ReportPipe
 
 EVENTS = {
     e.value: e
@@ -71,7 +70,6 @@ class Fleet:
         self.workdir = workdir
         self.dirs = dirs
         self.reaper = reaper
-        self.selector = selector
         self.emit = emit
         self.report = report
         self.watch = {s.name: self._watch(s) for s in servers}
@@ -91,8 +89,7 @@ class Fleet:
         self.seq = 0  # the last command sent
         self.acked = 0  # the last command the worker reported on
         self.stopping = False
-        self._buf = b""
-        self._fd = -1
+        self.pipe = ReportPipe(selector, "mcp")
         self.gave_up = False
 
     def __bool__(self) -> bool:
@@ -124,8 +121,7 @@ class Fleet:
             self.seq, str(self.dirs.mcp), str(self.dirs.logs), servers, self.jail
         )
         self.worker.write(protocol.encode(start))
-        self._fd = self.worker.stdout_fd
-        self.selector.register(self._fd, selectors.EVENT_READ, "mcp")
+        self.pipe.watch(self.worker.stdout_fd)
         self.acked = self.seq
         self._all(McpState.STARTING)
         for name in self.servers:
@@ -149,19 +145,10 @@ class Fleet:
             self.status[name] = {**_blank(s, state), "restarts": self.status[name]["restarts"]}
             self.status[name]["reason"] = reason
 
-    @property
-    def fd(self) -> int:
-        return self._fd
-
     def read(self) -> bool:
         """Take what the worker reported; True when anything changed."""
-        if self._fd < 0:
-            return False
         changed = False
-        lines, self._buf, ended = read_lines(self._fd, self._buf)
-        if ended:
-            self._unwatch()
-        for line in lines:
+        for line in self.pipe.lines():
             reply = protocol.decode_reply(line)
             if reply is not None:
                 changed |= self._take(reply)
@@ -181,12 +168,6 @@ class Fleet:
                 return True
         return False
 
-    def _unwatch(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(self._fd)
-            self._fd = -1
-
     def check_worker(self) -> bool:
         """After a SIGCHLD: when the worker died, stop what it left and start it again (at most
         3 times a minute, as any helper). True when it had died."""
@@ -196,7 +177,7 @@ class Fleet:
         code = self.worker.exited()
         if code is None:
             return False
-        self._unwatch()
+        self.pipe.close()
         self._stop_leftovers()
         if self.stopping:
             return True
@@ -236,7 +217,7 @@ class Fleet:
         budget = max((s.stop_timeout for s in self.servers.values()), default=0.0) + 5.0
         self.worker.wait(budget)  # the worker stops its servers, reports, and exits
         self.read()
-        self._unwatch()
+        self.pipe.close()
         self.worker.kill()
         self._stop_leftovers()
         for st in self.status.values():  # the last probe's figures stay, for the record

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import signal
 import socket
 import time
@@ -173,20 +174,52 @@ def listener_args(sock: socket.socket, git_dir: Path, workdir: Path, config: Pat
     ]
 
 
-def read_lines(fd: int, buffer: bytes) -> tuple[list[bytes], bytes, bool]:
-    """What a helper's report pipe (non-blocking) holds now, as whole lines, and the part of a
-    line still to come; True when the pipe ended (the helper is gone)."""
-    ended = False
-    while True:
-        try:
-            data = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            break
-        except OSError:
-            data = b""
-        if not data:
-            ended = True
-            break
-        buffer += data
-    *lines, buffer = buffer.split(b"\n")
-    return lines, buffer, ended
+class ReportPipe:
+    """A helper's report pipe (its stdout, non-blocking) in the supervisor's selector: read into
+    whole lines, forgotten when it ends."""
+
+    LINE_LIMIT = 1 << 20  # a partial line longer than this is not a helper's: dropped
+
+    def __init__(self, selector: selectors.BaseSelector, key: str) -> None:
+        self.selector = selector
+        self.key = key  # what the selector hands back for it
+        self.fd = -1
+        self._buffer = b""
+
+    def watch(self, fd: int) -> None:
+        """A (new) helper's pipe; a line the last one left half written is dropped."""
+        self.close()
+        self._buffer = b""
+        if fd >= 0:
+            self.fd = fd
+            self.selector.register(fd, selectors.EVENT_READ, self.key)
+
+    def lines(self) -> list[bytes]:
+        """The whole lines it holds now (the last ones too when it ended, then it is closed)."""
+        if self.fd < 0:
+            return []
+        ended = False
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                ended = True
+                break
+            self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > self.LINE_LIMIT:
+            self._buffer = b""
+        if ended:
+            self.close()
+        return lines
+
+    def close(self) -> None:
+        """Out of the selector (the pipe itself is the helper's to close)."""
+        if self.fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.fd)
+            self.fd = -1

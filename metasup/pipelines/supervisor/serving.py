@@ -12,7 +12,6 @@ A helper that keeps dying has its candidates reverted: none is merged without it
 
 from __future__ import annotations
 
-import contextlib
 import json
 import selectors
 import socket
@@ -23,7 +22,7 @@ from metasup.decisions.serving import Offers
 from metasup.effects.process.spawn import Reaper, SpawnError
 from metasup.effects.records.journal import StateDir
 from metasup.facts.events import Emit, Event, Notice, Report
-from metasup.pipelines.supervisor.helper import Helper, bind_listen, listener_args, read_lines
+from metasup.pipelines.supervisor.helper import Helper, ReportPipe, bind_listen, listener_args
 
 EVENTS = {
     e.value: e
@@ -36,7 +35,6 @@ EVENTS = {
         Event.CANARY_PROMOTED,
     )
 }
-LINE_LIMIT = 1 << 20
 
 
 class ServeProcess:
@@ -55,7 +53,6 @@ class ServeProcess:
         self.dirs = dirs
         self.workdir = workdir
         self.config_path = config_path
-        self.selector = selector
         self.emit = emit
         self.report = report
         self.helper = Helper(
@@ -74,8 +71,7 @@ class ServeProcess:
         self.offers = Offers()
         self.gave_up = False
         self.stopping = False
-        self._buffer = b""
-        self._fd = -1
+        self.pipe = ReportPipe(selector, "serve")
 
     def start(self) -> str:
         """Bind and start the helper; the front's URL. OSError when the address cannot be
@@ -93,10 +89,7 @@ class ServeProcess:
             self.report({"event": Notice.SERVE_FAILED, "error": str(e)})
             self._give_up()
             return
-        self._buffer = b""
-        self._fd = self.helper.stdout_fd
-        if self._fd >= 0:
-            self.selector.register(self._fd, selectors.EVENT_READ, "serve")
+        self.pipe.watch(self.helper.stdout_fd)
         if self.good is not None:
             self._tell(self.good)
         if self.offers.on is not None:  # a canary the last helper took with it starts again
@@ -132,15 +125,8 @@ class ServeProcess:
     def read(self) -> bool:
         """What the helper said: its events journalled, its status kept. True when the status
         changed."""
-        if self._fd < 0:
-            return False
-        lines, self._buffer, ended = read_lines(self._fd, self._buffer)
-        if ended:
-            self._unregister()
         changed = False
-        if len(self._buffer) > LINE_LIMIT:
-            self._buffer = b""  # a line that long is not ours
-        for line in lines:
+        for line in self.pipe.lines():
             try:
                 doc = json.loads(line)
             except ValueError:
@@ -162,12 +148,6 @@ class ServeProcess:
                 changed = True
         return changed
 
-    def _unregister(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(self._fd)
-            self._fd = -1
-
     def check(self) -> bool:
         """After a SIGCHLD: restart a helper that died (a few times a minute at most)."""
         if self.stopping:
@@ -175,7 +155,7 @@ class ServeProcess:
         code = self.helper.exited()
         if code is None:
             return False
-        self._unregister()
+        self.pipe.close()
         if self.helper.restart_after(code, self.report, Notice.SERVE_EXITED, Notice.SERVE_FAILED):
             self._spawn()
         else:
@@ -192,7 +172,7 @@ class ServeProcess:
 
     def stop(self) -> None:
         self.stopping = True
-        self._unregister()
+        self.pipe.close()
         self.helper.stop(grace=10.0)  # its stdin ends: it stops its replicas, then itself
         if self.sock is not None:
             self.sock.close()
