@@ -719,7 +719,11 @@ def test_each_client_gets_the_handshake_it_would_get_from_the_server_directly(
         # The last client of a handshake gone, its process goes.
         for pid in last.values():
             wait_for(lambda pid=pid: not pid_alive(pid), what=f"instance {pid} stopped")
-        assert state(repo)["mcp"]["capable"]["instances"] == []
+        # The worker's status follows the exit: wait for the state that has seen it.
+        wait_for(
+            lambda: state(repo)["mcp"]["capable"]["instances"] == [],
+            what="no instance left in the status",
+        )
 
 
 PEEKING_AGENT = textwrap.dedent(
