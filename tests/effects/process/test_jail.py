@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -129,6 +132,21 @@ def test_doctor_and_the_supervisor_agree_on_the_plan(mode: str) -> None:
     assert Jail(sandbox).plan == plan(sandbox, machine())
 
 
+@contextlib.contextmanager
+def _a_pids_cgroup_of_its_own() -> Iterator[Path]:
+    """This test process in a pids cgroup of its own while it lasts: the jails that tests beside
+    it set up sweep their own cgroup's folders, and would take this test's dead owner's first."""
+    base = cgroups.CGROUP_ROOT / "pids" / cgroups.own_cgroups()["pids"].lstrip("/")
+    mine = base / f"test-sweep-{os.getpid()}"
+    mine.mkdir()
+    try:
+        (mine / "cgroup.procs").write_text(str(os.getpid()))
+        yield mine
+    finally:
+        (base / "cgroup.procs").write_text(str(os.getpid()))
+        mine.rmdir()
+
+
 def test_a_dead_supervisors_jails_are_swept(tmp_path: Path) -> None:
     """A jail is its supervisor's: what is left in the cgroup of one no longer alive is killed
     when the next jail is set up, and the cgroup goes."""
@@ -136,20 +154,21 @@ def test_a_dead_supervisors_jails_are_swept(tmp_path: Path) -> None:
     assert kind == "v1", "this machine offers cgroup v1 (the v2 path is not exercised here)"
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid names the owner: dead
-    own = cgroups.own_cgroups()
-    folder = cgroups.CGROUP_ROOT / "pids" / own["pids"].lstrip("/") / f"metasup-{gone.pid}-1-t"
-    folder.mkdir()
-    left = subprocess.Popen(["sleep", "60"])
-    try:
-        (folder / "cgroup.procs").write_text(str(left.pid))
-        assert cgroups.sweep() >= 1
-        assert left.wait(timeout=5) == -9
-        cgroups.sweep()  # empty now: removed
-        assert not folder.exists()
-    finally:
-        left.kill()
-        if folder.exists():
-            folder.rmdir()
+    with _a_pids_cgroup_of_its_own() as own:
+        folder = own / f"metasup-{gone.pid}-1-t"
+        folder.mkdir()
+        left = subprocess.Popen(["sleep", "60"])
+        try:
+            (folder / "cgroup.procs").write_text(str(left.pid))
+            assert cgroups.sweep() >= 1
+            assert left.wait(timeout=5) == -9
+            cgroups.sweep()  # empty now: removed
+            assert not folder.exists()
+        finally:
+            left.kill()
+            left.wait()
+            if folder.exists():
+                folder.rmdir()
 
 
 def test_marks_change_when_a_bound_file_is_replaced_not_when_written(tmp_path: Path) -> None:
